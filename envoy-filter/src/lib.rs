@@ -1,0 +1,1 @@
+//! Envoy dynamic module: not built yet (see the Envoy issue).

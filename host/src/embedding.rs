@@ -1,0 +1,262 @@
+//! Everything a proxy provides to filters, in one place, grouped by capability.
+//!
+//! A proxy (nginx, Envoy, the in-memory test proxy) implements [`Embedding`] once per context:
+//! one object for each plugin's root context and one for each stream (request). Every method
+//! has a safe default that answers `Status::Unimplemented` (or the neutral value), so an
+//! embedding overrides exactly what it supports; the host logs the first use of anything
+//! unimplemented and the guest sees the status, never a trap.
+//!
+//! Methods are called while the guest is running. They must not call back into the
+//! [`Vm`](crate::Vm) that is calling them: record what has to happen (a resumed request, a
+//! local response) and act on it when the callback has returned.
+
+use std::time::{Duration, SystemTime};
+
+use crate::types::{
+    BufferType, HostResult, LogLevel, MapType, MetricType, Pairs, Status, StreamType,
+};
+
+/// Log sink and level.
+pub trait Logging {
+    fn log(&mut self, _level: LogLevel, _message: &str) {}
+    /// The lowest level the proxy wants; messages below it are dropped by the host.
+    fn log_level(&self) -> LogLevel {
+        LogLevel::Info
+    }
+}
+
+/// Wall clock, as the guest sees it through `proxy_get_current_time_nanoseconds` and WASI.
+pub trait Clock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Request/response headers and trailers. The two required pieces are `header_map` and
+/// `set_header_map`; the rest derive from them and may be overridden for speed.
+/// Keys are compared case-insensitively, as HTTP header names are.
+pub trait HeaderMaps {
+    fn header_map(&mut self, _map: MapType) -> HostResult<Pairs> {
+        Err(Status::Unimplemented)
+    }
+    fn set_header_map(&mut self, _map: MapType, _pairs: Pairs) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+    fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
+        Ok(self.header_map(map)?.len())
+    }
+    /// All values of `key`, joined with "," as Envoy does for repeated headers.
+    fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
+        Ok(joined_header_value(&self.header_map(map)?, key))
+    }
+    fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
+        let mut pairs = self.header_map(map)?;
+        pairs.push((key.to_vec(), value.to_vec()));
+        self.set_header_map(map, pairs)
+    }
+    /// Sets `key` to `value`, replacing every existing value (adds it when absent).
+    fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
+        let mut pairs = self.header_map(map)?;
+        pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        pairs.push((key.to_vec(), value.to_vec()));
+        self.set_header_map(map, pairs)
+    }
+    fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
+        let mut pairs = self.header_map(map)?;
+        pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        self.set_header_map(map, pairs)
+    }
+}
+
+/// Every value of `key` in `pairs` (case-insensitive), joined with ",".
+pub fn joined_header_value(pairs: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<Vec<u8>> {
+    let values: Vec<&[u8]> = pairs
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    (!values.is_empty()).then(|| values.join(&b","[..]))
+}
+
+/// Request and response bodies (and L4 data). The host implements the ABI's slicing and
+/// prepend/append/replace rules on top of these two whole-buffer operations.
+pub trait Buffers {
+    /// The bytes currently buffered (for bodies: what the filter has been shown so far).
+    fn buffer(&mut self, _buffer: BufferType) -> HostResult<Vec<u8>> {
+        Err(Status::Unimplemented)
+    }
+    fn set_buffer(&mut self, _buffer: BufferType, _bytes: Vec<u8>) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+}
+
+/// Envoy-style attributes (`request.path`, `source.address`, ...). A path is its segments.
+/// Values are encoded as Envoy does: strings raw, integers 8-byte little endian, maps in pair
+/// serialization (see [`crate::serialization`]). The host answers `plugin_name`,
+/// `plugin_root_id` and `plugin_vm_id` itself, and keeps values a filter sets when the
+/// embedding does not take them (`set_property` returning `NotFound`).
+pub trait Properties {
+    fn property(&mut self, _path: &[&[u8]]) -> HostResult<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    fn set_property(&mut self, _path: &[&[u8]], _value: &[u8]) -> HostResult<()> {
+        Err(Status::NotFound)
+    }
+}
+
+/// A response produced by the filter instead of the upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalResponse {
+    pub status: u32,
+    pub details: Vec<u8>,
+    pub body: Vec<u8>,
+    pub headers: Pairs,
+    /// -1 when the filter gave no gRPC status.
+    pub grpc_status: i32,
+}
+
+/// Flow control of the current stream.
+pub trait StreamControl {
+    fn send_local_response(&mut self, _response: LocalResponse) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+    fn continue_stream(&mut self, _stream: StreamType) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+    fn close_stream(&mut self, _stream: StreamType) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+    fn clear_route_cache(&mut self) -> HostResult<()> {
+        Ok(())
+    }
+}
+
+/// An outgoing HTTP call (`proxy_http_call`). Pseudo-headers `:method`, `:path` and
+/// `:authority` are always present (the host checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCallRequest {
+    pub upstream: String,
+    pub headers: Pairs,
+    pub body: Vec<u8>,
+    pub trailers: Pairs,
+    /// `None` when the filter gave 0 (no timeout).
+    pub timeout: Option<Duration>,
+}
+
+/// HTTP calls. Asked of the root context's embedding; when the call ends the proxy delivers
+/// the outcome with [`Vm::on_http_call_response`](crate::Vm::on_http_call_response).
+pub trait HttpCalls {
+    fn http_call(&mut self, _token: u32, _request: HttpCallRequest) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+}
+
+/// A gRPC call or stream (`proxy_grpc_call` / `proxy_grpc_stream`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcCallRequest {
+    pub upstream: Vec<u8>,
+    pub service: String,
+    pub method: String,
+    pub initial_metadata: Pairs,
+    /// The request message for unary calls; `None` for streams.
+    pub message: Option<Vec<u8>>,
+    pub timeout: Option<Duration>,
+}
+
+/// gRPC calls and streams. Asked of the root context's embedding.
+pub trait GrpcCalls {
+    fn grpc_call(&mut self, _token: u32, _request: GrpcCallRequest) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+    fn grpc_send(&mut self, _token: u32, _message: &[u8], _end_of_stream: bool) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+    fn grpc_cancel(&mut self, _token: u32) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+    fn grpc_close(&mut self, _token: u32) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+}
+
+/// The root context's periodic timer (`on_tick`). A zero period stops it. The proxy calls
+/// [`Vm::on_tick`](crate::Vm::on_tick) each period.
+pub trait Timers {
+    fn set_tick_period(&mut self, _period: Duration) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+}
+
+/// Key-value data shared by every instance of a VM id, with compare-and-swap.
+/// Semantics (Envoy's): `cas == 0` always writes; otherwise a write to an existing key whose
+/// cas differs fails with `CasMismatch`; every write gives the key a new cas.
+pub trait SharedData {
+    /// The value and its cas, or `None` when the key is absent.
+    fn get_shared_data(&mut self, _key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
+        Err(Status::Unimplemented)
+    }
+    fn set_shared_data(&mut self, _key: &[u8], _value: &[u8], _cas: u32) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+}
+
+/// Named queues shared across instances. `register_shared_queue` binds the queue to the
+/// calling root context, which the proxy notifies with
+/// [`Vm::on_queue_ready`](crate::Vm::on_queue_ready) after each enqueue.
+pub trait SharedQueues {
+    fn register_shared_queue(&mut self, _name: &[u8]) -> HostResult<u32> {
+        Err(Status::Unimplemented)
+    }
+    fn resolve_shared_queue(&mut self, _vm_id: &[u8], _name: &[u8]) -> HostResult<Option<u32>> {
+        Err(Status::Unimplemented)
+    }
+    fn enqueue_shared_queue(&mut self, _queue_id: u32, _value: &[u8]) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+    /// `None` when the queue is empty.
+    fn dequeue_shared_queue(&mut self, _queue_id: u32) -> HostResult<Option<Vec<u8>>> {
+        Err(Status::Unimplemented)
+    }
+}
+
+/// Counters, gauges and histograms. Counters only go up (an increment <= 0 is a
+/// `BadArgument`), gauges go both ways, histograms record values.
+pub trait Metrics {
+    fn define_metric(&mut self, _kind: MetricType, _name: &str) -> HostResult<u32> {
+        Err(Status::Unimplemented)
+    }
+    fn increment_metric(&mut self, _metric_id: u32, _offset: i64) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+    fn record_metric(&mut self, _metric_id: u32, _value: u64) -> HostResult<()> {
+        Err(Status::Unimplemented)
+    }
+    fn get_metric(&mut self, _metric_id: u32) -> HostResult<u64> {
+        Err(Status::Unimplemented)
+    }
+}
+
+/// Proxy-specific functions reachable through `proxy_call_foreign_function`.
+pub trait ForeignFunctions {
+    fn call_foreign_function(&mut self, _name: &str, _args: &[u8]) -> HostResult<Vec<u8>> {
+        Err(Status::NotFound)
+    }
+}
+
+/// The whole capability surface of a proxy, as seen by one context.
+pub trait Embedding:
+    Logging
+    + Clock
+    + HeaderMaps
+    + Buffers
+    + Properties
+    + StreamControl
+    + HttpCalls
+    + GrpcCalls
+    + Timers
+    + SharedData
+    + SharedQueues
+    + Metrics
+    + ForeignFunctions
+{
+}

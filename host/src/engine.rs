@@ -1,0 +1,98 @@
+//! The engine: wasmtime configured for proxy filters, and the linker with every host function.
+//!
+//! Create it where modules are compiled (for nginx: the master, at config load). It starts no
+//! thread: wasmtime's parallel compilation is not built in, and the epoch ticker that drives
+//! deadlines is started separately, by the process that runs filters.
+
+use std::sync::Arc;
+
+use wasmtime::{Config, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
+
+use crate::plugin::DEFAULT_MEMORY_LIMIT;
+use crate::session::HostState;
+
+/// Sizes of the pooling allocator, which makes instantiation a matter of microseconds by
+/// reusing pre-reserved slots and copy-on-write memory images.
+#[derive(Clone, Debug)]
+pub struct PoolingConfig {
+    /// Instances alive at once (per process).
+    pub max_instances: u32,
+    /// The largest linear memory any instance may have; no VM's memory limit may exceed it.
+    pub max_memory: usize,
+}
+
+impl Default for PoolingConfig {
+    fn default() -> Self {
+        PoolingConfig {
+            max_instances: 256,
+            max_memory: DEFAULT_MEMORY_LIMIT,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Enforce callback deadlines with epoch interruption (a small cost on every loop).
+    pub deadlines: bool,
+    /// `None` allocates each instance on demand.
+    pub pooling: Option<PoolingConfig>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            deadlines: true,
+            pooling: Some(PoolingConfig::default()),
+        }
+    }
+}
+
+/// A configured wasmtime engine and the linker that provides the proxy-wasm and WASI imports.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    wasmtime: wasmtime::Engine,
+    linker: Linker<HostState>,
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> wasmtime::Result<Engine> {
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(config.deadlines);
+        if let Some(pooling) = &config.pooling {
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_core_instances(pooling.max_instances)
+                .total_memories(pooling.max_instances)
+                .total_tables(pooling.max_instances)
+                .max_memory_size(pooling.max_memory);
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let wasmtime = wasmtime::Engine::new(&wasm)?;
+        let mut linker = Linker::new(&wasmtime);
+        crate::abi::add_to_linker(&mut linker)?;
+        crate::wasi::add_to_linker(&mut linker)?;
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                wasmtime,
+                linker,
+                config,
+            }),
+        })
+    }
+
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner.wasmtime
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<HostState> {
+        &self.inner.linker
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+}

@@ -1,0 +1,130 @@
+//! Errors a user sees: why a module cannot be loaded, and why a filter call failed.
+
+use std::fmt;
+use std::time::Duration;
+
+use wasmtime::Trap;
+
+use crate::limits::DeadlineExceeded;
+use crate::wasi::ProcExit;
+
+/// Why a module could not be compiled or accepted. `module` names the file or module.
+#[derive(Debug)]
+pub struct LoadError {
+    pub module: String,
+    pub reason: String,
+}
+
+impl LoadError {
+    pub(crate) fn new(module: &str, reason: impl Into<String>) -> LoadError {
+        LoadError {
+            module: module.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "wasm module \"{}\": {}", self.module, self.reason)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// How a filter call failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The guest trapped (a panic in the SDKs ends as `unreachable`); message and backtrace.
+    Trap(String),
+    /// The callback ran past its budget and was interrupted.
+    Deadline(Duration),
+    /// The guest tried to grow its memory past the limit (in bytes).
+    MemoryLimit(usize),
+    /// The guest called WASI `proc_exit`.
+    Exit(i32),
+    /// The filter refused its configuration (`on_vm_start`/`on_configure` returned false).
+    Refused,
+    /// The instance this stream ran on failed earlier; the stream cannot continue.
+    InstanceLost,
+    /// A new instance could not be created.
+    Instantiation(String),
+}
+
+/// A failed filter call: which filter, which callback, and why. The instance it ran on is
+/// discarded and rebuilt on next use (except for `Refused`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterError {
+    pub filter: String,
+    pub callback: &'static str,
+    pub kind: FailureKind,
+}
+
+impl FilterError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, FailureKind::Deadline(_))
+    }
+    pub fn is_memory_limit(&self) -> bool {
+        matches!(self.kind, FailureKind::MemoryLimit(_))
+    }
+}
+
+impl fmt::Display for FilterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "filter \"{}\" ", self.filter)?;
+        match &self.kind {
+            FailureKind::Trap(message) => write!(f, "trapped in {}: {message}", self.callback),
+            FailureKind::Deadline(limit) => {
+                write!(
+                    f,
+                    "exceeded its deadline of {} ms in {}",
+                    limit.as_millis(),
+                    self.callback
+                )
+            }
+            FailureKind::MemoryLimit(limit) => {
+                write!(
+                    f,
+                    "exceeded its memory limit of {} bytes in {}",
+                    limit, self.callback
+                )
+            }
+            FailureKind::Exit(code) => write!(f, "exited with code {code} in {}", self.callback),
+            FailureKind::Refused => write!(
+                f,
+                "rejected its configuration ({} returned false)",
+                self.callback
+            ),
+            FailureKind::InstanceLost => write!(
+                f,
+                "lost its instance to an earlier failure ({})",
+                self.callback
+            ),
+            FailureKind::Instantiation(reason) => write!(f, "could not be instantiated: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for FilterError {}
+
+/// Classifies an error that ended a guest call.
+pub(crate) fn classify(
+    error: &wasmtime::Error,
+    timeout: Duration,
+    memory_refused: Option<usize>,
+) -> FailureKind {
+    if error.downcast_ref::<DeadlineExceeded>().is_some() {
+        return FailureKind::Deadline(timeout);
+    }
+    if let Some(exit) = error.downcast_ref::<ProcExit>() {
+        return FailureKind::Exit(exit.0);
+    }
+    if let Some(limit) = memory_refused {
+        return FailureKind::MemoryLimit(limit);
+    }
+    let message = match error.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => format!("stack overflow\n{error:?}"),
+        _ => format!("{error:?}"),
+    };
+    FailureKind::Trap(message)
+}

@@ -1,0 +1,127 @@
+//! Resource limits: linear-memory caps, callback deadlines, and the epoch ticker that
+//! drives them.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::{ResourceLimiter, Result, StoreContextMut, UpdateDeadline};
+
+use crate::session::HostState;
+
+/// Most tables and table elements an instance may have (proxy-wasm filters use one table).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+const MAX_TABLES: usize = 4;
+
+/// Caps an instance's linear memory and remembers whether a growth was refused, so that the
+/// trap that usually follows (the guest's allocator aborting) is reported as a memory failure.
+pub(crate) struct MemoryLimiter {
+    limit: usize,
+    pub refused: bool,
+}
+
+impl MemoryLimiter {
+    pub fn new(limit: usize) -> MemoryLimiter {
+        MemoryLimiter {
+            limit,
+            refused: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        let allowed = desired <= self.limit;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// The error a callback stops with when its deadline passes.
+#[derive(Debug)]
+pub(crate) struct DeadlineExceeded;
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// Runs on every epoch tick that reaches a running callback: stop it once its deadline has
+/// passed, otherwise check again on the next tick. Deadlines are wall-clock instants, so
+/// their precision is the ticker's period.
+pub(crate) fn on_epoch_tick(store: StoreContextMut<'_, HostState>) -> Result<UpdateDeadline> {
+    match store.data().deadline {
+        Some(deadline) if Instant::now() >= deadline => Err(DeadlineExceeded.into()),
+        _ => Ok(UpdateDeadline::Continue(1)),
+    }
+}
+
+/// A thread that advances an engine's epoch at a fixed period, which is what lets deadlines
+/// fire. Start it in the process that runs filters (for nginx: in each worker, never in the
+/// master before fork). Dropping it stops the thread.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: &crate::Engine, period: Duration) -> std::io::Result<EpochTicker> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = engine.wasmtime().clone();
+        let thread = std::thread::Builder::new()
+            .name("inwasm-epoch".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(period);
+                        engine.increment_epoch();
+                    }
+                }
+            })?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Compiling and vetting a module once: the ABI version, the allocator, the memory export
+//! and every import are checked here, so a bad filter fails at configuration time with a
+//! precise reason, and each later instantiation starts from a pre-linked `InstancePre`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use wasmtime::{ExternType, InstancePre, Store, ValType};
+
+use crate::cache::{CacheOutcome, CodeCache};
+use crate::engine::Engine;
+use crate::error::LoadError;
+use crate::limits::MemoryLimiter;
+use crate::plugin::VmConfig;
+use crate::session::HostState;
+use crate::types::AbiVersion;
+
+/// Allocator exports, in the order Envoy looks them up.
+pub(crate) const ALLOCATORS: [&str; 2] = ["malloc", "proxy_on_memory_allocate"];
+
+/// A compiled, vetted module. Cheap to share; instantiate it with [`Vm`](crate::Vm).
+pub struct Module {
+    pub(crate) name: String,
+    pub(crate) abi: AbiVersion,
+    pub(crate) pre: InstancePre<HostState>,
+    pub(crate) engine: Engine,
+    pub(crate) cache: CacheOutcome,
+}
+
+impl Module {
+    /// Compiles `bytes` (binary or text wasm). `name` is used in every message about it.
+    pub fn new(
+        engine: &Engine,
+        name: &str,
+        bytes: &[u8],
+        cache: Option<&CodeCache>,
+    ) -> Result<Arc<Module>, LoadError> {
+        if !bytes.starts_with(b"\0asm") && !looks_like_text(bytes) {
+            return Err(LoadError::new(
+                name,
+                "not a WebAssembly module (no \\0asm magic and not text format)",
+            ));
+        }
+        let compiled = match cache {
+            Some(cache) => cache.load_or_compile(engine.wasmtime(), bytes),
+            None => {
+                wasmtime::Module::new(engine.wasmtime(), bytes).map(|m| (m, CacheOutcome::Disabled))
+            }
+        };
+        let (module, cache) =
+            compiled.map_err(|e| LoadError::new(name, format!("invalid WebAssembly: {e:?}")))?;
+        let abi = abi_version(&module).ok_or_else(|| {
+            LoadError::new(
+                name,
+                "not a proxy-wasm filter: no proxy_abi_version_0_1_0, _0_2_0 or _0_2_1 export",
+            )
+        })?;
+        check_exports(&module).map_err(|reason| LoadError::new(name, reason))?;
+        check_imports(engine, &module).map_err(|reason| LoadError::new(name, reason))?;
+        let pre = engine
+            .linker()
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::new(name, format!("{e:?}")))?;
+        Ok(Arc::new(Module {
+            name: name.to_string(),
+            abi,
+            pre,
+            engine: engine.clone(),
+            cache,
+        }))
+    }
+
+    /// Reads and compiles a `.wasm` or `.wat` file; errors name the path.
+    pub fn from_file(
+        engine: &Engine,
+        path: &Path,
+        cache: Option<&CodeCache>,
+    ) -> Result<Arc<Module>, LoadError> {
+        let shown = path.display().to_string();
+        let bytes =
+            std::fs::read(path).map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
+        Module::new(engine, &shown, &bytes, cache)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn abi_version(&self) -> AbiVersion {
+        self.abi
+    }
+
+    /// Whether the compiled code came from the cache.
+    pub fn cache_outcome(&self) -> &CacheOutcome {
+        &self.cache
+    }
+}
+
+fn looks_like_text(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|text| text.trim_start().starts_with('('))
+}
+
+fn abi_version(module: &wasmtime::Module) -> Option<AbiVersion> {
+    AbiVersion::MARKERS
+        .iter()
+        .rev()
+        .find(|(marker, _)| matches!(module.get_export(marker), Some(ExternType::Func(_))))
+        .map(|(_, version)| *version)
+}
+
+fn check_exports(module: &wasmtime::Module) -> Result<(), String> {
+    if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
+        return Err("does not export its memory as \"memory\"".into());
+    }
+    let allocator = ALLOCATORS
+        .iter()
+        .find_map(|name| match module.get_export(name) {
+            Some(ExternType::Func(func)) => Some((name, func)),
+            _ => None,
+        });
+    match allocator {
+        None => Err("exports no allocator (proxy_on_memory_allocate or malloc)".into()),
+        Some((name, func)) => {
+            let i32_to_i32 = func.params().map(|p| matches!(p, ValType::I32)).eq([true])
+                && func.results().map(|r| matches!(r, ValType::I32)).eq([true]);
+            if i32_to_i32 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "allocator export {name} must have type (i32) -> i32"
+                ))
+            }
+        }
+    }
+}
+
+/// Names the first import this host does not provide, with its module and kind.
+fn check_imports(engine: &Engine, module: &wasmtime::Module) -> Result<(), String> {
+    let state = HostState::new(
+        AbiVersion::V0_2_1,
+        Arc::new(VmConfig::default()),
+        MemoryLimiter::new(0),
+    );
+    let mut store = Store::new(engine.wasmtime(), state);
+    for import in module.imports() {
+        if engine.linker().get_by_import(&mut store, &import).is_none() {
+            let kind = match import.ty() {
+                ExternType::Func(_) => "function",
+                ExternType::Memory(_) => "memory",
+                ExternType::Table(_) => "table",
+                ExternType::Global(_) => "global",
+                _ => "item",
+            };
+            return Err(format!(
+                "imports {kind} {}.{}, which this host does not provide",
+                import.module(),
+                import.name()
+            ));
+        }
+    }
+    Ok(())
+}

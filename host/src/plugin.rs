@@ -1,0 +1,49 @@
+//! Configuration of a VM (one instance of a module) and of the plugins (filters) it runs.
+
+use std::time::Duration;
+
+/// How a module is instantiated and limited. Shared by every plugin running on the VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// The VM id: the namespace of shared data and queues (`plugin_vm_id`).
+    pub vm_id: String,
+    /// Handed to `on_vm_start` (buffer type VM_CONFIGURATION).
+    pub configuration: Vec<u8>,
+    /// Environment variables the guest sees through WASI; empty unless configured.
+    pub environment: Vec<(String, String)>,
+    /// The most linear memory one instance may grow to.
+    pub memory_limit: usize,
+    /// The wall-clock budget of each callback, unless a plugin sets its own. `None`: no limit
+    /// (only sensible in tests). Needs the engine's epoch ticker to be running.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            vm_id: String::new(),
+            configuration: Vec::new(),
+            environment: Vec::new(),
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            timeout: Some(DEFAULT_TIMEOUT),
+        }
+    }
+}
+
+/// The default cap on an instance's linear memory.
+pub const DEFAULT_MEMORY_LIMIT: usize = 128 << 20;
+/// The default budget of one callback.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// One filter configuration: a root context on the VM.
+#[derive(Clone, Debug, Default)]
+pub struct PluginConfig {
+    /// Shown in logs and errors, and as `plugin_name`.
+    pub name: String,
+    /// `plugin_root_id`: lets one module serve several root contexts.
+    pub root_id: String,
+    /// Handed to `on_configure` (buffer type PLUGIN_CONFIGURATION).
+    pub configuration: Vec<u8>,
+    /// Overrides the VM's callback budget for this plugin's contexts.
+    pub timeout: Option<Duration>,
+}

@@ -1,0 +1,133 @@
+//! Per-instance state: the store data every host function works on.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::{Func, Memory};
+
+use crate::embedding::Embedding;
+use crate::limits::MemoryLimiter;
+use crate::plugin::{PluginConfig, VmConfig};
+use crate::types::{AbiVersion, LogLevel, Pairs, Status};
+use crate::wasi::WasiState;
+
+/// One proxy-wasm context: a plugin's root context or a stream under it.
+pub(crate) struct Context {
+    /// The root context this one belongs to (itself for a root context).
+    pub root_id: u32,
+    pub embedding: Box<dyn Embedding>,
+    /// Properties a filter set that the embedding did not take.
+    pub properties: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Data only valid during one callback (an http call's response, a gRPC message, ...).
+#[derive(Default)]
+pub(crate) struct CallData {
+    pub http_response_headers: Pairs,
+    pub http_response_body: Vec<u8>,
+    pub http_response_trailers: Pairs,
+    pub grpc_metadata: Pairs,
+    pub grpc_message: Vec<u8>,
+    pub foreign_args: Vec<u8>,
+    /// The buffer `proxy_get_configuration` (ABI 0.1.0) returns in this callback.
+    pub configuration: Option<Vec<u8>>,
+}
+
+/// What the guest sees through `proxy_get_status`: the outcome of the last call it made.
+pub(crate) struct CallStatus {
+    pub code: u32,
+    pub message: Vec<u8>,
+}
+
+pub(crate) struct HostState {
+    pub abi: AbiVersion,
+    pub vm: Arc<VmConfig>,
+    pub contexts: HashMap<u32, Context>,
+    pub plugins: HashMap<u32, Arc<PluginConfig>>,
+    /// The context the host called into, and the one host calls act on.
+    pub current_context: u32,
+    pub effective_context: u32,
+    pub call: CallData,
+    pub status: CallStatus,
+    pub next_token: u32,
+    /// Tokens of http/gRPC calls this instance issued that have not completed.
+    pub pending_calls: HashSet<u32>,
+    pub memory: Option<Memory>,
+    pub allocator: Option<Func>,
+    pub limiter: MemoryLimiter,
+    /// When the running callback must stop; checked on each epoch tick.
+    pub deadline: Option<Instant>,
+    pub wasi: WasiState,
+    /// Host functions already reported as unimplemented by the embedding.
+    pub unimplemented_reported: HashSet<&'static str>,
+}
+
+impl HostState {
+    pub fn new(abi: AbiVersion, vm: Arc<VmConfig>, limiter: MemoryLimiter) -> HostState {
+        let wasi = WasiState::new(&vm.environment);
+        HostState {
+            abi,
+            vm,
+            contexts: HashMap::new(),
+            plugins: HashMap::new(),
+            current_context: 0,
+            effective_context: 0,
+            call: CallData::default(),
+            status: CallStatus {
+                code: Status::Ok as u32,
+                message: Vec::new(),
+            },
+            next_token: 1,
+            pending_calls: HashSet::new(),
+            memory: None,
+            allocator: None,
+            limiter,
+            deadline: None,
+            wasi,
+            unimplemented_reported: HashSet::new(),
+        }
+    }
+
+    pub fn effective(&mut self) -> Result<&mut Context, Status> {
+        self.contexts
+            .get_mut(&self.effective_context)
+            .ok_or(Status::NotFound)
+    }
+
+    /// The root context of the effective context (where calls, timers and queues live).
+    pub fn effective_root(&mut self) -> Result<&mut Context, Status> {
+        let root_id = self.effective()?.root_id;
+        self.contexts.get_mut(&root_id).ok_or(Status::NotFound)
+    }
+
+    /// The plugin of the effective context.
+    pub fn effective_plugin(&self) -> Option<&Arc<PluginConfig>> {
+        let root_id = self.contexts.get(&self.effective_context)?.root_id;
+        self.plugins.get(&root_id)
+    }
+
+    /// Logs through the effective context (or any context when none is current), filtered
+    /// by the embedding's level.
+    pub fn log(&mut self, level: LogLevel, message: &str) {
+        let id = self.effective_context;
+        let context = match self.contexts.get_mut(&id) {
+            Some(context) => context,
+            None => match self.contexts.values_mut().next() {
+                Some(context) => context,
+                None => return,
+            },
+        };
+        if level >= context.embedding.log_level() {
+            context.embedding.log(level, message);
+        }
+    }
+
+    /// A fresh token for an outgoing call, remembered until its outcome is delivered.
+    pub fn take_token(&mut self) -> u32 {
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1).max(1);
+        self.pending_calls.insert(token);
+        token
+    }
+}

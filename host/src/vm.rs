@@ -1,0 +1,691 @@
+//! A VM: one live instance of a module with its plugins (root contexts) and streams, driven
+//! through the proxy-wasm lifecycle.
+//!
+//! A trap, an exceeded deadline or an exhausted memory poisons only this VM's instance: the
+//! failing call returns a [`FilterError`], streams of that instance are lost, and the next use
+//! builds a fresh instance and re-creates every plugin's root context (`on_vm_start`,
+//! `on_configure`) with the same embeddings.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Func, Store};
+
+use crate::callbacks::{Callback, Callbacks};
+use crate::embedding::Embedding;
+use crate::error::{classify, FailureKind, FilterError};
+use crate::limits::{on_epoch_tick, MemoryLimiter};
+use crate::module::{Module, ALLOCATORS};
+use crate::plugin::{PluginConfig, VmConfig};
+use crate::session::{CallData, Context, HostState};
+use crate::types::{Action, MapType, Pairs, Status};
+use crate::wasi::flush_output;
+
+/// A plugin (root context) on a [`Vm`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PluginId(usize);
+
+/// A stream (request) context on a [`Vm`]. Only valid on the instance that created it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StreamId {
+    generation: u64,
+    context_id: u32,
+    plugin: usize,
+}
+
+/// The response to an http call, handed back with [`Vm::on_http_call_response`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpCallResponse {
+    pub headers: Pairs,
+    pub body: Vec<u8>,
+    pub trailers: Pairs,
+}
+
+/// Failures this VM has seen, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmStats {
+    pub instances_created: u64,
+    pub traps: u64,
+    pub timeouts: u64,
+    pub memory_failures: u64,
+}
+
+struct Plugin {
+    config: Arc<PluginConfig>,
+    /// Its root context id on the live instance.
+    root_id: u32,
+    /// Held here while no instance is live (between a failure and the rebuild).
+    parked: Option<Box<dyn Embedding>>,
+}
+
+struct Live {
+    store: Store<HostState>,
+    callbacks: Callbacks,
+}
+
+pub struct Vm {
+    module: Arc<Module>,
+    config: Arc<VmConfig>,
+    live: Option<Live>,
+    plugins: Vec<Plugin>,
+    /// Bumped each time the instance is discarded; streams of older generations are lost.
+    generation: u64,
+    /// Context ids and call tokens are never reused within a VM, across instances too.
+    next_context_id: u32,
+    next_token: u32,
+    stats: VmStats,
+}
+
+impl Vm {
+    /// Instantiates `module` (running `_initialize`/`_start`). Add plugins next.
+    pub fn new(module: Arc<Module>, config: VmConfig) -> Result<Vm, FilterError> {
+        let mut vm = Vm {
+            module,
+            config: Arc::new(config),
+            live: None,
+            plugins: Vec::new(),
+            generation: 0,
+            next_context_id: 1,
+            next_token: 1,
+            stats: VmStats::default(),
+        };
+        vm.ensure_live()?;
+        Ok(vm)
+    }
+
+    pub fn stats(&self) -> VmStats {
+        self.stats
+    }
+
+    pub fn module(&self) -> &Arc<Module> {
+        &self.module
+    }
+
+    /// Creates a root context for `config` and runs `on_vm_start` and `on_configure`.
+    /// `embedding` serves this root context (http calls, timers, queues, ...).
+    pub fn add_plugin(
+        &mut self,
+        config: PluginConfig,
+        embedding: Box<dyn Embedding>,
+    ) -> Result<PluginId, FilterError> {
+        self.ensure_live()?;
+        let index = self.plugins.len();
+        self.plugins.push(Plugin {
+            config: Arc::new(config),
+            root_id: 0,
+            parked: Some(embedding),
+        });
+        if let Err(error) = self.start_plugin(index) {
+            self.plugins.pop();
+            return Err(error);
+        }
+        Ok(PluginId(index))
+    }
+
+    /// Creates a stream context under `plugin` (rebuilding the instance if it failed).
+    pub fn new_stream(
+        &mut self,
+        plugin: PluginId,
+        embedding: Box<dyn Embedding>,
+    ) -> Result<StreamId, FilterError> {
+        self.ensure_live()?;
+        let root_id = self.plugins[plugin.0].root_id;
+        let id = self.new_context_id();
+        self.state().contexts.insert(
+            id,
+            Context {
+                root_id,
+                embedding,
+                properties: HashMap::new(),
+            },
+        );
+        self.call(plugin.0, Callback::ContextCreate, id, &[id, root_id])?;
+        Ok(StreamId {
+            generation: self.generation,
+            context_id: id,
+            plugin: plugin.0,
+        })
+    }
+
+    pub fn on_request_headers(
+        &mut self,
+        stream: StreamId,
+        end_of_stream: bool,
+    ) -> Result<Action, FilterError> {
+        self.headers_callback(
+            stream,
+            Callback::RequestHeaders,
+            MapType::HttpRequestHeaders,
+            end_of_stream,
+        )
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        stream: StreamId,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Result<Action, FilterError> {
+        self.stream_action(
+            stream,
+            Callback::RequestBody,
+            &[body_size as u32, end_of_stream as u32],
+        )
+    }
+
+    pub fn on_request_trailers(&mut self, stream: StreamId) -> Result<Action, FilterError> {
+        self.headers_callback(
+            stream,
+            Callback::RequestTrailers,
+            MapType::HttpRequestTrailers,
+            true,
+        )
+    }
+
+    pub fn on_response_headers(
+        &mut self,
+        stream: StreamId,
+        end_of_stream: bool,
+    ) -> Result<Action, FilterError> {
+        self.headers_callback(
+            stream,
+            Callback::ResponseHeaders,
+            MapType::HttpResponseHeaders,
+            end_of_stream,
+        )
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        stream: StreamId,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Result<Action, FilterError> {
+        self.stream_action(
+            stream,
+            Callback::ResponseBody,
+            &[body_size as u32, end_of_stream as u32],
+        )
+    }
+
+    pub fn on_response_trailers(&mut self, stream: StreamId) -> Result<Action, FilterError> {
+        self.headers_callback(
+            stream,
+            Callback::ResponseTrailers,
+            MapType::HttpResponseTrailers,
+            true,
+        )
+    }
+
+    /// Ends a stream as Envoy does: `on_done`, `on_log`, `on_delete`, then drops its context.
+    /// A stream whose instance is gone has nothing left to run.
+    pub fn finish_stream(&mut self, stream: StreamId) -> Result<(), FilterError> {
+        if !self.is_current(stream) {
+            return Ok(());
+        }
+        let id = stream.context_id;
+        let result = [Callback::Done, Callback::Log, Callback::Delete]
+            .into_iter()
+            .try_for_each(|callback| self.call(stream.plugin, callback, id, &[id]).map(drop));
+        if let Some(live) = &mut self.live {
+            live.store.data_mut().contexts.remove(&id);
+        }
+        result
+    }
+
+    /// Runs the plugin's `on_tick`.
+    pub fn on_tick(&mut self, plugin: PluginId) -> Result<(), FilterError> {
+        self.root_call(plugin, Callback::Tick, &[], CallData::default())
+            .map(drop)
+    }
+
+    /// Delivers the outcome of an http call. A failed call (`Err` with the reason, e.g.
+    /// "timeout") reaches the filter with no headers, body or trailers, and `get_status`
+    /// reports `BrokenConnection` with the reason. Calls issued by an instance that has since
+    /// been replaced are dropped.
+    pub fn on_http_call_response(
+        &mut self,
+        plugin: PluginId,
+        token: u32,
+        response: Result<HttpCallResponse, String>,
+    ) -> Result<(), FilterError> {
+        if !self.take_pending_call(token) {
+            return Ok(());
+        }
+        let (response, status) = match response {
+            Ok(response) => (response, (Status::Ok, Vec::new())),
+            Err(reason) => (
+                HttpCallResponse::default(),
+                (Status::BrokenConnection, reason.into_bytes()),
+            ),
+        };
+        self.set_status(status);
+        let args = [
+            token,
+            response.headers.len() as u32,
+            response.body.len() as u32,
+            response.trailers.len() as u32,
+        ];
+        let call = CallData {
+            http_response_headers: response.headers,
+            http_response_body: response.body,
+            http_response_trailers: response.trailers,
+            ..CallData::default()
+        };
+        self.root_call(plugin, Callback::HttpCallResponse, &args, call)
+            .map(drop)
+    }
+
+    /// Delivers gRPC initial (`trailing == false`) or trailing metadata.
+    pub fn on_grpc_metadata(
+        &mut self,
+        plugin: PluginId,
+        token: u32,
+        trailing: bool,
+        metadata: Pairs,
+    ) -> Result<(), FilterError> {
+        if !self.has_pending_call(token) {
+            return Ok(());
+        }
+        let callback = if trailing {
+            Callback::GrpcReceiveTrailingMetadata
+        } else {
+            Callback::GrpcReceiveInitialMetadata
+        };
+        let args = [token, metadata.len() as u32];
+        self.root_call(
+            plugin,
+            callback,
+            &args,
+            CallData {
+                grpc_metadata: metadata,
+                ..CallData::default()
+            },
+        )
+        .map(drop)
+    }
+
+    /// Delivers one gRPC message.
+    pub fn on_grpc_receive(
+        &mut self,
+        plugin: PluginId,
+        token: u32,
+        message: Vec<u8>,
+    ) -> Result<(), FilterError> {
+        if !self.has_pending_call(token) {
+            return Ok(());
+        }
+        let args = [token, message.len() as u32];
+        self.root_call(
+            plugin,
+            Callback::GrpcReceive,
+            &args,
+            CallData {
+                grpc_message: message,
+                ..CallData::default()
+            },
+        )
+        .map(drop)
+    }
+
+    /// Ends a gRPC call or stream with its gRPC status code and message.
+    pub fn on_grpc_close(
+        &mut self,
+        plugin: PluginId,
+        token: u32,
+        code: u32,
+        message: &str,
+    ) -> Result<(), FilterError> {
+        if !self.take_pending_call(token) {
+            return Ok(());
+        }
+        self.set_status((Status::Ok, message.as_bytes().to_vec()));
+        if let Some(live) = &mut self.live {
+            live.store.data_mut().status.code = code;
+        }
+        self.root_call(
+            plugin,
+            Callback::GrpcClose,
+            &[token, code],
+            CallData::default(),
+        )
+        .map(drop)
+    }
+
+    /// Tells the plugin that a queue it registered has items.
+    pub fn on_queue_ready(&mut self, plugin: PluginId, queue_id: u32) -> Result<(), FilterError> {
+        self.root_call(
+            plugin,
+            Callback::QueueReady,
+            &[queue_id],
+            CallData::default(),
+        )
+        .map(drop)
+    }
+
+    /// Calls the plugin's `on_foreign_function` with `args` as its CALL_DATA buffer.
+    pub fn on_foreign_function(
+        &mut self,
+        plugin: PluginId,
+        function_id: u32,
+        args: Vec<u8>,
+    ) -> Result<(), FilterError> {
+        let call_args = [function_id, args.len() as u32];
+        self.root_call(
+            plugin,
+            Callback::ForeignFunction,
+            &call_args,
+            CallData {
+                foreign_args: args,
+                ..CallData::default()
+            },
+        )
+        .map(drop)
+    }
+
+    fn headers_callback(
+        &mut self,
+        stream: StreamId,
+        callback: Callback,
+        map: MapType,
+        end_of_stream: bool,
+    ) -> Result<Action, FilterError> {
+        let count = self
+            .stream_context(stream, callback)?
+            .embedding
+            .header_map_size(map)
+            .unwrap_or(0);
+        self.stream_action(stream, callback, &[count as u32, end_of_stream as u32])
+    }
+
+    fn stream_action(
+        &mut self,
+        stream: StreamId,
+        callback: Callback,
+        args: &[u32],
+    ) -> Result<Action, FilterError> {
+        self.stream_context(stream, callback)?;
+        let mut full = vec![stream.context_id];
+        full.extend_from_slice(args);
+        let result = self.call(stream.plugin, callback, stream.context_id, &full)?;
+        Ok(Action::from_raw(result.unwrap_or(0)))
+    }
+
+    fn stream_context(
+        &mut self,
+        stream: StreamId,
+        callback: Callback,
+    ) -> Result<&mut Context, FilterError> {
+        if self.is_current(stream) && self.state().contexts.contains_key(&stream.context_id) {
+            return Ok(self
+                .state()
+                .contexts
+                .get_mut(&stream.context_id)
+                .expect("checked above"));
+        }
+        Err(self.failure(stream.plugin, callback, FailureKind::InstanceLost))
+    }
+
+    fn is_current(&self, stream: StreamId) -> bool {
+        self.live.is_some() && stream.generation == self.generation
+    }
+
+    /// Calls a root-context callback (with the root id first), with `call` data in place.
+    fn root_call(
+        &mut self,
+        plugin: PluginId,
+        callback: Callback,
+        args: &[u32],
+        call: CallData,
+    ) -> Result<Option<i32>, FilterError> {
+        self.ensure_live()?;
+        let root_id = self.plugins[plugin.0].root_id;
+        self.state().call = call;
+        let mut full = vec![root_id];
+        full.extend_from_slice(args);
+        let result = self.call(plugin.0, callback, root_id, &full);
+        if let Some(live) = &mut self.live {
+            live.store.data_mut().call = CallData::default();
+        }
+        result
+    }
+
+    fn set_status(&mut self, (code, message): (Status, Vec<u8>)) {
+        if let Some(live) = &mut self.live {
+            let status = &mut live.store.data_mut().status;
+            status.code = code as u32;
+            status.message = message;
+        }
+    }
+
+    fn has_pending_call(&self, token: u32) -> bool {
+        self.live
+            .as_ref()
+            .is_some_and(|live| live.store.data().pending_calls.contains(&token))
+    }
+
+    fn take_pending_call(&mut self, token: u32) -> bool {
+        self.live
+            .as_mut()
+            .is_some_and(|live| live.store.data_mut().pending_calls.remove(&token))
+    }
+
+    fn state(&mut self) -> &mut HostState {
+        self.live
+            .as_mut()
+            .expect("a live instance")
+            .store
+            .data_mut()
+    }
+
+    fn new_context_id(&mut self) -> u32 {
+        let id = self.next_context_id;
+        self.next_context_id += 1;
+        id
+    }
+
+    fn timeout(&self, plugin: usize) -> Option<Duration> {
+        self.plugins
+            .get(plugin)
+            .and_then(|p| p.config.timeout)
+            .or(self.config.timeout)
+    }
+
+    fn filter_name(&self, plugin: usize) -> String {
+        match self.plugins.get(plugin) {
+            Some(p) if !p.config.name.is_empty() => p.config.name.clone(),
+            _ => self.module.name.clone(),
+        }
+    }
+
+    fn failure(&self, plugin: usize, callback: Callback, kind: FailureKind) -> FilterError {
+        FilterError {
+            filter: self.filter_name(plugin),
+            callback: callback.export_name(),
+            kind,
+        }
+    }
+
+    /// Calls into the guest under the plugin's deadline. On failure the instance is discarded.
+    fn call(
+        &mut self,
+        plugin: usize,
+        callback: Callback,
+        context_id: u32,
+        args: &[u32],
+    ) -> Result<Option<i32>, FilterError> {
+        let timeout = self.timeout(plugin);
+        let deadlines = self.module.engine.config().deadlines;
+        let live = self.live.as_mut().expect("a live instance");
+        let state = live.store.data_mut();
+        state.current_context = context_id;
+        state.effective_context = context_id;
+        state.deadline = timeout.map(|t| Instant::now() + t);
+        state.limiter.refused = false;
+        if deadlines {
+            live.store.set_epoch_deadline(1);
+        }
+        let result = live.callbacks.call(&mut live.store, callback, args);
+        let state = live.store.data_mut();
+        flush_output(state);
+        state.deadline = None;
+        let refused = state.limiter.refused;
+        result.map_err(|error| {
+            let memory = refused.then_some(self.config.memory_limit);
+            let kind = classify(&error, timeout.unwrap_or_default(), memory);
+            self.fail(plugin, callback.export_name(), kind)
+        })
+    }
+
+    /// Records a failure and discards the instance, keeping the root embeddings for the rebuild.
+    fn fail(&mut self, plugin: usize, callback: &'static str, kind: FailureKind) -> FilterError {
+        match kind {
+            FailureKind::Deadline(_) => self.stats.timeouts += 1,
+            FailureKind::MemoryLimit(_) => self.stats.memory_failures += 1,
+            _ => self.stats.traps += 1,
+        }
+        let error = FilterError {
+            filter: self.filter_name(plugin),
+            callback,
+            kind,
+        };
+        if let Some(live) = self.live.take() {
+            let mut state = live.store.into_data();
+            self.next_token = state.next_token;
+            for plugin in &mut self.plugins {
+                if let Some(context) = state.contexts.remove(&plugin.root_id) {
+                    plugin.parked = Some(context.embedding);
+                }
+            }
+        }
+        self.generation += 1;
+        error
+    }
+
+    /// Makes sure an instance is live: instantiates one and starts every plugin on it.
+    fn ensure_live(&mut self) -> Result<(), FilterError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        self.live = Some(self.instantiate()?);
+        self.stats.instances_created += 1;
+        (0..self.plugins.len()).try_for_each(|index| self.start_plugin(index))
+    }
+
+    fn instantiate(&mut self) -> Result<Live, FilterError> {
+        let module = &self.module;
+        let limiter = MemoryLimiter::new(self.config.memory_limit);
+        let mut state = HostState::new(module.abi, self.config.clone(), limiter);
+        state.next_token = self.next_token;
+        let mut store = Store::new(module.engine.wasmtime(), state);
+        store.limiter(|state| &mut state.limiter);
+        if module.engine.config().deadlines {
+            store.epoch_deadline_callback(on_epoch_tick);
+        }
+        let instance_error = |e: wasmtime::Error| {
+            self.failure(
+                usize::MAX,
+                Callback::ContextCreate,
+                FailureKind::Instantiation(format!("{e:?}")),
+            )
+        };
+        let instance = module.pre.instantiate(&mut store).map_err(instance_error)?;
+        let memory = instance.get_memory(&mut store, "memory");
+        let allocator = ALLOCATORS
+            .iter()
+            .find_map(|name| instance.get_func(&mut store, name));
+        let callbacks = Callbacks::resolve(&instance, &mut store);
+        let state = store.data_mut();
+        state.memory = memory;
+        state.allocator = allocator;
+        let mut live = Live { store, callbacks };
+        self.start_instance(&mut live, &instance)?;
+        Ok(live)
+    }
+
+    /// Runs the module's start-up: `_initialize` (then `main`/`__main_void` if exported), or
+    /// `_start` for command-style modules. Exiting with code 0 is a normal end.
+    fn start_instance(
+        &self,
+        live: &mut Live,
+        instance: &wasmtime::Instance,
+    ) -> Result<(), FilterError> {
+        let store = &mut live.store;
+        let mut find = |name: &'static str| instance.get_func(&mut *store, name).map(|f| (name, f));
+        let mut steps: Vec<(&'static str, Func)> = Vec::new();
+        if let Some(initialize) = find("_initialize") {
+            steps.push(initialize);
+            steps.extend(find("main").or_else(|| find("__main_void")));
+        } else {
+            steps.extend(find("_start"));
+        }
+        for (name, func) in steps {
+            let state = store.data_mut();
+            state.deadline = self.config.timeout.map(|t| Instant::now() + t);
+            if self.module.engine.config().deadlines {
+                store.set_epoch_deadline(1);
+            }
+            let params = vec![wasmtime::Val::I32(0); func.ty(&*store).params().len()];
+            let mut results = vec![wasmtime::Val::I32(0); func.ty(&*store).results().len()];
+            let result = func.call(&mut *store, &params, &mut results);
+            flush_output(store.data_mut());
+            if let Err(error) = result {
+                let kind = classify(&error, self.config.timeout.unwrap_or_default(), None);
+                if kind != FailureKind::Exit(0) {
+                    return Err(FilterError {
+                        filter: self.module.name.clone(),
+                        callback: name,
+                        kind,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the plugin's root context on the live instance and configures it.
+    fn start_plugin(&mut self, index: usize) -> Result<(), FilterError> {
+        let root_id = self.new_context_id();
+        let config = self.plugins[index].config.clone();
+        let embedding = self.plugins[index]
+            .parked
+            .take()
+            .expect("a parked root embedding");
+        self.plugins[index].root_id = root_id;
+        let state = self.state();
+        state.contexts.insert(
+            root_id,
+            Context {
+                root_id,
+                embedding,
+                properties: HashMap::new(),
+            },
+        );
+        state.plugins.insert(root_id, config.clone());
+        self.call(index, Callback::ContextCreate, root_id, &[root_id, 0])?;
+        let vm_configuration = self.config.configuration.clone();
+        let steps = [
+            (Callback::VmStart, vm_configuration),
+            (
+                Callback::ValidateConfiguration,
+                config.configuration.clone(),
+            ),
+            (Callback::Configure, config.configuration.clone()),
+        ];
+        for (callback, configuration) in steps {
+            let size = configuration.len() as u32;
+            self.state().call.configuration = Some(configuration);
+            let accepted = self.call(index, callback, root_id, &[root_id, size])?;
+            self.state().call.configuration = None;
+            if accepted == Some(0) {
+                let state = self.state();
+                let context = state.contexts.remove(&root_id);
+                state.plugins.remove(&root_id);
+                self.plugins[index].parked = context.map(|c| c.embedding);
+                return Err(self.failure(index, callback, FailureKind::Refused));
+            }
+        }
+        Ok(())
+    }
+}

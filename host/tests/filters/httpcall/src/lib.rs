@@ -1,0 +1,97 @@
+//! HTTP callouts: pauses each request on a GET `/check` to the upstream named by the plugin
+//! configuration (forwarding `authorization` as `x-token`, 500 ms timeout). A 200 answer
+//! resumes the request with its body as `x-auth-user`; a failed call (no headers) gets a
+//! local 502, any other answer a local 403. Dispatch errors answer 500 with `x-call-error`.
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| Box::<Root>::default());
+}}
+
+#[derive(Default)]
+struct Root {
+    upstream: String,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        self.upstream = String::from_utf8_lossy(&config).trim().to_string();
+        true
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Auth {
+            upstream: self.upstream.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Auth {
+    upstream: String,
+}
+
+impl Context for Auth {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        let status = self.get_http_call_response_header(":status");
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let shown = status.as_deref().unwrap_or("none");
+        log::info!("call {token} status {shown} body {}", body.len());
+        if status.as_deref() == Some("200") {
+            self.set_http_request_header("x-auth-user", Some(&String::from_utf8_lossy(&body)));
+            self.resume_http_request();
+        } else if num_headers == 0 {
+            self.send_http_response(
+                502,
+                vec![("x-call-failed", "1")],
+                Some(b"upstream failed\n"),
+            );
+        } else {
+            self.send_http_response(403, vec![], Some(b"forbidden\n"));
+        }
+    }
+}
+
+impl HttpContext for Auth {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let token = self
+            .get_http_request_header("authorization")
+            .unwrap_or_default();
+        let headers = vec![
+            (":method", "GET"),
+            (":path", "/check"),
+            (":authority", "auth.local"),
+            ("x-token", token.as_str()),
+        ];
+        let timeout = Duration::from_millis(500);
+        if let Err(status) = self.dispatch_http_call(&self.upstream, headers, None, vec![], timeout)
+        {
+            let error = format!("{status:?}");
+            self.send_http_response(500, vec![("x-call-error", &error)], None);
+        }
+        Action::Pause
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        self.add_http_response_header("x-auth-calls", "1");
+        Action::Continue
+    }
+}

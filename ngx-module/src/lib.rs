@@ -1,0 +1,1 @@
+//! nginx dynamic module: not built yet (see the nginx module issue).
