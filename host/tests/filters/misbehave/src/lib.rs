@@ -1,8 +1,8 @@
 //! Misbehaviour on demand, chosen by request header `x-misbehave` (else the plugin
 //! configuration): `spin` loops forever, `hog` allocates 1 MiB chunks until allocation
 //! fails, `panic` panics, `recurse` recurses until the stack is exhausted; anything else
-//! adds header `x-misbehave-ok: 1`. With `x-misbehave-at: response` it happens in
-//! on_http_response_headers (on a response header) instead of on request headers.
+//! adds headers `x-misbehave-ok: 1` and `x-misbehave-config: <plugin configuration>`.
+//! With `x-misbehave-at: response` it happens in on_http_response_headers instead.
 use std::hint::black_box;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -84,6 +84,7 @@ impl HttpContext for Misbehave {
         } else {
             misbehave(&mode);
             self.add_http_request_header("x-misbehave-ok", "1");
+            self.add_http_request_header("x-misbehave-config", &self.default_mode);
         }
         Action::Continue
     }
