@@ -1,0 +1,319 @@
+//! ABI-level behaviour with hand-written modules: version differences, statuses for bad
+//! guest pointers and malformed data, WASI. Each probe runs host calls in
+//! `proxy_on_request_headers` and reports each call's status as request header `x-s<i>`.
+
+mod common;
+
+use common::*;
+use inwasm_host::*;
+
+const IMPORTS: &str = r#"
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_pairs" (func $get_pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_header_map_pairs" (func $set_pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $set_context (param i32) (result i32)))
+  (import "env" "proxy_get_property" (func $get_property (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_call" (func $grpc_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $increment (param i32 i64) (result i32)))
+  (import "env" "proxy_define_metric" (func $define_metric (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_unstable" "proc_exit" (func $exit (param i32)))
+"#;
+
+/// Memory layout: 1000 "x-s?" report key, 1010 two report digits, 1100.. scratch strings,
+/// 2000/2004 out-pointers, 4096.. heap.
+fn probe(abi: &str, allocator: &str, calls: &[&str]) -> String {
+    let headers_params = if abi == "0_1_0" {
+        "(param i32 i32)"
+    } else {
+        "(param i32 i32 i32)"
+    };
+    let reports: String = calls
+        .iter()
+        .enumerate()
+        .map(|(i, call)| format!("(call $report (i32.const {i}) {call})\n"))
+        .collect();
+    format!(
+        r#"(module {IMPORTS}
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_{abi}"))
+  (func (export "malloc") (param $size i32) (result i32) {allocator})
+  (func $report (param $index i32) (param $status i32)
+    (i32.store8 (i32.const 1003) (i32.add (i32.const 48) (local.get $index)))
+    (i32.store8 (i32.const 1010) (i32.add (i32.const 48) (i32.div_u (local.get $status) (i32.const 10))))
+    (i32.store8 (i32.const 1011) (i32.add (i32.const 48) (i32.rem_u (local.get $status) (i32.const 10))))
+    (drop (call $add (i32.const 0) (i32.const 1000) (i32.const 4) (i32.const 1010) (i32.const 2))))
+  (data (i32.const 1000) "x-s")
+  (data (i32.const 1100) "x-missing")
+  (data (i32.const 1200) "hello\nwor")
+  (data (i32.const 1220) "ld\n")
+  (data (i32.const 1300) "\c8\04\00\00\09\00\00\00\d4\04\00\00\03\00\00\00")
+  (data (i32.const 1400) "\ff\ff\ff\ff\00\00\00\00")
+  (data (i32.const 1500) "plugin_name")
+  (data (i32.const 1600) "nope")
+  (data (i32.const 1700) "echo")
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") {headers_params} (result i32)
+    {reports}
+    (i32.const 0)))"#
+    )
+}
+
+const BUMP: &str =
+    "(global.get $heap) (global.set $heap (i32.add (global.get $heap) (local.get $size)))";
+
+/// Runs the probe's calls and returns the statuses they reported, in order.
+fn statuses(abi: &str, allocator: &str, calls: &[&str]) -> (Vec<u32>, Harness) {
+    let module = wat(&format!("probe-{abi}"), &probe(abi, allocator, calls));
+    let mut h = Harness::new(module, "cfg");
+    let (stream, exchange) = h.stream(&get_request_headers());
+    h.vm.on_request_headers(stream, true).unwrap();
+    let found = (0..calls.len())
+        .map(|i| {
+            request_header(&exchange, &format!("x-s{i}"))
+                .expect("reported")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    (found, h)
+}
+
+fn status_of(call: &str) -> u32 {
+    statuses("0_2_1", BUMP, &[call]).0[0]
+}
+
+const OK: u32 = 0;
+const NOT_FOUND: u32 = 1;
+const BAD_ARGUMENT: u32 = 2;
+const SERIALIZATION_FAILURE: u32 = 3;
+const INVALID_MEMORY_ACCESS: u32 = 6;
+
+const GET_MISSING_HEADER: &str = "(call $get_header (i32.const 0) (i32.const 1100) (i32.const 9) (i32.const 2000) (i32.const 2004))";
+
+#[test]
+fn missing_header_is_not_found_from_0_2_0_on() {
+    assert_eq!(
+        statuses("0_2_0", BUMP, &[GET_MISSING_HEADER]).0,
+        vec![NOT_FOUND]
+    );
+    assert_eq!(
+        statuses("0_2_1", BUMP, &[GET_MISSING_HEADER]).0,
+        vec![NOT_FOUND]
+    );
+}
+
+#[test]
+fn abi_0_1_0_missing_header_is_empty_and_two_argument_callbacks_work() {
+    let (found, h) = statuses("0_1_0", BUMP, &[GET_MISSING_HEADER]);
+    assert_eq!(found, vec![OK]);
+    assert_eq!(h.vm.module().abi_version(), AbiVersion::V0_1_0);
+}
+
+#[test]
+fn out_of_bounds_pointers_are_invalid_memory_access() {
+    for call in [
+        "(call $log (i32.const 2) (i32.const 65530) (i32.const 100))",
+        "(call $log (i32.const 2) (i32.const 16) (i32.const -1))",
+        "(call $log (i32.const 2) (i32.const -16) (i32.const 32))",
+        "(call $get_pairs (i32.const 0) (i32.const 65534) (i32.const 2004))",
+        "(call $get_pairs (i32.const 0) (i32.const 2000) (i32.const -4))",
+        "(call $add (i32.const 0) (i32.const 1100) (i32.const 70000) (i32.const 1100) (i32.const 1))",
+        "(call $get_property (i32.const 1500) (i32.const 11) (i32.const 65535) (i32.const 2004))",
+    ] {
+        assert_eq!(status_of(call), INVALID_MEMORY_ACCESS, "{call}");
+    }
+}
+
+#[test]
+fn misaligned_out_pointers_work() {
+    assert_eq!(
+        status_of("(call $get_pairs (i32.const 0) (i32.const 2001) (i32.const 2007))"),
+        OK
+    );
+}
+
+#[test]
+fn garbage_from_the_allocator_is_caught() {
+    let garbage = "(i32.const -256)";
+    let (found, _) = statuses(
+        "0_2_1",
+        garbage,
+        &["(call $get_pairs (i32.const 0) (i32.const 2000) (i32.const 2004))"],
+    );
+    assert_eq!(found, vec![INVALID_MEMORY_ACCESS]);
+}
+
+#[test]
+fn malformed_maps_are_serialization_failures() {
+    // 1300: a map claiming keys at lengths that run past the buffer; 1400: count 0xffffffff.
+    assert_eq!(
+        status_of("(call $set_pairs (i32.const 0) (i32.const 1300) (i32.const 16))"),
+        SERIALIZATION_FAILURE
+    );
+    assert_eq!(
+        status_of("(call $set_pairs (i32.const 0) (i32.const 1400) (i32.const 8))"),
+        SERIALIZATION_FAILURE
+    );
+}
+
+#[test]
+fn bad_enum_values_are_bad_arguments() {
+    for call in [
+        "(call $get_pairs (i32.const 99) (i32.const 2000) (i32.const 2004))",
+        "(call $get_buffer (i32.const 42) (i32.const 0) (i32.const 10) (i32.const 2000) (i32.const 2004))",
+        "(call $log (i32.const 9) (i32.const 1100) (i32.const 1))",
+        "(call $set_context (i32.const 9999))",
+        // http_call without :method/:path/:authority
+        "(call $http_call (i32.const 1600) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 2000))",
+        // call-response headers are read-only
+        "(call $set_pairs (i32.const 6) (i32.const 0) (i32.const 0))",
+    ] {
+        assert_eq!(status_of(call), BAD_ARGUMENT, "{call}");
+    }
+}
+
+#[test]
+fn effective_context_redirects_host_calls() {
+    // On the root context (id 1) there are no request headers; back on the stream (id 2)
+    // there are. Each snippet switches, reads :path, and switches back before reporting.
+    let read_path = "(call $get_header (i32.const 0) (i32.const 1800) (i32.const 5) (i32.const 2000) (i32.const 2004))";
+    let on = |id: u32| {
+        format!("(drop (call $set_context (i32.const {id}))) {read_path} (drop (call $set_context (i32.const 2)))")
+    };
+    let text = probe("0_2_1", BUMP, &[&on(1), &on(2)]).replacen(
+        "(data (i32.const 1000)",
+        "(data (i32.const 1800) \":path\") (data (i32.const 1000)",
+        1,
+    );
+    let mut h = Harness::new(wat("switch", &text), "");
+    let (stream, exchange) = h.stream(&get_request_headers());
+    h.vm.on_request_headers(stream, true).unwrap();
+    assert_eq!(request_header(&exchange, "x-s0").as_deref(), Some("01"));
+    assert_eq!(request_header(&exchange, "x-s1").as_deref(), Some("00"));
+}
+
+#[test]
+fn unimplemented_capabilities_answer_unimplemented_once_in_the_log() {
+    let grpc = "(call $grpc_call (i32.const 1600) (i32.const 4) (i32.const 1600) (i32.const 4) (i32.const 1600) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 2000))";
+    let (found, h) = statuses("0_2_1", BUMP, &[grpc, grpc]);
+    assert_eq!(found, vec![12, 12]);
+    let reports = h
+        .logs()
+        .iter()
+        .filter(|l| l.contains("proxy_grpc_call is not supported"))
+        .count();
+    assert_eq!(reports, 1, "{:?}", h.logs());
+}
+
+#[test]
+fn foreign_functions_unknown_are_not_found() {
+    assert_eq!(status_of("(call $foreign (i32.const 1600) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 2000) (i32.const 2004))"), NOT_FOUND);
+    assert_eq!(status_of("(call $foreign (i32.const 1700) (i32.const 4) (i32.const 1100) (i32.const 3) (i32.const 2000) (i32.const 2004))"), OK);
+}
+
+#[test]
+fn counter_increment_must_be_positive() {
+    let define =
+        "(call $define_metric (i32.const 0) (i32.const 1600) (i32.const 4) (i32.const 2000))";
+    let (found, _) = statuses(
+        "0_2_1",
+        BUMP,
+        &[
+            define,
+            "(call $increment (i32.const 0) (i64.const 0))",
+            "(call $increment (i32.const 0) (i64.const 3))",
+        ],
+    );
+    assert_eq!(found, vec![OK, BAD_ARGUMENT, OK]);
+}
+
+#[test]
+fn stdout_becomes_log_lines() {
+    // iovecs at 1240: (1200, 9) then (1220, 3): "hello\nwor" + "ld\n"
+    let call = "(i32.store (i32.const 1240) (i32.const 1200)) (i32.store (i32.const 1244) (i32.const 9)) \
+                (i32.store (i32.const 1248) (i32.const 1220)) (i32.store (i32.const 1252) (i32.const 3)) \
+                (call $fd_write (i32.const 1) (i32.const 1240) (i32.const 2) (i32.const 2000))";
+    let (found, h) = statuses("0_2_1", BUMP, &[call]);
+    assert_eq!(found, vec![0]);
+    let logs = h.logs();
+    assert!(
+        logs.contains(&"hello".to_string()) && logs.contains(&"world".to_string()),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn wasi_environment_is_empty_unless_configured() {
+    let sizes = "(drop (call $environ_sizes (i32.const 2000) (i32.const 2004))) (i32.load (i32.const 2000))";
+    assert_eq!(statuses("0_2_1", BUMP, &[sizes]).0, vec![0]);
+    let module = wat(
+        "env",
+        &probe(
+            "0_2_1",
+            BUMP,
+            &[sizes, "(call $environ (i32.const 3000) (i32.const 3100))"],
+        ),
+    );
+    let config = VmConfig {
+        environment: vec![("TENANT".into(), "acme".into())],
+        ..VmConfig::default()
+    };
+    let mut h = Harness::with_config(module, "", config);
+    let (stream, exchange) = h.stream(&get_request_headers());
+    h.vm.on_request_headers(stream, true).unwrap();
+    assert_eq!(request_header(&exchange, "x-s0").as_deref(), Some("01"));
+    assert_eq!(request_header(&exchange, "x-s1").as_deref(), Some("00"));
+}
+
+#[test]
+fn wasi_has_no_files_and_random_works() {
+    let open = "(call $path_open (i32.const 3) (i32.const 0) (i32.const 1600) (i32.const 4) (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 2000))";
+    let random = "(call $random (i32.const 3000) (i32.const 64))";
+    let random_oob = "(call $random (i32.const 65530) (i32.const 64))";
+    assert_eq!(
+        statuses("0_2_1", BUMP, &[open, random, random_oob]).0,
+        vec![8, 0, 21]
+    );
+}
+
+#[test]
+fn proc_exit_ends_the_call() {
+    let module = wat(
+        "exit",
+        &probe("0_2_1", BUMP, &["(call $exit (i32.const 3)) (i32.const 0)"]),
+    );
+    let mut h = Harness::new(module, "");
+    let (stream, _) = h.stream(&get_request_headers());
+    assert_eq!(
+        h.vm.on_request_headers(stream, true).unwrap_err().kind,
+        FailureKind::Exit(3)
+    );
+}
+
+#[test]
+fn native_stack_exhaustion_is_a_stack_overflow_trap() {
+    let text = probe("0_2_1", BUMP, &["(call $deep) (i32.const 0)"]).replacen(
+        "(func $report",
+        "(func $deep (call $deep)) (func $report",
+        1,
+    );
+    let mut h = Harness::new(wat("deep", &text), "");
+    let (stream, _) = h.stream(&get_request_headers());
+    let FailureKind::Trap(message) = h.vm.on_request_headers(stream, true).unwrap_err().kind else {
+        panic!()
+    };
+    assert!(message.starts_with("stack overflow"), "{message}");
+}
