@@ -31,6 +31,13 @@ pub struct Metric {
     pub recorded: Vec<u64>,
 }
 
+#[derive(Debug, Default)]
+pub struct Queue {
+    pub vm_id: Vec<u8>,
+    pub name: Vec<u8>,
+    pub items: VecDeque<Vec<u8>>,
+}
+
 /// State shared by every context of the in-memory proxy.
 #[derive(Debug)]
 pub struct NodeState {
@@ -38,8 +45,8 @@ pub struct NodeState {
     pub logs: Vec<(LogLevel, String)>,
     pub shared_data: HashMap<Vec<u8>, (Vec<u8>, u32)>,
     pub next_cas: u32,
-    /// Queues by id: (vm id, name, items, registered by root embedding label).
-    pub queues: Vec<(Vec<u8>, Vec<u8>, VecDeque<Vec<u8>>)>,
+    /// Queues; a queue's id is its index + 1.
+    pub queues: Vec<Queue>,
     pub metrics: Vec<Metric>,
     pub http_calls: Vec<(u32, HttpCallRequest)>,
     pub tick_period: Option<Duration>,
@@ -254,11 +261,15 @@ impl SharedQueues for MemoryEmbedding {
         if let Some(id) = node
             .queues
             .iter()
-            .position(|(v, n, _)| *v == vm_id && n == name)
+            .position(|q| q.vm_id == vm_id && q.name == name)
         {
             return Ok(id as u32 + 1);
         }
-        node.queues.push((vm_id, name.to_vec(), VecDeque::new()));
+        node.queues.push(Queue {
+            vm_id,
+            name: name.to_vec(),
+            items: VecDeque::new(),
+        });
         Ok(node.queues.len() as u32)
     }
 
@@ -267,7 +278,7 @@ impl SharedQueues for MemoryEmbedding {
         Ok(node
             .queues
             .iter()
-            .position(|(v, n, _)| v == vm_id && n == name)
+            .position(|q| q.vm_id == vm_id && q.name == name)
             .map(|i| i as u32 + 1))
     }
 
@@ -277,7 +288,7 @@ impl SharedQueues for MemoryEmbedding {
             .queues
             .get_mut((queue_id as usize).wrapping_sub(1))
             .ok_or(Status::NotFound)?;
-        queue.2.push_back(value.to_vec());
+        queue.items.push_back(value.to_vec());
         Ok(())
     }
 
@@ -287,7 +298,7 @@ impl SharedQueues for MemoryEmbedding {
             .queues
             .get_mut((queue_id as usize).wrapping_sub(1))
             .ok_or(Status::NotFound)?;
-        Ok(queue.2.pop_front())
+        Ok(queue.items.pop_front())
     }
 }
 

@@ -1,1 +1,43 @@
-//! nginx dynamic module: not built yet (see the nginx module issue).
+//! nginx dynamic module running proxy-wasm filters on the inwasm host.
+//!
+//! Two nginx modules live in this library: `ngx_inwasm_module` (core: the `wasm {}` block,
+//! per-worker runtime) and `ngx_http_inwasm_module` (HTTP: `proxy_wasm` chains and the hooks
+//! that run them). Every entry point from nginx catches panics (`ffi::guard`).
+
+mod embedding;
+mod ffi;
+mod headers;
+mod http_module;
+mod properties;
+mod request;
+mod wasm_block;
+mod worker;
+
+pub use http_module::ngx_http_inwasm_module;
+pub use wasm_block::ngx_inwasm_module;
+
+use std::ffi::c_char;
+use std::ptr;
+
+use ngx::ffi::ngx_module_t;
+
+// What nginx's `load_module` looks up (ngx::ngx_modules! only handles a single module).
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_modules: [*const ngx_module_t; 3] = [
+    ptr::addr_of!(ngx_inwasm_module),
+    ptr::addr_of!(ngx_http_inwasm_module),
+    ptr::null(),
+];
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_names: [*const c_char; 3] = [
+    c"ngx_inwasm_module".as_ptr(),
+    c"ngx_http_inwasm_module".as_ptr(),
+    ptr::null(),
+];
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_order: [*const c_char; 1] = [ptr::null()];

@@ -1,0 +1,225 @@
+//! The HTTP module: `proxy_wasm` chains and isolation per location, and the hooks that run
+//! them (rewrite phase, header and body filters, log phase).
+//!
+//! ```nginx
+//! location / {
+//!     proxy_wasm NAME ['plugin config'];       # repeatable: a chain, run in order
+//!     proxy_wasm_isolation none|stream|filter; # default none
+//! }
+//! ```
+
+use std::ffi::{c_char, c_void};
+use std::ptr;
+
+use inwasm_host::{PluginConfig, Vm};
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
+    ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_REWRITE_PHASE,
+    ngx_http_top_body_filter, ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_uint_t,
+    NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+};
+use ngx::http::{
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError,
+    NgxHttpCoreModule,
+};
+use ngx::ngx_string;
+
+use crate::embedding::RootEmbedding;
+use crate::request;
+use crate::wasm_block::{args, conf_error, FilterDecl, WasmConf};
+
+/// How instances are shared (Kong's `proxy_wasm_isolation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// One instance per module per worker, shared by every request.
+    None,
+    /// A fresh instance per request (shared by the request's filters of one module).
+    Stream,
+    /// A fresh instance per filter per request.
+    Filter,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LocConf {
+    /// Indices into `WasmConf::filters`, in order. `None`: inherit the enclosing block's chain.
+    pub chain: Option<Vec<usize>>,
+    pub isolation: Option<Isolation>,
+}
+
+impl Merge for LocConf {
+    fn merge(&mut self, prev: &LocConf) -> Result<(), MergeConfigError> {
+        if self.chain.is_none() {
+            self.chain = prev.chain.clone();
+        }
+        if self.isolation.is_none() {
+            self.isolation = prev.isolation;
+        }
+        Ok(())
+    }
+}
+
+pub struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        unsafe { &*ptr::addr_of!(ngx_http_inwasm_module) }
+    }
+
+    unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        let Some(core) = NgxHttpCoreModule::main_conf_mut(&*cf) else {
+            return Status::NGX_ERROR.into();
+        };
+        let phases: [(usize, ngx_http_handler_pt); 2] = [
+            (
+                ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize,
+                Some(request::rewrite_handler),
+            ),
+            (
+                ngx_http_phases_NGX_HTTP_LOG_PHASE as usize,
+                Some(request::log_handler),
+            ),
+        ];
+        for (phase, handler) in phases {
+            let slot = ngx_array_push(&mut core.phases[phase].handlers) as *mut ngx_http_handler_pt;
+            if slot.is_null() {
+                return Status::NGX_ERROR.into();
+            }
+            *slot = handler;
+        }
+        request::NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+        ngx_http_top_header_filter = Some(request::header_filter as unsafe extern "C" fn(_) -> _);
+        request::NEXT_BODY_FILTER = ngx_http_top_body_filter;
+        ngx_http_top_body_filter = Some(request::body_filter as unsafe extern "C" fn(_, _) -> _);
+        Status::NGX_OK.into()
+    }
+}
+
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = LocConf;
+}
+
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = ();
+}
+
+static CONTEXT: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: Some(Module::postconfiguration),
+    create_main_conf: None,
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(Module::create_loc_conf),
+    merge_loc_conf: Some(Module::merge_loc_conf),
+};
+
+const ANY_HTTP_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+static mut COMMANDS: [ngx_command_t; 3] = [
+    ngx_command_t {
+        name: ngx_string!("proxy_wasm"),
+        type_: (ANY_HTTP_LEVEL | NGX_CONF_TAKE12) as ngx_uint_t,
+        set: Some(proxy_wasm),
+        conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("proxy_wasm_isolation"),
+        type_: (ANY_HTTP_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(proxy_wasm_isolation),
+        conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_inwasm_module: ngx_module_t = ngx_module_t {
+    ctx: ptr::addr_of!(CONTEXT) as *mut c_void,
+    commands: ptr::addr_of_mut!(COMMANDS) as *mut ngx_command_t,
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    ..ngx_module_t::default()
+};
+
+extern "C" fn proxy_wasm(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    unsafe {
+        let loc = &mut *(conf as *mut LocConf);
+        let args = args(cf);
+        let name = String::from_utf8_lossy(args[1]).into_owned();
+        let Some(wasm) = WasmConf::of_cycle((*cf).cycle) else {
+            return conf_error(cf, "proxy_wasm: no wasm {} block");
+        };
+        let Some(module) = wasm.module_index(&name) else {
+            return conf_error(
+                cf,
+                &format!("proxy_wasm: no module \"{name}\" is declared in the wasm {{}} block"),
+            );
+        };
+        let plugin = PluginConfig {
+            name: name.clone(),
+            root_id: String::new(),
+            configuration: args.get(2).copied().unwrap_or_default().to_vec(),
+            timeout: None,
+        };
+        if let Err(message) = validate(wasm, module, &plugin, cf) {
+            return conf_error(cf, &format!("proxy_wasm \"{name}\": {message}"));
+        }
+        wasm.filters.push(FilterDecl { module, plugin });
+        loc.chain
+            .get_or_insert_with(Vec::new)
+            .push(wasm.filters.len() - 1);
+        ptr::null_mut()
+    }
+}
+
+/// Starts the filter once at configuration time, so `nginx -t` catches a filter that fails
+/// to start or refuses its configuration.
+unsafe fn validate(
+    wasm: &WasmConf,
+    module: usize,
+    plugin: &PluginConfig,
+    cf: *mut ngx_conf_t,
+) -> Result<(), String> {
+    let decl = &wasm.modules[module];
+    let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?;
+    vm.add_plugin(
+        plugin.clone(),
+        Box::new(RootEmbedding::new(&plugin.name, (*cf).log)),
+    )
+    .map(drop)
+    .map_err(|e| e.to_string())
+}
+
+extern "C" fn proxy_wasm_isolation(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    unsafe {
+        let loc = &mut *(conf as *mut LocConf);
+        loc.isolation = Some(match args(cf)[1] {
+            b"none" => Isolation::None,
+            b"stream" => Isolation::Stream,
+            b"filter" => Isolation::Filter,
+            other => {
+                let other = String::from_utf8_lossy(other);
+                return conf_error(
+                    cf,
+                    &format!(
+                        "invalid proxy_wasm_isolation \"{other}\": use none, stream or filter"
+                    ),
+                );
+            }
+        });
+        ptr::null_mut()
+    }
+}

@@ -1,0 +1,236 @@
+//! The `wasm {}` block (a core module): declares modules, compiled here at configuration time
+//! in the master, so `nginx -t` reports bad wasm and workers inherit compiled code.
+//!
+//! ```nginx
+//! wasm {
+//!     module NAME PATH [vm_config];   # .wasm or .wat
+//!     memory_limit SIZE;              # default cap of every instance's linear memory
+//! }
+//! ```
+
+use std::ffi::{c_char, c_void};
+use std::path::PathBuf;
+use std::ptr;
+use std::sync::{Arc, OnceLock};
+
+use inwasm_host::{Engine, EngineConfig, Module, PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT};
+use ngx::core::Pool;
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_parse, ngx_conf_t, ngx_core_module_t, ngx_cycle_t, ngx_module_t,
+    ngx_parse_size, ngx_str_t, ngx_uint_t, NGX_CONF_BLOCK, NGX_CONF_NOARGS, NGX_CORE_MODULE,
+    NGX_DIRECT_CONF, NGX_ERROR, NGX_LOG_EMERG, NGX_MAIN_CONF,
+};
+use ngx::ngx_string;
+
+use crate::ffi::bytes;
+use crate::worker;
+
+/// A module declared with `module NAME PATH`.
+pub struct ModuleDecl {
+    pub name: String,
+    pub module: Arc<Module>,
+    pub vm_config: VmConfig,
+}
+
+/// A filter: one `proxy_wasm NAME [config]` directive, i.e. one root context.
+pub struct FilterDecl {
+    pub module: usize,
+    pub plugin: PluginConfig,
+}
+
+/// Everything the `wasm {}` block and the `proxy_wasm` directives declared in one
+/// configuration (one nginx cycle).
+#[derive(Default)]
+pub struct WasmConf {
+    pub modules: Vec<ModuleDecl>,
+    pub filters: Vec<FilterDecl>,
+    memory_limit: Option<usize>,
+}
+
+impl WasmConf {
+    pub fn module_index(&self, name: &str) -> Option<usize> {
+        self.modules.iter().position(|m| m.name == name)
+    }
+
+    /// The configuration of `cycle`.
+    ///
+    /// # Safety
+    /// `cycle` must be a cycle whose configuration was created (after `create_conf`).
+    pub unsafe fn of_cycle<'a>(cycle: *const ngx_cycle_t) -> Option<&'a mut WasmConf> {
+        let slots = (*cycle).conf_ctx as *mut *mut c_void;
+        if slots.is_null() {
+            return None;
+        }
+        let conf = *slots.add(ngx_inwasm_module.index);
+        (conf as *mut WasmConf).as_mut()
+    }
+}
+
+/// The process-wide engine, created on first use (in the master, before any fork; it starts
+/// no thread). Reloads reuse it, so compiled code stays compatible across cycles.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        Engine::new(EngineConfig::default()).expect("wasmtime engine configuration is valid")
+    })
+}
+
+static mut COMMANDS: [ngx_command_t; 2] = [
+    ngx_command_t {
+        name: ngx_string!("wasm"),
+        type_: (NGX_MAIN_CONF | NGX_DIRECT_CONF | NGX_CONF_BLOCK | NGX_CONF_NOARGS) as ngx_uint_t,
+        set: Some(wasm_block),
+        conf: 0,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+static mut CONTEXT: ngx_core_module_t = ngx_core_module_t {
+    name: ngx_string!("inwasm"),
+    create_conf: Some(create_conf),
+    init_conf: None,
+};
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_inwasm_module: ngx_module_t = ngx_module_t {
+    ctx: ptr::addr_of_mut!(CONTEXT) as *mut c_void,
+    commands: ptr::addr_of_mut!(COMMANDS) as *mut ngx_command_t,
+    type_: NGX_CORE_MODULE as ngx_uint_t,
+    init_process: Some(worker::init_process),
+    exit_process: Some(worker::exit_process),
+    ..ngx_module_t::default()
+};
+
+unsafe extern "C" fn create_conf(cycle: *mut ngx_cycle_t) -> *mut c_void {
+    Pool::from_ngx_pool((*cycle).pool).allocate(WasmConf::default()) as *mut c_void
+}
+
+/// The arguments of the directive being parsed.
+pub unsafe fn args<'a>(cf: *mut ngx_conf_t) -> Vec<&'a [u8]> {
+    let args = &*(*cf).args;
+    args.as_slice::<ngx_str_t>()
+        .iter()
+        .map(|s| bytes(s))
+        .collect()
+}
+
+/// Reports a configuration error at the current file and line and fails the directive.
+pub unsafe fn conf_error(cf: *mut ngx_conf_t, message: &str) -> *mut c_char {
+    let message = message.replace('\0', "\\0");
+    ngx::ffi::ngx_conf_log_error(
+        NGX_LOG_EMERG as ngx_uint_t,
+        cf,
+        0,
+        c"%*s".as_ptr(),
+        message.len(),
+        message.as_ptr(),
+    );
+    ngx::core::NGX_CONF_ERROR as *mut c_char
+}
+
+extern "C" fn wasm_block(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    unsafe {
+        let saved = *cf;
+        (*cf).handler = Some(block_directive);
+        (*cf).handler_conf = conf;
+        let result = ngx_conf_parse(cf, ptr::null_mut());
+        *cf = saved;
+        // The block's memory_limit applies to every module it declares, wherever it stands.
+        let conf = &mut *(conf as *mut WasmConf);
+        let limit = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
+        conf.modules
+            .iter_mut()
+            .for_each(|m| m.vm_config.memory_limit = limit);
+        result
+    }
+}
+
+/// Handles one directive inside `wasm {}`.
+unsafe extern "C" fn block_directive(
+    cf: *mut ngx_conf_t,
+    _dummy: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let conf = &mut *(conf as *mut WasmConf);
+    let args = args(cf);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let result = match (args[0], args.len()) {
+        (b"module", 3 | 4) => declare_module(
+            cf,
+            conf,
+            &text(args[1]),
+            &text(args[2]),
+            args.get(3).copied(),
+        ),
+        (b"memory_limit", 2) => match parse_size(args[1]) {
+            Some(limit) => {
+                conf.memory_limit = Some(limit);
+                Ok(())
+            }
+            None => Err(format!("invalid memory_limit \"{}\"", text(args[1]))),
+        },
+        (b"module" | b"memory_limit", _) => Err(format!(
+            "invalid number of arguments in \"{}\" directive",
+            text(args[0])
+        )),
+        (other, _) => Err(format!(
+            "unknown directive \"{}\" in wasm block",
+            text(other)
+        )),
+    };
+    match result {
+        Ok(()) => ptr::null_mut(),
+        Err(message) => conf_error(cf, &message),
+    }
+}
+
+unsafe fn declare_module(
+    cf: *mut ngx_conf_t,
+    conf: &mut WasmConf,
+    name: &str,
+    path: &str,
+    vm_config: Option<&[u8]>,
+) -> Result<(), String> {
+    if conf.module_index(name).is_some() {
+        return Err(format!("duplicate wasm module \"{name}\""));
+    }
+    let path = resolve_path(cf, path);
+    let module = Module::from_file(engine(), &path, None).map_err(|e| e.to_string())?;
+    let vm_config = VmConfig {
+        vm_id: name.to_string(),
+        configuration: vm_config.unwrap_or_default().to_vec(),
+        ..VmConfig::default()
+    };
+    conf.modules.push(ModuleDecl {
+        name: name.to_string(),
+        module,
+        vm_config,
+    });
+    Ok(())
+}
+
+/// Relative paths are relative to nginx's prefix, like other nginx file paths.
+unsafe fn resolve_path(cf: *mut ngx_conf_t, path: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    if path.is_absolute() {
+        return path;
+    }
+    let prefix = String::from_utf8_lossy(bytes(&(*(*cf).cycle).prefix)).into_owned();
+    PathBuf::from(prefix).join(path)
+}
+
+fn parse_size(value: &[u8]) -> Option<usize> {
+    let mut s = ngx_str_t {
+        len: value.len(),
+        data: value.as_ptr() as *mut u8,
+    };
+    let size = unsafe { ngx_parse_size(&mut s) };
+    (size != NGX_ERROR as isize && size > 0).then_some(size as usize)
+}

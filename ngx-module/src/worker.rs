@@ -1,0 +1,133 @@
+//! Per-worker runtime: the epoch ticker that enforces deadlines, and the shared instances
+//! (isolation `none`: one VM per module, holding every filter of that module as a plugin).
+//! Created in each worker after fork; the master never runs it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use inwasm_host::{EpochTicker, PluginId, Vm};
+use ngx::ffi::{ngx_cycle_t, ngx_int_t, ngx_log_t, NGX_LOG_ERR, NGX_OK};
+
+use crate::embedding::RootEmbedding;
+use crate::ffi::{guard_status, log_error};
+use crate::wasm_block::{engine, FilterDecl, ModuleDecl, WasmConf};
+
+/// How often the epoch advances, i.e. the precision of deadlines.
+const EPOCH_PERIOD: Duration = Duration::from_millis(1);
+
+pub type SharedVm = Rc<RefCell<Vm>>;
+
+struct Worker {
+    _ticker: EpochTicker,
+    /// The shared VM of each module (`None` when it failed to start), by module index.
+    vms: Vec<Option<SharedVm>>,
+    /// Each filter's plugin on its module's shared VM, by filter index.
+    plugins: Vec<Option<PluginId>>,
+}
+
+thread_local! {
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+}
+
+pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    let log = (*cycle).log;
+    guard_status(log, || {
+        let Some(conf) = WasmConf::of_cycle(cycle) else {
+            return NGX_OK as ngx_int_t;
+        };
+        if conf.modules.is_empty() {
+            return NGX_OK as ngx_int_t;
+        }
+        let ticker = match EpochTicker::start(engine(), EPOCH_PERIOD) {
+            Ok(ticker) => ticker,
+            Err(error) => {
+                log_error(
+                    NGX_LOG_ERR as usize,
+                    log,
+                    &format!("inwasm: cannot start the deadline ticker: {error}"),
+                );
+                return ngx::ffi::NGX_ERROR as ngx_int_t;
+            }
+        };
+        let mut plugins = vec![None; conf.filters.len()];
+        let vms = conf
+            .modules
+            .iter()
+            .enumerate()
+            .map(|(index, decl)| start_shared_vm(decl, index, &conf.filters, &mut plugins, log))
+            .collect();
+        WORKER.with(|w| {
+            *w.borrow_mut() = Some(Worker {
+                _ticker: ticker,
+                vms,
+                plugins,
+            })
+        });
+        NGX_OK as ngx_int_t
+    })
+}
+
+pub unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
+    guard_status((*cycle).log, || {
+        WORKER.with(|w| w.borrow_mut().take());
+        NGX_OK as ngx_int_t
+    });
+}
+
+fn start_shared_vm(
+    decl: &ModuleDecl,
+    index: usize,
+    filters: &[FilterDecl],
+    plugins: &mut [Option<PluginId>],
+    log: *mut ngx_log_t,
+) -> Option<SharedVm> {
+    let mut vm = match Vm::new(decl.module.clone(), decl.vm_config.clone()) {
+        Ok(vm) => vm,
+        Err(error) => {
+            log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: {error}"));
+            return None;
+        }
+    };
+    for (filter_index, filter) in filters
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.module == index)
+    {
+        match vm.add_plugin(
+            filter.plugin.clone(),
+            Box::new(RootEmbedding::new(&filter.plugin.name, log)),
+        ) {
+            Ok(plugin) => plugins[filter_index] = Some(plugin),
+            Err(error) => log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: {error}")),
+        }
+    }
+    Some(Rc::new(RefCell::new(vm)))
+}
+
+/// The shared VM and plugin of a filter, if it started in this worker.
+pub fn shared_instance(filter: usize) -> Option<(SharedVm, PluginId)> {
+    WORKER.with(|w| {
+        let w = w.borrow();
+        let w = w.as_ref()?;
+        let plugin = (*w.plugins.get(filter)?)?;
+        let module = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle)? }.filters[filter].module;
+        Some((w.vms[module].clone()?, plugin))
+    })
+}
+
+/// A fresh VM of `module` with the filter's plugin started on it (isolation stream/filter).
+pub fn fresh_instance(
+    decl: &ModuleDecl,
+    filter: &FilterDecl,
+    log: *mut ngx_log_t,
+) -> Result<(SharedVm, PluginId), String> {
+    let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?;
+    let plugin = vm
+        .add_plugin(
+            filter.plugin.clone(),
+            Box::new(RootEmbedding::new(&filter.plugin.name, log)),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok((Rc::new(RefCell::new(vm)), plugin))
+}
