@@ -1,0 +1,375 @@
+//! The nginx module through a real nginx (`load_module`), with filters built from the SDK.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn wasm_block(modules: &[&str]) -> String {
+    let lines: String = modules
+        .iter()
+        .map(|m| format!("module {m} {};\n", filter(m)))
+        .collect();
+    format!("wasm {{ {lines} }}")
+}
+
+#[test]
+fn request_and_response_headers_are_rewritten() {
+    let upstream = EchoUpstream::start();
+    let nginx = Nginx::start(
+        &wasm_block(&["headers"]),
+        &format!(
+            "location / {{ proxy_wasm headers 'from-config'; proxy_pass http://127.0.0.1:{}; }}",
+            upstream.port
+        ),
+    );
+    let response = nginx.request(
+        "GET",
+        "/path?x=1",
+        &[("X-Remove-Me", "yes"), ("X-Keep", "kept")],
+        b"",
+    );
+    assert_eq!(response.status, 200);
+    let seen = response.text();
+    assert!(seen.starts_with("GET /path?x=1\n"), "{seen}");
+    assert!(seen.contains("x-inwasm-config: from-config\n"), "{seen}");
+    assert!(seen.contains("x-inwasm-added: 1\n"), "{seen}");
+    assert!(seen.contains("x-keep: kept\n"), "{seen}");
+    assert!(!seen.contains("x-remove-me"), "{seen}");
+    assert_eq!(response.header("x-inwasm"), Some("hello"));
+    assert_eq!(response.header("server"), Some("inwasm"));
+    assert_eq!(response.header("x-request-path"), Some("/path?x=1"));
+    assert!(
+        nginx
+            .error_log()
+            .contains("[wasm] filter \"headers\": request GET /path?x=1"),
+        "{}",
+        nginx.error_log()
+    );
+}
+
+#[test]
+fn local_response_short_circuits_upstream() {
+    let nginx = Nginx::start(
+        &wasm_block(&["headers"]),
+        "location / { proxy_wasm headers; return 200 'upstream'; }",
+    );
+    let response = nginx.request("GET", "/", &[("x-deny", "1")], b"");
+    assert_eq!(response.status, 403);
+    assert_eq!(response.text(), "denied\n");
+    assert_eq!(response.header("x-denied"), Some("yes"));
+    // The filter's own response callbacks saw the local response too, as in Envoy.
+    assert_eq!(response.header("x-inwasm"), Some("hello"));
+}
+
+#[test]
+fn works_with_return_and_static_files() {
+    let nginx = Nginx::start(
+        &wasm_block(&["headers"]),
+        "location /r { proxy_wasm headers; return 201 'made\n'; }
+         location /s { proxy_wasm headers; root /usr/share/nginx/html; try_files /index.html =404; }",
+    );
+    let made = nginx.get("/r");
+    assert_eq!(
+        (made.status, made.text().as_str(), made.header("x-inwasm")),
+        (201, "made\n", Some("hello"))
+    );
+    let file = nginx.get("/s");
+    assert_eq!(file.status, 200);
+    assert!(file.text().contains("nginx"), "{}", file.text());
+    assert_eq!(file.header("x-inwasm"), Some("hello"));
+}
+
+#[test]
+fn request_body_is_rewritten_before_upstream() {
+    let upstream = EchoUpstream::start();
+    let nginx = Nginx::start(
+        &wasm_block(&["body"]),
+        &format!(
+            "location / {{ proxy_wasm body; proxy_pass http://127.0.0.1:{}; }}",
+            upstream.port
+        ),
+    );
+    let response = nginx.request("POST", "/", &[], b"abcdef");
+    assert_eq!(response.status, 200);
+    let seen = response.text().to_ascii_lowercase();
+    assert!(seen.contains("content-length: 6\n"), "{seen}");
+    // The response body was upper-cased by the filter; the upstream got the reversed body.
+    assert!(
+        response.text().ends_with("\n\nFEDCBA!"),
+        "{}",
+        response.text()
+    );
+}
+
+#[test]
+fn large_request_body_from_temp_file_is_seen_whole() {
+    let upstream = EchoUpstream::start();
+    let nginx = Nginx::start(
+        &wasm_block(&["body"]),
+        &format!(
+            "client_body_buffer_size 1k; client_max_body_size 1m; location / {{ proxy_wasm body; proxy_pass http://127.0.0.1:{}; }}",
+            upstream.port
+        ),
+    );
+    let body: Vec<u8> = (0..100_000).map(|i| b'a' + (i % 26) as u8).collect();
+    let response = nginx.request("POST", "/", &[], &body);
+    assert_eq!(response.status, 200);
+    let mut reversed = body.clone();
+    reversed.reverse();
+    let echoed = &response.body[response.body.len() - body.len() - 1..response.body.len() - 1];
+    assert_eq!(echoed, reversed.to_ascii_uppercase().as_slice());
+}
+
+#[test]
+fn bad_request_body_is_rejected_by_the_filter() {
+    let nginx = Nginx::start(
+        &wasm_block(&["body"]),
+        "location / { proxy_wasm body; return 200 'never'; }",
+    );
+    let response = nginx.request("POST", "/", &[], b"this is bad");
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        response.text(),
+        "REJECTED: BAD BODY\n!",
+        "the response passes the filter's body callback too"
+    );
+}
+
+#[test]
+fn properties_reach_the_filter() {
+    let nginx = Nginx::start(
+        &wasm_block(&["properties"]),
+        // Filters run at the start of the location's rewrite phase: server-level `set` is visible.
+        "set $tenant acme; location / { proxy_wasm properties 'request.path,request.method,source.port,ngx.tenant,plugin_name,request.scheme,plugin_vm_id'; return 200; }",
+    );
+    let response = nginx.request("GET", "/p?q=1", &[("x-set-prop", "ngx.tenant=globex")], b"");
+    assert_eq!(response.header("x-prop-request-path"), Some("/p?q=1"));
+    assert_eq!(response.header("x-prop-request-method"), Some("GET"));
+    assert_eq!(response.header("x-prop-plugin_name"), Some("properties"));
+    assert_eq!(response.header("x-prop-plugin_vm_id"), Some("properties"));
+    assert_eq!(response.header("x-prop-request-scheme"), Some("http"));
+    assert_eq!(response.header("x-prop-ngx-tenant"), Some("acme"));
+    assert_eq!(
+        response.header("x-prop-readback"),
+        Some("globex"),
+        "ngx variables are writable"
+    );
+    let port: u32 = response
+        .header("x-prop-source-port")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(port > 0);
+}
+
+#[test]
+fn chain_runs_in_order_and_inherits() {
+    let upstream = EchoUpstream::start();
+    let nginx = Nginx::start(
+        &wasm_block(&["headers", "misbehave"]),
+        &format!(
+            "proxy_wasm misbehave ok; proxy_wasm headers first;
+             location /inherit {{ proxy_pass http://127.0.0.1:{port}; }}
+             location /own {{ proxy_wasm headers own; proxy_pass http://127.0.0.1:{port}; }}",
+            port = upstream.port
+        ),
+    );
+    let inherited = nginx.get("/inherit").text();
+    assert!(
+        inherited.contains("x-misbehave-ok: 1\n") && inherited.contains("x-inwasm-config: first\n"),
+        "{inherited}"
+    );
+    // misbehave ran before headers: headers counted its added header.
+    let own = nginx.get("/own").text();
+    assert!(
+        own.contains("x-inwasm-config: own\n") && !own.contains("x-misbehave-ok"),
+        "{own}"
+    );
+}
+
+#[test]
+fn same_module_twice_in_one_chain_with_different_configs() {
+    let upstream = EchoUpstream::start();
+    let nginx = Nginx::start(
+        &wasm_block(&["headers"]),
+        &format!("location / {{ proxy_wasm headers one; proxy_wasm headers two; proxy_pass http://127.0.0.1:{}; }}", upstream.port),
+    );
+    let seen = nginx.get("/").text();
+    assert!(
+        seen.contains("x-inwasm-config: two\n"),
+        "the second filter set it last: {seen}"
+    );
+    assert_eq!(seen.matches("x-inwasm-added: 1\n").count(), 2, "{seen}");
+}
+
+#[test]
+fn trap_answers_500_and_worker_keeps_serving() {
+    let nginx = Nginx::start(
+        &wasm_block(&["misbehave"]),
+        "location / { proxy_wasm misbehave ok; return 200 'fine\n'; }",
+    );
+    let failed = nginx.request("GET", "/", &[("x-misbehave", "panic")], b"");
+    assert_eq!(failed.status, 500);
+    let log = nginx.error_log();
+    assert!(
+        log.contains("filter \"misbehave\" trapped in proxy_on_request_headers"),
+        "{log}"
+    );
+    assert!(log.contains("misbehave: panic requested"), "{log}");
+    for _ in 0..3 {
+        assert_eq!(nginx.get("/").text(), "fine\n");
+    }
+    assert_eq!(nginx.worker_pids().len(), 1, "no worker died: {log}");
+}
+
+#[test]
+fn spinning_filter_is_cut_at_the_deadline() {
+    let nginx = Nginx::start(
+        &wasm_block(&["misbehave"]),
+        "location / { proxy_wasm misbehave ok; return 200 'fine\n'; }",
+    );
+    let started = Instant::now();
+    let response = nginx.request("GET", "/", &[("x-misbehave", "spin")], b"");
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 500);
+    assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+    assert!(
+        nginx
+            .error_log()
+            .contains("exceeded its deadline of 100 ms"),
+        "{}",
+        nginx.error_log()
+    );
+    assert_eq!(nginx.get("/").text(), "fine\n");
+}
+
+#[test]
+fn isolation_stream_gives_each_request_a_fresh_instance() {
+    let shared = Nginx::start(
+        &wasm_block(&["lifecycle"]),
+        "location / { proxy_wasm lifecycle; return 200; }",
+    );
+    let fresh = Nginx::start(
+        &wasm_block(&["lifecycle"]),
+        "location / { proxy_wasm lifecycle; proxy_wasm_isolation stream; return 200; }",
+    );
+    for _ in 0..3 {
+        shared.get("/");
+        fresh.get("/");
+    }
+    let count = |nginx: &Nginx, line: &str| nginx.error_log().matches(line).count();
+    // Shared: one instance, context ids 2, 3, 4. Fresh: every request is context 2 of a new one.
+    assert_eq!(
+        count(&shared, "request_headers 2 eos=true"),
+        1,
+        "{}",
+        shared.error_log()
+    );
+    assert_eq!(count(&shared, "request_headers 4 eos=true"), 1);
+    assert_eq!(
+        count(&fresh, "request_headers 2 eos=true"),
+        3,
+        "{}",
+        fresh.error_log()
+    );
+    assert_eq!(fresh.wait_log("on_log 2", 3), 3);
+}
+
+#[test]
+fn lifecycle_ends_with_done_and_log() {
+    let nginx = Nginx::start(
+        &wasm_block(&["lifecycle"]),
+        "location / { proxy_wasm lifecycle; return 200 'x'; }",
+    );
+    nginx.get("/");
+    nginx.wait_log("on_log 2", 1);
+    let log = nginx.error_log();
+    let position = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing: {log}"))
+    };
+    assert!(position("request_headers 2") < position("response_headers 2"));
+    assert!(position("response_headers 2") < position("on_done 2"));
+    assert!(position("on_done 2") < position("on_log 2"));
+}
+
+#[test]
+fn reload_picks_up_new_configuration() {
+    let nginx = Nginx::start(
+        &wasm_block(&["headers"]),
+        "location / { proxy_wasm headers; return 200; }",
+    );
+    assert_eq!(
+        nginx.request("GET", "/", &[("x-deny", "1")], b"").status,
+        403
+    );
+    nginx.reload(
+        &wasm_block(&["misbehave"]),
+        "location / { proxy_wasm misbehave ok; return 200 'reloaded\n'; }",
+    );
+    let response = nginx.request("GET", "/", &[("x-deny", "1")], b"");
+    assert_eq!(
+        (response.status, response.text().as_str()),
+        (200, "reloaded\n")
+    );
+}
+
+#[test]
+fn config_errors_name_the_file_and_reason() {
+    let dir = std::env::temp_dir().join(format!("inwasm-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("not-wasm.wasm");
+    std::fs::write(&text, "I am not wasm").unwrap();
+    let refuser = dir.join("refuser.wat");
+    std::fs::write(
+        &refuser,
+        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+           (func (export "malloc") (param i32) (result i32) (i32.const 8))
+           (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let cases = [
+        (format!("wasm {{ module bad {}; }}", text.display()), String::new(), format!("wasm module \"{}\": not a WebAssembly module", text.display())),
+        ("wasm { module gone /nonexistent/x.wasm; }".to_string(), String::new(), "wasm module \"/nonexistent/x.wasm\": cannot read".to_string()),
+        (wasm_block(&["headers"]), "server { location / { proxy_wasm nosuch; } }".to_string(), "proxy_wasm: no module \"nosuch\" is declared in the wasm {} block".to_string()),
+        (format!("wasm {{ module refuser {}; }}", refuser.display()), "server { location / { proxy_wasm refuser; } }".to_string(), "proxy_wasm \"refuser\": filter \"refuser\" rejected its configuration (proxy_on_configure returned false)".to_string()),
+        (wasm_block(&["headers"]), "server { location / { proxy_wasm_isolation sometimes; } }".to_string(), "invalid proxy_wasm_isolation \"sometimes\"".to_string()),
+        ("wasm { modul x y; }".to_string(), String::new(), "unknown directive \"modul\" in wasm block".to_string()),
+        ("wasm { memory_limit lots; }".to_string(), String::new(), "invalid memory_limit \"lots\"".to_string()),
+    ];
+    for (main, http, expected) in cases {
+        let (ok, output) = nginx_test(&main, &http);
+        assert!(!ok, "nginx -t accepted: {main} {http}");
+        assert!(
+            output.contains(&expected),
+            "expected {expected:?} in:\n{output}"
+        );
+        assert!(
+            output.contains("nginx.conf:"),
+            "the error names the config line: {output}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn text_format_modules_are_accepted() {
+    let dir = std::env::temp_dir().join(format!("inwasm-wat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let module = dir.join("noop.wat");
+    std::fs::write(
+        &module,
+        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_0"))
+           (func (export "malloc") (param i32) (result i32) (i32.const 8)))"#,
+    )
+    .unwrap();
+    let nginx = Nginx::start(
+        &format!("wasm {{ module noop {}; }}", module.display()),
+        "location / { proxy_wasm noop; return 200 'ok'; }",
+    );
+    assert_eq!(nginx.get("/").text(), "ok");
+    drop(nginx);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
