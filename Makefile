@@ -2,9 +2,9 @@
 # every test. Both install what is missing first (ci/setup.sh).
 #
 # NGINX=debian (default) builds the module against Debian's nginx 1.22 (/usr/sbin/nginx);
-# NGINX=1.28 builds it against nginx 1.28 from the nginx-src crate.
+# NGINX=1.28 builds it against nginx 1.28 from the nginx-src crate. (Scripts get it as
+# INWASM_NGINX: nginx itself reads an environment variable named NGINX.)
 NGINX ?= debian
-DEMO_PORT ?= 8080
 
 .PHONY: all setup filters build demo test host-test nginx-test fmt clippy clean
 all: build
@@ -16,13 +16,13 @@ filters: setup
 	@bash ci/build-filters.sh
 
 build: setup filters
-	@NGINX=$(NGINX) bash ci/build.sh
+	@INWASM_NGINX=$(NGINX) bash ci/build.sh
 
 demo: build
-	@NGINX=$(NGINX) DEMO_PORT=$(DEMO_PORT) bash ci/demo.sh
+	@INWASM_NGINX=$(NGINX) bash ci/demo.sh
 
 test: build
-	@NGINX=$(NGINX) bash ci/test.sh
+	@INWASM_NGINX=$(NGINX) bash ci/test.sh
 
 fmt:
 	cargo fmt --all

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Builds the host and the nginx module (against the nginx chosen by $NGINX) and leaves
-# build/ngx_http_inwasm_module.so (for NGINX=1.28 also build/nginx-1.28/sbin/nginx).
+# Builds the host and the nginx module (against the nginx chosen by $INWASM_NGINX) and leaves
+# build/ngx_http_inwasm_module.so (NGINX=1.28: build/ngx_http_inwasm_module-1.28.so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NGINX=${NGINX:-debian}
+flavor=${INWASM_NGINX:-debian}
+unset NGINX # nginx reads NGINX as a list of inherited sockets
 export NGINX_BUILD_DIR
-NGINX_BUILD_DIR=$(bash ci/nginx-tree.sh "$NGINX")
+NGINX_BUILD_DIR=$(bash ci/nginx-tree.sh "$flavor")
 cargo build --release --quiet --locked -p inwasm-host -p ngx-http-inwasm
 mkdir -p build
 suffix=""
-[ "$NGINX" = debian ] || suffix="-$NGINX"
+[ "$flavor" = debian ] || suffix="-$flavor"
 install -m 0644 target/release/libngx_http_inwasm_module.so "build/ngx_http_inwasm_module$suffix.so"

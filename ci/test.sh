@@ -3,8 +3,9 @@
 # nginx integration tests (a real nginx with load_module).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NGINX=${NGINX:-debian}
+flavor=${INWASM_NGINX:-debian}
+unset NGINX # nginx reads NGINX as a list of inherited sockets
 export NGINX_BUILD_DIR
-NGINX_BUILD_DIR=$(bash ci/nginx-tree.sh "$NGINX")
+NGINX_BUILD_DIR=$(bash ci/nginx-tree.sh "$flavor")
 cargo test --release --locked -p inwasm-host
-cargo test --release --locked -p ngx-http-inwasm --test nginx
+INWASM_NGINX=$flavor cargo test --release --locked -p ngx-http-inwasm --test nginx

@@ -13,17 +13,22 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The nginx under test: Debian's by default, or NGINX=1.28's build.
+/// Which nginx the module was built for: `debian` (default) or `1.28`.
+fn flavor() -> String {
+    std::env::var("INWASM_NGINX").unwrap_or_else(|_| "debian".into())
+}
+
+/// The nginx under test: Debian's by default, or the nginx 1.28 build.
 pub fn nginx_binary() -> PathBuf {
-    match std::env::var("NGINX").as_deref() {
-        Ok("1.28") => root().join("target/nginx/1.28/objs/nginx"),
+    match flavor().as_str() {
+        "1.28" => root().join("target/nginx/1.28/objs/nginx"),
         _ => PathBuf::from("/usr/sbin/nginx"),
     }
 }
 
 pub fn module_path() -> PathBuf {
-    let name = match std::env::var("NGINX").as_deref() {
-        Ok("1.28") => "ngx_http_inwasm_module-1.28.so",
+    let name = match flavor().as_str() {
+        "1.28" => "ngx_http_inwasm_module-1.28.so",
         _ => "ngx_http_inwasm_module.so",
     };
     let path = root().join("build").join(name);
@@ -107,9 +112,26 @@ impl Nginx {
         let port = free_port();
         let http = format!("server {{ listen 127.0.0.1:{port}; {server} }}\n{extra_http}");
         std::fs::write(dir.join("nginx.conf"), config(&dir, workers, main, &http)).unwrap();
+        Nginx::spawn(dir.clone(), &dir, port)
+    }
+
+    /// Starts nginx on a whole configuration (where `@DIR@` stands for a scratch directory,
+    /// the place for error.log and the pid file), with `prefix` as nginx's prefix (-p).
+    pub fn start_config(text: &str, prefix: &Path, port: u16) -> Nginx {
+        let dir = scratch_dir();
+        std::fs::write(
+            dir.join("nginx.conf"),
+            text.replace("@DIR@", &dir.display().to_string()),
+        )
+        .unwrap();
+        Nginx::spawn(dir, prefix, port)
+    }
+
+    fn spawn(dir: PathBuf, prefix: &Path, port: u16) -> Nginx {
         let child = Command::new(nginx_binary())
+            .env_remove("NGINX") // nginx reads it as a list of inherited sockets
             .arg("-p")
-            .arg(&dir)
+            .arg(prefix)
             .arg("-c")
             .arg(dir.join("nginx.conf"))
             .stdout(Stdio::null())
@@ -237,6 +259,7 @@ pub fn nginx_test(main: &str, http: &str) -> (bool, String) {
     let dir = scratch_dir();
     std::fs::write(dir.join("nginx.conf"), config(&dir, 1, main, http)).unwrap();
     let output = Command::new(nginx_binary())
+        .env_remove("NGINX")
         .arg("-t")
         .arg("-p")
         .arg(&dir)
