@@ -57,10 +57,7 @@ impl CodeCache {
         let module = wasmtime::Module::new(engine, wasm)?;
         // A cache that cannot be written is not an error: the module is compiled all the same.
         let _ = store(&path, &module.serialize()?);
-        Ok((
-            module,
-            rejected.map_or(CacheOutcome::Miss, CacheOutcome::Replaced),
-        ))
+        Ok((module, rejected.map_or(CacheOutcome::Miss, CacheOutcome::Replaced)))
     }
 }
 

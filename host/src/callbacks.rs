@@ -10,7 +10,6 @@ use wasmtime::{AsContextMut, Func, Instance, Val, ValType};
 pub(crate) enum Callback {
     ContextCreate,
     VmStart,
-    ValidateConfiguration,
     Configure,
     Tick,
     RequestHeaders,
@@ -32,10 +31,9 @@ pub(crate) enum Callback {
 }
 
 impl Callback {
-    const ALL: [Callback; 21] = [
+    const ALL: [Callback; 20] = [
         Callback::ContextCreate,
         Callback::VmStart,
-        Callback::ValidateConfiguration,
         Callback::Configure,
         Callback::Tick,
         Callback::RequestHeaders,
@@ -60,7 +58,6 @@ impl Callback {
         match self {
             Callback::ContextCreate => "proxy_on_context_create",
             Callback::VmStart => "proxy_on_vm_start",
-            Callback::ValidateConfiguration => "proxy_validate_configuration",
             Callback::Configure => "proxy_on_configure",
             Callback::Tick => "proxy_on_tick",
             Callback::RequestHeaders => "proxy_on_request_headers",
@@ -123,15 +120,9 @@ impl Callbacks {
         let Some(export) = &self.exports[callback as usize] else {
             return Ok(None);
         };
-        let params: Vec<Val> = (0..export.params)
-            .map(|i| Val::I32(args.get(i).copied().unwrap_or(0) as i32))
-            .collect();
+        let params: Vec<Val> = (0..export.params).map(|i| Val::I32(args.get(i).copied().unwrap_or(0) as i32)).collect();
         let mut result = [Val::I32(0)];
-        let results = if export.returns_value {
-            &mut result[..]
-        } else {
-            &mut []
-        };
+        let results = if export.returns_value { &mut result[..] } else { &mut [] };
         export.func.call(&mut store, &params, results)?;
         Ok(export.returns_value.then(|| result[0].unwrap_i32()))
     }

@@ -12,9 +12,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::types::{
-    BufferType, HostResult, LogLevel, MapType, MetricType, Pairs, Status, StreamType,
-};
+use crate::types::{BufferType, HostResult, LogLevel, MapType, MetricType, Pairs, Status, StreamType};
 
 /// Log sink and level.
 pub trait Logging {
@@ -34,10 +32,12 @@ pub trait Clock {
 
 /// Request/response headers and trailers. The two required pieces are `header_map` and
 /// `set_header_map`; the rest derive from them and may be overridden for speed.
-/// Keys are compared case-insensitively, as HTTP header names are.
+/// Keys are compared case-insensitively, as HTTP header names are; keys the host passes in
+/// are already lower case, as Envoy's are. A map the context does not have reads as empty
+/// (as in Envoy: the SDKs treat any other answer to a read as fatal).
 pub trait HeaderMaps {
     fn header_map(&mut self, _map: MapType) -> HostResult<Pairs> {
-        Err(Status::Unimplemented)
+        Ok(Vec::new())
     }
     fn set_header_map(&mut self, _map: MapType, _pairs: Pairs) -> HostResult<()> {
         Err(Status::Unimplemented)
@@ -45,9 +45,9 @@ pub trait HeaderMaps {
     fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
         Ok(self.header_map(map)?.len())
     }
-    /// All values of `key`, joined with "," as Envoy does for repeated headers.
+    /// The first value of `key` (Envoy answers the first of repeated headers).
     fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
-        Ok(joined_header_value(&self.header_map(map)?, key))
+        Ok(first_header_value(&self.header_map(map)?, key))
     }
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
         let mut pairs = self.header_map(map)?;
@@ -68,22 +68,18 @@ pub trait HeaderMaps {
     }
 }
 
-/// Every value of `key` in `pairs` (case-insensitive), joined with ",".
-pub fn joined_header_value(pairs: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<Vec<u8>> {
-    let values: Vec<&[u8]> = pairs
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v.as_slice())
-        .collect();
-    (!values.is_empty()).then(|| values.join(&b","[..]))
+/// The first value of `key` in `pairs` (case-insensitive).
+pub fn first_header_value(pairs: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<Vec<u8>> {
+    pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone())
 }
 
 /// Request and response bodies (and L4 data). The host implements the ABI's slicing and
-/// prepend/append/replace rules on top of these two whole-buffer operations.
+/// prepend/append/replace rules on top of these two whole-buffer operations. A buffer the
+/// context does not have reads as empty.
 pub trait Buffers {
     /// The bytes currently buffered (for bodies: what the filter has been shown so far).
     fn buffer(&mut self, _buffer: BufferType) -> HostResult<Vec<u8>> {
-        Err(Status::Unimplemented)
+        Ok(Vec::new())
     }
     fn set_buffer(&mut self, _buffer: BufferType, _bytes: Vec<u8>) -> HostResult<()> {
         Err(Status::Unimplemented)
@@ -219,8 +215,9 @@ pub trait SharedQueues {
     }
 }
 
-/// Counters, gauges and histograms. Counters only go up (an increment <= 0 is a
-/// `BadArgument`), gauges go both ways, histograms record values.
+/// Counters, gauges and histograms, with Envoy's semantics: counters only go up (an increment
+/// <= 0 is a `BadArgument`; recording a value adds it), gauges go both ways (recording sets
+/// them), histograms record values.
 pub trait Metrics {
     fn define_metric(&mut self, _kind: MetricType, _name: &str) -> HostResult<u32> {
         Err(Status::Unimplemented)

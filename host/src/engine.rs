@@ -23,10 +23,7 @@ pub struct PoolingConfig {
 
 impl Default for PoolingConfig {
     fn default() -> Self {
-        PoolingConfig {
-            max_instances: 256,
-            max_memory: DEFAULT_MEMORY_LIMIT,
-        }
+        PoolingConfig { max_instances: 256, max_memory: DEFAULT_MEMORY_LIMIT }
     }
 }
 
@@ -40,10 +37,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            deadlines: true,
-            pooling: Some(PoolingConfig::default()),
-        }
+        EngineConfig { deadlines: true, pooling: Some(PoolingConfig::default()) }
     }
 }
 
@@ -75,13 +69,7 @@ impl Engine {
         let mut linker = Linker::new(&wasmtime);
         crate::abi::add_to_linker(&mut linker)?;
         crate::wasi::add_to_linker(&mut linker)?;
-        Ok(Engine {
-            inner: Arc::new(EngineInner {
-                wasmtime,
-                linker,
-                config,
-            }),
-        })
+        Ok(Engine { inner: Arc::new(EngineInner { wasmtime, linker, config }) })
     }
 
     pub fn wasmtime(&self) -> &wasmtime::Engine {

@@ -17,10 +17,7 @@ pub struct LoadError {
 
 impl LoadError {
     pub(crate) fn new(module: &str, reason: impl Into<String>) -> LoadError {
-        LoadError {
-            module: module.to_string(),
-            reason: reason.into(),
-        }
+        LoadError { module: module.to_string(), reason: reason.into() }
     }
 }
 
@@ -75,31 +72,14 @@ impl fmt::Display for FilterError {
         match &self.kind {
             FailureKind::Trap(message) => write!(f, "trapped in {}: {message}", self.callback),
             FailureKind::Deadline(limit) => {
-                write!(
-                    f,
-                    "exceeded its deadline of {} ms in {}",
-                    limit.as_millis(),
-                    self.callback
-                )
+                write!(f, "exceeded its deadline of {} ms in {}", limit.as_millis(), self.callback)
             }
             FailureKind::MemoryLimit(limit) => {
-                write!(
-                    f,
-                    "exceeded its memory limit of {} bytes in {}",
-                    limit, self.callback
-                )
+                write!(f, "exceeded its memory limit of {} bytes in {}", limit, self.callback)
             }
             FailureKind::Exit(code) => write!(f, "exited with code {code} in {}", self.callback),
-            FailureKind::Refused => write!(
-                f,
-                "rejected its configuration ({} returned false)",
-                self.callback
-            ),
-            FailureKind::InstanceLost => write!(
-                f,
-                "lost its instance to an earlier failure ({})",
-                self.callback
-            ),
+            FailureKind::Refused => write!(f, "rejected its configuration ({} returned false)", self.callback),
+            FailureKind::InstanceLost => write!(f, "lost its instance to an earlier failure ({})", self.callback),
             FailureKind::Instantiation(reason) => write!(f, "could not be instantiated: {reason}"),
         }
     }
@@ -108,11 +88,7 @@ impl fmt::Display for FilterError {
 impl std::error::Error for FilterError {}
 
 /// Classifies an error that ended a guest call.
-pub(crate) fn classify(
-    error: &wasmtime::Error,
-    timeout: Duration,
-    memory_refused: Option<usize>,
-) -> FailureKind {
+pub(crate) fn classify(error: &wasmtime::Error, timeout: Duration, memory_refused: Option<usize>) -> FailureKind {
     if error.downcast_ref::<DeadlineExceeded>().is_some() {
         return FailureKind::Deadline(timeout);
     }

@@ -102,11 +102,7 @@ impl<'a, 'b> Guest<'a, 'b> {
             checked(data, ret_ptr, 4)?;
             checked(data, ret_len, 4)?;
         }
-        let address = if bytes.is_empty() {
-            0
-        } else {
-            self.allocate(len)?
-        };
+        let address = if bytes.is_empty() { 0 } else { self.allocate(len)? };
         if !bytes.is_empty() {
             self.write(address as i32, bytes)?;
         }
@@ -115,11 +111,7 @@ impl<'a, 'b> Guest<'a, 'b> {
     }
 
     fn allocate(&mut self, len: u32) -> AbiResult<u32> {
-        let allocator = self
-            .caller
-            .data()
-            .allocator
-            .ok_or(Status::InternalFailure)?;
+        let allocator = self.caller.data().allocator.ok_or(Status::InternalFailure)?;
         let mut result = [Val::I32(0)];
         allocator.call(&mut *self.caller, &[Val::I32(len as i32)], &mut result)?;
         match result[0] {
@@ -137,10 +129,7 @@ impl<'a, 'b> Guest<'a, 'b> {
             Err(Fault::Status(Status::Unimplemented)) => {
                 let state = self.state();
                 if state.unimplemented_reported.insert(function) {
-                    state.log(
-                        LogLevel::Warn,
-                        &format!("{function} is not supported by this proxy"),
-                    );
+                    state.log(LogLevel::Warn, &format!("{function} is not supported by this proxy"));
                 }
                 Ok(Status::Unimplemented as i32)
             }
@@ -157,8 +146,6 @@ fn offset(ptr: i32) -> usize {
 /// The `len` bytes at `ptr`, if they lie inside `memory`.
 fn checked(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> {
     let start = offset(ptr);
-    let end = start
-        .checked_add(len as u32 as usize)
-        .ok_or(Status::InvalidMemoryAccess)?;
+    let end = start.checked_add(len as u32 as usize).ok_or(Status::InvalidMemoryAccess)?;
     memory.get(start..end).ok_or(Status::InvalidMemoryAccess)
 }

@@ -24,31 +24,18 @@ pub(crate) struct MemoryLimiter {
 
 impl MemoryLimiter {
     pub fn new(limit: usize) -> MemoryLimiter {
-        MemoryLimiter {
-            limit,
-            refused: false,
-        }
+        MemoryLimiter { limit, refused: false }
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         let allowed = desired <= self.limit;
         self.refused |= !allowed;
         Ok(allowed)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 
@@ -99,21 +86,16 @@ impl EpochTicker {
     pub fn start(engine: &crate::Engine, period: Duration) -> std::io::Result<EpochTicker> {
         let stop = Arc::new(AtomicBool::new(false));
         let engine = engine.wasmtime().clone();
-        let thread = std::thread::Builder::new()
-            .name("inwasm-epoch".into())
-            .spawn({
-                let stop = stop.clone();
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(period);
-                        engine.increment_epoch();
-                    }
+        let thread = std::thread::Builder::new().name("inwasm-epoch".into()).spawn({
+            let stop = stop.clone();
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(period);
+                    engine.increment_epoch();
                 }
-            })?;
-        Ok(EpochTicker {
-            stop,
-            thread: Some(thread),
-        })
+            }
+        })?;
+        Ok(EpochTicker { stop, thread: Some(thread) })
     }
 }
 

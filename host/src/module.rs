@@ -29,56 +29,28 @@ pub struct Module {
 
 impl Module {
     /// Compiles `bytes` (binary or text wasm). `name` is used in every message about it.
-    pub fn new(
-        engine: &Engine,
-        name: &str,
-        bytes: &[u8],
-        cache: Option<&CodeCache>,
-    ) -> Result<Arc<Module>, LoadError> {
+    pub fn new(engine: &Engine, name: &str, bytes: &[u8], cache: Option<&CodeCache>) -> Result<Arc<Module>, LoadError> {
         if !bytes.starts_with(b"\0asm") && !looks_like_text(bytes) {
-            return Err(LoadError::new(
-                name,
-                "not a WebAssembly module (no \\0asm magic and not text format)",
-            ));
+            return Err(LoadError::new(name, "not a WebAssembly module (no \\0asm magic and not text format)"));
         }
         let compiled = match cache {
             Some(cache) => cache.load_or_compile(engine.wasmtime(), bytes),
-            None => {
-                wasmtime::Module::new(engine.wasmtime(), bytes).map(|m| (m, CacheOutcome::Disabled))
-            }
+            None => wasmtime::Module::new(engine.wasmtime(), bytes).map(|m| (m, CacheOutcome::Disabled)),
         };
-        let (module, cache) =
-            compiled.map_err(|e| LoadError::new(name, format!("invalid WebAssembly: {e:?}")))?;
+        let (module, cache) = compiled.map_err(|e| LoadError::new(name, format!("invalid WebAssembly: {e:?}")))?;
         let abi = abi_version(&module).ok_or_else(|| {
-            LoadError::new(
-                name,
-                "not a proxy-wasm filter: no proxy_abi_version_0_1_0, _0_2_0 or _0_2_1 export",
-            )
+            LoadError::new(name, "not a proxy-wasm filter: no proxy_abi_version_0_1_0, _0_2_0 or _0_2_1 export")
         })?;
         check_exports(&module).map_err(|reason| LoadError::new(name, reason))?;
         check_imports(engine, &module).map_err(|reason| LoadError::new(name, reason))?;
-        let pre = engine
-            .linker()
-            .instantiate_pre(&module)
-            .map_err(|e| LoadError::new(name, format!("{e:?}")))?;
-        Ok(Arc::new(Module {
-            name: name.to_string(),
-            abi,
-            pre,
-            engine: engine.clone(),
-            cache,
-        }))
+        let pre = engine.linker().instantiate_pre(&module).map_err(|e| LoadError::new(name, format!("{e:?}")))?;
+        Ok(Arc::new(Module { name: name.to_string(), abi, pre, engine: engine.clone(), cache }))
     }
 
     /// Reads and compiles a `.wasm` or `.wat` file; errors name the path.
-    pub fn from_file(
-        engine: &Engine,
-        path: &Path,
-        cache: Option<&CodeCache>,
-    ) -> Result<Arc<Module>, LoadError> {
+    pub fn from_file(engine: &Engine, path: &Path, cache: Option<&CodeCache>) -> Result<Arc<Module>, LoadError> {
         let shown = path.display().to_string();
-        let bytes =
-            std::fs::read(path).map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
         Module::new(engine, &shown, &bytes, cache)
     }
 
@@ -112,12 +84,10 @@ fn check_exports(module: &wasmtime::Module) -> Result<(), String> {
     if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
         return Err("does not export its memory as \"memory\"".into());
     }
-    let allocator = ALLOCATORS
-        .iter()
-        .find_map(|name| match module.get_export(name) {
-            Some(ExternType::Func(func)) => Some((name, func)),
-            _ => None,
-        });
+    let allocator = ALLOCATORS.iter().find_map(|name| match module.get_export(name) {
+        Some(ExternType::Func(func)) => Some((name, func)),
+        _ => None,
+    });
     match allocator {
         None => Err("exports no allocator (proxy_on_memory_allocate or malloc)".into()),
         Some((name, func)) => {
@@ -126,9 +96,7 @@ fn check_exports(module: &wasmtime::Module) -> Result<(), String> {
             if i32_to_i32 {
                 Ok(())
             } else {
-                Err(format!(
-                    "allocator export {name} must have type (i32) -> i32"
-                ))
+                Err(format!("allocator export {name} must have type (i32) -> i32"))
             }
         }
     }
@@ -136,11 +104,7 @@ fn check_exports(module: &wasmtime::Module) -> Result<(), String> {
 
 /// Names the first import this host does not provide, with its module and kind.
 fn check_imports(engine: &Engine, module: &wasmtime::Module) -> Result<(), String> {
-    let state = HostState::new(
-        AbiVersion::V0_2_1,
-        Arc::new(VmConfig::default()),
-        MemoryLimiter::new(0),
-    );
+    let state = HostState::new(AbiVersion::V0_2_1, Arc::new(VmConfig::default()), MemoryLimiter::new(0));
     let mut store = Store::new(engine.wasmtime(), state);
     for import in module.imports() {
         if engine.linker().get_by_import(&mut store, &import).is_none() {

@@ -106,10 +106,7 @@ mod tests {
     use super::*;
 
     fn pairs(items: &[(&str, &str)]) -> Pairs {
-        items
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect()
+        items.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
     }
 
     #[test]
@@ -129,14 +126,8 @@ mod tests {
 
     #[test]
     fn map_round_trips_binary_values() {
-        let original = vec![
-            (b"k\xff".to_vec(), vec![1, 2, 3]),
-            (b":path".to_vec(), b"/".to_vec()),
-        ];
-        assert_eq!(
-            deserialize_map(&serialize_map(&original)).unwrap(),
-            original
-        );
+        let original = vec![(b"k\xff".to_vec(), vec![1, 2, 3]), (b":path".to_vec(), b"/".to_vec())];
+        assert_eq!(deserialize_map(&serialize_map(&original)).unwrap(), original);
     }
 
     #[test]
@@ -156,47 +147,22 @@ mod tests {
         huge_count[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         let mut huge_len = good.clone();
         huge_len[4..8].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
-        for bad in [
-            &good[..good.len() - 1],
-            &trailing,
-            &no_nul,
-            &huge_count,
-            &huge_len,
-            &good[..3],
-        ] {
-            assert_eq!(
-                deserialize_map(bad),
-                Err(Status::SerializationFailure),
-                "{bad:?}"
-            );
+        for bad in [&good[..good.len() - 1], &trailing, &no_nul, &huge_count, &huge_len, &good[..3]] {
+            assert_eq!(deserialize_map(bad), Err(Status::SerializationFailure), "{bad:?}");
         }
     }
 
     #[test]
     fn map_caps_are_enforced() {
-        let many: Pairs = (0..=MAX_MAP_PAIRS)
-            .map(|i| (i.to_string().into_bytes(), vec![]))
-            .collect();
-        assert_eq!(
-            deserialize_map(&serialize_map(&many)),
-            Err(Status::SerializationFailure)
-        );
+        let many: Pairs = (0..=MAX_MAP_PAIRS).map(|i| (i.to_string().into_bytes(), vec![])).collect();
+        assert_eq!(deserialize_map(&serialize_map(&many)), Err(Status::SerializationFailure));
         let big = vec![(b"k".to_vec(), vec![b'v'; MAX_MAP_BYTES])];
-        assert_eq!(
-            deserialize_map(&serialize_map(&big)),
-            Err(Status::SerializationFailure)
-        );
+        assert_eq!(deserialize_map(&serialize_map(&big)), Err(Status::SerializationFailure));
     }
 
     #[test]
     fn property_paths_split_on_nul() {
-        assert_eq!(
-            split_property_path(b"request\0path"),
-            vec![&b"request"[..], b"path"]
-        );
-        assert_eq!(
-            split_property_path(b"plugin_name\0"),
-            vec![&b"plugin_name"[..]]
-        );
+        assert_eq!(split_property_path(b"request\0path"), vec![&b"request"[..], b"path"]);
+        assert_eq!(split_property_path(b"plugin_name\0"), vec![&b"plugin_name"[..]]);
     }
 }

@@ -61,6 +61,10 @@ pub(crate) struct HostState {
     pub wasi: WasiState,
     /// Host functions already reported as unimplemented by the embedding.
     pub unimplemented_reported: HashSet<&'static str>,
+    /// The running callback answered with a local response (the stream must stop).
+    pub local_response_sent: bool,
+    /// Lines logged before any context existed (during start-up), handed to the first root.
+    pub startup_log: Vec<(LogLevel, String)>,
 }
 
 impl HostState {
@@ -74,10 +78,7 @@ impl HostState {
             current_context: 0,
             effective_context: 0,
             call: CallData::default(),
-            status: CallStatus {
-                code: Status::Ok as u32,
-                message: Vec::new(),
-            },
+            status: CallStatus { code: Status::Ok as u32, message: Vec::new() },
             next_token: 1,
             pending_calls: HashSet::new(),
             memory: None,
@@ -86,13 +87,13 @@ impl HostState {
             deadline: None,
             wasi,
             unimplemented_reported: HashSet::new(),
+            local_response_sent: false,
+            startup_log: Vec::new(),
         }
     }
 
     pub fn effective(&mut self) -> Result<&mut Context, Status> {
-        self.contexts
-            .get_mut(&self.effective_context)
-            .ok_or(Status::NotFound)
+        self.contexts.get_mut(&self.effective_context).ok_or(Status::NotFound)
     }
 
     /// The root context of the effective context (where calls, timers and queues live).
@@ -108,19 +109,24 @@ impl HostState {
     }
 
     /// Logs through the effective context (or any context when none is current), filtered
-    /// by the embedding's level.
+    /// by the embedding's level. Before any context exists the line is kept for the first.
     pub fn log(&mut self, level: LogLevel, message: &str) {
         let id = self.effective_context;
         let context = match self.contexts.get_mut(&id) {
             Some(context) => context,
             None => match self.contexts.values_mut().next() {
                 Some(context) => context,
-                None => return,
+                None => return self.startup_log.push((level, message.to_string())),
             },
         };
         if level >= context.embedding.log_level() {
             context.embedding.log(level, message);
         }
+    }
+
+    /// The effective context's clock, or the system's before any context exists.
+    pub fn now(&mut self) -> std::time::SystemTime {
+        self.effective().map(|c| c.embedding.now()).unwrap_or_else(|_| std::time::SystemTime::now())
     }
 
     /// A fresh token for an outgoing call, remembered until its outcome is delivered.

@@ -10,16 +10,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::embedding::*;
-use crate::types::{
-    BufferType, HostResult, LogLevel, MapType, MetricType, Pairs, Status, StreamType,
-};
+use crate::types::{BufferType, HostResult, LogLevel, MapType, MetricType, Pairs, Status, StreamType};
 
 /// Converts string pairs to the ABI's byte pairs.
 pub fn pairs(items: &[(&str, &str)]) -> Pairs {
-    items
-        .iter()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect()
+    items.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
 }
 
 #[derive(Debug, Default)]
@@ -105,35 +100,21 @@ pub struct MemoryEmbedding {
 
 impl MemoryEmbedding {
     pub fn root(node: &Node) -> Box<MemoryEmbedding> {
-        Box::new(MemoryEmbedding {
-            node: node.clone(),
-            exchange: None,
-            vm_id: Vec::new(),
-        })
+        Box::new(MemoryEmbedding { node: node.clone(), exchange: None, vm_id: Vec::new() })
     }
 
     pub fn stream(node: &Node, exchange: &Exchange) -> Box<MemoryEmbedding> {
-        Box::new(MemoryEmbedding {
-            node: node.clone(),
-            exchange: Some(exchange.clone()),
-            vm_id: Vec::new(),
-        })
+        Box::new(MemoryEmbedding { node: node.clone(), exchange: Some(exchange.clone()), vm_id: Vec::new() })
     }
 
     fn exchange(&self) -> HostResult<std::cell::RefMut<'_, ExchangeState>> {
-        self.exchange
-            .as_ref()
-            .map(|e| e.borrow_mut())
-            .ok_or(Status::NotFound)
+        self.exchange.as_ref().map(|e| e.borrow_mut()).ok_or(Status::NotFound)
     }
 }
 
 impl Logging for MemoryEmbedding {
     fn log(&mut self, level: LogLevel, message: &str) {
-        self.node
-            .borrow_mut()
-            .logs
-            .push((level, message.to_string()));
+        self.node.borrow_mut().logs.push((level, message.to_string()));
     }
     fn log_level(&self) -> LogLevel {
         self.node.borrow().log_level
@@ -191,11 +172,7 @@ impl Buffers for MemoryEmbedding {
 
 impl Properties for MemoryEmbedding {
     fn property(&mut self, path: &[&[u8]]) -> HostResult<Option<Vec<u8>>> {
-        let key = path
-            .iter()
-            .map(|s| String::from_utf8_lossy(s))
-            .collect::<Vec<_>>()
-            .join(".");
+        let key = path.iter().map(|s| String::from_utf8_lossy(s)).collect::<Vec<_>>().join(".");
         Ok(self.node.borrow().properties.get(&key).cloned())
     }
 }
@@ -248,8 +225,7 @@ impl SharedData for MemoryEmbedding {
         }
         let next = node.next_cas;
         node.next_cas += 1;
-        node.shared_data
-            .insert(key.to_vec(), (value.to_vec(), next));
+        node.shared_data.insert(key.to_vec(), (value.to_vec(), next));
         Ok(())
     }
 }
@@ -258,46 +234,28 @@ impl SharedQueues for MemoryEmbedding {
     fn register_shared_queue(&mut self, name: &[u8]) -> HostResult<u32> {
         let mut node = self.node.borrow_mut();
         let vm_id = self.vm_id.clone();
-        if let Some(id) = node
-            .queues
-            .iter()
-            .position(|q| q.vm_id == vm_id && q.name == name)
-        {
+        if let Some(id) = node.queues.iter().position(|q| q.vm_id == vm_id && q.name == name) {
             return Ok(id as u32 + 1);
         }
-        node.queues.push(Queue {
-            vm_id,
-            name: name.to_vec(),
-            items: VecDeque::new(),
-        });
+        node.queues.push(Queue { vm_id, name: name.to_vec(), items: VecDeque::new() });
         Ok(node.queues.len() as u32)
     }
 
     fn resolve_shared_queue(&mut self, vm_id: &[u8], name: &[u8]) -> HostResult<Option<u32>> {
         let node = self.node.borrow();
-        Ok(node
-            .queues
-            .iter()
-            .position(|q| q.vm_id == vm_id && q.name == name)
-            .map(|i| i as u32 + 1))
+        Ok(node.queues.iter().position(|q| q.vm_id == vm_id && q.name == name).map(|i| i as u32 + 1))
     }
 
     fn enqueue_shared_queue(&mut self, queue_id: u32, value: &[u8]) -> HostResult<()> {
         let mut node = self.node.borrow_mut();
-        let queue = node
-            .queues
-            .get_mut((queue_id as usize).wrapping_sub(1))
-            .ok_or(Status::NotFound)?;
+        let queue = node.queues.get_mut((queue_id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
         queue.items.push_back(value.to_vec());
         Ok(())
     }
 
     fn dequeue_shared_queue(&mut self, queue_id: u32) -> HostResult<Option<Vec<u8>>> {
         let mut node = self.node.borrow_mut();
-        let queue = node
-            .queues
-            .get_mut((queue_id as usize).wrapping_sub(1))
-            .ok_or(Status::NotFound)?;
+        let queue = node.queues.get_mut((queue_id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
         Ok(queue.items.pop_front())
     }
 }
@@ -305,27 +263,16 @@ impl SharedQueues for MemoryEmbedding {
 impl Metrics for MemoryEmbedding {
     fn define_metric(&mut self, kind: MetricType, name: &str) -> HostResult<u32> {
         let mut node = self.node.borrow_mut();
-        if let Some(id) = node
-            .metrics
-            .iter()
-            .position(|m| m.name == name && m.kind == Some(kind))
-        {
+        if let Some(id) = node.metrics.iter().position(|m| m.name == name && m.kind == Some(kind)) {
             return Ok(id as u32);
         }
-        node.metrics.push(Metric {
-            kind: Some(kind),
-            name: name.to_string(),
-            ..Metric::default()
-        });
+        node.metrics.push(Metric { kind: Some(kind), name: name.to_string(), ..Metric::default() });
         Ok(node.metrics.len() as u32 - 1)
     }
 
     fn increment_metric(&mut self, metric_id: u32, offset: i64) -> HostResult<()> {
         let mut node = self.node.borrow_mut();
-        let metric = node
-            .metrics
-            .get_mut(metric_id as usize)
-            .ok_or(Status::NotFound)?;
+        let metric = node.metrics.get_mut(metric_id as usize).ok_or(Status::NotFound)?;
         match metric.kind {
             Some(MetricType::Counter) if offset <= 0 => Err(Status::BadArgument),
             Some(MetricType::Histogram) => Err(Status::BadArgument),
@@ -338,12 +285,10 @@ impl Metrics for MemoryEmbedding {
 
     fn record_metric(&mut self, metric_id: u32, value: u64) -> HostResult<()> {
         let mut node = self.node.borrow_mut();
-        let metric = node
-            .metrics
-            .get_mut(metric_id as usize)
-            .ok_or(Status::NotFound)?;
+        let metric = node.metrics.get_mut(metric_id as usize).ok_or(Status::NotFound)?;
         match metric.kind {
             Some(MetricType::Histogram) => metric.recorded.push(value),
+            Some(MetricType::Counter) => metric.value = metric.value.wrapping_add(value),
             _ => metric.value = value,
         }
         Ok(())
@@ -351,10 +296,7 @@ impl Metrics for MemoryEmbedding {
 
     fn get_metric(&mut self, metric_id: u32) -> HostResult<u64> {
         let node = self.node.borrow();
-        let metric = node
-            .metrics
-            .get(metric_id as usize)
-            .ok_or(Status::NotFound)?;
+        let metric = node.metrics.get(metric_id as usize).ok_or(Status::NotFound)?;
         match metric.kind {
             Some(MetricType::Histogram) => Err(Status::BadArgument),
             _ => Ok(metric.value),
@@ -365,10 +307,7 @@ impl Metrics for MemoryEmbedding {
 impl ForeignFunctions for MemoryEmbedding {
     /// `echo` returns its arguments; everything else is unknown.
     fn call_foreign_function(&mut self, name: &str, args: &[u8]) -> HostResult<Vec<u8>> {
-        self.node
-            .borrow_mut()
-            .foreign_calls
-            .push((name.to_string(), args.to_vec()));
+        self.node.borrow_mut().foreign_calls.push((name.to_string(), args.to_vec()));
         match name {
             "echo" => Ok(args.to_vec()),
             _ => Err(Status::NotFound),

@@ -57,13 +57,24 @@ impl LogLevel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Continue,
-    /// Stop iteration until the filter resumes the stream (or answers locally).
-    /// The C++ SDK's stop-all values (2-4) are treated as a pause, as Envoy does.
+    /// Stop iteration until the filter resumes the stream (or answers locally). Also the
+    /// result of any callback that sent a local response, whatever the filter returned.
     Pause,
 }
 
 impl Action {
-    pub(crate) fn from_raw(raw: i32) -> Action {
+    /// A headers or trailers callback's result: 0 Continue and 2 (C++ SDK's
+    /// ContinueAndEndStream) continue; 1 and the stop-all values pause.
+    pub(crate) fn from_headers_result(raw: i32) -> Action {
+        if raw == 0 || raw == 2 {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+
+    /// A body callback's result: anything but 0 stops iteration.
+    pub(crate) fn from_body_result(raw: i32) -> Action {
         if raw == 0 {
             Action::Continue
         } else {

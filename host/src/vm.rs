@@ -104,18 +104,10 @@ impl Vm {
 
     /// Creates a root context for `config` and runs `on_vm_start` and `on_configure`.
     /// `embedding` serves this root context (http calls, timers, queues, ...).
-    pub fn add_plugin(
-        &mut self,
-        config: PluginConfig,
-        embedding: Box<dyn Embedding>,
-    ) -> Result<PluginId, FilterError> {
+    pub fn add_plugin(&mut self, config: PluginConfig, embedding: Box<dyn Embedding>) -> Result<PluginId, FilterError> {
         self.ensure_live()?;
         let index = self.plugins.len();
-        self.plugins.push(Plugin {
-            config: Arc::new(config),
-            root_id: 0,
-            parked: Some(embedding),
-        });
+        self.plugins.push(Plugin { config: Arc::new(config), root_id: 0, parked: Some(embedding) });
         if let Err(error) = self.start_plugin(index) {
             self.plugins.pop();
             return Err(error);
@@ -124,41 +116,17 @@ impl Vm {
     }
 
     /// Creates a stream context under `plugin` (rebuilding the instance if it failed).
-    pub fn new_stream(
-        &mut self,
-        plugin: PluginId,
-        embedding: Box<dyn Embedding>,
-    ) -> Result<StreamId, FilterError> {
+    pub fn new_stream(&mut self, plugin: PluginId, embedding: Box<dyn Embedding>) -> Result<StreamId, FilterError> {
         self.ensure_live()?;
         let root_id = self.plugins[plugin.0].root_id;
         let id = self.new_context_id();
-        self.state().contexts.insert(
-            id,
-            Context {
-                root_id,
-                embedding,
-                properties: HashMap::new(),
-            },
-        );
+        self.state().contexts.insert(id, Context { root_id, embedding, properties: HashMap::new() });
         self.call(plugin.0, Callback::ContextCreate, id, &[id, root_id])?;
-        Ok(StreamId {
-            generation: self.generation,
-            context_id: id,
-            plugin: plugin.0,
-        })
+        Ok(StreamId { generation: self.generation, context_id: id, plugin: plugin.0 })
     }
 
-    pub fn on_request_headers(
-        &mut self,
-        stream: StreamId,
-        end_of_stream: bool,
-    ) -> Result<Action, FilterError> {
-        self.headers_callback(
-            stream,
-            Callback::RequestHeaders,
-            MapType::HttpRequestHeaders,
-            end_of_stream,
-        )
+    pub fn on_request_headers(&mut self, stream: StreamId, end_of_stream: bool) -> Result<Action, FilterError> {
+        self.headers_callback(stream, Callback::RequestHeaders, MapType::HttpRequestHeaders, end_of_stream)
     }
 
     pub fn on_request_body(
@@ -167,33 +135,15 @@ impl Vm {
         body_size: usize,
         end_of_stream: bool,
     ) -> Result<Action, FilterError> {
-        self.stream_action(
-            stream,
-            Callback::RequestBody,
-            &[body_size as u32, end_of_stream as u32],
-        )
+        self.stream_action(stream, Callback::RequestBody, &[body_size as u32, end_of_stream as u32])
     }
 
     pub fn on_request_trailers(&mut self, stream: StreamId) -> Result<Action, FilterError> {
-        self.headers_callback(
-            stream,
-            Callback::RequestTrailers,
-            MapType::HttpRequestTrailers,
-            true,
-        )
+        self.headers_callback(stream, Callback::RequestTrailers, MapType::HttpRequestTrailers, true)
     }
 
-    pub fn on_response_headers(
-        &mut self,
-        stream: StreamId,
-        end_of_stream: bool,
-    ) -> Result<Action, FilterError> {
-        self.headers_callback(
-            stream,
-            Callback::ResponseHeaders,
-            MapType::HttpResponseHeaders,
-            end_of_stream,
-        )
+    pub fn on_response_headers(&mut self, stream: StreamId, end_of_stream: bool) -> Result<Action, FilterError> {
+        self.headers_callback(stream, Callback::ResponseHeaders, MapType::HttpResponseHeaders, end_of_stream)
     }
 
     pub fn on_response_body(
@@ -202,20 +152,11 @@ impl Vm {
         body_size: usize,
         end_of_stream: bool,
     ) -> Result<Action, FilterError> {
-        self.stream_action(
-            stream,
-            Callback::ResponseBody,
-            &[body_size as u32, end_of_stream as u32],
-        )
+        self.stream_action(stream, Callback::ResponseBody, &[body_size as u32, end_of_stream as u32])
     }
 
     pub fn on_response_trailers(&mut self, stream: StreamId) -> Result<Action, FilterError> {
-        self.headers_callback(
-            stream,
-            Callback::ResponseTrailers,
-            MapType::HttpResponseTrailers,
-            true,
-        )
+        self.headers_callback(stream, Callback::ResponseTrailers, MapType::HttpResponseTrailers, true)
     }
 
     /// Ends a stream as Envoy does: `on_done`, `on_log`, `on_delete`, then drops its context.
@@ -236,8 +177,7 @@ impl Vm {
 
     /// Runs the plugin's `on_tick`.
     pub fn on_tick(&mut self, plugin: PluginId) -> Result<(), FilterError> {
-        self.root_call(plugin, Callback::Tick, &[], CallData::default())
-            .map(drop)
+        self.root_call(plugin, Callback::Tick, &[], CallData::default()).map(drop)
     }
 
     /// Delivers the outcome of an http call. A failed call (`Err` with the reason, e.g.
@@ -255,26 +195,17 @@ impl Vm {
         }
         let (response, status) = match response {
             Ok(response) => (response, (Status::Ok, Vec::new())),
-            Err(reason) => (
-                HttpCallResponse::default(),
-                (Status::BrokenConnection, reason.into_bytes()),
-            ),
+            Err(reason) => (HttpCallResponse::default(), (Status::BrokenConnection, reason.into_bytes())),
         };
         self.set_status(status);
-        let args = [
-            token,
-            response.headers.len() as u32,
-            response.body.len() as u32,
-            response.trailers.len() as u32,
-        ];
+        let args = [token, response.headers.len() as u32, response.body.len() as u32, response.trailers.len() as u32];
         let call = CallData {
             http_response_headers: response.headers,
             http_response_body: response.body,
             http_response_trailers: response.trailers,
             ..CallData::default()
         };
-        self.root_call(plugin, Callback::HttpCallResponse, &args, call)
-            .map(drop)
+        self.root_call(plugin, Callback::HttpCallResponse, &args, call).map(drop)
     }
 
     /// Delivers gRPC initial (`trailing == false`) or trailing metadata.
@@ -288,55 +219,24 @@ impl Vm {
         if !self.has_pending_call(token) {
             return Ok(());
         }
-        let callback = if trailing {
-            Callback::GrpcReceiveTrailingMetadata
-        } else {
-            Callback::GrpcReceiveInitialMetadata
-        };
+        let callback =
+            if trailing { Callback::GrpcReceiveTrailingMetadata } else { Callback::GrpcReceiveInitialMetadata };
         let args = [token, metadata.len() as u32];
-        self.root_call(
-            plugin,
-            callback,
-            &args,
-            CallData {
-                grpc_metadata: metadata,
-                ..CallData::default()
-            },
-        )
-        .map(drop)
+        self.root_call(plugin, callback, &args, CallData { grpc_metadata: metadata, ..CallData::default() }).map(drop)
     }
 
     /// Delivers one gRPC message.
-    pub fn on_grpc_receive(
-        &mut self,
-        plugin: PluginId,
-        token: u32,
-        message: Vec<u8>,
-    ) -> Result<(), FilterError> {
+    pub fn on_grpc_receive(&mut self, plugin: PluginId, token: u32, message: Vec<u8>) -> Result<(), FilterError> {
         if !self.has_pending_call(token) {
             return Ok(());
         }
         let args = [token, message.len() as u32];
-        self.root_call(
-            plugin,
-            Callback::GrpcReceive,
-            &args,
-            CallData {
-                grpc_message: message,
-                ..CallData::default()
-            },
-        )
-        .map(drop)
+        self.root_call(plugin, Callback::GrpcReceive, &args, CallData { grpc_message: message, ..CallData::default() })
+            .map(drop)
     }
 
     /// Ends a gRPC call or stream with its gRPC status code and message.
-    pub fn on_grpc_close(
-        &mut self,
-        plugin: PluginId,
-        token: u32,
-        code: u32,
-        message: &str,
-    ) -> Result<(), FilterError> {
+    pub fn on_grpc_close(&mut self, plugin: PluginId, token: u32, code: u32, message: &str) -> Result<(), FilterError> {
         if !self.take_pending_call(token) {
             return Ok(());
         }
@@ -344,24 +244,12 @@ impl Vm {
         if let Some(live) = &mut self.live {
             live.store.data_mut().status.code = code;
         }
-        self.root_call(
-            plugin,
-            Callback::GrpcClose,
-            &[token, code],
-            CallData::default(),
-        )
-        .map(drop)
+        self.root_call(plugin, Callback::GrpcClose, &[token, code], CallData::default()).map(drop)
     }
 
     /// Tells the plugin that a queue it registered has items.
     pub fn on_queue_ready(&mut self, plugin: PluginId, queue_id: u32) -> Result<(), FilterError> {
-        self.root_call(
-            plugin,
-            Callback::QueueReady,
-            &[queue_id],
-            CallData::default(),
-        )
-        .map(drop)
+        self.root_call(plugin, Callback::QueueReady, &[queue_id], CallData::default()).map(drop)
     }
 
     /// Calls the plugin's `on_foreign_function` with `args` as its CALL_DATA buffer.
@@ -376,10 +264,7 @@ impl Vm {
             plugin,
             Callback::ForeignFunction,
             &call_args,
-            CallData {
-                foreign_args: args,
-                ..CallData::default()
-            },
+            CallData { foreign_args: args, ..CallData::default() },
         )
         .map(drop)
     }
@@ -391,38 +276,27 @@ impl Vm {
         map: MapType,
         end_of_stream: bool,
     ) -> Result<Action, FilterError> {
-        let count = self
-            .stream_context(stream, callback)?
-            .embedding
-            .header_map_size(map)
-            .unwrap_or(0);
+        let count = self.stream_context(stream, callback)?.embedding.header_map_size(map).unwrap_or(0);
         self.stream_action(stream, callback, &[count as u32, end_of_stream as u32])
     }
 
-    fn stream_action(
-        &mut self,
-        stream: StreamId,
-        callback: Callback,
-        args: &[u32],
-    ) -> Result<Action, FilterError> {
+    fn stream_action(&mut self, stream: StreamId, callback: Callback, args: &[u32]) -> Result<Action, FilterError> {
         self.stream_context(stream, callback)?;
         let mut full = vec![stream.context_id];
         full.extend_from_slice(args);
-        let result = self.call(stream.plugin, callback, stream.context_id, &full)?;
-        Ok(Action::from_raw(result.unwrap_or(0)))
+        let result = self.call(stream.plugin, callback, stream.context_id, &full)?.unwrap_or(0);
+        if self.state().local_response_sent {
+            return Ok(Action::Pause);
+        }
+        Ok(match callback {
+            Callback::RequestBody | Callback::ResponseBody => Action::from_body_result(result),
+            _ => Action::from_headers_result(result),
+        })
     }
 
-    fn stream_context(
-        &mut self,
-        stream: StreamId,
-        callback: Callback,
-    ) -> Result<&mut Context, FilterError> {
+    fn stream_context(&mut self, stream: StreamId, callback: Callback) -> Result<&mut Context, FilterError> {
         if self.is_current(stream) && self.state().contexts.contains_key(&stream.context_id) {
-            return Ok(self
-                .state()
-                .contexts
-                .get_mut(&stream.context_id)
-                .expect("checked above"));
+            return Ok(self.state().contexts.get_mut(&stream.context_id).expect("checked above"));
         }
         Err(self.failure(stream.plugin, callback, FailureKind::InstanceLost))
     }
@@ -460,23 +334,15 @@ impl Vm {
     }
 
     fn has_pending_call(&self, token: u32) -> bool {
-        self.live
-            .as_ref()
-            .is_some_and(|live| live.store.data().pending_calls.contains(&token))
+        self.live.as_ref().is_some_and(|live| live.store.data().pending_calls.contains(&token))
     }
 
     fn take_pending_call(&mut self, token: u32) -> bool {
-        self.live
-            .as_mut()
-            .is_some_and(|live| live.store.data_mut().pending_calls.remove(&token))
+        self.live.as_mut().is_some_and(|live| live.store.data_mut().pending_calls.remove(&token))
     }
 
     fn state(&mut self) -> &mut HostState {
-        self.live
-            .as_mut()
-            .expect("a live instance")
-            .store
-            .data_mut()
+        self.live.as_mut().expect("a live instance").store.data_mut()
     }
 
     fn new_context_id(&mut self) -> u32 {
@@ -486,10 +352,7 @@ impl Vm {
     }
 
     fn timeout(&self, plugin: usize) -> Option<Duration> {
-        self.plugins
-            .get(plugin)
-            .and_then(|p| p.config.timeout)
-            .or(self.config.timeout)
+        self.plugins.get(plugin).and_then(|p| p.config.timeout).or(self.config.timeout)
     }
 
     fn filter_name(&self, plugin: usize) -> String {
@@ -500,11 +363,7 @@ impl Vm {
     }
 
     fn failure(&self, plugin: usize, callback: Callback, kind: FailureKind) -> FilterError {
-        FilterError {
-            filter: self.filter_name(plugin),
-            callback: callback.export_name(),
-            kind,
-        }
+        FilterError { filter: self.filter_name(plugin), callback: callback.export_name(), kind }
     }
 
     /// Calls into the guest under the plugin's deadline. On failure the instance is discarded.
@@ -523,6 +382,8 @@ impl Vm {
         state.effective_context = context_id;
         state.deadline = timeout.map(|t| Instant::now() + t);
         state.limiter.refused = false;
+        state.local_response_sent = false;
+        state.local_response_sent = false;
         if deadlines {
             live.store.set_epoch_deadline(1);
         }
@@ -545,11 +406,7 @@ impl Vm {
             FailureKind::MemoryLimit(_) => self.stats.memory_failures += 1,
             _ => self.stats.traps += 1,
         }
-        let error = FilterError {
-            filter: self.filter_name(plugin),
-            callback,
-            kind,
-        };
+        let error = FilterError { filter: self.filter_name(plugin), callback, kind };
         if let Some(live) = self.live.take() {
             let mut state = live.store.into_data();
             self.next_token = state.next_token;
@@ -584,17 +441,11 @@ impl Vm {
             store.epoch_deadline_callback(on_epoch_tick);
         }
         let instance_error = |e: wasmtime::Error| {
-            self.failure(
-                usize::MAX,
-                Callback::ContextCreate,
-                FailureKind::Instantiation(format!("{e:?}")),
-            )
+            self.failure(usize::MAX, Callback::ContextCreate, FailureKind::Instantiation(format!("{e:?}")))
         };
         let instance = module.pre.instantiate(&mut store).map_err(instance_error)?;
         let memory = instance.get_memory(&mut store, "memory");
-        let allocator = ALLOCATORS
-            .iter()
-            .find_map(|name| instance.get_func(&mut store, name));
+        let allocator = ALLOCATORS.iter().find_map(|name| instance.get_func(&mut store, name));
         let callbacks = Callbacks::resolve(&instance, &mut store);
         let state = store.data_mut();
         state.memory = memory;
@@ -606,11 +457,7 @@ impl Vm {
 
     /// Runs the module's start-up: `_initialize` (then `main`/`__main_void` if exported), or
     /// `_start` for command-style modules. Exiting with code 0 is a normal end.
-    fn start_instance(
-        &self,
-        live: &mut Live,
-        instance: &wasmtime::Instance,
-    ) -> Result<(), FilterError> {
+    fn start_instance(&self, live: &mut Live, instance: &wasmtime::Instance) -> Result<(), FilterError> {
         let store = &mut live.store;
         let mut find = |name: &'static str| instance.get_func(&mut *store, name).map(|f| (name, f));
         let mut steps: Vec<(&'static str, Func)> = Vec::new();
@@ -633,11 +480,7 @@ impl Vm {
             if let Err(error) = result {
                 let kind = classify(&error, self.config.timeout.unwrap_or_default(), None);
                 if kind != FailureKind::Exit(0) {
-                    return Err(FilterError {
-                        filter: self.module.name.clone(),
-                        callback: name,
-                        kind,
-                    });
+                    return Err(FilterError { filter: self.module.name.clone(), callback: name, kind });
                 }
             }
         }
@@ -648,31 +491,20 @@ impl Vm {
     fn start_plugin(&mut self, index: usize) -> Result<(), FilterError> {
         let root_id = self.new_context_id();
         let config = self.plugins[index].config.clone();
-        let embedding = self.plugins[index]
-            .parked
-            .take()
-            .expect("a parked root embedding");
+        let embedding = self.plugins[index].parked.take().expect("a parked root embedding");
         self.plugins[index].root_id = root_id;
         let state = self.state();
-        state.contexts.insert(
-            root_id,
-            Context {
-                root_id,
-                embedding,
-                properties: HashMap::new(),
-            },
-        );
+        let mut context = Context { root_id, embedding, properties: HashMap::new() };
+        for (level, line) in state.startup_log.drain(..) {
+            if level >= context.embedding.log_level() {
+                context.embedding.log(level, &line);
+            }
+        }
+        state.contexts.insert(root_id, context);
         state.plugins.insert(root_id, config.clone());
         self.call(index, Callback::ContextCreate, root_id, &[root_id, 0])?;
         let vm_configuration = self.config.configuration.clone();
-        let steps = [
-            (Callback::VmStart, vm_configuration),
-            (
-                Callback::ValidateConfiguration,
-                config.configuration.clone(),
-            ),
-            (Callback::Configure, config.configuration.clone()),
-        ];
+        let steps = [(Callback::VmStart, vm_configuration), (Callback::Configure, config.configuration.clone())];
         for (callback, configuration) in steps {
             let size = configuration.len() as u32;
             self.state().call.configuration = Some(configuration);

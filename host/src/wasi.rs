@@ -48,15 +48,8 @@ pub(crate) struct WasiState {
 
 impl WasiState {
     pub fn new(environment: &[(String, String)]) -> WasiState {
-        let environment = environment
-            .iter()
-            .map(|(k, v)| format!("{k}={v}\0").into_bytes())
-            .collect();
-        WasiState {
-            environment,
-            started: Instant::now(),
-            pending: [Vec::new(), Vec::new()],
-        }
+        let environment = environment.iter().map(|(k, v)| format!("{k}={v}\0").into_bytes()).collect();
+        WasiState { environment, started: Instant::now(), pending: [Vec::new(), Vec::new()] }
     }
 }
 
@@ -129,12 +122,7 @@ macro_rules! stubs {
 
 /// Copies NUL-terminated entries into the guest: a pointer per entry at `list`, the bytes
 /// at `buffer` (WASI's layout for args and environment).
-fn write_entries(
-    g: &mut Guest<'_, '_>,
-    entries: &[Vec<u8>],
-    list: i32,
-    buffer: i32,
-) -> AbiResult<i32> {
+fn write_entries(g: &mut Guest<'_, '_>, entries: &[Vec<u8>], list: i32, buffer: i32) -> AbiResult<i32> {
     let mut at = buffer as u32;
     for (i, entry) in entries.iter().enumerate() {
         g.write_u32(list.wrapping_add(4 * i as i32), at)?;
@@ -146,12 +134,7 @@ fn write_entries(
 
 /// Reads an iovec array: (pointer, length) pairs of u32.
 fn gather(g: &Guest<'_, '_>, iovs: i32, count: i32) -> AbiResult<Vec<u8>> {
-    let raw = g.read(
-        iovs,
-        (count as u32)
-            .checked_mul(8)
-            .ok_or(Status::InvalidMemoryAccess)? as i32,
-    )?;
+    let raw = g.read(iovs, (count as u32).checked_mul(8).ok_or(Status::InvalidMemoryAccess)? as i32)?;
     let mut bytes = Vec::new();
     for iov in raw.chunks_exact(8) {
         let ptr = u32::from_le_bytes(iov[..4].try_into().unwrap());
@@ -162,212 +145,125 @@ fn gather(g: &Guest<'_, '_>, iovs: i32, count: i32) -> AbiResult<Vec<u8>> {
 }
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    define(
-        linker,
-        "args_sizes_get",
-        |mut c: Caller<'_, HostState>, argc: i32, size: i32| {
-            run(&mut c, |g| {
-                g.write_u32(argc, 0)?;
-                g.write_u32(size, 0)?;
-                Ok(SUCCESS)
-            })
-        },
-    )?;
+    define(linker, "args_sizes_get", |mut c: Caller<'_, HostState>, argc: i32, size: i32| {
+        run(&mut c, |g| {
+            g.write_u32(argc, 0)?;
+            g.write_u32(size, 0)?;
+            Ok(SUCCESS)
+        })
+    })?;
     define(linker, "args_get", |_: i32, _: i32| SUCCESS)?;
-    define(
-        linker,
-        "environ_sizes_get",
-        |mut c: Caller<'_, HostState>, count: i32, size: i32| {
-            run(&mut c, |g| {
-                let environment = &g.state().wasi.environment;
-                let (n, bytes) = (
-                    environment.len(),
-                    environment.iter().map(Vec::len).sum::<usize>(),
-                );
-                g.write_u32(count, n as u32)?;
-                g.write_u32(size, bytes as u32)?;
-                Ok(SUCCESS)
-            })
-        },
-    )?;
-    define(
-        linker,
-        "environ_get",
-        |mut c: Caller<'_, HostState>, list: i32, buffer: i32| {
-            run(&mut c, |g| {
-                let environment = g.state().wasi.environment.clone();
-                write_entries(g, &environment, list, buffer)
-            })
-        },
-    )?;
-    define(
-        linker,
-        "clock_res_get",
-        |mut c: Caller<'_, HostState>, _id: i32, ret: i32| {
-            run(&mut c, |g| {
-                g.write_u64(ret, 1)?;
-                Ok(SUCCESS)
-            })
-        },
-    )?;
-    define(
-        linker,
-        "clock_time_get",
-        |mut c: Caller<'_, HostState>, id: i32, _precision: i64, ret: i32| {
-            run(&mut c, |g| {
-                let nanos = if id == CLOCK_REALTIME {
-                    let now = g.embedding()?.now();
-                    now.duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_nanos() as u64
-                } else {
-                    g.state().wasi.started.elapsed().as_nanos() as u64
-                };
-                g.write_u64(ret, nanos)?;
-                Ok(SUCCESS)
-            })
-        },
-    )?;
-    define(
-        linker,
-        "random_get",
-        |mut c: Caller<'_, HostState>, buffer: i32, len: i32| {
-            run(&mut c, |g| {
-                g.read(buffer, len)?; // bounds check before allocating
-                let mut bytes = vec![0u8; len as u32 as usize];
-                getrandom::fill(&mut bytes).map_err(|_| Status::InternalFailure)?;
-                g.write(buffer, &bytes)?;
-                Ok(SUCCESS)
-            })
-        },
-    )?;
-    define(
-        linker,
-        "fd_write",
-        |mut c: Caller<'_, HostState>, fd: i32, iovs: i32, count: i32, ret: i32| {
-            run(&mut c, |g| {
-                if fd != 1 && fd != 2 {
-                    return Ok(EBADF);
-                }
-                let bytes = gather(g, iovs, count)?;
-                write_output(g.state(), (fd - 1) as usize, &bytes);
-                g.write_u32(ret, bytes.len() as u32)?;
-                Ok(SUCCESS)
-            })
-        },
-    )?;
-    define(
-        linker,
-        "fd_read",
-        |mut c: Caller<'_, HostState>, fd: i32, _iovs: i32, _count: i32, ret: i32| {
-            run(&mut c, |g| {
-                if fd != 0 {
-                    return Ok(EBADF);
-                }
-                g.write_u32(ret, 0)?; // stdin is empty
-                Ok(SUCCESS)
-            })
-        },
-    )?;
-    define(
-        linker,
-        "fd_fdstat_get",
-        |mut c: Caller<'_, HostState>, fd: i32, ret: i32| {
-            run(&mut c, |g| {
-                if !STDIO.contains(&fd) {
-                    return Ok(EBADF);
-                }
-                let mut fdstat = [0u8; 24];
-                fdstat[0] = FILETYPE_CHARACTER_DEVICE;
-                fdstat[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-                g.write(ret, &fdstat)?;
-                Ok(SUCCESS)
-            })
-        },
-    )?;
-    define(
-        linker,
-        "fd_filestat_get",
-        |mut c: Caller<'_, HostState>, fd: i32, ret: i32| {
-            run(&mut c, |g| {
-                if !STDIO.contains(&fd) {
-                    return Ok(EBADF);
-                }
-                let mut filestat = [0u8; 64];
-                filestat[16] = FILETYPE_CHARACTER_DEVICE;
-                g.write(ret, &filestat)?;
-                Ok(SUCCESS)
-            })
-        },
-    )?;
-    define(
-        linker,
-        "poll_oneoff",
-        |mut c: Caller<'_, HostState>, subs: i32, events: i32, count: i32, ret: i32| {
-            // Nothing here may block the proxy: every subscription (clock or fd) is reported as
-            // ready at once, so a guest "sleep" returns immediately.
-            run(&mut c, |g| {
-                if count <= 0 {
-                    return Ok(EINVAL);
-                }
-                for i in 0..count {
-                    let sub = g.read(subs.wrapping_add(48 * i), 48)?;
-                    let mut event = [0u8; 32];
-                    event[..8].copy_from_slice(&sub[..8]); // userdata
-                    event[10] = sub[8]; // event type = subscription tag
-                    g.write(events.wrapping_add(32 * i), &event)?;
-                }
-                g.write_u32(ret, count as u32)?;
-                Ok(SUCCESS)
-            })
-        },
-    )?;
-    define(linker, "proc_exit", |code: i32| -> wasmtime::Result<()> {
-        Err(ProcExit(code).into())
+    define(linker, "environ_sizes_get", |mut c: Caller<'_, HostState>, count: i32, size: i32| {
+        run(&mut c, |g| {
+            let environment = &g.state().wasi.environment;
+            let (n, bytes) = (environment.len(), environment.iter().map(Vec::len).sum::<usize>());
+            g.write_u32(count, n as u32)?;
+            g.write_u32(size, bytes as u32)?;
+            Ok(SUCCESS)
+        })
     })?;
+    define(linker, "environ_get", |mut c: Caller<'_, HostState>, list: i32, buffer: i32| {
+        run(&mut c, |g| {
+            let environment = g.state().wasi.environment.clone();
+            write_entries(g, &environment, list, buffer)
+        })
+    })?;
+    define(linker, "clock_res_get", |mut c: Caller<'_, HostState>, _id: i32, ret: i32| {
+        run(&mut c, |g| {
+            g.write_u64(ret, 1)?;
+            Ok(SUCCESS)
+        })
+    })?;
+    define(linker, "clock_time_get", |mut c: Caller<'_, HostState>, id: i32, _precision: i64, ret: i32| {
+        run(&mut c, |g| {
+            let nanos = if id == CLOCK_REALTIME {
+                let now = g.state().now();
+                now.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+            } else {
+                g.state().wasi.started.elapsed().as_nanos() as u64
+            };
+            g.write_u64(ret, nanos)?;
+            Ok(SUCCESS)
+        })
+    })?;
+    define(linker, "random_get", |mut c: Caller<'_, HostState>, buffer: i32, len: i32| {
+        run(&mut c, |g| {
+            g.read(buffer, len)?; // bounds check before allocating
+            let mut bytes = vec![0u8; len as u32 as usize];
+            getrandom::fill(&mut bytes).map_err(|_| Status::InternalFailure)?;
+            g.write(buffer, &bytes)?;
+            Ok(SUCCESS)
+        })
+    })?;
+    define(linker, "fd_write", |mut c: Caller<'_, HostState>, fd: i32, iovs: i32, count: i32, ret: i32| {
+        run(&mut c, |g| {
+            if fd != 1 && fd != 2 {
+                return Ok(EBADF);
+            }
+            let bytes = gather(g, iovs, count)?;
+            write_output(g.state(), (fd - 1) as usize, &bytes);
+            g.write_u32(ret, bytes.len() as u32)?;
+            Ok(SUCCESS)
+        })
+    })?;
+    define(linker, "fd_read", |mut c: Caller<'_, HostState>, fd: i32, _iovs: i32, _count: i32, ret: i32| {
+        run(&mut c, |g| {
+            if fd != 0 {
+                return Ok(EBADF);
+            }
+            g.write_u32(ret, 0)?; // stdin is empty
+            Ok(SUCCESS)
+        })
+    })?;
+    define(linker, "fd_fdstat_get", |mut c: Caller<'_, HostState>, fd: i32, ret: i32| {
+        run(&mut c, |g| {
+            if !STDIO.contains(&fd) {
+                return Ok(EBADF);
+            }
+            let mut fdstat = [0u8; 24];
+            fdstat[0] = FILETYPE_CHARACTER_DEVICE;
+            fdstat[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+            g.write(ret, &fdstat)?;
+            Ok(SUCCESS)
+        })
+    })?;
+    define(linker, "fd_filestat_get", |mut c: Caller<'_, HostState>, fd: i32, ret: i32| {
+        run(&mut c, |g| {
+            if !STDIO.contains(&fd) {
+                return Ok(EBADF);
+            }
+            let mut filestat = [0u8; 64];
+            filestat[16] = FILETYPE_CHARACTER_DEVICE;
+            g.write(ret, &filestat)?;
+            Ok(SUCCESS)
+        })
+    })?;
+    define(linker, "poll_oneoff", |mut c: Caller<'_, HostState>, subs: i32, events: i32, count: i32, ret: i32| {
+        // Nothing here may block the proxy: every subscription (clock or fd) is reported as
+        // ready at once, so a guest "sleep" returns immediately.
+        run(&mut c, |g| {
+            if count <= 0 {
+                return Ok(EINVAL);
+            }
+            for i in 0..count {
+                let sub = g.read(subs.wrapping_add(48 * i), 48)?;
+                let mut event = [0u8; 32];
+                event[..8].copy_from_slice(&sub[..8]); // userdata
+                event[10] = sub[8]; // event type = subscription tag
+                g.write(events.wrapping_add(32 * i), &event)?;
+            }
+            g.write_u32(ret, count as u32)?;
+            Ok(SUCCESS)
+        })
+    })?;
+    define(linker, "proc_exit", |code: i32| -> wasmtime::Result<()> { Err(ProcExit(code).into()) })?;
     define(linker, "sched_yield", || SUCCESS)?;
-    define(linker, "fd_close", |fd: i32| {
-        if STDIO.contains(&fd) {
-            SUCCESS
-        } else {
-            EBADF
-        }
-    })?;
-    define(linker, "fd_fdstat_set_flags", |fd: i32, _: i32| {
-        if STDIO.contains(&fd) {
-            SUCCESS
-        } else {
-            EBADF
-        }
-    })?;
-    define(linker, "fd_seek", |fd: i32, _: i64, _: i32, _: i32| {
-        if STDIO.contains(&fd) {
-            ESPIPE
-        } else {
-            EBADF
-        }
-    })?;
-    define(linker, "fd_tell", |fd: i32, _: i32| {
-        if STDIO.contains(&fd) {
-            ESPIPE
-        } else {
-            EBADF
-        }
-    })?;
-    define(linker, "fd_sync", |fd: i32| {
-        if STDIO.contains(&fd) {
-            SUCCESS
-        } else {
-            EBADF
-        }
-    })?;
-    define(linker, "fd_datasync", |fd: i32| {
-        if STDIO.contains(&fd) {
-            SUCCESS
-        } else {
-            EBADF
-        }
-    })?;
+    define(linker, "fd_close", |fd: i32| if STDIO.contains(&fd) { SUCCESS } else { EBADF })?;
+    define(linker, "fd_fdstat_set_flags", |fd: i32, _: i32| if STDIO.contains(&fd) { SUCCESS } else { EBADF })?;
+    define(linker, "fd_seek", |fd: i32, _: i64, _: i32, _: i32| if STDIO.contains(&fd) { ESPIPE } else { EBADF })?;
+    define(linker, "fd_tell", |fd: i32, _: i32| if STDIO.contains(&fd) { ESPIPE } else { EBADF })?;
+    define(linker, "fd_sync", |fd: i32| if STDIO.contains(&fd) { SUCCESS } else { EBADF })?;
+    define(linker, "fd_datasync", |fd: i32| if STDIO.contains(&fd) { SUCCESS } else { EBADF })?;
     // No preopened directories, so no file descriptor beyond stdio exists.
     stubs!(
         linker,

@@ -27,21 +27,18 @@ const IMPORTS: &str = r#"
   (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
   (import "wasi_unstable" "proc_exit" (func $exit (param i32)))
+  (import "env" "proxy_send_local_response" (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_size" (func $map_size (param i32 i32) (result i32)))
+  (import "env" "emscripten_notify_memory_growth" (func $grown (param i32)))
+  (import "env" "proxy_get_current_time_nanoseconds" (func $time (param i32) (result i32)))
 "#;
 
 /// Memory layout: 1000 "x-s?" report key, 1010 two report digits, 1100.. scratch strings,
 /// 2000/2004 out-pointers, 4096.. heap.
 fn probe(abi: &str, allocator: &str, calls: &[&str]) -> String {
-    let headers_params = if abi == "0_1_0" {
-        "(param i32 i32)"
-    } else {
-        "(param i32 i32 i32)"
-    };
-    let reports: String = calls
-        .iter()
-        .enumerate()
-        .map(|(i, call)| format!("(call $report (i32.const {i}) {call})\n"))
-        .collect();
+    let headers_params = if abi == "0_1_0" { "(param i32 i32)" } else { "(param i32 i32 i32)" };
+    let reports: String =
+        calls.iter().enumerate().map(|(i, call)| format!("(call $report (i32.const {i}) {call})\n")).collect();
     format!(
         r#"(module {IMPORTS}
   (memory (export "memory") 1)
@@ -62,6 +59,8 @@ fn probe(abi: &str, allocator: &str, calls: &[&str]) -> String {
   (data (i32.const 1500) "plugin_name")
   (data (i32.const 1600) "nope")
   (data (i32.const 1700) "echo")
+  (data (i32.const 1900) "x-dup")
+  (data (i32.const 1950) "X-Got")
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
@@ -71,8 +70,7 @@ fn probe(abi: &str, allocator: &str, calls: &[&str]) -> String {
     )
 }
 
-const BUMP: &str =
-    "(global.get $heap) (global.set $heap (i32.add (global.get $heap) (local.get $size)))";
+const BUMP: &str = "(global.get $heap) (global.set $heap (i32.add (global.get $heap) (local.get $size)))";
 
 /// Runs the probe's calls and returns the statuses they reported, in order.
 fn statuses(abi: &str, allocator: &str, calls: &[&str]) -> (Vec<u32>, Harness) {
@@ -81,12 +79,7 @@ fn statuses(abi: &str, allocator: &str, calls: &[&str]) -> (Vec<u32>, Harness) {
     let (stream, exchange) = h.stream(&get_request_headers());
     h.vm.on_request_headers(stream, true).unwrap();
     let found = (0..calls.len())
-        .map(|i| {
-            request_header(&exchange, &format!("x-s{i}"))
-                .expect("reported")
-                .parse()
-                .unwrap()
-        })
+        .map(|i| request_header(&exchange, &format!("x-s{i}")).expect("reported").parse().unwrap())
         .collect();
     (found, h)
 }
@@ -101,18 +94,13 @@ const BAD_ARGUMENT: u32 = 2;
 const SERIALIZATION_FAILURE: u32 = 3;
 const INVALID_MEMORY_ACCESS: u32 = 6;
 
-const GET_MISSING_HEADER: &str = "(call $get_header (i32.const 0) (i32.const 1100) (i32.const 9) (i32.const 2000) (i32.const 2004))";
+const GET_MISSING_HEADER: &str =
+    "(call $get_header (i32.const 0) (i32.const 1100) (i32.const 9) (i32.const 2000) (i32.const 2004))";
 
 #[test]
 fn missing_header_is_not_found_from_0_2_0_on() {
-    assert_eq!(
-        statuses("0_2_0", BUMP, &[GET_MISSING_HEADER]).0,
-        vec![NOT_FOUND]
-    );
-    assert_eq!(
-        statuses("0_2_1", BUMP, &[GET_MISSING_HEADER]).0,
-        vec![NOT_FOUND]
-    );
+    assert_eq!(statuses("0_2_0", BUMP, &[GET_MISSING_HEADER]).0, vec![NOT_FOUND]);
+    assert_eq!(statuses("0_2_1", BUMP, &[GET_MISSING_HEADER]).0, vec![NOT_FOUND]);
 }
 
 #[test]
@@ -139,34 +127,21 @@ fn out_of_bounds_pointers_are_invalid_memory_access() {
 
 #[test]
 fn misaligned_out_pointers_work() {
-    assert_eq!(
-        status_of("(call $get_pairs (i32.const 0) (i32.const 2001) (i32.const 2007))"),
-        OK
-    );
+    assert_eq!(status_of("(call $get_pairs (i32.const 0) (i32.const 2001) (i32.const 2007))"), OK);
 }
 
 #[test]
 fn garbage_from_the_allocator_is_caught() {
     let garbage = "(i32.const -256)";
-    let (found, _) = statuses(
-        "0_2_1",
-        garbage,
-        &["(call $get_pairs (i32.const 0) (i32.const 2000) (i32.const 2004))"],
-    );
+    let (found, _) = statuses("0_2_1", garbage, &["(call $get_pairs (i32.const 0) (i32.const 2000) (i32.const 2004))"]);
     assert_eq!(found, vec![INVALID_MEMORY_ACCESS]);
 }
 
 #[test]
 fn malformed_maps_are_serialization_failures() {
     // 1300: a map claiming keys at lengths that run past the buffer; 1400: count 0xffffffff.
-    assert_eq!(
-        status_of("(call $set_pairs (i32.const 0) (i32.const 1300) (i32.const 16))"),
-        SERIALIZATION_FAILURE
-    );
-    assert_eq!(
-        status_of("(call $set_pairs (i32.const 0) (i32.const 1400) (i32.const 8))"),
-        SERIALIZATION_FAILURE
-    );
+    assert_eq!(status_of("(call $set_pairs (i32.const 0) (i32.const 1300) (i32.const 16))"), SERIALIZATION_FAILURE);
+    assert_eq!(status_of("(call $set_pairs (i32.const 0) (i32.const 1400) (i32.const 8))"), SERIALIZATION_FAILURE);
 }
 
 #[test]
@@ -210,11 +185,7 @@ fn unimplemented_capabilities_answer_unimplemented_once_in_the_log() {
     let grpc = "(call $grpc_call (i32.const 1600) (i32.const 4) (i32.const 1600) (i32.const 4) (i32.const 1600) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 2000))";
     let (found, h) = statuses("0_2_1", BUMP, &[grpc, grpc]);
     assert_eq!(found, vec![12, 12]);
-    let reports = h
-        .logs()
-        .iter()
-        .filter(|l| l.contains("proxy_grpc_call is not supported"))
-        .count();
+    let reports = h.logs().iter().filter(|l| l.contains("proxy_grpc_call is not supported")).count();
     assert_eq!(reports, 1, "{:?}", h.logs());
 }
 
@@ -226,16 +197,11 @@ fn foreign_functions_unknown_are_not_found() {
 
 #[test]
 fn counter_increment_must_be_positive() {
-    let define =
-        "(call $define_metric (i32.const 0) (i32.const 1600) (i32.const 4) (i32.const 2000))";
+    let define = "(call $define_metric (i32.const 0) (i32.const 1600) (i32.const 4) (i32.const 2000))";
     let (found, _) = statuses(
         "0_2_1",
         BUMP,
-        &[
-            define,
-            "(call $increment (i32.const 0) (i64.const 0))",
-            "(call $increment (i32.const 0) (i64.const 3))",
-        ],
+        &[define, "(call $increment (i32.const 0) (i64.const 0))", "(call $increment (i32.const 0) (i64.const 3))"],
     );
     assert_eq!(found, vec![OK, BAD_ARGUMENT, OK]);
 }
@@ -249,28 +215,15 @@ fn stdout_becomes_log_lines() {
     let (found, h) = statuses("0_2_1", BUMP, &[call]);
     assert_eq!(found, vec![0]);
     let logs = h.logs();
-    assert!(
-        logs.contains(&"hello".to_string()) && logs.contains(&"world".to_string()),
-        "{logs:?}"
-    );
+    assert!(logs.contains(&"hello".to_string()) && logs.contains(&"world".to_string()), "{logs:?}");
 }
 
 #[test]
 fn wasi_environment_is_empty_unless_configured() {
     let sizes = "(drop (call $environ_sizes (i32.const 2000) (i32.const 2004))) (i32.load (i32.const 2000))";
     assert_eq!(statuses("0_2_1", BUMP, &[sizes]).0, vec![0]);
-    let module = wat(
-        "env",
-        &probe(
-            "0_2_1",
-            BUMP,
-            &[sizes, "(call $environ (i32.const 3000) (i32.const 3100))"],
-        ),
-    );
-    let config = VmConfig {
-        environment: vec![("TENANT".into(), "acme".into())],
-        ..VmConfig::default()
-    };
+    let module = wat("env", &probe("0_2_1", BUMP, &[sizes, "(call $environ (i32.const 3000) (i32.const 3100))"]));
+    let config = VmConfig { environment: vec![("TENANT".into(), "acme".into())], ..VmConfig::default() };
     let mut h = Harness::with_config(module, "", config);
     let (stream, exchange) = h.stream(&get_request_headers());
     h.vm.on_request_headers(stream, true).unwrap();
@@ -283,24 +236,15 @@ fn wasi_has_no_files_and_random_works() {
     let open = "(call $path_open (i32.const 3) (i32.const 0) (i32.const 1600) (i32.const 4) (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 2000))";
     let random = "(call $random (i32.const 3000) (i32.const 64))";
     let random_oob = "(call $random (i32.const 65530) (i32.const 64))";
-    assert_eq!(
-        statuses("0_2_1", BUMP, &[open, random, random_oob]).0,
-        vec![8, 0, 21]
-    );
+    assert_eq!(statuses("0_2_1", BUMP, &[open, random, random_oob]).0, vec![8, 0, 21]);
 }
 
 #[test]
 fn proc_exit_ends_the_call() {
-    let module = wat(
-        "exit",
-        &probe("0_2_1", BUMP, &["(call $exit (i32.const 3)) (i32.const 0)"]),
-    );
+    let module = wat("exit", &probe("0_2_1", BUMP, &["(call $exit (i32.const 3)) (i32.const 0)"]));
     let mut h = Harness::new(module, "");
     let (stream, _) = h.stream(&get_request_headers());
-    assert_eq!(
-        h.vm.on_request_headers(stream, true).unwrap_err().kind,
-        FailureKind::Exit(3)
-    );
+    assert_eq!(h.vm.on_request_headers(stream, true).unwrap_err().kind, FailureKind::Exit(3));
 }
 
 #[test]
@@ -312,8 +256,59 @@ fn native_stack_exhaustion_is_a_stack_overflow_trap() {
     );
     let mut h = Harness::new(wat("deep", &text), "");
     let (stream, _) = h.stream(&get_request_headers());
-    let FailureKind::Trap(message) = h.vm.on_request_headers(stream, true).unwrap_err().kind else {
-        panic!()
-    };
+    let FailureKind::Trap(message) = h.vm.on_request_headers(stream, true).unwrap_err().kind else { panic!() };
     assert!(message.starts_with("stack overflow"), "{message}");
+}
+
+#[test]
+fn repeated_header_reads_first_value_and_written_keys_are_lower_case() {
+    let copy = "(call $get_header (i32.const 0) (i32.const 1900) (i32.const 5) (i32.const 2000) (i32.const 2004)) \
+                (drop (call $add (i32.const 0) (i32.const 1950) (i32.const 5) (i32.load (i32.const 2000)) (i32.load (i32.const 2004))))";
+    let module = wat("dup", &probe("0_2_1", BUMP, &[copy]));
+    let mut h = Harness::new(module, "");
+    let mut headers = get_request_headers();
+    headers.extend([("x-dup", "first"), ("x-dup", "second")]);
+    let (stream, exchange) = h.stream(&headers);
+    h.vm.on_request_headers(stream, true).unwrap();
+    let written = exchange.borrow().request_headers.iter().find(|(k, _)| k.starts_with(b"x-got")).cloned();
+    assert_eq!(written, Some((b"x-got".to_vec(), b"first".to_vec())));
+}
+
+#[test]
+fn header_map_size_is_in_bytes() {
+    let size = "(drop (call $map_size (i32.const 0) (i32.const 2000))) (i32.load (i32.const 2000))";
+    // :method GET :path /hello :authority example.com :scheme http = 7+3+5+6+10+11+7+4
+    let module = wat("size", &probe("0_2_1", BUMP, &[size]));
+    let mut h = Harness::new(module, "");
+    let (stream, exchange) = h.stream(&get_request_headers());
+    h.vm.on_request_headers(stream, true).unwrap();
+    assert_eq!(request_header(&exchange, "x-s0").as_deref(), Some("53"));
+}
+
+#[test]
+fn local_response_stops_the_stream_whatever_the_filter_returns() {
+    let local = "(call $local (i32.const 418) (i32.const 0) (i32.const 0) (i32.const 1600) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const -1))";
+    let module = wat("local", &probe("0_2_1", BUMP, &[local]));
+    let mut h = Harness::new(module, "");
+    let (stream, exchange) = h.stream(&get_request_headers());
+    assert_eq!(h.vm.on_request_headers(stream, true).unwrap(), Action::Pause, "the probe returns 0 (Continue)");
+    let response = exchange.borrow().local_response.clone().unwrap();
+    assert_eq!((response.status, response.body.as_slice()), (418, &b"nope"[..]));
+}
+
+#[test]
+fn logs_and_clock_work_during_start_up() {
+    let initialize = r#"(data (i32.const 2100) "starting")
+         (func (export "_initialize")
+           (drop (call $log (i32.const 2) (i32.const 2100) (i32.const 8)))
+           (if (call $time (i32.const 2200)) (then unreachable)))
+         (func $report"#;
+    let text = probe("0_2_1", BUMP, &[]).replacen("(func $report", initialize, 1);
+    let h = Harness::new(wat("startup", &text), "");
+    assert!(h.logs().contains(&"starting".to_string()), "{:?}", h.logs());
+}
+
+#[test]
+fn emscripten_imports_link() {
+    assert_eq!(status_of("(call $grown (i32.const 0)) (i32.const 0)"), OK);
 }

@@ -20,19 +20,9 @@ fn misbehaving(mode: &str, vm_config: VmConfig) -> (Harness, Result<Action, Filt
 /// After a failure the next stream runs normally on a rebuilt instance.
 fn assert_recovers(h: &mut Harness) {
     let (stream, exchange) = h.stream(&get_request_headers());
-    assert_eq!(
-        h.vm.on_request_headers(stream, true).unwrap(),
-        Action::Continue
-    );
-    assert_eq!(
-        request_header(&exchange, "x-misbehave-ok").as_deref(),
-        Some("1")
-    );
-    assert_eq!(
-        request_header(&exchange, "x-misbehave-config").as_deref(),
-        Some("ok"),
-        "root context reconfigured"
-    );
+    assert_eq!(h.vm.on_request_headers(stream, true).unwrap(), Action::Continue);
+    assert_eq!(request_header(&exchange, "x-misbehave-ok").as_deref(), Some("1"));
+    assert_eq!(request_header(&exchange, "x-misbehave-config").as_deref(), Some("ok"), "root context reconfigured");
     assert_eq!(h.vm.stats().instances_created, 2);
 }
 
@@ -40,21 +30,12 @@ fn assert_recovers(h: &mut Harness) {
 fn spinning_filter_is_cut_at_its_deadline() {
     let timeout = Duration::from_millis(50);
     let started = Instant::now();
-    let (mut h, result) = misbehaving(
-        "spin",
-        VmConfig {
-            timeout: Some(timeout),
-            ..VmConfig::default()
-        },
-    );
+    let (mut h, result) = misbehaving("spin", VmConfig { timeout: Some(timeout), ..VmConfig::default() });
     let elapsed = started.elapsed();
     let error = result.unwrap_err();
     assert_eq!(error.kind, FailureKind::Deadline(timeout));
     assert_eq!(error.callback, "proxy_on_request_headers");
-    assert_eq!(
-        error.to_string(),
-        "filter \"test\" exceeded its deadline of 50 ms in proxy_on_request_headers"
-    );
+    assert_eq!(error.to_string(), "filter \"test\" exceeded its deadline of 50 ms in proxy_on_request_headers");
     assert!(elapsed >= timeout, "cut early: {elapsed:?}");
     assert!(elapsed < timeout * 5, "cut late: {elapsed:?}");
     assert_eq!(h.vm.stats().timeouts, 1);
@@ -64,66 +45,33 @@ fn spinning_filter_is_cut_at_its_deadline() {
 #[test]
 fn plugin_timeout_overrides_vm_timeout() {
     let mut h = Harness::new(filter("misbehave"), "ok");
-    let short = PluginConfig {
-        timeout: Some(Duration::from_millis(20)),
-        ..plugin_config("short", "spin")
-    };
-    let plugin =
-        h.vm.add_plugin(short, testing::MemoryEmbedding::root(&h.node))
-            .unwrap();
+    let short = PluginConfig { timeout: Some(Duration::from_millis(20)), ..plugin_config("short", "spin") };
+    let plugin = h.vm.add_plugin(short, testing::MemoryEmbedding::root(&h.node)).unwrap();
     let exchange = testing::Exchange::default();
-    let stream =
-        h.vm.new_stream(plugin, testing::MemoryEmbedding::stream(&h.node, &exchange))
-            .unwrap();
+    let stream = h.vm.new_stream(plugin, testing::MemoryEmbedding::stream(&h.node, &exchange)).unwrap();
     let error = h.vm.on_request_headers(stream, true).unwrap_err();
-    assert_eq!(
-        (error.filter.as_str(), error.kind),
-        ("short", FailureKind::Deadline(Duration::from_millis(20)))
-    );
+    assert_eq!((error.filter.as_str(), error.kind), ("short", FailureKind::Deadline(Duration::from_millis(20))));
 }
 
 #[test]
 fn memory_hog_hits_the_limit() {
     let limit = 24 << 20;
-    let (mut h, result) = misbehaving(
-        "hog",
-        VmConfig {
-            memory_limit: limit,
-            ..VmConfig::default()
-        },
-    );
+    let (mut h, result) = misbehaving("hog", VmConfig { memory_limit: limit, ..VmConfig::default() });
     let error = result.unwrap_err();
     assert_eq!(error.kind, FailureKind::MemoryLimit(limit));
     assert!(error.is_memory_limit());
     assert_eq!(h.vm.stats().memory_failures, 1);
-    assert!(
-        h.logs()
-            .iter()
-            .any(|l| l.contains("memory allocation of 1048576 bytes failed")),
-        "{:?}",
-        h.logs()
-    );
+    assert!(h.logs().iter().any(|l| l.contains("memory allocation of 1048576 bytes failed")), "{:?}", h.logs());
     assert_recovers(&mut h);
 }
 
 #[test]
 fn panic_is_a_trap_with_the_filters_message() {
     let (mut h, result) = misbehaving("panic", VmConfig::default());
-    let FailureKind::Trap(message) = result.unwrap_err().kind else {
-        panic!("expected a trap")
-    };
+    let FailureKind::Trap(message) = result.unwrap_err().kind else { panic!("expected a trap") };
     assert!(message.contains("unreachable"), "{message}");
-    assert!(
-        message.contains("proxy_on_request_headers"),
-        "backtrace names the callback: {message}"
-    );
-    assert!(
-        h.logs()
-            .iter()
-            .any(|l| l.contains("misbehave: panic requested")),
-        "{:?}",
-        h.logs()
-    );
+    assert!(message.contains("proxy_on_request_headers"), "backtrace names the callback: {message}");
+    assert!(h.logs().iter().any(|l| l.contains("misbehave: panic requested")), "{:?}", h.logs());
     assert_eq!(h.vm.stats().traps, 1);
     assert_recovers(&mut h);
 }
@@ -141,10 +89,7 @@ fn failure_in_response_phase_is_reported_there() {
     let mut headers = get_request_headers();
     headers.extend([("x-misbehave", "panic"), ("x-misbehave-at", "response")]);
     let (stream, _) = h.stream(&headers);
-    assert_eq!(
-        h.vm.on_request_headers(stream, true).unwrap(),
-        Action::Continue
-    );
+    assert_eq!(h.vm.on_request_headers(stream, true).unwrap(), Action::Continue);
     let error = h.vm.on_response_headers(stream, true).unwrap_err();
     assert_eq!(error.callback, "proxy_on_response_headers");
 }
@@ -168,13 +113,7 @@ fn streams_of_a_failed_instance_are_lost_others_unaffected() {
 
 fn assert_recovers_fresh(h: &mut Harness) {
     let (stream, exchange) = h.stream(&get_request_headers());
-    assert_eq!(
-        h.vm.on_request_headers(stream, true).unwrap(),
-        Action::Continue
-    );
-    assert_eq!(
-        request_header(&exchange, "x-misbehave-ok").as_deref(),
-        Some("1")
-    );
+    assert_eq!(h.vm.on_request_headers(stream, true).unwrap(), Action::Continue);
+    assert_eq!(request_header(&exchange, "x-misbehave-ok").as_deref(), Some("1"));
     assert_eq!(h.vm.stats().instances_created, 1);
 }

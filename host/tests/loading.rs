@@ -20,9 +20,7 @@ const MINIMAL: &str = r#"(module
   (func (export "proxy_on_configure") (param i32 i32) (result i32) CONFIGURE))"#;
 
 fn minimal(imports: &str, configure: &str) -> String {
-    MINIMAL
-        .replace("IMPORTS", imports)
-        .replace("CONFIGURE", configure)
+    MINIMAL.replace("IMPORTS", imports).replace("CONFIGURE", configure)
 }
 
 #[test]
@@ -34,63 +32,39 @@ fn text_that_is_not_wasm_is_refused() {
 #[test]
 fn corrupt_binary_is_refused_with_wasmtime_reason() {
     let error = load_error(b"\0asm\x01\0\0\0\x01\xff\xff");
-    assert!(
-        error.starts_with("wasm module \"tenant.wasm\": invalid WebAssembly:"),
-        "{error}"
-    );
+    assert!(error.starts_with("wasm module \"tenant.wasm\": invalid WebAssembly:"), "{error}");
 }
 
 #[test]
 fn module_without_abi_marker_is_refused() {
     let error = load_error(br#"(module (memory (export "memory") 1))"#);
-    assert!(
-        error.contains(
-            "not a proxy-wasm filter: no proxy_abi_version_0_1_0, _0_2_0 or _0_2_1 export"
-        ),
-        "{error}"
-    );
+    assert!(error.contains("not a proxy-wasm filter: no proxy_abi_version_0_1_0, _0_2_0 or _0_2_1 export"), "{error}");
 }
 
 #[test]
 fn module_without_allocator_is_refused() {
-    let error = load_error(
-        br#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_0")))"#,
-    );
-    assert!(
-        error.contains("exports no allocator (proxy_on_memory_allocate or malloc)"),
-        "{error}"
-    );
+    let error = load_error(br#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_0")))"#);
+    assert!(error.contains("exports no allocator (proxy_on_memory_allocate or malloc)"), "{error}");
 }
 
 #[test]
 fn unknown_import_is_named() {
-    let text = minimal(
-        r#"(import "env" "proxy_teleport" (func (param i32)))"#,
-        "(i32.const 1)",
-    );
+    let text = minimal(r#"(import "env" "proxy_teleport" (func (param i32)))"#, "(i32.const 1)");
     let error = load_error(text.as_bytes());
-    assert!(
-        error.contains("imports function env.proxy_teleport, which this host does not provide"),
-        "{error}"
-    );
+    assert!(error.contains("imports function env.proxy_teleport, which this host does not provide"), "{error}");
 }
 
 #[test]
 fn import_with_wrong_signature_is_refused() {
-    let text = minimal(
-        r#"(import "env" "proxy_log" (func (param i64)))"#,
-        "(i32.const 1)",
-    );
+    let text = minimal(r#"(import "env" "proxy_log" (func (param i64)))"#, "(i32.const 1)");
     let error = load_error(text.as_bytes());
     assert!(error.contains("proxy_log"), "{error}");
 }
 
 #[test]
 fn old_wasi_namespace_links() {
-    let text = minimal(
-        r#"(import "wasi_unstable" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
-        "(i32.const 1)",
-    );
+    let text =
+        minimal(r#"(import "wasi_unstable" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#, "(i32.const 1)");
     Module::new(engine(), "old-wasi", text.as_bytes(), None).unwrap();
 }
 
@@ -99,70 +73,40 @@ fn every_sdk_filter_loads_and_declares_abi_0_2_1() {
     for entry in std::fs::read_dir(filters_dir()).expect("filters built") {
         let path = entry.unwrap().path();
         let module = Module::from_file(engine(), &path, None).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            module.abi_version(),
-            AbiVersion::V0_2_1,
-            "{}",
-            path.display()
-        );
+        assert_eq!(module.abi_version(), AbiVersion::V0_2_1, "{}", path.display());
     }
 }
 
 #[test]
 fn missing_file_names_the_path() {
-    let error = Module::from_file(engine(), std::path::Path::new("/nonexistent/f.wasm"), None)
-        .err()
-        .unwrap();
-    assert!(
-        error
-            .to_string()
-            .starts_with("wasm module \"/nonexistent/f.wasm\": cannot read:"),
-        "{error}"
-    );
+    let error = Module::from_file(engine(), std::path::Path::new("/nonexistent/f.wasm"), None).err().unwrap();
+    assert!(error.to_string().starts_with("wasm module \"/nonexistent/f.wasm\": cannot read:"), "{error}");
 }
 
 #[test]
 fn refused_configuration_is_reported() {
     let module = wat("refuser", &minimal("", "(i32.const 0)"));
-    let error = Harness::try_new(module, "", VmConfig::default())
-        .err()
-        .expect("refused");
+    let error = Harness::try_new(module, "", VmConfig::default()).err().expect("refused");
     assert_eq!(error.kind, FailureKind::Refused);
-    assert_eq!(
-        error.to_string(),
-        "filter \"test\" rejected its configuration (proxy_on_configure returned false)"
-    );
+    assert_eq!(error.to_string(), "filter \"test\" rejected its configuration (proxy_on_configure returned false)");
 }
 
 #[test]
 fn trap_during_start_is_reported_with_the_export() {
-    let text = minimal("", "(i32.const 1)").replacen(
-        "(memory",
-        "(func (export \"_initialize\") unreachable) (memory",
-        1,
-    );
-    let error = Vm::new(wat("bad-start", &text), VmConfig::default())
-        .err()
-        .expect("start trap");
+    let text =
+        minimal("", "(i32.const 1)").replacen("(memory", "(func (export \"_initialize\") unreachable) (memory", 1);
+    let error = Vm::new(wat("bad-start", &text), VmConfig::default()).err().expect("start trap");
     assert_eq!(error.callback, "_initialize");
     assert!(matches!(error.kind, FailureKind::Trap(_)));
 }
 
 #[test]
 fn initial_memory_beyond_the_limit_cannot_instantiate() {
-    let text = minimal("", "(i32.const 1)").replace(
-        "(memory (export \"memory\") 1)",
-        "(memory (export \"memory\") 100)",
-    );
-    let config = VmConfig {
-        memory_limit: 1 << 20,
-        ..VmConfig::default()
-    };
+    let text =
+        minimal("", "(i32.const 1)").replace("(memory (export \"memory\") 1)", "(memory (export \"memory\") 100)");
+    let config = VmConfig { memory_limit: 1 << 20, ..VmConfig::default() };
     let error = Vm::new(wat("fat", &text), config).err().expect("too big");
-    assert!(
-        matches!(error.kind, FailureKind::Instantiation(_)),
-        "{error}"
-    );
+    assert!(matches!(error.kind, FailureKind::Instantiation(_)), "{error}");
 }
 
 #[test]
@@ -175,38 +119,23 @@ fn code_cache_hits_and_replaces_corrupt_entries() {
     assert_eq!(load().cache_outcome(), &CacheOutcome::Miss);
     assert_eq!(load().cache_outcome(), &CacheOutcome::Hit);
 
-    let entry = std::fs::read_dir(&dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let entry = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
     let mut corrupted = std::fs::read(&entry).unwrap();
     let middle = corrupted.len() / 2;
     corrupted[middle] ^= 0xff;
     std::fs::write(&entry, &corrupted).unwrap();
     let module = load();
-    assert_eq!(
-        module.cache_outcome(),
-        &CacheOutcome::Replaced("checksum mismatch".into())
-    );
+    assert_eq!(module.cache_outcome(), &CacheOutcome::Replaced("checksum mismatch".into()));
     assert_eq!(load().cache_outcome(), &CacheOutcome::Hit);
 
     // The module from the cache works.
     let mut h = Harness::new(module, "from-cache");
     let (stream, exchange) = h.stream(&get_request_headers());
     h.vm.on_request_headers(stream, true).unwrap();
-    assert_eq!(
-        request_header(&exchange, "x-inwasm-config").as_deref(),
-        Some("from-cache")
-    );
+    assert_eq!(request_header(&exchange, "x-inwasm-config").as_deref(), Some("from-cache"));
 
     // Another engine configuration never reads this engine's entries.
-    let other = Engine::new(EngineConfig {
-        deadlines: false,
-        pooling: None,
-    })
-    .unwrap();
+    let other = Engine::new(EngineConfig { deadlines: false, pooling: None }).unwrap();
     let module = Module::new(&other, "headers", &bytes, Some(&cache)).unwrap();
     assert_eq!(module.cache_outcome(), &CacheOutcome::Miss);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -215,15 +144,10 @@ fn code_cache_hits_and_replaces_corrupt_entries() {
 #[test]
 fn many_vms_share_one_module() {
     let module = filter("headers");
-    let mut harnesses: Vec<Harness> = (0..20)
-        .map(|i| Harness::new(module.clone(), &format!("vm{i}")))
-        .collect();
+    let mut harnesses: Vec<Harness> = (0..20).map(|i| Harness::new(module.clone(), &format!("vm{i}"))).collect();
     for (i, h) in harnesses.iter_mut().enumerate() {
         let (stream, exchange) = h.stream(&get_request_headers());
         h.vm.on_request_headers(stream, true).unwrap();
-        assert_eq!(
-            request_header(&exchange, "x-inwasm-config"),
-            Some(format!("vm{i}"))
-        );
+        assert_eq!(request_header(&exchange, "x-inwasm-config"), Some(format!("vm{i}")));
     }
 }

@@ -16,51 +16,19 @@ fn headers_are_read_added_replaced_and_removed() {
     let mut headers = get_request_headers();
     headers.push(("x-remove-me", "gone"));
     let (stream, exchange) = h.stream(&headers);
-    assert_eq!(
-        h.vm.on_request_headers(stream, true).unwrap(),
-        Action::Continue
-    );
-    assert_eq!(
-        request_header(&exchange, "x-inwasm-config").as_deref(),
-        Some("cfg-value")
-    );
-    assert_eq!(
-        request_header(&exchange, "x-inwasm-added").as_deref(),
-        Some("1")
-    );
-    assert_eq!(
-        request_header(&exchange, "x-header-count").as_deref(),
-        Some("5")
-    );
+    assert_eq!(h.vm.on_request_headers(stream, true).unwrap(), Action::Continue);
+    assert_eq!(request_header(&exchange, "x-inwasm-config").as_deref(), Some("cfg-value"));
+    assert_eq!(request_header(&exchange, "x-inwasm-added").as_deref(), Some("1"));
+    assert_eq!(request_header(&exchange, "x-header-count").as_deref(), Some("5"));
     assert_eq!(request_header(&exchange, "x-remove-me"), None);
 
-    set_response(
-        &exchange,
-        &[(":status", "200"), ("server", "upstream")],
-        b"",
-    );
-    assert_eq!(
-        h.vm.on_response_headers(stream, false).unwrap(),
-        Action::Continue
-    );
-    assert_eq!(
-        response_header(&exchange, "x-inwasm").as_deref(),
-        Some("hello")
-    );
-    assert_eq!(
-        response_header(&exchange, "server").as_deref(),
-        Some("inwasm")
-    );
-    assert_eq!(
-        response_header(&exchange, "x-request-path").as_deref(),
-        Some("/hello")
-    );
+    set_response(&exchange, &[(":status", "200"), ("server", "upstream")], b"");
+    assert_eq!(h.vm.on_response_headers(stream, false).unwrap(), Action::Continue);
+    assert_eq!(response_header(&exchange, "x-inwasm").as_deref(), Some("hello"));
+    assert_eq!(response_header(&exchange, "server").as_deref(), Some("inwasm"));
+    assert_eq!(response_header(&exchange, "x-request-path").as_deref(), Some("/hello"));
     h.vm.finish_stream(stream).unwrap();
-    assert!(
-        h.logs().contains(&"request GET /hello".to_string()),
-        "{:?}",
-        h.logs()
-    );
+    assert!(h.logs().contains(&"request GET /hello".to_string()), "{:?}", h.logs());
 }
 
 #[test]
@@ -69,15 +37,8 @@ fn local_response_short_circuits() {
     let mut headers = get_request_headers();
     headers.push(("x-deny", "1"));
     let (stream, exchange) = h.stream(&headers);
-    assert_eq!(
-        h.vm.on_request_headers(stream, true).unwrap(),
-        Action::Pause
-    );
-    let response = exchange
-        .borrow()
-        .local_response
-        .clone()
-        .expect("a local response");
+    assert_eq!(h.vm.on_request_headers(stream, true).unwrap(), Action::Pause);
+    let response = exchange.borrow().local_response.clone().expect("a local response");
     assert_eq!(response.status, 403);
     assert_eq!(response.body, b"denied\n");
     assert_eq!(response.headers, pairs(&[("x-denied", "yes")]));
@@ -90,15 +51,9 @@ fn request_body_is_buffered_then_rewritten() {
     let (stream, exchange) = h.stream(&get_request_headers());
     h.vm.on_request_headers(stream, false).unwrap();
     exchange.borrow_mut().request_body = b"abc".to_vec();
-    assert_eq!(
-        h.vm.on_request_body(stream, 3, false).unwrap(),
-        Action::Pause
-    );
+    assert_eq!(h.vm.on_request_body(stream, 3, false).unwrap(), Action::Pause);
     exchange.borrow_mut().request_body = b"abcdef".to_vec();
-    assert_eq!(
-        h.vm.on_request_body(stream, 6, true).unwrap(),
-        Action::Continue
-    );
+    assert_eq!(h.vm.on_request_body(stream, 6, true).unwrap(), Action::Continue);
     assert_eq!(exchange.borrow().request_body, b"fedcba");
 }
 
@@ -107,83 +62,44 @@ fn bad_request_body_gets_400() {
     let mut h = Harness::new(filter("body"), "");
     let (stream, exchange) = h.stream(&get_request_headers());
     exchange.borrow_mut().request_body = b"this is bad".to_vec();
-    assert_eq!(
-        h.vm.on_request_body(stream, 11, true).unwrap(),
-        Action::Pause
-    );
+    assert_eq!(h.vm.on_request_body(stream, 11, true).unwrap(), Action::Pause);
     let response = exchange.borrow().local_response.clone().unwrap();
-    assert_eq!(
-        (response.status, response.body.as_slice()),
-        (400, &b"rejected: bad body\n"[..])
-    );
+    assert_eq!((response.status, response.body.as_slice()), (400, &b"rejected: bad body\n"[..]));
 }
 
 #[test]
 fn response_body_is_transformed_and_length_dropped() {
     let mut h = Harness::new(filter("body"), "");
     let (stream, exchange) = h.stream(&get_request_headers());
-    set_response(
-        &exchange,
-        &[(":status", "200"), ("content-length", "5")],
-        b"hello",
-    );
+    set_response(&exchange, &[(":status", "200"), ("content-length", "5")], b"hello");
     h.vm.on_response_headers(stream, false).unwrap();
     assert_eq!(response_header(&exchange, "content-length"), None);
-    assert_eq!(
-        h.vm.on_response_body(stream, 5, false).unwrap(),
-        Action::Pause
-    );
-    assert_eq!(
-        h.vm.on_response_body(stream, 5, true).unwrap(),
-        Action::Continue
-    );
+    assert_eq!(h.vm.on_response_body(stream, 5, false).unwrap(), Action::Pause);
+    assert_eq!(h.vm.on_response_body(stream, 5, true).unwrap(), Action::Continue);
     assert_eq!(exchange.borrow().response_body, b"HELLO!");
 }
 
 #[test]
 fn properties_come_from_host_and_embedding() {
-    let vm_config = VmConfig {
-        vm_id: "vm-1".into(),
-        ..VmConfig::default()
-    };
+    let vm_config = VmConfig { vm_id: "vm-1".into(), ..VmConfig::default() };
     let paths = "request.path,plugin_name,plugin_vm_id,source.port,missing.thing";
     let mut h = Harness::with_config(filter("properties"), paths, vm_config);
     {
         let mut node = h.node.borrow_mut();
-        node.properties
-            .insert("request.path".into(), b"/p?q=1".to_vec());
-        node.properties
-            .insert("source.port".into(), property::int(50200));
+        node.properties.insert("request.path".into(), b"/p?q=1".to_vec());
+        node.properties.insert("source.port".into(), property::int(50200));
     }
     let mut headers = get_request_headers();
     headers.push(("x-set-prop", "color=blue"));
     let (stream, exchange) = h.stream(&headers);
     h.vm.on_request_headers(stream, true).unwrap();
     h.vm.on_response_headers(stream, true).unwrap();
-    assert_eq!(
-        response_header(&exchange, "x-prop-request-path").as_deref(),
-        Some("/p?q=1")
-    );
-    assert_eq!(
-        response_header(&exchange, "x-prop-plugin_name").as_deref(),
-        Some("test")
-    );
-    assert_eq!(
-        response_header(&exchange, "x-prop-plugin_vm_id").as_deref(),
-        Some("vm-1")
-    );
-    assert_eq!(
-        response_header(&exchange, "x-prop-source-port").as_deref(),
-        Some("50200")
-    );
-    assert_eq!(
-        response_header(&exchange, "x-prop-missing-thing").as_deref(),
-        Some("<none>")
-    );
-    assert_eq!(
-        response_header(&exchange, "x-prop-readback").as_deref(),
-        Some("blue")
-    );
+    assert_eq!(response_header(&exchange, "x-prop-request-path").as_deref(), Some("/p?q=1"));
+    assert_eq!(response_header(&exchange, "x-prop-plugin_name").as_deref(), Some("test"));
+    assert_eq!(response_header(&exchange, "x-prop-plugin_vm_id").as_deref(), Some("vm-1"));
+    assert_eq!(response_header(&exchange, "x-prop-source-port").as_deref(), Some("50200"));
+    assert_eq!(response_header(&exchange, "x-prop-missing-thing").as_deref(), Some("<none>"));
+    assert_eq!(response_header(&exchange, "x-prop-readback").as_deref(), Some("blue"));
 }
 
 #[test]
@@ -196,10 +112,7 @@ fn properties_set_by_filter_stay_in_their_stream() {
     let (second, exchange) = h.stream(&get_request_headers());
     h.vm.on_request_headers(second, true).unwrap();
     h.vm.on_response_headers(second, true).unwrap();
-    assert_eq!(
-        response_header(&exchange, "x-prop-color").as_deref(),
-        Some("<none>")
-    );
+    assert_eq!(response_header(&exchange, "x-prop-color").as_deref(), Some("<none>"));
 }
 
 fn call_filter() -> (Harness, StreamId, testing::Exchange) {
@@ -207,10 +120,7 @@ fn call_filter() -> (Harness, StreamId, testing::Exchange) {
     let mut headers = get_request_headers();
     headers.push(("authorization", "Bearer t0k"));
     let (stream, exchange) = h.stream(&headers);
-    assert_eq!(
-        h.vm.on_request_headers(stream, true).unwrap(),
-        Action::Pause
-    );
+    assert_eq!(h.vm.on_request_headers(stream, true).unwrap(), Action::Pause);
     (h, stream, exchange)
 }
 
@@ -220,46 +130,23 @@ fn http_call_round_trip_resumes_request() {
     let (token, request) = h.node.borrow().http_calls[0].clone();
     assert_eq!(request.upstream, "auth");
     assert_eq!(header(&request.headers, ":path").as_deref(), Some("/check"));
-    assert_eq!(
-        header(&request.headers, "x-token").as_deref(),
-        Some("Bearer t0k")
-    );
+    assert_eq!(header(&request.headers, "x-token").as_deref(), Some("Bearer t0k"));
     assert_eq!(request.timeout, Some(Duration::from_millis(500)));
-    let response = HttpCallResponse {
-        headers: pairs(&[(":status", "200")]),
-        body: b"alice".to_vec(),
-        trailers: vec![],
-    };
-    h.vm.on_http_call_response(h.plugin, token, Ok(response))
-        .unwrap();
-    assert_eq!(
-        request_header(&exchange, "x-auth-user").as_deref(),
-        Some("alice")
-    );
+    let response =
+        HttpCallResponse { headers: pairs(&[(":status", "200")]), body: b"alice".to_vec(), trailers: vec![] };
+    h.vm.on_http_call_response(h.plugin, token, Ok(response)).unwrap();
+    assert_eq!(request_header(&exchange, "x-auth-user").as_deref(), Some("alice"));
     assert_eq!(exchange.borrow().continued, vec![StreamType::Request]);
-    assert!(
-        h.logs()
-            .contains(&format!("call {token} status 200 body 5")),
-        "{:?}",
-        h.logs()
-    );
+    assert!(h.logs().contains(&format!("call {token} status 200 body 5")), "{:?}", h.logs());
 }
 
 #[test]
 fn http_call_denial_answers_locally() {
     let (mut h, _stream, exchange) = call_filter();
     let token = h.node.borrow().http_calls[0].0;
-    let response = HttpCallResponse {
-        headers: pairs(&[(":status", "401")]),
-        body: vec![],
-        trailers: vec![],
-    };
-    h.vm.on_http_call_response(h.plugin, token, Ok(response))
-        .unwrap();
-    assert_eq!(
-        exchange.borrow().local_response.as_ref().map(|r| r.status),
-        Some(403)
-    );
+    let response = HttpCallResponse { headers: pairs(&[(":status", "401")]), body: vec![], trailers: vec![] };
+    h.vm.on_http_call_response(h.plugin, token, Ok(response)).unwrap();
+    assert_eq!(exchange.borrow().local_response.as_ref().map(|r| r.status), Some(403));
     assert!(exchange.borrow().continued.is_empty());
 }
 
@@ -267,8 +154,7 @@ fn http_call_denial_answers_locally() {
 fn failed_http_call_reaches_filter_with_no_headers() {
     let (mut h, _stream, exchange) = call_filter();
     let token = h.node.borrow().http_calls[0].0;
-    h.vm.on_http_call_response(h.plugin, token, Err("connection refused".into()))
-        .unwrap();
+    h.vm.on_http_call_response(h.plugin, token, Err("connection refused".into())).unwrap();
     let response = exchange.borrow().local_response.clone().unwrap();
     assert_eq!(response.status, 502);
     assert_eq!(response.headers, pairs(&[("x-call-failed", "1")]));
@@ -277,8 +163,7 @@ fn failed_http_call_reaches_filter_with_no_headers() {
 #[test]
 fn unknown_call_tokens_are_ignored() {
     let (mut h, _stream, exchange) = call_filter();
-    h.vm.on_http_call_response(h.plugin, 9999, Ok(HttpCallResponse::default()))
-        .unwrap();
+    h.vm.on_http_call_response(h.plugin, 9999, Ok(HttpCallResponse::default())).unwrap();
     assert!(exchange.borrow().local_response.is_none());
     assert_eq!(h.vm.stats().traps, 0);
 }
@@ -287,16 +172,10 @@ fn unknown_call_tokens_are_ignored() {
 fn http_call_without_upstream_is_refused_to_filter() {
     let mut h = Harness::new(filter("httpcall"), "");
     let (stream, exchange) = h.stream(&get_request_headers());
-    assert_eq!(
-        h.vm.on_request_headers(stream, true).unwrap(),
-        Action::Pause
-    );
+    assert_eq!(h.vm.on_request_headers(stream, true).unwrap(), Action::Pause);
     let response = exchange.borrow().local_response.clone().unwrap();
     assert_eq!(response.status, 500);
-    assert_eq!(
-        header(&response.headers, "x-call-error").as_deref(),
-        Some("BadArgument")
-    );
+    assert_eq!(header(&response.headers, "x-call-error").as_deref(), Some("BadArgument"));
 }
 
 #[test]
@@ -305,21 +184,10 @@ fn ticks_run_until_filter_stops_them() {
     assert_eq!(h.node.borrow().tick_period, Some(Duration::from_millis(25)));
     for expected in 1..=3 {
         h.vm.on_tick(h.plugin).unwrap();
-        let ticks = h
-            .node
-            .borrow()
-            .shared_data
-            .get(&b"ticks"[..])
-            .unwrap()
-            .0
-            .clone();
+        let ticks = h.node.borrow().shared_data.get(&b"ticks"[..]).unwrap().0.clone();
         assert_eq!(ticks, expected.to_string().into_bytes());
     }
-    assert_eq!(
-        h.node.borrow().tick_period,
-        None,
-        "the filter stops its timer after 3 ticks"
-    );
+    assert_eq!(h.node.borrow().tick_period, None, "the filter stops its timer after 3 ticks");
 }
 
 #[test]
@@ -335,24 +203,14 @@ fn shared_counter_uses_cas_across_vms() {
         for h in &mut vms {
             let exchange = testing::Exchange::default();
             exchange.borrow_mut().request_headers = pairs(&get_request_headers());
-            let stream =
-                h.vm.new_stream(h.plugin, testing::MemoryEmbedding::stream(&node, &exchange))
-                    .unwrap();
+            let stream = h.vm.new_stream(h.plugin, testing::MemoryEmbedding::stream(&node, &exchange)).unwrap();
             h.vm.on_request_headers(stream, true).unwrap();
             h.vm.on_response_headers(stream, true).unwrap();
-            last = response_header(&exchange, "x-hits")
-                .unwrap()
-                .parse::<u32>()
-                .unwrap();
+            last = response_header(&exchange, "x-hits").unwrap().parse::<u32>().unwrap();
         }
         assert_eq!(last, 2 * (round + 1));
     }
-    let (value, cas) = node
-        .borrow()
-        .shared_data
-        .get(&b"hits"[..])
-        .cloned()
-        .unwrap();
+    let (value, cas) = node.borrow().shared_data.get(&b"hits"[..]).cloned().unwrap();
     assert_eq!(value, b"6");
     assert!(cas >= 6, "every write bumps the cas");
 }
@@ -368,10 +226,7 @@ fn queue_items_reach_registering_root() {
     }
     h.vm.on_queue_ready(h.plugin, 1).unwrap();
     let logs = h.logs();
-    assert!(
-        logs.contains(&"dequeued /a".to_string()) && logs.contains(&"dequeued /b".to_string()),
-        "{logs:?}"
-    );
+    assert!(logs.contains(&"dequeued /a".to_string()) && logs.contains(&"dequeued /b".to_string()), "{logs:?}");
     let node = h.node.borrow();
     assert_eq!(node.shared_data.get(&b"last-event"[..]).unwrap().0, b"/b");
     assert_eq!(node.shared_data.get(&b"dequeued"[..]).unwrap().0, b"2");
@@ -386,10 +241,7 @@ fn metrics_are_defined_incremented_and_read() {
         let (stream, exchange) = h.stream(&headers);
         h.vm.on_request_headers(stream, true).unwrap();
         h.vm.on_response_headers(stream, true).unwrap();
-        assert_eq!(
-            response_header(&exchange, "x-requests-total"),
-            Some(n.to_string())
-        );
+        assert_eq!(response_header(&exchange, "x-requests-total"), Some(n.to_string()));
     }
     let node = h.node.borrow();
     let metric = |name: &str| node.metrics.iter().find(|m| m.name == name).unwrap();
@@ -424,11 +276,7 @@ fn lifecycle_callbacks_arrive_in_order_with_arguments() {
         "on_done 2",
         "on_log 2",
     ];
-    let seen: Vec<&str> = logs
-        .iter()
-        .map(String::as_str)
-        .filter(|l| expected.contains(l))
-        .collect();
+    let seen: Vec<&str> = logs.iter().map(String::as_str).filter(|l| expected.contains(l)).collect();
     assert_eq!(seen, expected, "all logs: {logs:?}");
 }
 
@@ -439,9 +287,5 @@ fn context_ids_are_never_reused() {
     h.vm.finish_stream(first).unwrap();
     let (second, _) = h.stream(&get_request_headers());
     h.vm.on_request_headers(second, true).unwrap();
-    assert!(
-        h.logs().contains(&"request_headers 3 eos=true".to_string()),
-        "{:?}",
-        h.logs()
-    );
+    assert!(h.logs().contains(&"request_headers 3 eos=true".to_string()), "{:?}", h.logs());
 }

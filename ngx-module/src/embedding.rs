@@ -10,8 +10,7 @@ use std::rc::Rc;
 
 use inwasm_host::*;
 use ngx::ffi::{
-    ngx_http_request_t, ngx_log_t, ngx_uint_t, NGX_LOG_CRIT, NGX_LOG_DEBUG, NGX_LOG_ERR,
-    NGX_LOG_INFO, NGX_LOG_WARN,
+    ngx_http_request_t, ngx_log_t, ngx_uint_t, NGX_LOG_CRIT, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 
 use crate::ffi::log_error;
@@ -42,11 +41,7 @@ fn nginx_level(level: LogLevel) -> ngx_uint_t {
 
 /// The lowest proxy-wasm level the nginx log lets through.
 fn level_of(log: *mut ngx_log_t) -> LogLevel {
-    let level = if log.is_null() {
-        0
-    } else {
-        unsafe { (*log).log_level }
-    };
+    let level = if log.is_null() { 0 } else { unsafe { (*log).log_level } };
     match level as u32 {
         l if l >= NGX_LOG_DEBUG => LogLevel::Trace,
         l if l >= NGX_LOG_INFO => LogLevel::Info,
@@ -57,11 +52,7 @@ fn level_of(log: *mut ngx_log_t) -> LogLevel {
 }
 
 fn log_line(log: *mut ngx_log_t, filter: &str, level: LogLevel, message: &str) {
-    log_error(
-        nginx_level(level),
-        log,
-        &format!("[wasm] filter \"{filter}\": {message}"),
-    );
+    log_error(nginx_level(level), log, &format!("[wasm] filter \"{filter}\": {message}"));
 }
 
 /// A plugin's root context.
@@ -72,10 +63,7 @@ pub struct RootEmbedding {
 
 impl RootEmbedding {
     pub fn new(filter: &str, log: *mut ngx_log_t) -> RootEmbedding {
-        RootEmbedding {
-            filter: filter.to_string(),
-            log,
-        }
+        RootEmbedding { filter: filter.to_string(), log }
     }
 }
 
@@ -110,16 +98,8 @@ pub struct StreamEmbedding {
 }
 
 impl StreamEmbedding {
-    pub fn new(
-        r: *mut ngx_http_request_t,
-        filter: &str,
-        exchange: &SharedExchange,
-    ) -> StreamEmbedding {
-        StreamEmbedding {
-            r,
-            filter: filter.to_string(),
-            exchange: exchange.clone(),
-        }
+    pub fn new(r: *mut ngx_http_request_t, filter: &str, exchange: &SharedExchange) -> StreamEmbedding {
+        StreamEmbedding { r, filter: filter.to_string(), exchange: exchange.clone() }
     }
 
     fn request_log(&self) -> *mut ngx_log_t {
@@ -151,9 +131,7 @@ impl HeaderMaps for StreamEmbedding {
     fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> HostResult<()> {
         let done = match map {
             MapType::HttpRequestHeaders => unsafe { headers::set_request_headers(self.r, &pairs) },
-            MapType::HttpResponseHeaders => unsafe {
-                headers::set_response_headers(self.r, &pairs)
-            },
+            MapType::HttpResponseHeaders => unsafe { headers::set_response_headers(self.r, &pairs) },
             _ => return Err(Status::BadArgument),
         };
         done.ok_or(Status::InternalFailure)

@@ -4,10 +4,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
-use ngx::ffi::{
-    ngx_int_t, ngx_log_error_core, ngx_log_t, ngx_pnalloc, ngx_pool_t, ngx_str_t, ngx_uint_t,
-    NGX_ERROR,
-};
+use ngx::ffi::{ngx_int_t, ngx_log_error_core, ngx_log_t, ngx_pnalloc, ngx_pool_t, ngx_str_t, ngx_uint_t, NGX_ERROR};
 
 /// The bytes of an `ngx_str_t` (empty for a null or empty string).
 ///
@@ -27,20 +24,14 @@ pub unsafe fn bytes<'a>(s: &ngx_str_t) -> &'a [u8] {
 /// `pool` must be a valid pool.
 pub unsafe fn pool_str(pool: *mut ngx_pool_t, data: &[u8]) -> Option<ngx_str_t> {
     if data.is_empty() {
-        return Some(ngx_str_t {
-            len: 0,
-            data: ptr::null_mut(),
-        });
+        return Some(ngx_str_t { len: 0, data: ptr::null_mut() });
     }
     let copy = ngx_pnalloc(pool, data.len()) as *mut u8;
     if copy.is_null() {
         return None;
     }
     ptr::copy_nonoverlapping(data.as_ptr(), copy, data.len());
-    Some(ngx_str_t {
-        len: data.len(),
-        data: copy,
-    })
+    Some(ngx_str_t { len: data.len(), data: copy })
 }
 
 /// Runs `body`, turning a panic into `on_panic` so no unwind ever crosses into nginx.
@@ -53,11 +44,7 @@ pub fn guard<T>(log: *mut ngx_log_t, on_panic: T, body: impl FnOnce() -> T) -> T
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            log_error(
-                ngx::ffi::NGX_LOG_ALERT as ngx_uint_t,
-                log,
-                &format!("inwasm: internal error: {message}"),
-            );
+            log_error(ngx::ffi::NGX_LOG_ALERT as ngx_uint_t, log, &format!("inwasm: internal error: {message}"));
             on_panic
         }
     }

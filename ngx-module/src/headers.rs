@@ -5,10 +5,7 @@
 use std::ptr;
 
 use inwasm_host::Pairs;
-use ngx::ffi::{
-    ngx_http_request_t, ngx_list_init, ngx_list_push, ngx_list_t, ngx_pool_t, ngx_table_elt_t,
-    ngx_uint_t,
-};
+use ngx::ffi::{ngx_http_request_t, ngx_list_init, ngx_list_push, ngx_list_t, ngx_pool_t, ngx_table_elt_t, ngx_uint_t};
 
 use crate::ffi::{bytes, pool_str};
 
@@ -32,12 +29,7 @@ unsafe fn elements(list: &ngx_list_t) -> Vec<*mut ngx_table_elt_t> {
 unsafe fn pairs_of(list: &ngx_list_t) -> Pairs {
     elements(list)
         .into_iter()
-        .map(|elt| {
-            (
-                bytes(&(*elt).key).to_ascii_lowercase(),
-                bytes(&(*elt).value).to_vec(),
-            )
-        })
+        .map(|elt| (bytes(&(*elt).key).to_ascii_lowercase(), bytes(&(*elt).value).to_vec()))
         .collect()
 }
 
@@ -47,13 +39,7 @@ unsafe fn rebuild(
     pool: *mut ngx_pool_t,
     pairs: &[(Vec<u8>, Vec<u8>)],
 ) -> Option<Vec<(Vec<u8>, *mut ngx_table_elt_t)>> {
-    if ngx_list_init(
-        list,
-        pool,
-        pairs.len().max(1),
-        std::mem::size_of::<ngx_table_elt_t>(),
-    ) != 0
-    {
+    if ngx_list_init(list, pool, pairs.len().max(1), std::mem::size_of::<ngx_table_elt_t>()) != 0 {
         return None;
     }
     let mut added = Vec::with_capacity(pairs.len());
@@ -108,24 +94,11 @@ pub unsafe fn scheme(r: &ngx_http_request_t) -> &'static [u8] {
 
 /// Sets the request's headers. Pseudo-headers cannot be changed here and are ignored; the
 /// pointers nginx keeps to well-known headers are updated.
-pub unsafe fn set_request_headers(
-    r: *mut ngx_http_request_t,
-    pairs: &[(Vec<u8>, Vec<u8>)],
-) -> Option<()> {
+pub unsafe fn set_request_headers(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>, Vec<u8>)]) -> Option<()> {
     let r = &mut *r;
-    let regular: Vec<_> = pairs
-        .iter()
-        .filter(|(k, _)| !is_pseudo(k))
-        .cloned()
-        .collect();
+    let regular: Vec<_> = pairs.iter().filter(|(k, _)| !is_pseudo(k)).cloned().collect();
     let added = rebuild(&mut r.headers_in.headers, r.pool, &regular)?;
-    let find = |name: &[u8]| {
-        added
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, e)| *e)
-            .unwrap_or(ptr::null_mut())
-    };
+    let find = |name: &[u8]| added.iter().find(|(k, _)| k == name).map(|(_, e)| *e).unwrap_or(ptr::null_mut());
     let hin = &mut r.headers_in;
     hin.host = find(b"host");
     hin.user_agent = find(b"user-agent");
@@ -153,10 +126,7 @@ pub unsafe fn response_headers(r: *mut ngx_http_request_t) -> Pairs {
         pairs.push((b"content-type".to_vec(), value));
     }
     if out.content_length.is_null() && out.content_length_n >= 0 {
-        pairs.push((
-            b"content-length".to_vec(),
-            out.content_length_n.to_string().into_bytes(),
-        ));
+        pairs.push((b"content-length".to_vec(), out.content_length_n.to_string().into_bytes()));
     }
     pairs.extend(pairs_of(&out.headers));
     pairs
@@ -164,20 +134,10 @@ pub unsafe fn response_headers(r: *mut ngx_http_request_t) -> Pairs {
 
 /// Sets the response's headers, routing `:status`, `content-type` and `content-length` to the
 /// fields nginx's header filter reads, and re-pointing nginx's well-known header pointers.
-pub unsafe fn set_response_headers(
-    r: *mut ngx_http_request_t,
-    pairs: &[(Vec<u8>, Vec<u8>)],
-) -> Option<()> {
+pub unsafe fn set_response_headers(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>, Vec<u8>)]) -> Option<()> {
     let r = &mut *r;
-    let value_of = |name: &[u8]| {
-        pairs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
-    };
-    if let Some(status) =
-        value_of(b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse::<ngx_uint_t>().ok())
-    {
+    let value_of = |name: &[u8]| pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
+    if let Some(status) = value_of(b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse::<ngx_uint_t>().ok()) {
         r.headers_out.status = status;
         r.headers_out.status_line.len = 0;
     }
@@ -194,23 +154,12 @@ pub unsafe fn set_response_headers(
     }
     out.charset.len = 0;
     out.content_type_lowcase = ptr::null_mut();
-    out.content_length_n = value_of(b"content-length")
-        .and_then(parse_length)
-        .unwrap_or(-1);
-    let special = |k: &[u8]| {
-        is_pseudo(k)
-            || k.eq_ignore_ascii_case(b"content-type")
-            || k.eq_ignore_ascii_case(b"content-length")
-    };
+    out.content_length_n = value_of(b"content-length").and_then(parse_length).unwrap_or(-1);
+    let special =
+        |k: &[u8]| is_pseudo(k) || k.eq_ignore_ascii_case(b"content-type") || k.eq_ignore_ascii_case(b"content-length");
     let regular: Vec<_> = pairs.iter().filter(|(k, _)| !special(k)).cloned().collect();
     let added = rebuild(&mut out.headers, r.pool, &regular)?;
-    let find = |name: &[u8]| {
-        added
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, e)| *e)
-            .unwrap_or(ptr::null_mut())
-    };
+    let find = |name: &[u8]| added.iter().find(|(k, _)| k == name).map(|(_, e)| *e).unwrap_or(ptr::null_mut());
     out.content_length = ptr::null_mut();
     out.server = find(b"server");
     out.date = find(b"date");

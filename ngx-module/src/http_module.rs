@@ -15,15 +15,11 @@ use inwasm_host::{PluginConfig, Vm};
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
-    ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_REWRITE_PHASE,
-    ngx_http_top_body_filter, ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_uint_t,
-    NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_REWRITE_PHASE, ngx_http_top_body_filter,
+    ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
-use ngx::http::{
-    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError,
-    NgxHttpCoreModule,
-};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use crate::embedding::RootEmbedding;
@@ -72,14 +68,8 @@ impl HttpModule for Module {
             return Status::NGX_ERROR.into();
         };
         let phases: [(usize, ngx_http_handler_pt); 2] = [
-            (
-                ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize,
-                Some(request::rewrite_handler),
-            ),
-            (
-                ngx_http_phases_NGX_HTTP_LOG_PHASE as usize,
-                Some(request::log_handler),
-            ),
+            (ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize, Some(request::rewrite_handler)),
+            (ngx_http_phases_NGX_HTTP_LOG_PHASE as usize, Some(request::log_handler)),
         ];
         for (phase, handler) in phases {
             let slot = ngx_array_push(&mut core.phases[phase].handlers) as *mut ngx_http_handler_pt;
@@ -146,11 +136,7 @@ pub static mut ngx_http_inwasm_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
-extern "C" fn proxy_wasm(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
+extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     unsafe {
         let loc = &mut *(conf as *mut LocConf);
         let args = args(cf);
@@ -159,10 +145,7 @@ extern "C" fn proxy_wasm(
             return conf_error(cf, "proxy_wasm: no wasm {} block");
         };
         let Some(module) = wasm.module_index(&name) else {
-            return conf_error(
-                cf,
-                &format!("proxy_wasm: no module \"{name}\" is declared in the wasm {{}} block"),
-            );
+            return conf_error(cf, &format!("proxy_wasm: no module \"{name}\" is declared in the wasm {{}} block"));
         };
         let plugin = PluginConfig {
             name: name.clone(),
@@ -174,36 +157,22 @@ extern "C" fn proxy_wasm(
             return conf_error(cf, &format!("proxy_wasm \"{name}\": {message}"));
         }
         wasm.filters.push(FilterDecl { module, plugin });
-        loc.chain
-            .get_or_insert_with(Vec::new)
-            .push(wasm.filters.len() - 1);
+        loc.chain.get_or_insert_with(Vec::new).push(wasm.filters.len() - 1);
         ptr::null_mut()
     }
 }
 
 /// Starts the filter once at configuration time, so `nginx -t` catches a filter that fails
 /// to start or refuses its configuration.
-unsafe fn validate(
-    wasm: &WasmConf,
-    module: usize,
-    plugin: &PluginConfig,
-    cf: *mut ngx_conf_t,
-) -> Result<(), String> {
+unsafe fn validate(wasm: &WasmConf, module: usize, plugin: &PluginConfig, cf: *mut ngx_conf_t) -> Result<(), String> {
     let decl = &wasm.modules[module];
     let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?;
-    vm.add_plugin(
-        plugin.clone(),
-        Box::new(RootEmbedding::new(&plugin.name, (*cf).log)),
-    )
-    .map(drop)
-    .map_err(|e| e.to_string())
+    vm.add_plugin(plugin.clone(), Box::new(RootEmbedding::new(&plugin.name, (*cf).log)))
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
-extern "C" fn proxy_wasm_isolation(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
+extern "C" fn proxy_wasm_isolation(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     unsafe {
         let loc = &mut *(conf as *mut LocConf);
         loc.isolation = Some(match args(cf)[1] {
@@ -214,9 +183,7 @@ extern "C" fn proxy_wasm_isolation(
                 let other = String::from_utf8_lossy(other);
                 return conf_error(
                     cf,
-                    &format!(
-                        "invalid proxy_wasm_isolation \"{other}\": use none, stream or filter"
-                    ),
+                    &format!("invalid proxy_wasm_isolation \"{other}\": use none, stream or filter"),
                 );
             }
         });

@@ -24,19 +24,13 @@ use ngx::ffi::ngx_module_t;
 // What nginx's `load_module` looks up (ngx::ngx_modules! only handles a single module).
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static mut ngx_modules: [*const ngx_module_t; 3] = [
-    ptr::addr_of!(ngx_inwasm_module),
-    ptr::addr_of!(ngx_http_inwasm_module),
-    ptr::null(),
-];
+pub static mut ngx_modules: [*const ngx_module_t; 3] =
+    [ptr::addr_of!(ngx_inwasm_module), ptr::addr_of!(ngx_http_inwasm_module), ptr::null()];
 
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static mut ngx_module_names: [*const c_char; 3] = [
-    c"ngx_inwasm_module".as_ptr(),
-    c"ngx_http_inwasm_module".as_ptr(),
-    ptr::null(),
-];
+pub static mut ngx_module_names: [*const c_char; 3] =
+    [c"ngx_inwasm_module".as_ptr(), c"ngx_http_inwasm_module".as_ptr(), ptr::null()];
 
 #[no_mangle]
 #[allow(non_upper_case_globals)]

@@ -3,9 +3,9 @@
 
 use inwasm_host::serialization::property;
 use ngx::ffi::{
-    ngx_connection_local_sockaddr, ngx_hash_find, ngx_hash_key, ngx_http_get_variable,
-    ngx_http_request_t, ngx_http_variable_t, ngx_inet_get_port, ngx_palloc, ngx_sock_ntop,
-    ngx_str_t, ngx_uint_t, ngx_variable_value_t, NGX_HTTP_VAR_CHANGEABLE, NGX_HTTP_VAR_INDEXED,
+    ngx_connection_local_sockaddr, ngx_hash_find, ngx_hash_key, ngx_http_get_variable, ngx_http_request_t,
+    ngx_http_variable_t, ngx_inet_get_port, ngx_palloc, ngx_sock_ntop, ngx_str_t, ngx_uint_t, ngx_variable_value_t,
+    NGX_HTTP_VAR_CHANGEABLE, NGX_HTTP_VAR_INDEXED,
 };
 use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule};
 
@@ -19,36 +19,29 @@ const SOCKADDR_TEXT_LEN: usize = 128;
 pub unsafe fn get(r: *mut ngx_http_request_t, path: &[&[u8]]) -> Option<Vec<u8>> {
     let req = &*r;
     let c = &*req.connection;
-    let header =
-        |name: *mut ngx::ffi::ngx_table_elt_t| name.as_ref().map(|e| bytes(&e.value).to_vec());
+    let header = |name: *mut ngx::ffi::ngx_table_elt_t| name.as_ref().map(|e| bytes(&e.value).to_vec());
     Some(match path {
         [b"request", b"path"] => bytes(&req.unparsed_uri).to_vec(),
         [b"request", b"url_path"] => bytes(&req.uri).to_vec(),
         [b"request", b"host"] => authority(req),
         [b"request", b"scheme"] => scheme(req).to_vec(),
         [b"request", b"method"] => bytes(&req.method_name).to_vec(),
-        [b"request", b"headers"] => property::map(
-            &request_headers(r)
-                .into_iter()
-                .filter(|(k, _)| k.first() != Some(&b':'))
-                .collect::<Vec<_>>(),
-        ),
+        [b"request", b"headers"] => {
+            property::map(&request_headers(r).into_iter().filter(|(k, _)| k.first() != Some(&b':')).collect::<Vec<_>>())
+        }
         [b"request", b"referer"] => header(req.headers_in.referer)?,
         [b"request", b"useragent"] => header(req.headers_in.user_agent)?,
         [b"request", b"query"] => bytes(&req.args).to_vec(),
         [b"request", b"protocol"] => bytes(&req.http_protocol).to_vec(),
         [b"request", b"id"] => variable(r, b"request_id")?,
-        [b"request", b"time"] => property::nanos(
-            req.start_sec as u128 * 1_000_000_000 + req.start_msec as u128 * 1_000_000,
-        ),
+        [b"request", b"time"] => {
+            property::nanos(req.start_sec as u128 * 1_000_000_000 + req.start_msec as u128 * 1_000_000)
+        }
         [b"request", b"size"] => property::int(req.headers_in.content_length_n.max(0)),
         [b"request", b"total_size"] => property::int(req.request_length),
         [b"response", b"code"] => property::int(req.headers_out.status as i64),
         [b"response", b"headers"] => property::map(
-            &response_headers(r)
-                .into_iter()
-                .filter(|(k, _)| k.first() != Some(&b':'))
-                .collect::<Vec<_>>(),
+            &response_headers(r).into_iter().filter(|(k, _)| k.first() != Some(&b':')).collect::<Vec<_>>(),
         ),
         [b"response", b"total_size"] => property::int(c.sent),
         [b"source", b"address"] => {
@@ -77,8 +70,7 @@ pub unsafe fn set(r: *mut ngx_http_request_t, path: &[&[u8]], value: &[u8]) -> R
     let hash = ngx_hash_key(lower.as_mut_ptr(), lower.len());
     let cmcf = NgxHttpCoreModule::main_conf(&*r).ok_or(())?;
     let hash_table = &cmcf.variables_hash as *const _ as *mut _;
-    let v = ngx_hash_find(hash_table, hash, lower.as_mut_ptr(), lower.len())
-        as *mut ngx_http_variable_t;
+    let v = ngx_hash_find(hash_table, hash, lower.as_mut_ptr(), lower.len()) as *mut ngx_http_variable_t;
     let Some(v) = v.as_ref() else { return Err(()) };
     if v.flags & NGX_HTTP_VAR_CHANGEABLE as ngx_uint_t == 0 {
         return Err(());
@@ -89,8 +81,7 @@ pub unsafe fn set(r: *mut ngx_http_request_t, path: &[&[u8]], value: &[u8]) -> R
     vv.set_len(value.len() as u32);
     vv.set_valid(1);
     if let Some(set_handler) = v.set_handler {
-        let slot = ngx_palloc((*r).pool, std::mem::size_of::<ngx_variable_value_t>())
-            as *mut ngx_variable_value_t;
+        let slot = ngx_palloc((*r).pool, std::mem::size_of::<ngx_variable_value_t>()) as *mut ngx_variable_value_t;
         if slot.is_null() {
             return Err(());
         }
@@ -106,10 +97,7 @@ pub unsafe fn set(r: *mut ngx_http_request_t, path: &[&[u8]], value: &[u8]) -> R
 
 unsafe fn variable(r: *mut ngx_http_request_t, name: &[u8]) -> Option<Vec<u8>> {
     let mut lower = name.to_ascii_lowercase();
-    let mut key = ngx_str_t {
-        len: lower.len(),
-        data: lower.as_mut_ptr(),
-    };
+    let mut key = ngx_str_t { len: lower.len(), data: lower.as_mut_ptr() };
     let hash = ngx_hash_key(key.data, key.len);
     let value = ngx_http_get_variable(r, &mut key, hash);
     if value.is_null() || (*value).not_found() != 0 {
@@ -121,19 +109,10 @@ unsafe fn variable(r: *mut ngx_http_request_t, name: &[u8]) -> Option<Vec<u8>> {
 unsafe fn local_address(r: *mut ngx_http_request_t) -> Option<Vec<u8>> {
     let c = (*r).connection;
     let mut text = [0u8; SOCKADDR_TEXT_LEN];
-    let mut s = ngx_str_t {
-        len: text.len(),
-        data: text.as_mut_ptr(),
-    };
+    let mut s = ngx_str_t { len: text.len(), data: text.as_mut_ptr() };
     if ngx_connection_local_sockaddr(c, &mut s, 0) != 0 {
         return None;
     }
-    let len = ngx_sock_ntop(
-        (*c).local_sockaddr,
-        (*c).local_socklen,
-        text.as_mut_ptr(),
-        text.len(),
-        1,
-    );
+    let len = ngx_sock_ntop((*c).local_sockaddr, (*c).local_socklen, text.as_mut_ptr(), text.len(), 1);
     Some(text[..len].to_vec())
 }

@@ -11,12 +11,11 @@ use std::rc::Rc;
 
 use inwasm_host::{Action, FilterError, LocalResponse, PluginId, StreamId};
 use ngx::ffi::{
-    ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_core_run_phases,
-    ngx_http_filter_finalize_request, ngx_http_finalize_request, ngx_http_output_body_filter_pt,
-    ngx_http_output_filter, ngx_http_output_header_filter_pt, ngx_http_read_client_request_body,
-    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_pool_cleanup_add, ngx_read_file,
-    ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_OK,
+    ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_core_run_phases, ngx_http_filter_finalize_request,
+    ngx_http_finalize_request, ngx_http_output_body_filter_pt, ngx_http_output_filter,
+    ngx_http_output_header_filter_pt, ngx_http_read_client_request_body, ngx_http_request_t, ngx_http_send_header,
+    ngx_int_t, ngx_pool_cleanup_add, ngx_read_file, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_OK,
 };
 use ngx::http::HttpModuleLocationConf;
 
@@ -73,11 +72,7 @@ unsafe extern "C" fn drop_ctx(data: *mut c_void) {
 }
 
 /// Creates the request's streams for the location's chain.
-unsafe fn start(
-    r: *mut ngx_http_request_t,
-    chain: &[usize],
-    isolation: Isolation,
-) -> Result<*mut RequestCtx, String> {
+unsafe fn start(r: *mut ngx_http_request_t, chain: &[usize], isolation: Isolation) -> Result<*mut RequestCtx, String> {
     let conf = WasmConf::of_cycle(ngx::ffi::ngx_cycle).ok_or("no wasm configuration")?;
     let log = (*(*r).connection).log;
     let exchange = Rc::new(RefCell::new(Exchange::default()));
@@ -86,16 +81,14 @@ unsafe fn start(
     for &index in chain {
         let decl = &conf.filters[index];
         let (vm, plugin) = match isolation {
-            Isolation::None => shared_instance(index)
-                .ok_or_else(|| format!("filter \"{}\" is not running", decl.plugin.name))?,
+            Isolation::None => {
+                shared_instance(index).ok_or_else(|| format!("filter \"{}\" is not running", decl.plugin.name))?
+            }
             Isolation::Stream => match per_request.iter().find(|(m, _, _)| *m == decl.module) {
                 Some((_, vm, _)) => {
-                    let embedding =
-                        Box::new(crate::embedding::RootEmbedding::new(&decl.plugin.name, log));
-                    let plugin = vm
-                        .borrow_mut()
-                        .add_plugin(decl.plugin.clone(), embedding)
-                        .map_err(|e| e.to_string())?;
+                    let embedding = Box::new(crate::embedding::RootEmbedding::new(&decl.plugin.name, log));
+                    let plugin =
+                        vm.borrow_mut().add_plugin(decl.plugin.clone(), embedding).map_err(|e| e.to_string())?;
                     (vm.clone(), plugin)
                 }
                 None => {
@@ -107,10 +100,7 @@ unsafe fn start(
             Isolation::Filter => fresh_instance(&conf.modules[decl.module], decl, log)?,
         };
         let embedding = Box::new(StreamEmbedding::new(r, &decl.plugin.name, &exchange));
-        let stream = vm
-            .borrow_mut()
-            .new_stream(plugin, embedding)
-            .map_err(|e| e.to_string())?;
+        let stream = vm.borrow_mut().new_stream(plugin, embedding).map_err(|e| e.to_string())?;
         filters.push(ActiveFilter { vm, stream });
     }
     let ctx = Box::into_raw(Box::new(RequestCtx {
@@ -133,13 +123,7 @@ unsafe fn start(
 }
 
 fn report(r: *mut ngx_http_request_t, error: &FilterError) {
-    unsafe {
-        log_error(
-            NGX_LOG_ERR as ngx_uint_t,
-            (*(*r).connection).log,
-            &format!("inwasm: {error}"),
-        )
-    };
+    unsafe { log_error(NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, &format!("inwasm: {error}")) };
 }
 
 /// Runs `call` on each filter (in order, or reversed for response callbacks) until one fails
@@ -150,11 +134,8 @@ fn run_chain(
     reverse: bool,
     mut call: impl FnMut(&ActiveFilter) -> Result<Action, FilterError>,
 ) -> Result<bool, ()> {
-    let order: Vec<usize> = if reverse {
-        (0..ctx.filters.len()).rev().collect()
-    } else {
-        (0..ctx.filters.len()).collect()
-    };
+    let order: Vec<usize> =
+        if reverse { (0..ctx.filters.len()).rev().collect() } else { (0..ctx.filters.len()).collect() };
     for index in order {
         match call(&ctx.filters[index]) {
             Ok(_) if ctx.exchange.borrow().local_response.is_some() => return Ok(true),
@@ -185,28 +166,17 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
             return NGX_DECLINED as ngx_int_t;
         };
         if let Some(ctx) = ctx(r) {
-            return if ctx.failed {
-                NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
-            } else {
-                NGX_DECLINED as ngx_int_t
-            };
+            return if ctx.failed { NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t } else { NGX_DECLINED as ngx_int_t };
         }
         let ctx = match start(r, chain, loc.isolation.unwrap_or(Isolation::None)) {
             Ok(ctx) => &mut *ctx,
             Err(message) => {
-                log_error(
-                    NGX_LOG_ERR as ngx_uint_t,
-                    (*(*r).connection).log,
-                    &format!("inwasm: {message}"),
-                );
+                log_error(NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, &format!("inwasm: {message}"));
                 return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
             }
         };
         let end_of_stream = !has_body(&*r);
-        match run_chain(r, ctx, false, |f| {
-            f.vm.borrow_mut()
-                .on_request_headers(f.stream, end_of_stream)
-        }) {
+        match run_chain(r, ctx, false, |f| f.vm.borrow_mut().on_request_headers(f.stream, end_of_stream)) {
             Err(()) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
             Ok(true) => return send_local_response(r, ctx),
             Ok(false) => {}
@@ -236,9 +206,7 @@ unsafe extern "C" fn request_body_read(r: *mut ngx_http_request_t) {
         };
         let size = body.len();
         ctx.exchange.borrow_mut().request_body = body;
-        match run_chain(r, ctx, false, |f| {
-            f.vm.borrow_mut().on_request_body(f.stream, size, true)
-        }) {
+        match run_chain(r, ctx, false, |f| f.vm.borrow_mut().on_request_body(f.stream, size, true)) {
             Err(()) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
             Ok(true) => return send_local_response(r, ctx),
             Ok(false) => {}
@@ -283,10 +251,7 @@ unsafe fn chain_bytes(mut chain: *mut ngx_chain_t, out: &mut Vec<u8>) -> Option<
                 return None;
             }
         } else if !b.pos.is_null() {
-            out.extend_from_slice(std::slice::from_raw_parts(
-                b.pos,
-                b.last.offset_from(b.pos) as usize,
-            ));
+            out.extend_from_slice(std::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize));
         }
         chain = link.next;
     }
@@ -301,21 +266,14 @@ unsafe fn replace_request_body(r: *mut ngx_http_request_t, body: &[u8]) -> Optio
     request_body.temp_file = ptr::null_mut();
     let mut pairs = headers::request_headers(r);
     pairs.retain(|(k, _)| k != b"content-length" && k != b"transfer-encoding");
-    pairs.push((
-        b"content-length".to_vec(),
-        body.len().to_string().into_bytes(),
-    ));
+    pairs.push((b"content-length".to_vec(), body.len().to_string().into_bytes()));
     headers::set_request_headers(r, &pairs)?;
     (*r).headers_in.set_chunked(0);
     Some(())
 }
 
 /// A one-buffer chain holding a copy of `data` (or an empty buffer marking the end).
-unsafe fn memory_chain(
-    r: *mut ngx_http_request_t,
-    data: &[u8],
-    last: bool,
-) -> Option<*mut ngx_chain_t> {
+unsafe fn memory_chain(r: *mut ngx_http_request_t, data: &[u8], last: bool) -> Option<*mut ngx_chain_t> {
     let pool = (*r).pool;
     let b: *mut ngx_buf_t = ngx_create_temp_buf(pool, data.len().max(1));
     let link = ngx::ffi::ngx_alloc_chain_link(pool);
@@ -344,26 +302,14 @@ unsafe fn send_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) 
         return NGX_ERROR as ngx_int_t;
     };
     ctx.request_done = true;
-    let LocalResponse {
-        status,
-        body,
-        headers: extra,
-        ..
-    } = response;
+    let LocalResponse { status, body, headers: extra, .. } = response;
     let mut pairs = vec![(b":status".to_vec(), status.to_string().into_bytes())];
     pairs.extend(extra);
-    if !pairs
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case(b"content-type"))
-        && !body.is_empty()
-    {
+    if !pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"content-type")) && !body.is_empty() {
         pairs.push((b"content-type".to_vec(), b"text/plain".to_vec()));
     }
     pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(b"content-length"));
-    pairs.push((
-        b"content-length".to_vec(),
-        body.len().to_string().into_bytes(),
-    ));
+    pairs.push((b"content-length".to_vec(), body.len().to_string().into_bytes()));
     if headers::set_response_headers(r, &pairs).is_none() || pool_str((*r).pool, b"").is_none() {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     }
@@ -390,10 +336,7 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
             return NGX_DECLINED as ngx_int_t;
         }
         let end_of_stream = (*r).header_only() != 0;
-        match run_chain(r, ctx, true, |f| {
-            f.vm.borrow_mut()
-                .on_response_headers(f.stream, end_of_stream)
-        }) {
+        match run_chain(r, ctx, true, |f| f.vm.borrow_mut().on_response_headers(f.stream, end_of_stream)) {
             Err(()) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
             Ok(true) => {
                 // A local response once the response has begun: keep what we have.
@@ -420,10 +363,7 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
     }
 }
 
-pub unsafe extern "C" fn body_filter(
-    r: *mut ngx_http_request_t,
-    input: *mut ngx_chain_t,
-) -> ngx_int_t {
+pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx_chain_t) -> ngx_int_t {
     let next = NEXT_BODY_FILTER.expect("next body filter");
     let log = (*(*r).connection).log;
     let mut output = input;
@@ -443,9 +383,7 @@ pub unsafe extern "C" fn body_filter(
         let mut paused = false;
         let size = ctx.exchange.borrow().response_body.len();
         let result = run_chain(r, ctx, true, |f| {
-            let action =
-                f.vm.borrow_mut()
-                    .on_response_body(f.stream, size, end_of_stream)?;
+            let action = f.vm.borrow_mut().on_response_body(f.stream, size, end_of_stream)?;
             paused |= action == Action::Pause;
             Ok(action)
         });

@@ -16,9 +16,9 @@ use std::sync::{Arc, OnceLock};
 use inwasm_host::{Engine, EngineConfig, Module, PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT};
 use ngx::core::Pool;
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_parse, ngx_conf_t, ngx_core_module_t, ngx_cycle_t, ngx_module_t,
-    ngx_parse_size, ngx_str_t, ngx_uint_t, NGX_CONF_BLOCK, NGX_CONF_NOARGS, NGX_CORE_MODULE,
-    NGX_DIRECT_CONF, NGX_ERROR, NGX_LOG_EMERG, NGX_MAIN_CONF,
+    ngx_command_t, ngx_conf_parse, ngx_conf_t, ngx_core_module_t, ngx_cycle_t, ngx_module_t, ngx_parse_size, ngx_str_t,
+    ngx_uint_t, NGX_CONF_BLOCK, NGX_CONF_NOARGS, NGX_CORE_MODULE, NGX_DIRECT_CONF, NGX_ERROR, NGX_LOG_EMERG,
+    NGX_MAIN_CONF,
 };
 use ngx::ngx_string;
 
@@ -70,9 +70,7 @@ impl WasmConf {
 /// no thread). Reloads reuse it, so compiled code stays compatible across cycles.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        Engine::new(EngineConfig::default()).expect("wasmtime engine configuration is valid")
-    })
+    ENGINE.get_or_init(|| Engine::new(EngineConfig::default()).expect("wasmtime engine configuration is valid"))
 }
 
 static mut COMMANDS: [ngx_command_t; 2] = [
@@ -87,11 +85,8 @@ static mut COMMANDS: [ngx_command_t; 2] = [
     ngx_command_t::empty(),
 ];
 
-static mut CONTEXT: ngx_core_module_t = ngx_core_module_t {
-    name: ngx_string!("inwasm"),
-    create_conf: Some(create_conf),
-    init_conf: None,
-};
+static mut CONTEXT: ngx_core_module_t =
+    ngx_core_module_t { name: ngx_string!("inwasm"), create_conf: Some(create_conf), init_conf: None };
 
 #[no_mangle]
 #[allow(non_upper_case_globals)]
@@ -111,31 +106,17 @@ unsafe extern "C" fn create_conf(cycle: *mut ngx_cycle_t) -> *mut c_void {
 /// The arguments of the directive being parsed.
 pub unsafe fn args<'a>(cf: *mut ngx_conf_t) -> Vec<&'a [u8]> {
     let args = &*(*cf).args;
-    args.as_slice::<ngx_str_t>()
-        .iter()
-        .map(|s| bytes(s))
-        .collect()
+    args.as_slice::<ngx_str_t>().iter().map(|s| bytes(s)).collect()
 }
 
 /// Reports a configuration error at the current file and line and fails the directive.
 pub unsafe fn conf_error(cf: *mut ngx_conf_t, message: &str) -> *mut c_char {
     let message = message.replace('\0', "\\0");
-    ngx::ffi::ngx_conf_log_error(
-        NGX_LOG_EMERG as ngx_uint_t,
-        cf,
-        0,
-        c"%*s".as_ptr(),
-        message.len(),
-        message.as_ptr(),
-    );
+    ngx::ffi::ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, c"%*s".as_ptr(), message.len(), message.as_ptr());
     ngx::core::NGX_CONF_ERROR as *mut c_char
 }
 
-extern "C" fn wasm_block(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
+extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     unsafe {
         let saved = *cf;
         (*cf).handler = Some(block_directive);
@@ -145,9 +126,7 @@ extern "C" fn wasm_block(
         // The block's memory_limit applies to every module it declares, wherever it stands.
         let conf = &mut *(conf as *mut WasmConf);
         let limit = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
-        conf.modules
-            .iter_mut()
-            .for_each(|m| m.vm_config.memory_limit = limit);
+        conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = limit);
         result
     }
 }
@@ -162,13 +141,7 @@ unsafe extern "C" fn block_directive(
     let args = args(cf);
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let result = match (args[0], args.len()) {
-        (b"module", 3 | 4) => declare_module(
-            cf,
-            conf,
-            &text(args[1]),
-            &text(args[2]),
-            args.get(3).copied(),
-        ),
+        (b"module", 3 | 4) => declare_module(cf, conf, &text(args[1]), &text(args[2]), args.get(3).copied()),
         (b"memory_limit", 2) => match parse_size(args[1]) {
             Some(limit) => {
                 conf.memory_limit = Some(limit);
@@ -176,14 +149,10 @@ unsafe extern "C" fn block_directive(
             }
             None => Err(format!("invalid memory_limit \"{}\"", text(args[1]))),
         },
-        (b"module" | b"memory_limit", _) => Err(format!(
-            "invalid number of arguments in \"{}\" directive",
-            text(args[0])
-        )),
-        (other, _) => Err(format!(
-            "unknown directive \"{}\" in wasm block",
-            text(other)
-        )),
+        (b"module" | b"memory_limit", _) => {
+            Err(format!("invalid number of arguments in \"{}\" directive", text(args[0])))
+        }
+        (other, _) => Err(format!("unknown directive \"{}\" in wasm block", text(other))),
     };
     match result {
         Ok(()) => ptr::null_mut(),
@@ -208,11 +177,7 @@ unsafe fn declare_module(
         configuration: vm_config.unwrap_or_default().to_vec(),
         ..VmConfig::default()
     };
-    conf.modules.push(ModuleDecl {
-        name: name.to_string(),
-        module,
-        vm_config,
-    });
+    conf.modules.push(ModuleDecl { name: name.to_string(), module, vm_config });
     Ok(())
 }
 
@@ -227,10 +192,7 @@ unsafe fn resolve_path(cf: *mut ngx_conf_t, path: &str) -> PathBuf {
 }
 
 fn parse_size(value: &[u8]) -> Option<usize> {
-    let mut s = ngx_str_t {
-        len: value.len(),
-        data: value.as_ptr() as *mut u8,
-    };
+    let mut s = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
     let size = unsafe { ngx_parse_size(&mut s) };
     (size != NGX_ERROR as isize && size > 0).then_some(size as usize)
 }

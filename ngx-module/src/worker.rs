@@ -42,11 +42,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         let ticker = match EpochTicker::start(engine(), EPOCH_PERIOD) {
             Ok(ticker) => ticker,
             Err(error) => {
-                log_error(
-                    NGX_LOG_ERR as usize,
-                    log,
-                    &format!("inwasm: cannot start the deadline ticker: {error}"),
-                );
+                log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: cannot start the deadline ticker: {error}"));
                 return ngx::ffi::NGX_ERROR as ngx_int_t;
             }
         };
@@ -57,13 +53,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             .enumerate()
             .map(|(index, decl)| start_shared_vm(decl, index, &conf.filters, &mut plugins, log))
             .collect();
-        WORKER.with(|w| {
-            *w.borrow_mut() = Some(Worker {
-                _ticker: ticker,
-                vms,
-                plugins,
-            })
-        });
+        WORKER.with(|w| *w.borrow_mut() = Some(Worker { _ticker: ticker, vms, plugins }));
         NGX_OK as ngx_int_t
     })
 }
@@ -89,15 +79,8 @@ fn start_shared_vm(
             return None;
         }
     };
-    for (filter_index, filter) in filters
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.module == index)
-    {
-        match vm.add_plugin(
-            filter.plugin.clone(),
-            Box::new(RootEmbedding::new(&filter.plugin.name, log)),
-        ) {
+    for (filter_index, filter) in filters.iter().enumerate().filter(|(_, f)| f.module == index) {
+        match vm.add_plugin(filter.plugin.clone(), Box::new(RootEmbedding::new(&filter.plugin.name, log))) {
             Ok(plugin) => plugins[filter_index] = Some(plugin),
             Err(error) => log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: {error}")),
         }
@@ -124,10 +107,7 @@ pub fn fresh_instance(
 ) -> Result<(SharedVm, PluginId), String> {
     let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?;
     let plugin = vm
-        .add_plugin(
-            filter.plugin.clone(),
-            Box::new(RootEmbedding::new(&filter.plugin.name, log)),
-        )
+        .add_plugin(filter.plugin.clone(), Box::new(RootEmbedding::new(&filter.plugin.name, log)))
         .map_err(|e| e.to_string())?;
     Ok((Rc::new(RefCell::new(vm)), plugin))
 }

@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn wasm_block(modules: &[&str]) -> String {
-    let lines: String = modules
-        .iter()
-        .map(|m| format!("module {m} {};\n", filter(m)))
-        .collect();
+    let lines: String = modules.iter().map(|m| format!("module {m} {};\n", filter(m))).collect();
     format!("wasm {{ {lines} }}")
 }
 
@@ -19,17 +16,9 @@ fn request_and_response_headers_are_rewritten() {
     let upstream = EchoUpstream::start();
     let nginx = Nginx::start(
         &wasm_block(&["headers"]),
-        &format!(
-            "location / {{ proxy_wasm headers 'from-config'; proxy_pass http://127.0.0.1:{}; }}",
-            upstream.port
-        ),
+        &format!("location / {{ proxy_wasm headers 'from-config'; proxy_pass http://127.0.0.1:{}; }}", upstream.port),
     );
-    let response = nginx.request(
-        "GET",
-        "/path?x=1",
-        &[("X-Remove-Me", "yes"), ("X-Keep", "kept")],
-        b"",
-    );
+    let response = nginx.request("GET", "/path?x=1", &[("X-Remove-Me", "yes"), ("X-Keep", "kept")], b"");
     assert_eq!(response.status, 200);
     let seen = response.text();
     assert!(seen.starts_with("GET /path?x=1\n"), "{seen}");
@@ -40,21 +29,12 @@ fn request_and_response_headers_are_rewritten() {
     assert_eq!(response.header("x-inwasm"), Some("hello"));
     assert_eq!(response.header("server"), Some("inwasm"));
     assert_eq!(response.header("x-request-path"), Some("/path?x=1"));
-    assert!(
-        nginx
-            .error_log()
-            .contains("[wasm] filter \"headers\": request GET /path?x=1"),
-        "{}",
-        nginx.error_log()
-    );
+    assert!(nginx.error_log().contains("[wasm] filter \"headers\": request GET /path?x=1"), "{}", nginx.error_log());
 }
 
 #[test]
 fn local_response_short_circuits_upstream() {
-    let nginx = Nginx::start(
-        &wasm_block(&["headers"]),
-        "location / { proxy_wasm headers; return 200 'upstream'; }",
-    );
+    let nginx = Nginx::start(&wasm_block(&["headers"]), "location / { proxy_wasm headers; return 200 'upstream'; }");
     let response = nginx.request("GET", "/", &[("x-deny", "1")], b"");
     assert_eq!(response.status, 403);
     assert_eq!(response.text(), "denied\n");
@@ -71,10 +51,7 @@ fn works_with_return_and_static_files() {
          location /s { proxy_wasm headers; root /usr/share/nginx/html; try_files /index.html =404; }",
     );
     let made = nginx.get("/r");
-    assert_eq!(
-        (made.status, made.text().as_str(), made.header("x-inwasm")),
-        (201, "made\n", Some("hello"))
-    );
+    assert_eq!((made.status, made.text().as_str(), made.header("x-inwasm")), (201, "made\n", Some("hello")));
     let file = nginx.get("/s");
     assert_eq!(file.status, 200);
     assert!(file.text().contains("nginx"), "{}", file.text());
@@ -86,21 +63,14 @@ fn request_body_is_rewritten_before_upstream() {
     let upstream = EchoUpstream::start();
     let nginx = Nginx::start(
         &wasm_block(&["body"]),
-        &format!(
-            "location / {{ proxy_wasm body; proxy_pass http://127.0.0.1:{}; }}",
-            upstream.port
-        ),
+        &format!("location / {{ proxy_wasm body; proxy_pass http://127.0.0.1:{}; }}", upstream.port),
     );
     let response = nginx.request("POST", "/", &[], b"abcdef");
     assert_eq!(response.status, 200);
     let seen = response.text().to_ascii_lowercase();
     assert!(seen.contains("content-length: 6\n"), "{seen}");
     // The response body was upper-cased by the filter; the upstream got the reversed body.
-    assert!(
-        response.text().ends_with("\n\nFEDCBA!"),
-        "{}",
-        response.text()
-    );
+    assert!(response.text().ends_with("\n\nFEDCBA!"), "{}", response.text());
 }
 
 #[test]
@@ -124,17 +94,10 @@ fn large_request_body_from_temp_file_is_seen_whole() {
 
 #[test]
 fn bad_request_body_is_rejected_by_the_filter() {
-    let nginx = Nginx::start(
-        &wasm_block(&["body"]),
-        "location / { proxy_wasm body; return 200 'never'; }",
-    );
+    let nginx = Nginx::start(&wasm_block(&["body"]), "location / { proxy_wasm body; return 200 'never'; }");
     let response = nginx.request("POST", "/", &[], b"this is bad");
     assert_eq!(response.status, 400);
-    assert_eq!(
-        response.text(),
-        "REJECTED: BAD BODY\n!",
-        "the response passes the filter's body callback too"
-    );
+    assert_eq!(response.text(), "REJECTED: BAD BODY\n!", "the response passes the filter's body callback too");
 }
 
 #[test]
@@ -151,16 +114,8 @@ fn properties_reach_the_filter() {
     assert_eq!(response.header("x-prop-plugin_vm_id"), Some("properties"));
     assert_eq!(response.header("x-prop-request-scheme"), Some("http"));
     assert_eq!(response.header("x-prop-ngx-tenant"), Some("acme"));
-    assert_eq!(
-        response.header("x-prop-readback"),
-        Some("globex"),
-        "ngx variables are writable"
-    );
-    let port: u32 = response
-        .header("x-prop-source-port")
-        .unwrap()
-        .parse()
-        .unwrap();
+    assert_eq!(response.header("x-prop-readback"), Some("globex"), "ngx variables are writable");
+    let port: u32 = response.header("x-prop-source-port").unwrap().parse().unwrap();
     assert!(port > 0);
 }
 
@@ -177,16 +132,10 @@ fn chain_runs_in_order_and_inherits() {
         ),
     );
     let inherited = nginx.get("/inherit").text();
-    assert!(
-        inherited.contains("x-misbehave-ok: 1\n") && inherited.contains("x-inwasm-config: first\n"),
-        "{inherited}"
-    );
+    assert!(inherited.contains("x-misbehave-ok: 1\n") && inherited.contains("x-inwasm-config: first\n"), "{inherited}");
     // misbehave ran before headers: headers counted its added header.
     let own = nginx.get("/own").text();
-    assert!(
-        own.contains("x-inwasm-config: own\n") && !own.contains("x-misbehave-ok"),
-        "{own}"
-    );
+    assert!(own.contains("x-inwasm-config: own\n") && !own.contains("x-misbehave-ok"), "{own}");
 }
 
 #[test]
@@ -194,29 +143,24 @@ fn same_module_twice_in_one_chain_with_different_configs() {
     let upstream = EchoUpstream::start();
     let nginx = Nginx::start(
         &wasm_block(&["headers"]),
-        &format!("location / {{ proxy_wasm headers one; proxy_wasm headers two; proxy_pass http://127.0.0.1:{}; }}", upstream.port),
+        &format!(
+            "location / {{ proxy_wasm headers one; proxy_wasm headers two; proxy_pass http://127.0.0.1:{}; }}",
+            upstream.port
+        ),
     );
     let seen = nginx.get("/").text();
-    assert!(
-        seen.contains("x-inwasm-config: two\n"),
-        "the second filter set it last: {seen}"
-    );
+    assert!(seen.contains("x-inwasm-config: two\n"), "the second filter set it last: {seen}");
     assert_eq!(seen.matches("x-inwasm-added: 1\n").count(), 2, "{seen}");
 }
 
 #[test]
 fn trap_answers_500_and_worker_keeps_serving() {
-    let nginx = Nginx::start(
-        &wasm_block(&["misbehave"]),
-        "location / { proxy_wasm misbehave ok; return 200 'fine\n'; }",
-    );
+    let nginx =
+        Nginx::start(&wasm_block(&["misbehave"]), "location / { proxy_wasm misbehave ok; return 200 'fine\n'; }");
     let failed = nginx.request("GET", "/", &[("x-misbehave", "panic")], b"");
     assert_eq!(failed.status, 500);
     let log = nginx.error_log();
-    assert!(
-        log.contains("filter \"misbehave\" trapped in proxy_on_request_headers"),
-        "{log}"
-    );
+    assert!(log.contains("filter \"misbehave\" trapped in proxy_on_request_headers"), "{log}");
     assert!(log.contains("misbehave: panic requested"), "{log}");
     for _ in 0..3 {
         assert_eq!(nginx.get("/").text(), "fine\n");
@@ -226,31 +170,20 @@ fn trap_answers_500_and_worker_keeps_serving() {
 
 #[test]
 fn spinning_filter_is_cut_at_the_deadline() {
-    let nginx = Nginx::start(
-        &wasm_block(&["misbehave"]),
-        "location / { proxy_wasm misbehave ok; return 200 'fine\n'; }",
-    );
+    let nginx =
+        Nginx::start(&wasm_block(&["misbehave"]), "location / { proxy_wasm misbehave ok; return 200 'fine\n'; }");
     let started = Instant::now();
     let response = nginx.request("GET", "/", &[("x-misbehave", "spin")], b"");
     let elapsed = started.elapsed();
     assert_eq!(response.status, 500);
     assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
-    assert!(
-        nginx
-            .error_log()
-            .contains("exceeded its deadline of 100 ms"),
-        "{}",
-        nginx.error_log()
-    );
+    assert!(nginx.error_log().contains("exceeded its deadline of 100 ms"), "{}", nginx.error_log());
     assert_eq!(nginx.get("/").text(), "fine\n");
 }
 
 #[test]
 fn isolation_stream_gives_each_request_a_fresh_instance() {
-    let shared = Nginx::start(
-        &wasm_block(&["lifecycle"]),
-        "location / { proxy_wasm lifecycle; return 200; }",
-    );
+    let shared = Nginx::start(&wasm_block(&["lifecycle"]), "location / { proxy_wasm lifecycle; return 200; }");
     let fresh = Nginx::start(
         &wasm_block(&["lifecycle"]),
         "location / { proxy_wasm lifecycle; proxy_wasm_isolation stream; return 200; }",
@@ -261,35 +194,19 @@ fn isolation_stream_gives_each_request_a_fresh_instance() {
     }
     let count = |nginx: &Nginx, line: &str| nginx.error_log().matches(line).count();
     // Shared: one instance, context ids 2, 3, 4. Fresh: every request is context 2 of a new one.
-    assert_eq!(
-        count(&shared, "request_headers 2 eos=true"),
-        1,
-        "{}",
-        shared.error_log()
-    );
+    assert_eq!(count(&shared, "request_headers 2 eos=true"), 1, "{}", shared.error_log());
     assert_eq!(count(&shared, "request_headers 4 eos=true"), 1);
-    assert_eq!(
-        count(&fresh, "request_headers 2 eos=true"),
-        3,
-        "{}",
-        fresh.error_log()
-    );
+    assert_eq!(count(&fresh, "request_headers 2 eos=true"), 3, "{}", fresh.error_log());
     assert_eq!(fresh.wait_log("on_log 2", 3), 3);
 }
 
 #[test]
 fn lifecycle_ends_with_done_and_log() {
-    let nginx = Nginx::start(
-        &wasm_block(&["lifecycle"]),
-        "location / { proxy_wasm lifecycle; return 200 'x'; }",
-    );
+    let nginx = Nginx::start(&wasm_block(&["lifecycle"]), "location / { proxy_wasm lifecycle; return 200 'x'; }");
     nginx.get("/");
     nginx.wait_log("on_log 2", 1);
     let log = nginx.error_log();
-    let position = |needle: &str| {
-        log.find(needle)
-            .unwrap_or_else(|| panic!("{needle} missing: {log}"))
-    };
+    let position = |needle: &str| log.find(needle).unwrap_or_else(|| panic!("{needle} missing: {log}"));
     assert!(position("request_headers 2") < position("response_headers 2"));
     assert!(position("response_headers 2") < position("on_done 2"));
     assert!(position("on_done 2") < position("on_log 2"));
@@ -297,23 +214,11 @@ fn lifecycle_ends_with_done_and_log() {
 
 #[test]
 fn reload_picks_up_new_configuration() {
-    let nginx = Nginx::start(
-        &wasm_block(&["headers"]),
-        "location / { proxy_wasm headers; return 200; }",
-    );
-    assert_eq!(
-        nginx.request("GET", "/", &[("x-deny", "1")], b"").status,
-        403
-    );
-    nginx.reload(
-        &wasm_block(&["misbehave"]),
-        "location / { proxy_wasm misbehave ok; return 200 'reloaded\n'; }",
-    );
+    let nginx = Nginx::start(&wasm_block(&["headers"]), "location / { proxy_wasm headers; return 200; }");
+    assert_eq!(nginx.request("GET", "/", &[("x-deny", "1")], b"").status, 403);
+    nginx.reload(&wasm_block(&["misbehave"]), "location / { proxy_wasm misbehave ok; return 200 'reloaded\n'; }");
     let response = nginx.request("GET", "/", &[("x-deny", "1")], b"");
-    assert_eq!(
-        (response.status, response.text().as_str()),
-        (200, "reloaded\n")
-    );
+    assert_eq!((response.status, response.text().as_str()), (200, "reloaded\n"));
 }
 
 #[test]
@@ -331,25 +236,40 @@ fn config_errors_name_the_file_and_reason() {
     )
     .unwrap();
     let cases = [
-        (format!("wasm {{ module bad {}; }}", text.display()), String::new(), format!("wasm module \"{}\": not a WebAssembly module", text.display())),
-        ("wasm { module gone /nonexistent/x.wasm; }".to_string(), String::new(), "wasm module \"/nonexistent/x.wasm\": cannot read".to_string()),
-        (wasm_block(&["headers"]), "server { location / { proxy_wasm nosuch; } }".to_string(), "proxy_wasm: no module \"nosuch\" is declared in the wasm {} block".to_string()),
-        (format!("wasm {{ module refuser {}; }}", refuser.display()), "server { location / { proxy_wasm refuser; } }".to_string(), "proxy_wasm \"refuser\": filter \"refuser\" rejected its configuration (proxy_on_configure returned false)".to_string()),
-        (wasm_block(&["headers"]), "server { location / { proxy_wasm_isolation sometimes; } }".to_string(), "invalid proxy_wasm_isolation \"sometimes\"".to_string()),
+        (
+            format!("wasm {{ module bad {}; }}", text.display()),
+            String::new(),
+            format!("wasm module \"{}\": not a WebAssembly module", text.display()),
+        ),
+        (
+            "wasm { module gone /nonexistent/x.wasm; }".to_string(),
+            String::new(),
+            "wasm module \"/nonexistent/x.wasm\": cannot read".to_string(),
+        ),
+        (
+            wasm_block(&["headers"]),
+            "server { location / { proxy_wasm nosuch; } }".to_string(),
+            "proxy_wasm: no module \"nosuch\" is declared in the wasm {} block".to_string(),
+        ),
+        (
+            format!("wasm {{ module refuser {}; }}", refuser.display()),
+            "server { location / { proxy_wasm refuser; } }".to_string(),
+            "proxy_wasm \"refuser\": filter \"refuser\" rejected its configuration (proxy_on_configure returned false)"
+                .to_string(),
+        ),
+        (
+            wasm_block(&["headers"]),
+            "server { location / { proxy_wasm_isolation sometimes; } }".to_string(),
+            "invalid proxy_wasm_isolation \"sometimes\"".to_string(),
+        ),
         ("wasm { modul x y; }".to_string(), String::new(), "unknown directive \"modul\" in wasm block".to_string()),
         ("wasm { memory_limit lots; }".to_string(), String::new(), "invalid memory_limit \"lots\"".to_string()),
     ];
     for (main, http, expected) in cases {
         let (ok, output) = nginx_test(&main, &http);
         assert!(!ok, "nginx -t accepted: {main} {http}");
-        assert!(
-            output.contains(&expected),
-            "expected {expected:?} in:\n{output}"
-        );
-        assert!(
-            output.contains("nginx.conf:"),
-            "the error names the config line: {output}"
-        );
+        assert!(output.contains(&expected), "expected {expected:?} in:\n{output}");
+        assert!(output.contains("nginx.conf:"), "the error names the config line: {output}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -380,10 +300,7 @@ fn header_rewriting_example_runs_as_documented() {
     let (port, upstream) = (free_port(), free_port());
     let text = std::fs::read_to_string(root().join("examples/headers/nginx.conf"))
         .unwrap()
-        .replace(
-            "load_module build/ngx_http_inwasm_module.so",
-            &format!("load_module {}", module_path().display()),
-        )
+        .replace("load_module build/ngx_http_inwasm_module.so", &format!("load_module {}", module_path().display()))
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
         .replace("127.0.0.1:8081", &format!("127.0.0.1:{upstream}"))
         .replace("error_log stderr info", "error_log @DIR@/error.log info")
@@ -393,13 +310,6 @@ fn header_rewriting_example_runs_as_documented() {
     assert_eq!(response.status, 200);
     assert_eq!(response.header("x-powered-by"), Some("inwasm"));
     assert_eq!(response.header("cache-control"), Some("no-store"));
-    assert!(response
-        .header("x-inwasm-request-ms")
-        .unwrap()
-        .parse::<u64>()
-        .is_ok());
-    assert_eq!(
-        response.text(),
-        "upstream saw x-hello=[world] x-internal=[]\n"
-    );
+    assert!(response.header("x-inwasm-request-ms").unwrap().parse::<u64>().is_ok());
+    assert_eq!(response.text(), "upstream saw x-hello=[world] x-internal=[]\n");
 }

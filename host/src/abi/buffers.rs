@@ -10,56 +10,43 @@ use crate::session::HostState;
 use crate::types::{BufferType, Status};
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    abi_fn!(
-        linker,
-        "proxy_get_buffer_bytes",
-        |g, buffer: i32, start: i32, max_len: i32, ret_ptr: i32, ret_len: i32| {
-            let bytes = contents(&mut g, buffer_type(buffer)?)?;
-            let start = (start as u32 as usize).min(bytes.len());
-            let end = start
-                .saturating_add(max_len as u32 as usize)
-                .min(bytes.len());
-            g.return_bytes(&bytes[start..end], ret_ptr, ret_len)
+    abi_fn!(linker, "proxy_get_buffer_bytes", |g,
+                                               buffer: i32,
+                                               start: i32,
+                                               max_len: i32,
+                                               ret_ptr: i32,
+                                               ret_len: i32| {
+        let bytes = contents(&mut g, buffer_type(buffer)?)?;
+        let start = (start as u32 as usize).min(bytes.len());
+        let end = start.saturating_add(max_len as u32 as usize).min(bytes.len());
+        g.return_bytes(&bytes[start..end], ret_ptr, ret_len)
+    });
+    abi_fn!(linker, "proxy_get_buffer_status", |g, buffer: i32, ret_len: i32, ret_flags: i32| {
+        let len = contents(&mut g, buffer_type(buffer)?)?.len();
+        g.write_u32(ret_len, len as u32)?;
+        g.write_u32(ret_flags, 0)
+    });
+    abi_fn!(linker, "proxy_set_buffer_bytes", |g, buffer: i32, start: i32, len: i32, data_ptr: i32, data_len: i32| {
+        let buffer = buffer_type(buffer)?;
+        if !matches!(
+            buffer,
+            BufferType::HttpRequestBody
+                | BufferType::HttpResponseBody
+                | BufferType::DownstreamData
+                | BufferType::UpstreamData
+        ) {
+            return Err(Status::BadArgument.into());
         }
-    );
-    abi_fn!(
-        linker,
-        "proxy_get_buffer_status",
-        |g, buffer: i32, ret_len: i32, ret_flags: i32| {
-            let len = contents(&mut g, buffer_type(buffer)?)?.len();
-            g.write_u32(ret_len, len as u32)?;
-            g.write_u32(ret_flags, 0)
-        }
-    );
-    abi_fn!(
-        linker,
-        "proxy_set_buffer_bytes",
-        |g, buffer: i32, start: i32, len: i32, data_ptr: i32, data_len: i32| {
-            let buffer = buffer_type(buffer)?;
-            if !matches!(
-                buffer,
-                BufferType::HttpRequestBody
-                    | BufferType::HttpResponseBody
-                    | BufferType::DownstreamData
-                    | BufferType::UpstreamData
-            ) {
-                return Err(Status::BadArgument.into());
-            }
-            let data = g.read(data_ptr, data_len)?;
-            let embedding = g.embedding()?;
-            let current = embedding.buffer(buffer)?;
-            let updated = splice(current, start as u32 as usize, len as u32 as usize, &data)?;
-            Ok(embedding.set_buffer(buffer, updated)?)
-        }
-    );
-    abi_fn!(
-        linker,
-        "proxy_get_configuration",
-        |g, ret_ptr: i32, ret_len: i32| {
-            let configuration = g.state().call.configuration.clone().unwrap_or_default();
-            g.return_bytes(&configuration, ret_ptr, ret_len)
-        }
-    );
+        let data = g.read(data_ptr, data_len)?;
+        let embedding = g.embedding()?;
+        let current = embedding.buffer(buffer)?;
+        let updated = splice(current, start as u32 as usize, len as u32 as usize, &data)?;
+        Ok(embedding.set_buffer(buffer, updated)?)
+    });
+    abi_fn!(linker, "proxy_get_configuration", |g, ret_ptr: i32, ret_len: i32| {
+        let configuration = g.state().call.configuration.clone().unwrap_or_default();
+        g.return_bytes(&configuration, ret_ptr, ret_len)
+    });
     Ok(())
 }
 
@@ -71,10 +58,9 @@ fn contents(g: &mut Guest<'_, '_>, buffer: BufferType) -> AbiResult<Vec<u8>> {
     let state = g.state();
     Ok(match buffer {
         BufferType::VmConfiguration => state.vm.configuration.clone(),
-        BufferType::PluginConfiguration => state
-            .effective_plugin()
-            .map(|plugin| plugin.configuration.clone())
-            .unwrap_or_default(),
+        BufferType::PluginConfiguration => {
+            state.effective_plugin().map(|plugin| plugin.configuration.clone()).unwrap_or_default()
+        }
         BufferType::HttpCallResponseBody => state.call.http_response_body.clone(),
         BufferType::GrpcReceiveBuffer => state.call.grpc_message.clone(),
         BufferType::CallData => state.call.foreign_args.clone(),
@@ -110,10 +96,7 @@ mod tests {
         assert_eq!(splice(b"body".to_vec(), 0, 4, b"new").unwrap(), b"new");
         assert_eq!(splice(b"body".to_vec(), 0, 99, b"new").unwrap(), b"new");
         assert_eq!(splice(b"body".to_vec(), 4, 0, b"<").unwrap(), b"body<");
-        assert_eq!(
-            splice(b"body".to_vec(), 2, 1, b"x"),
-            Err(Status::BadArgument)
-        );
+        assert_eq!(splice(b"body".to_vec(), 2, 1, b"x"), Err(Status::BadArgument));
         assert_eq!(splice(Vec::new(), 0, 0, b"x").unwrap(), b"x");
     }
 }

@@ -47,87 +47,43 @@ fn start(
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    abi_fn!(
-        linker,
-        "proxy_grpc_call",
-        |g,
-         upstream_ptr: i32,
-         upstream_len: i32,
-         service_ptr: i32,
-         service_len: i32,
-         method_ptr: i32,
-         method_len: i32,
-         metadata_ptr: i32,
-         metadata_len: i32,
-         message_ptr: i32,
-         message_len: i32,
-         timeout_ms: i32,
-         ret_token: i32| {
-            let target = target(
-                &g,
-                [
-                    upstream_ptr,
-                    upstream_len,
-                    service_ptr,
-                    service_len,
-                    method_ptr,
-                    method_len,
-                ],
-            )?;
-            let metadata = g.read(metadata_ptr, metadata_len)?;
-            let message = g.read(message_ptr, message_len)?;
-            start(
-                &mut g,
-                target,
-                metadata,
-                Some(message),
-                timeout_ms,
-                ret_token,
-            )
-        }
-    );
-    abi_fn!(
-        linker,
-        "proxy_grpc_stream",
-        |g,
-         upstream_ptr: i32,
-         upstream_len: i32,
-         service_ptr: i32,
-         service_len: i32,
-         method_ptr: i32,
-         method_len: i32,
-         metadata_ptr: i32,
-         metadata_len: i32,
-         ret_token: i32| {
-            let target = target(
-                &g,
-                [
-                    upstream_ptr,
-                    upstream_len,
-                    service_ptr,
-                    service_len,
-                    method_ptr,
-                    method_len,
-                ],
-            )?;
-            let metadata = g.read(metadata_ptr, metadata_len)?;
-            start(&mut g, target, metadata, None, 0, ret_token)
-        }
-    );
-    abi_fn!(
-        linker,
-        "proxy_grpc_send",
-        |g, token: i32, message_ptr: i32, message_len: i32, end_stream: i32| {
-            let message = g.read(message_ptr, message_len)?;
-            Ok(g.root_embedding()?
-                .grpc_send(token as u32, &message, end_stream != 0)?)
-        }
-    );
-    abi_fn!(linker, "proxy_grpc_cancel", |g, token: i32| {
-        Ok(g.root_embedding()?.grpc_cancel(token as u32)?)
+    abi_fn!(linker, "proxy_grpc_call", |g,
+                                        upstream_ptr: i32,
+                                        upstream_len: i32,
+                                        service_ptr: i32,
+                                        service_len: i32,
+                                        method_ptr: i32,
+                                        method_len: i32,
+                                        metadata_ptr: i32,
+                                        metadata_len: i32,
+                                        message_ptr: i32,
+                                        message_len: i32,
+                                        timeout_ms: i32,
+                                        ret_token: i32| {
+        let target = target(&g, [upstream_ptr, upstream_len, service_ptr, service_len, method_ptr, method_len])?;
+        let metadata = g.read(metadata_ptr, metadata_len)?;
+        let message = g.read(message_ptr, message_len)?;
+        start(&mut g, target, metadata, Some(message), timeout_ms, ret_token)
     });
-    abi_fn!(linker, "proxy_grpc_close", |g, token: i32| {
-        Ok(g.root_embedding()?.grpc_close(token as u32)?)
+    abi_fn!(linker, "proxy_grpc_stream", |g,
+                                          upstream_ptr: i32,
+                                          upstream_len: i32,
+                                          service_ptr: i32,
+                                          service_len: i32,
+                                          method_ptr: i32,
+                                          method_len: i32,
+                                          metadata_ptr: i32,
+                                          metadata_len: i32,
+                                          ret_token: i32| {
+        let target = target(&g, [upstream_ptr, upstream_len, service_ptr, service_len, method_ptr, method_len])?;
+        let metadata = g.read(metadata_ptr, metadata_len)?;
+        start(&mut g, target, metadata, None, 0, ret_token)
     });
+    abi_fn!(linker, "proxy_grpc_send", |g, token: i32, message_ptr: i32, message_len: i32, end_stream: i32| {
+        let message = g.read(message_ptr, message_len)?;
+        Ok(g.root_embedding()?.grpc_send(token as u32, &message, end_stream != 0)?)
+    });
+    abi_fn!(linker, "proxy_grpc_cancel", |g, token: i32| { Ok(g.root_embedding()?.grpc_cancel(token as u32)?) });
+    abi_fn!(linker, "proxy_grpc_close", |g, token: i32| { Ok(g.root_embedding()?.grpc_close(token as u32)?) });
     Ok(())
 }

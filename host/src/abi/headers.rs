@@ -4,90 +4,76 @@
 use wasmtime::Linker;
 
 use super::abi_fn;
-use crate::embedding::joined_header_value;
+use crate::embedding::first_header_value;
 use crate::guest::{AbiResult, Guest};
 use crate::serialization::{deserialize_map, serialize_map};
 use crate::session::HostState;
 use crate::types::{AbiVersion, MapType, Pairs, Status};
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    abi_fn!(
-        linker,
-        "proxy_get_header_map_pairs",
-        |g, map: i32, ret_ptr: i32, ret_len: i32| {
-            let pairs = pairs(&mut g, map_type(map)?)?;
-            g.return_bytes(&serialize_map(&pairs), ret_ptr, ret_len)
-        }
-    );
-    abi_fn!(
-        linker,
-        "proxy_set_header_map_pairs",
-        |g, map: i32, ptr: i32, len: i32| {
-            let map = embedding_map(map)?;
-            let pairs = deserialize_map(&g.read(ptr, len)?)?;
-            Ok(g.embedding()?.set_header_map(map, pairs)?)
-        }
-    );
-    abi_fn!(
-        linker,
-        "proxy_get_header_map_size",
-        |g, map: i32, ret_size: i32| {
-            let map = map_type(map)?;
-            let size = match host_map(&mut g, map) {
-                Some(pairs) => pairs.len(),
-                None => g.embedding()?.header_map_size(map)?,
-            };
-            g.write_u32(ret_size, size as u32)
-        }
-    );
-    abi_fn!(
-        linker,
-        "proxy_get_header_map_value",
-        |g, map: i32, key_ptr: i32, key_len: i32, ret_ptr: i32, ret_len: i32| {
-            let map = map_type(map)?;
-            let key = g.read(key_ptr, key_len)?;
-            let value = match host_map(&mut g, map) {
-                Some(pairs) => joined_header_value(&pairs, &key),
-                None => g.embedding()?.header_value(map, &key)?,
-            };
-            let value = match value {
-                Some(value) => value,
-                // ABI 0.1.0 hosts answered a missing header with an empty value.
-                None if g.state().abi == AbiVersion::V0_1_0 => Vec::new(),
-                None => return Err(Status::NotFound.into()),
-            };
-            g.return_bytes(&value, ret_ptr, ret_len)
-        }
-    );
-    abi_fn!(
-        linker,
-        "proxy_add_header_map_value",
-        |g, map: i32, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32| {
-            let map = embedding_map(map)?;
-            let key = g.read(key_ptr, key_len)?;
-            let value = g.read(value_ptr, value_len)?;
-            Ok(g.embedding()?.add_header(map, &key, &value)?)
-        }
-    );
+    abi_fn!(linker, "proxy_get_header_map_pairs", |g, map: i32, ret_ptr: i32, ret_len: i32| {
+        let pairs = pairs(&mut g, map_type(map)?)?;
+        // An empty map is returned as (0, 0), as Envoy does.
+        let bytes = if pairs.is_empty() { Vec::new() } else { serialize_map(&pairs) };
+        g.return_bytes(&bytes, ret_ptr, ret_len)
+    });
+    abi_fn!(linker, "proxy_set_header_map_pairs", |g, map: i32, ptr: i32, len: i32| {
+        let map = embedding_map(map)?;
+        let pairs = lowercase_keys(deserialize_map(&g.read(ptr, len)?)?);
+        Ok(g.embedding()?.set_header_map(map, pairs)?)
+    });
+    abi_fn!(linker, "proxy_get_header_map_size", |g, map: i32, ret_size: i32| {
+        // The map's size in bytes (keys and values), as Envoy answers.
+        let pairs = pairs(&mut g, map_type(map)?)?;
+        let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        g.write_u32(ret_size, size as u32)
+    });
+    abi_fn!(linker, "proxy_get_header_map_value", |g,
+                                                   map: i32,
+                                                   key_ptr: i32,
+                                                   key_len: i32,
+                                                   ret_ptr: i32,
+                                                   ret_len: i32| {
+        let map = map_type(map)?;
+        let key = g.read(key_ptr, key_len)?;
+        let value = match host_map(&mut g, map) {
+            Some(pairs) => first_header_value(&pairs, &key),
+            None => g.embedding()?.header_value(map, &key)?,
+        };
+        let value = match value {
+            Some(value) => value,
+            // ABI 0.1.0 hosts answered a missing header with an empty value.
+            None if g.state().abi == AbiVersion::V0_1_0 => Vec::new(),
+            None => return Err(Status::NotFound.into()),
+        };
+        g.return_bytes(&value, ret_ptr, ret_len)
+    });
+    abi_fn!(linker, "proxy_add_header_map_value", |g,
+                                                   map: i32,
+                                                   key_ptr: i32,
+                                                   key_len: i32,
+                                                   value_ptr: i32,
+                                                   value_len: i32| {
+        let map = embedding_map(map)?;
+        let key = g.read(key_ptr, key_len)?.to_ascii_lowercase();
+        let value = g.read(value_ptr, value_len)?;
+        Ok(g.embedding()?.add_header(map, &key, &value)?)
+    });
     abi_fn!(
         linker,
         "proxy_replace_header_map_value",
         |g, map: i32, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32| {
             let map = embedding_map(map)?;
-            let key = g.read(key_ptr, key_len)?;
+            let key = g.read(key_ptr, key_len)?.to_ascii_lowercase();
             let value = g.read(value_ptr, value_len)?;
             Ok(g.embedding()?.replace_header(map, &key, &value)?)
         }
     );
-    abi_fn!(
-        linker,
-        "proxy_remove_header_map_value",
-        |g, map: i32, key_ptr: i32, key_len: i32| {
-            let map = embedding_map(map)?;
-            let key = g.read(key_ptr, key_len)?;
-            Ok(g.embedding()?.remove_header(map, &key)?)
-        }
-    );
+    abi_fn!(linker, "proxy_remove_header_map_value", |g, map: i32, key_ptr: i32, key_len: i32| {
+        let map = embedding_map(map)?;
+        let key = g.read(key_ptr, key_len)?.to_ascii_lowercase();
+        Ok(g.embedding()?.remove_header(map, &key)?)
+    });
     Ok(())
 }
 
@@ -112,9 +98,7 @@ fn host_map(g: &mut Guest<'_, '_>, map: MapType) -> Option<Pairs> {
     match map {
         MapType::HttpCallResponseHeaders => Some(call.http_response_headers.clone()),
         MapType::HttpCallResponseTrailers => Some(call.http_response_trailers.clone()),
-        MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => {
-            Some(call.grpc_metadata.clone())
-        }
+        MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => Some(call.grpc_metadata.clone()),
         _ => None,
     }
 }
@@ -124,4 +108,9 @@ fn pairs(g: &mut Guest<'_, '_>, map: MapType) -> AbiResult<Pairs> {
         Some(pairs) => Ok(pairs),
         None => Ok(g.embedding()?.header_map(map)?),
     }
+}
+
+/// Header names a filter writes are stored in lower case, as Envoy stores them.
+pub(super) fn lowercase_keys(pairs: Pairs) -> Pairs {
+    pairs.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()
 }

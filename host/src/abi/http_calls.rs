@@ -14,41 +14,35 @@ use crate::types::Status;
 const REQUIRED_HEADERS: [&[u8]; 3] = [b":method", b":path", b":authority"];
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    abi_fn!(
-        linker,
-        "proxy_http_call",
-        |g,
-         upstream_ptr: i32,
-         upstream_len: i32,
-         headers_ptr: i32,
-         headers_len: i32,
-         body_ptr: i32,
-         body_len: i32,
-         trailers_ptr: i32,
-         trailers_len: i32,
-         timeout_ms: i32,
-         ret_token: i32| {
-            let upstream = g.read_string(upstream_ptr, upstream_len)?;
-            let headers = deserialize_map(&g.read(headers_ptr, headers_len)?)?;
-            let present = |name: &[u8]| {
-                headers
-                    .iter()
-                    .any(|(k, v)| k.as_slice() == name && !v.is_empty())
-            };
-            if !REQUIRED_HEADERS.iter().all(|name| present(name)) {
-                return Err(Status::BadArgument.into());
-            }
-            let request = HttpCallRequest {
-                upstream,
-                headers,
-                body: g.read(body_ptr, body_len)?,
-                trailers: deserialize_map(&g.read(trailers_ptr, trailers_len)?)?,
-                timeout: (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u32 as u64)),
-            };
-            let token = g.state().take_token();
-            g.root_embedding()?.http_call(token, request)?;
-            g.write_u32(ret_token, token)
+    abi_fn!(linker, "proxy_http_call", |g,
+                                        upstream_ptr: i32,
+                                        upstream_len: i32,
+                                        headers_ptr: i32,
+                                        headers_len: i32,
+                                        body_ptr: i32,
+                                        body_len: i32,
+                                        trailers_ptr: i32,
+                                        trailers_len: i32,
+                                        timeout_ms: i32,
+                                        ret_token: i32| {
+        // A bad token pointer must fail before the call starts, not orphan it.
+        g.write_u32(ret_token, 0)?;
+        let upstream = g.read_string(upstream_ptr, upstream_len)?;
+        let headers = deserialize_map(&g.read(headers_ptr, headers_len)?)?;
+        let present = |name: &[u8]| headers.iter().any(|(k, _)| k.as_slice() == name);
+        if timeout_ms < 0 || !REQUIRED_HEADERS.iter().all(|name| present(name)) {
+            return Err(Status::BadArgument.into());
         }
-    );
+        let request = HttpCallRequest {
+            upstream,
+            headers,
+            body: g.read(body_ptr, body_len)?,
+            trailers: deserialize_map(&g.read(trailers_ptr, trailers_len)?)?,
+            timeout: (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u32 as u64)),
+        };
+        let token = g.state().take_token();
+        g.root_embedding()?.http_call(token, request)?;
+        g.write_u32(ret_token, token)
+    });
     Ok(())
 }

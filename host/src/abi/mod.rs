@@ -2,6 +2,7 @@
 //! Each area registers its functions with `add_to_linker`.
 
 mod buffers;
+mod compat;
 mod context;
 mod foreign;
 mod grpc;
@@ -52,5 +53,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     shared_queues::add_to_linker(linker)?;
     metrics::add_to_linker(linker)?;
     foreign::add_to_linker(linker)?;
+    compat::add_to_linker(linker)?;
     Ok(())
 }

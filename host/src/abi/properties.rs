@@ -12,34 +12,23 @@ use crate::session::HostState;
 use crate::types::Status;
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    abi_fn!(
-        linker,
-        "proxy_get_property",
-        |g, path_ptr: i32, path_len: i32, ret_ptr: i32, ret_len: i32| {
-            let path = g.read(path_ptr, path_len)?;
-            let value = property(&mut g, &path)?.ok_or(Status::NotFound)?;
-            g.return_bytes(&value, ret_ptr, ret_len)
-        }
-    );
-    abi_fn!(
-        linker,
-        "proxy_set_property",
-        |g, path_ptr: i32, path_len: i32, value_ptr: i32, value_len: i32| {
-            let path = g.read(path_ptr, path_len)?;
-            let value = g.read(value_ptr, value_len)?;
-            let context = g.effective_context()?;
-            match context
-                .embedding
-                .set_property(&split_property_path(&path), &value)
-            {
-                Err(Status::NotFound) => {
-                    context.properties.insert(normalize(&path).to_vec(), value);
-                    Ok(())
-                }
-                other => Ok(other?),
+    abi_fn!(linker, "proxy_get_property", |g, path_ptr: i32, path_len: i32, ret_ptr: i32, ret_len: i32| {
+        let path = g.read(path_ptr, path_len)?;
+        let value = property(&mut g, &path)?.ok_or(Status::NotFound)?;
+        g.return_bytes(&value, ret_ptr, ret_len)
+    });
+    abi_fn!(linker, "proxy_set_property", |g, path_ptr: i32, path_len: i32, value_ptr: i32, value_len: i32| {
+        let path = g.read(path_ptr, path_len)?;
+        let value = g.read(value_ptr, value_len)?;
+        let context = g.effective_context()?;
+        match context.embedding.set_property(&split_property_path(&path), &value) {
+            Err(Status::NotFound) => {
+                context.properties.insert(normalize(&path).to_vec(), value);
+                Ok(())
             }
+            other => Ok(other?),
         }
-    );
+    });
     Ok(())
 }
 

@@ -28,16 +28,9 @@ pub fn filter(name: &str) -> Arc<Module> {
         return module.clone();
     }
     let path = filters_dir().join(format!("filter_{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `make filters` (ci/build-filters.sh) first",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `make filters` (ci/build-filters.sh) first", path.display());
     let module = Module::from_file(engine(), &path, None).unwrap_or_else(|e| panic!("{e}"));
-    modules
-        .lock()
-        .unwrap()
-        .insert(name.to_string(), module.clone());
+    modules.lock().unwrap().insert(name.to_string(), module.clone());
     module
 }
 
@@ -66,17 +59,10 @@ impl Harness {
         Harness::try_new(module, configuration, vm_config).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    pub fn try_new(
-        module: Arc<Module>,
-        configuration: &str,
-        vm_config: VmConfig,
-    ) -> Result<Harness, FilterError> {
+    pub fn try_new(module: Arc<Module>, configuration: &str, vm_config: VmConfig) -> Result<Harness, FilterError> {
         let node = Node::default();
         let mut vm = Vm::new(module, vm_config)?;
-        let plugin = vm.add_plugin(
-            plugin_config("test", configuration),
-            MemoryEmbedding::root(&node),
-        )?;
+        let plugin = vm.add_plugin(plugin_config("test", configuration), MemoryEmbedding::root(&node))?;
         Ok(Harness { node, vm, plugin })
     }
 
@@ -84,10 +70,7 @@ impl Harness {
     pub fn stream(&mut self, headers: &[(&str, &str)]) -> (StreamId, Exchange) {
         let exchange = Exchange::default();
         exchange.borrow_mut().request_headers = pairs(headers);
-        let stream = self
-            .vm
-            .new_stream(self.plugin, MemoryEmbedding::stream(&self.node, &exchange))
-            .expect("stream");
+        let stream = self.vm.new_stream(self.plugin, MemoryEmbedding::stream(&self.node, &exchange)).expect("stream");
         (stream, exchange)
     }
 
@@ -106,17 +89,12 @@ pub fn plugin_config(name: &str, configuration: &str) -> PluginConfig {
 }
 
 pub fn get_request_headers() -> Vec<(&'static str, &'static str)> {
-    vec![
-        (":method", "GET"),
-        (":path", "/hello"),
-        (":authority", "example.com"),
-        (":scheme", "http"),
-    ]
+    vec![(":method", "GET"), (":path", "/hello"), (":authority", "example.com"), (":scheme", "http")]
 }
 
 /// The value of `key` in string form, if present.
 pub fn header(pairs: &[(Vec<u8>, Vec<u8>)], key: &str) -> Option<String> {
-    joined_header_value(pairs, key.as_bytes()).map(|v| String::from_utf8(v).unwrap())
+    first_header_value(pairs, key.as_bytes()).map(|v| String::from_utf8(v).unwrap())
 }
 
 pub fn request_header(exchange: &Exchange, key: &str) -> Option<String> {

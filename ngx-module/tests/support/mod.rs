@@ -32,30 +32,18 @@ pub fn module_path() -> PathBuf {
         _ => "ngx_http_inwasm_module.so",
     };
     let path = root().join("build").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make build`",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `make build`", path.display());
     path
 }
 
 pub fn filter(name: &str) -> String {
     let path = root().join(format!("build/filters/filter_{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `make build`",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `make build`", path.display());
     path.display().to_string()
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn scratch_dir() -> PathBuf {
@@ -119,11 +107,7 @@ impl Nginx {
     /// the place for error.log and the pid file), with `prefix` as nginx's prefix (-p).
     pub fn start_config(text: &str, prefix: &Path, port: u16) -> Nginx {
         let dir = scratch_dir();
-        std::fs::write(
-            dir.join("nginx.conf"),
-            text.replace("@DIR@", &dir.display().to_string()),
-        )
-        .unwrap();
+        std::fs::write(dir.join("nginx.conf"), text.replace("@DIR@", &dir.display().to_string())).unwrap();
         Nginx::spawn(dir, prefix, port)
     }
 
@@ -135,16 +119,10 @@ impl Nginx {
             .arg("-c")
             .arg(dir.join("nginx.conf"))
             .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("stderr.log")).unwrap(),
-            ))
+            .stderr(Stdio::from(std::fs::File::create(dir.join("stderr.log")).unwrap()))
             .spawn()
             .expect("nginx starts");
-        let mut nginx = Nginx {
-            dir,
-            port,
-            child: Some(child),
-        };
+        let mut nginx = Nginx { dir, port, child: Some(child) };
         nginx.wait_ready();
         nginx
     }
@@ -156,11 +134,7 @@ impl Nginx {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "nginx exited ({status}): {}\n{}",
-                    self.stderr(),
-                    self.error_log()
-                );
+                panic!("nginx exited ({status}): {}\n{}", self.stderr(), self.error_log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -192,31 +166,17 @@ impl Nginx {
         self.request("GET", path, &[], b"")
     }
 
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Response {
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
         request(self.port, method, path, headers, body)
     }
 
     /// Rewrites the configuration and reloads (SIGHUP), waiting for new workers to serve.
     pub fn reload(&self, main: &str, server: &str) {
         let http = format!("server {{ listen 127.0.0.1:{}; {server} }}", self.port);
-        std::fs::write(
-            self.dir.join("nginx.conf"),
-            config(&self.dir, 1, main, &http),
-        )
-        .unwrap();
+        std::fs::write(self.dir.join("nginx.conf"), config(&self.dir, 1, main, &http)).unwrap();
         let before = self.error_log().matches("start worker process").count();
         let pid = self.child.as_ref().unwrap().id();
-        Command::new("kill")
-            .arg("-HUP")
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
+        Command::new("kill").arg("-HUP").arg(pid.to_string()).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.error_log().matches("start worker process").count() == before {
             assert!(Instant::now() < deadline, "no reload: {}", self.error_log());
@@ -227,20 +187,14 @@ impl Nginx {
 
     /// The worker pids, from the error log's "start worker process N" lines.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.error_log()
-            .lines()
-            .filter_map(|l| l.split("start worker process ").nth(1)?.trim().parse().ok())
-            .collect()
+        self.error_log().lines().filter_map(|l| l.split("start worker process ").nth(1)?.trim().parse().ok()).collect()
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -282,10 +236,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -294,17 +245,9 @@ impl Response {
 }
 
 /// One HTTP/1.1 request on a fresh connection (Connection: close).
-pub fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Response {
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -337,9 +280,7 @@ fn read_response(mut reader: BufReader<TcpStream>) -> Response {
         let (k, v) = trimmed.split_once(':').expect("header line");
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let mut body = Vec::new();
     if chunked {
         loop {
@@ -356,11 +297,7 @@ fn read_response(mut reader: BufReader<TcpStream>) -> Response {
     } else {
         let _ = reader.read_to_end(&mut body);
     }
-    Response {
-        status,
-        headers,
-        body,
-    }
+    Response { status, headers, body }
 }
 
 /// An upstream on a free port that answers every request with 200 and a body describing
@@ -390,11 +327,7 @@ fn echo(stream: TcpStream) {
         return;
     }
     let mut words = line.split_whitespace();
-    report.push_str(&format!(
-        "{} {}\n",
-        words.next().unwrap_or(""),
-        words.next().unwrap_or("")
-    ));
+    report.push_str(&format!("{} {}\n", words.next().unwrap_or(""), words.next().unwrap_or("")));
     let mut length = 0;
     loop {
         line.clear();
@@ -418,10 +351,8 @@ fn echo(stream: TcpStream) {
     let mut payload = report.into_bytes();
     payload.extend_from_slice(&body);
     let mut stream = stream;
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nServer: echo\r\nConnection: close\r\n\r\n",
-        payload.len()
-    );
+    let head =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nServer: echo\r\nConnection: close\r\n\r\n", payload.len());
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(&payload);
 }

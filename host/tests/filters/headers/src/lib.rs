@@ -28,10 +28,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Headers {
-            config: self.config.clone(),
-            path: String::new(),
-        }))
+        Some(Box::new(Headers { config: self.config.clone(), path: String::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {

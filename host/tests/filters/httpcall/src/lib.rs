@@ -27,9 +27,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Auth {
-            upstream: self.upstream.clone(),
-        }))
+        Some(Box::new(Auth { upstream: self.upstream.clone() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -42,28 +40,16 @@ struct Auth {
 }
 
 impl Context for Auth {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _: usize,
-    ) {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
         let status = self.get_http_call_response_header(":status");
-        let body = self
-            .get_http_call_response_body(0, body_size)
-            .unwrap_or_default();
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
         let shown = status.as_deref().unwrap_or("none");
         log::info!("call {token} status {shown} body {}", body.len());
         if status.as_deref() == Some("200") {
             self.set_http_request_header("x-auth-user", Some(&String::from_utf8_lossy(&body)));
             self.resume_http_request();
         } else if num_headers == 0 {
-            self.send_http_response(
-                502,
-                vec![("x-call-failed", "1")],
-                Some(b"upstream failed\n"),
-            );
+            self.send_http_response(502, vec![("x-call-failed", "1")], Some(b"upstream failed\n"));
         } else {
             self.send_http_response(403, vec![], Some(b"forbidden\n"));
         }
@@ -72,18 +58,11 @@ impl Context for Auth {
 
 impl HttpContext for Auth {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let token = self
-            .get_http_request_header("authorization")
-            .unwrap_or_default();
-        let headers = vec![
-            (":method", "GET"),
-            (":path", "/check"),
-            (":authority", "auth.local"),
-            ("x-token", token.as_str()),
-        ];
+        let token = self.get_http_request_header("authorization").unwrap_or_default();
+        let headers =
+            vec![(":method", "GET"), (":path", "/check"), (":authority", "auth.local"), ("x-token", token.as_str())];
         let timeout = Duration::from_millis(500);
-        if let Err(status) = self.dispatch_http_call(&self.upstream, headers, None, vec![], timeout)
-        {
+        if let Err(status) = self.dispatch_http_call(&self.upstream, headers, None, vec![], timeout) {
             let error = format!("{status:?}");
             self.send_http_response(500, vec![("x-call-error", &error)], None);
         }

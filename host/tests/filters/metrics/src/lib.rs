@@ -37,10 +37,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         let metrics = self.metrics?;
-        Some(Box::new(Request {
-            metrics,
-            content_length: 0,
-        }))
+        Some(Box::new(Request { metrics, content_length: 0 }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -59,10 +56,7 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         increment_metric(self.metrics.requests, 1).unwrap();
         increment_metric(self.metrics.inflight, 1).unwrap();
-        self.content_length = self
-            .get_http_request_header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        self.content_length = self.get_http_request_header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         Action::Continue
     }
 

@@ -28,10 +28,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Misbehave {
-            default_mode: self.default_mode.clone(),
-            at_response: None,
-        }))
+        Some(Box::new(Misbehave { default_mode: self.default_mode.clone(), at_response: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -76,9 +73,7 @@ impl Context for Misbehave {}
 
 impl HttpContext for Misbehave {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let mode = self
-            .get_http_request_header("x-misbehave")
-            .unwrap_or_else(|| self.default_mode.clone());
+        let mode = self.get_http_request_header("x-misbehave").unwrap_or_else(|| self.default_mode.clone());
         if self.get_http_request_header("x-misbehave-at").as_deref() == Some("response") {
             self.at_response = Some(mode);
         } else {

@@ -34,10 +34,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Properties {
-            paths: self.paths.clone(),
-            headers: Vec::new(),
-        }))
+        Some(Box::new(Properties { paths: self.paths.clone(), headers: Vec::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -71,15 +68,10 @@ impl HttpContext for Properties {
             .iter()
             .map(|path| {
                 let value = self.get_property(path.split('.').collect());
-                (
-                    format!("x-prop-{}", path.replace('.', "-")),
-                    render(path, value),
-                )
+                (format!("x-prop-{}", path.replace('.', "-")), render(path, value))
             })
             .collect();
-        let assignment = self
-            .get_http_request_header("x-set-prop")
-            .unwrap_or_default();
+        let assignment = self.get_http_request_header("x-set-prop").unwrap_or_default();
         if let Some((name, value)) = assignment.split_once('=') {
             self.set_property(vec![name], Some(value.as_bytes()));
             let readback = render(name, self.get_property(vec![name]));

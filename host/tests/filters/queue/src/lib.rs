@@ -31,12 +31,10 @@ impl RootContext for Root {
         }
         while let Ok(Some(item)) = self.dequeue_shared_queue(queue) {
             log::info!("dequeued {}", String::from_utf8_lossy(&item));
-            self.set_shared_data("last-event", Some(&item), None)
-                .unwrap();
+            self.set_shared_data("last-event", Some(&item), None).unwrap();
             self.dequeued += 1;
         }
-        self.set_shared_data("dequeued", Some(self.dequeued.to_string().as_bytes()), None)
-            .unwrap();
+        self.set_shared_data("dequeued", Some(self.dequeued.to_string().as_bytes()), None).unwrap();
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {

@@ -30,15 +30,9 @@ impl HttpContext for Hits {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         self.0 = loop {
             let (value, cas) = self.get_shared_data("hits");
-            let n = value
-                .and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok())
-                .unwrap_or(0)
-                + 1;
+            let n = value.and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok()).unwrap_or(0) + 1;
             // The SDK returns Err only for CasMismatch: someone else wrote first, retry.
-            if self
-                .set_shared_data("hits", Some(n.to_string().as_bytes()), cas)
-                .is_ok()
-            {
+            if self.set_shared_data("hits", Some(n.to_string().as_bytes()), cas).is_ok() {
                 break n;
             }
         };

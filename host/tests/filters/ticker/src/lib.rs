@@ -21,18 +21,14 @@ impl Context for Ticker {}
 impl RootContext for Ticker {
     fn on_configure(&mut self, _: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
-        let period = String::from_utf8_lossy(&config)
-            .trim()
-            .parse()
-            .unwrap_or(10);
+        let period = String::from_utf8_lossy(&config).trim().parse().unwrap_or(10);
         self.set_tick_period(Duration::from_millis(period));
         true
     }
 
     fn on_tick(&mut self) {
         self.ticks += 1;
-        self.set_shared_data("ticks", Some(self.ticks.to_string().as_bytes()), None)
-            .unwrap();
+        self.set_shared_data("ticks", Some(self.ticks.to_string().as_bytes()), None).unwrap();
         if self.ticks == 3 {
             self.set_tick_period(Duration::ZERO);
         }
