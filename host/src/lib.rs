@@ -32,6 +32,6 @@ pub use engine::{Engine, EngineConfig, PoolingConfig};
 pub use error::{FailureKind, FilterError, LoadError};
 pub use limits::EpochTicker;
 pub use module::Module;
-pub use plugin::{PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT};
+pub use plugin::{PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT};
 pub use types::*;
 pub use vm::{HttpCallResponse, PluginId, StreamId, Vm, VmStats};

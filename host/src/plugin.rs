@@ -16,6 +16,9 @@ pub struct VmConfig {
     /// The wall-clock budget of each callback, unless a plugin sets its own. `None`: no limit
     /// (only sensible in tests). Needs the engine's epoch ticker to be running.
     pub timeout: Option<Duration>,
+    /// The budget of each start-up step (`_initialize`, `on_vm_start`, `on_configure`), where
+    /// filters parse configuration and build tables.
+    pub start_timeout: Option<Duration>,
 }
 
 impl Default for VmConfig {
@@ -26,6 +29,7 @@ impl Default for VmConfig {
             environment: Vec::new(),
             memory_limit: DEFAULT_MEMORY_LIMIT,
             timeout: Some(DEFAULT_TIMEOUT),
+            start_timeout: Some(DEFAULT_START_TIMEOUT),
         }
     }
 }
@@ -34,6 +38,8 @@ impl Default for VmConfig {
 pub const DEFAULT_MEMORY_LIMIT: usize = 128 << 20;
 /// The default budget of one callback.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+/// The default budget of one start-up step.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One filter configuration: a root context on the VM.
 #[derive(Clone, Debug, Default)]

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::{Func, Memory};
 
@@ -19,6 +19,14 @@ pub(crate) struct Context {
     pub embedding: Box<dyn Embedding>,
     /// Properties a filter set that the embedding did not take.
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
+    /// This context's callback budget, when it differs from its plugin's.
+    pub timeout: Option<Duration>,
+}
+
+impl Context {
+    pub fn new(root_id: u32, embedding: Box<dyn Embedding>) -> Context {
+        Context { root_id, embedding, properties: HashMap::new(), timeout: None }
+    }
 }
 
 /// Data only valid during one callback (an http call's response, a gRPC message, ...).

@@ -6,7 +6,6 @@
 //! builds a fresh instance and re-creates every plugin's root context (`on_vm_start`,
 //! `on_configure`) with the same embeddings.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,6 +74,8 @@ pub struct Vm {
     next_context_id: u32,
     next_token: u32,
     stats: VmStats,
+    /// Running start-up steps (instantiation, root contexts): `start_timeout` applies.
+    starting: bool,
 }
 
 impl Vm {
@@ -89,6 +90,7 @@ impl Vm {
             next_context_id: 1,
             next_token: 1,
             stats: VmStats::default(),
+            starting: false,
         };
         vm.ensure_live()?;
         Ok(vm)
@@ -108,7 +110,10 @@ impl Vm {
         self.ensure_live()?;
         let index = self.plugins.len();
         self.plugins.push(Plugin { config: Arc::new(config), root_id: 0, parked: Some(embedding) });
-        if let Err(error) = self.start_plugin(index) {
+        self.starting = true;
+        let started = self.start_plugin(index);
+        self.starting = false;
+        if let Err(error) = started {
             self.plugins.pop();
             return Err(error);
         }
@@ -120,9 +125,16 @@ impl Vm {
         self.ensure_live()?;
         let root_id = self.plugins[plugin.0].root_id;
         let id = self.new_context_id();
-        self.state().contexts.insert(id, Context { root_id, embedding, properties: HashMap::new() });
+        self.state().contexts.insert(id, Context::new(root_id, embedding));
         self.call(plugin.0, Callback::ContextCreate, id, &[id, root_id])?;
         Ok(StreamId { generation: self.generation, context_id: id, plugin: plugin.0 })
+    }
+
+    /// Gives one stream its own callback budget (e.g. per location), instead of its plugin's.
+    pub fn set_stream_timeout(&mut self, stream: StreamId, timeout: Option<Duration>) {
+        if let Ok(context) = self.stream_context(stream, Callback::ContextCreate) {
+            context.timeout = timeout;
+        }
     }
 
     pub fn on_request_headers(&mut self, stream: StreamId, end_of_stream: bool) -> Result<Action, FilterError> {
@@ -351,8 +363,13 @@ impl Vm {
         id
     }
 
-    fn timeout(&self, plugin: usize) -> Option<Duration> {
-        self.plugins.get(plugin).and_then(|p| p.config.timeout).or(self.config.timeout)
+    /// The budget of a call into `context_id`: the context's own, its plugin's, or the VM's.
+    fn timeout(&self, plugin: usize, context_id: u32) -> Option<Duration> {
+        if self.starting {
+            return self.config.start_timeout;
+        }
+        let context = self.live.as_ref().and_then(|live| live.store.data().contexts.get(&context_id)?.timeout);
+        context.or_else(|| self.plugins.get(plugin).and_then(|p| p.config.timeout)).or(self.config.timeout)
     }
 
     fn filter_name(&self, plugin: usize) -> String {
@@ -374,7 +391,7 @@ impl Vm {
         context_id: u32,
         args: &[u32],
     ) -> Result<Option<i32>, FilterError> {
-        let timeout = self.timeout(plugin);
+        let timeout = self.timeout(plugin, context_id);
         let deadlines = self.module.engine.config().deadlines;
         let live = self.live.as_mut().expect("a live instance");
         let state = live.store.data_mut();
@@ -425,9 +442,14 @@ impl Vm {
         if self.live.is_some() {
             return Ok(());
         }
-        self.live = Some(self.instantiate()?);
-        self.stats.instances_created += 1;
-        (0..self.plugins.len()).try_for_each(|index| self.start_plugin(index))
+        self.starting = true;
+        let started = self.instantiate().and_then(|live| {
+            self.live = Some(live);
+            self.stats.instances_created += 1;
+            (0..self.plugins.len()).try_for_each(|index| self.start_plugin(index))
+        });
+        self.starting = false;
+        started
     }
 
     fn instantiate(&mut self) -> Result<Live, FilterError> {
@@ -469,7 +491,7 @@ impl Vm {
         }
         for (name, func) in steps {
             let state = store.data_mut();
-            state.deadline = self.config.timeout.map(|t| Instant::now() + t);
+            state.deadline = self.config.start_timeout.map(|t| Instant::now() + t);
             if self.module.engine.config().deadlines {
                 store.set_epoch_deadline(1);
             }
@@ -478,7 +500,7 @@ impl Vm {
             let result = func.call(&mut *store, &params, &mut results);
             flush_output(store.data_mut());
             if let Err(error) = result {
-                let kind = classify(&error, self.config.timeout.unwrap_or_default(), None);
+                let kind = classify(&error, self.config.start_timeout.unwrap_or_default(), None);
                 if kind != FailureKind::Exit(0) {
                     return Err(FilterError { filter: self.module.name.clone(), callback: name, kind });
                 }
@@ -494,7 +516,7 @@ impl Vm {
         let embedding = self.plugins[index].parked.take().expect("a parked root embedding");
         self.plugins[index].root_id = root_id;
         let state = self.state();
-        let mut context = Context { root_id, embedding, properties: HashMap::new() };
+        let mut context = Context::new(root_id, embedding);
         for (level, line) in state.startup_log.drain(..) {
             if level >= context.embedding.log_level() {
                 context.embedding.log(level, &line);

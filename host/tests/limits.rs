@@ -117,3 +117,16 @@ fn assert_recovers_fresh(h: &mut Harness) {
     assert_eq!(request_header(&exchange, "x-misbehave-ok").as_deref(), Some("1"));
     assert_eq!(h.vm.stats().instances_created, 1);
 }
+
+#[test]
+fn stream_timeout_overrides_plugin_timeout() {
+    let mut h = Harness::new(filter("misbehave"), "ok");
+    let mut headers = get_request_headers();
+    headers.push(("x-misbehave", "spin"));
+    let (stream, _) = h.stream(&headers);
+    h.vm.set_stream_timeout(stream, Some(Duration::from_millis(15)));
+    let started = Instant::now();
+    let error = h.vm.on_request_headers(stream, true).unwrap_err();
+    assert_eq!(error.kind, FailureKind::Deadline(Duration::from_millis(15)));
+    assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+}

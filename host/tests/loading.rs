@@ -151,3 +151,14 @@ fn many_vms_share_one_module() {
         assert_eq!(request_header(&exchange, "x-inwasm-config"), Some(format!("vm{i}")));
     }
 }
+
+#[test]
+fn spinning_configure_is_cut_at_the_start_budget() {
+    let module = wat("spinner", &minimal("", "(loop (br 0)) (i32.const 1)"));
+    let config = VmConfig { start_timeout: Some(std::time::Duration::from_millis(30)), ..VmConfig::default() };
+    let started = std::time::Instant::now();
+    let error = Harness::try_new(module, "", config).err().expect("cut");
+    assert_eq!(error.kind, FailureKind::Deadline(std::time::Duration::from_millis(30)));
+    assert_eq!(error.callback, "proxy_on_configure");
+    assert!(started.elapsed() < std::time::Duration::from_millis(500));
+}

@@ -5,26 +5,30 @@
 //! location / {
 //!     proxy_wasm NAME ['plugin config'];       # repeatable: a chain, run in order
 //!     proxy_wasm_isolation none|stream|filter; # default none
+//!     proxy_wasm_timeout 100ms;                # budget of each filter callback
+//!     proxy_wasm_fail_open off;                # on: a failed filter is skipped, not a 500
 //! }
 //! ```
 
 use std::ffi::{c_char, c_void};
 use std::ptr;
 
-use inwasm_host::{PluginConfig, Vm};
+use std::time::Duration;
+
+use inwasm_host::{PluginConfig, DEFAULT_TIMEOUT};
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
     ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_REWRITE_PHASE, ngx_http_top_body_filter,
-    ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE12, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
+    NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::ngx_string;
 
-use crate::embedding::RootEmbedding;
-use crate::request;
 use crate::wasm_block::{args, conf_error, FilterDecl, WasmConf};
+use crate::{request, validation};
 
 /// How instances are shared (Kong's `proxy_wasm_isolation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +46,18 @@ pub struct LocConf {
     /// Indices into `WasmConf::filters`, in order. `None`: inherit the enclosing block's chain.
     pub chain: Option<Vec<usize>>,
     pub isolation: Option<Isolation>,
+    pub timeout: Option<Duration>,
+    pub fail_open: Option<bool>,
+}
+
+impl LocConf {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    pub fn fail_open(&self) -> bool {
+        self.fail_open.unwrap_or(false)
+    }
 }
 
 impl Merge for LocConf {
@@ -49,9 +65,9 @@ impl Merge for LocConf {
         if self.chain.is_none() {
             self.chain = prev.chain.clone();
         }
-        if self.isolation.is_none() {
-            self.isolation = prev.isolation;
-        }
+        self.isolation = self.isolation.or(prev.isolation);
+        self.timeout = self.timeout.or(prev.timeout);
+        self.fail_open = self.fail_open.or(prev.fail_open);
         Ok(())
     }
 }
@@ -107,7 +123,7 @@ static CONTEXT: ngx_http_module_t = ngx_http_module_t {
 
 const ANY_HTTP_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
-static mut COMMANDS: [ngx_command_t; 3] = [
+static mut COMMANDS: [ngx_command_t; 5] = [
     ngx_command_t {
         name: ngx_string!("proxy_wasm"),
         type_: (ANY_HTTP_LEVEL | NGX_CONF_TAKE12) as ngx_uint_t,
@@ -120,6 +136,22 @@ static mut COMMANDS: [ngx_command_t; 3] = [
         name: ngx_string!("proxy_wasm_isolation"),
         type_: (ANY_HTTP_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(proxy_wasm_isolation),
+        conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("proxy_wasm_timeout"),
+        type_: (ANY_HTTP_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(proxy_wasm_timeout),
+        conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("proxy_wasm_fail_open"),
+        type_: (ANY_HTTP_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(proxy_wasm_fail_open),
         conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
         offset: 0,
         post: ptr::null_mut(),
@@ -153,23 +185,13 @@ extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *m
             configuration: args.get(2).copied().unwrap_or_default().to_vec(),
             timeout: None,
         };
-        if let Err(message) = validate(wasm, module, &plugin, cf) {
+        if let Err(message) = validation::validate(&wasm.modules[module], &plugin, (*cf).log) {
             return conf_error(cf, &format!("proxy_wasm \"{name}\": {message}"));
         }
         wasm.filters.push(FilterDecl { module, plugin });
         loc.chain.get_or_insert_with(Vec::new).push(wasm.filters.len() - 1);
         ptr::null_mut()
     }
-}
-
-/// Starts the filter once at configuration time, so `nginx -t` catches a filter that fails
-/// to start or refuses its configuration.
-unsafe fn validate(wasm: &WasmConf, module: usize, plugin: &PluginConfig, cf: *mut ngx_conf_t) -> Result<(), String> {
-    let decl = &wasm.modules[module];
-    let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?;
-    vm.add_plugin(plugin.clone(), Box::new(RootEmbedding::new(&plugin.name, (*cf).log)))
-        .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 extern "C" fn proxy_wasm_isolation(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
@@ -185,6 +207,36 @@ extern "C" fn proxy_wasm_isolation(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
                     cf,
                     &format!("invalid proxy_wasm_isolation \"{other}\": use none, stream or filter"),
                 );
+            }
+        });
+        ptr::null_mut()
+    }
+}
+
+extern "C" fn proxy_wasm_timeout(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    unsafe {
+        let loc = &mut *(conf as *mut LocConf);
+        let value = args(cf)[1];
+        let mut text = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
+        let ms = ngx_parse_time(&mut text, 0);
+        if ms == NGX_ERROR as ngx_int_t || ms <= 0 {
+            let value = String::from_utf8_lossy(value);
+            return conf_error(cf, &format!("invalid proxy_wasm_timeout \"{value}\": use a time such as 50ms or 1s"));
+        }
+        loc.timeout = Some(Duration::from_millis(ms as u64));
+        ptr::null_mut()
+    }
+}
+
+extern "C" fn proxy_wasm_fail_open(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    unsafe {
+        let loc = &mut *(conf as *mut LocConf);
+        loc.fail_open = Some(match args(cf)[1] {
+            b"on" => true,
+            b"off" => false,
+            other => {
+                let other = String::from_utf8_lossy(other);
+                return conf_error(cf, &format!("invalid proxy_wasm_fail_open \"{other}\": use on or off"));
             }
         });
         ptr::null_mut()

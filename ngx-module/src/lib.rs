@@ -10,6 +10,7 @@ mod headers;
 mod http_module;
 mod properties;
 mod request;
+mod validation;
 mod wasm_block;
 mod worker;
 

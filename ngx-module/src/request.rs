@@ -19,12 +19,12 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleLocationConf;
 
-use crate::embedding::{Exchange, SharedExchange, StreamEmbedding};
+use crate::embedding::{Exchange, RootEmbedding, SharedExchange, StreamEmbedding};
 use crate::ffi::{guard_status, log_error, pool_str};
 use crate::headers;
-use crate::http_module::{ngx_http_inwasm_module, Isolation, Module};
+use crate::http_module::{ngx_http_inwasm_module, Isolation, LocConf, Module};
 use crate::wasm_block::WasmConf;
-use crate::worker::{fresh_instance, shared_instance, SharedVm};
+use crate::worker::{fresh_instance, record_failure, shared_instance, SharedVm};
 
 pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
 pub static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
@@ -32,6 +32,8 @@ pub static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 struct ActiveFilter {
     vm: SharedVm,
     stream: StreamId,
+    /// Failed with fail-open on: skipped for the rest of the request.
+    skipped: bool,
 }
 
 /// A request's state, kept in its module context (freed with the request pool).
@@ -42,6 +44,8 @@ struct RequestCtx {
     request_done: bool,
     /// A filter failed: the rest of the chain is skipped.
     failed: bool,
+    /// `proxy_wasm_fail_open`: a failed filter is skipped instead of failing the request.
+    fail_open: bool,
     /// Response bytes held back while a filter pauses the response body.
     held_body: Vec<u8>,
     finished: bool,
@@ -71,43 +75,70 @@ unsafe extern "C" fn drop_ctx(data: *mut c_void) {
     drop(ctx);
 }
 
-/// Creates the request's streams for the location's chain.
-unsafe fn start(r: *mut ngx_http_request_t, chain: &[usize], isolation: Isolation) -> Result<*mut RequestCtx, String> {
+/// Per-request instances of a request (isolation `stream`), by module index.
+type RequestInstances = Vec<(usize, SharedVm)>;
+
+/// The instance and plugin a filter runs on for this request, per the isolation mode.
+fn instance_for(
+    conf: &WasmConf,
+    filter: usize,
+    isolation: Isolation,
+    per_request: &mut RequestInstances,
+    log: *mut ngx::ffi::ngx_log_t,
+) -> Result<(SharedVm, PluginId), String> {
+    let decl = &conf.filters[filter];
+    match isolation {
+        Isolation::None => {
+            shared_instance(filter).ok_or_else(|| format!("filter \"{}\" is not running", decl.plugin.name))
+        }
+        Isolation::Stream => match per_request.iter().find(|(module, _)| *module == decl.module) {
+            Some((_, vm)) => {
+                let embedding = Box::new(RootEmbedding::new(&decl.plugin.name, log));
+                let plugin = vm.borrow_mut().add_plugin(decl.plugin.clone(), embedding).map_err(|e| e.to_string())?;
+                Ok((vm.clone(), plugin))
+            }
+            None => {
+                let (vm, plugin) = fresh_instance(&conf.modules[decl.module], decl, log)?;
+                per_request.push((decl.module, vm.clone()));
+                Ok((vm, plugin))
+            }
+        },
+        Isolation::Filter => fresh_instance(&conf.modules[decl.module], decl, log),
+    }
+}
+
+/// Creates the request's streams for the location's chain. A filter that cannot start fails
+/// the request, or is left out of it with fail-open.
+unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<*mut RequestCtx, String> {
+    let chain = loc.chain.as_deref().unwrap_or_default();
     let conf = WasmConf::of_cycle(ngx::ffi::ngx_cycle).ok_or("no wasm configuration")?;
     let log = (*(*r).connection).log;
     let exchange = Rc::new(RefCell::new(Exchange::default()));
-    let mut per_request: Vec<(usize, SharedVm, PluginId)> = Vec::new();
+    let mut per_request = RequestInstances::new();
     let mut filters = Vec::with_capacity(chain.len());
     for &index in chain {
-        let decl = &conf.filters[index];
-        let (vm, plugin) = match isolation {
-            Isolation::None => {
-                shared_instance(index).ok_or_else(|| format!("filter \"{}\" is not running", decl.plugin.name))?
+        let name = &conf.filters[index].plugin.name;
+        let opened = instance_for(conf, index, loc.isolation.unwrap_or(Isolation::None), &mut per_request, log)
+            .and_then(|(vm, plugin)| {
+                let embedding = Box::new(StreamEmbedding::new(r, name, &exchange));
+                let stream = vm.borrow_mut().new_stream(plugin, embedding).map_err(|e| e.to_string())?;
+                vm.borrow_mut().set_stream_timeout(stream, Some(loc.timeout()));
+                Ok(ActiveFilter { vm, stream, skipped: false })
+            });
+        match opened {
+            Ok(filter) => filters.push(filter),
+            Err(message) if loc.fail_open() => {
+                log_error(NGX_LOG_ERR as ngx_uint_t, log, &format!("inwasm: {message}; skipped (fail-open)"));
             }
-            Isolation::Stream => match per_request.iter().find(|(m, _, _)| *m == decl.module) {
-                Some((_, vm, _)) => {
-                    let embedding = Box::new(crate::embedding::RootEmbedding::new(&decl.plugin.name, log));
-                    let plugin =
-                        vm.borrow_mut().add_plugin(decl.plugin.clone(), embedding).map_err(|e| e.to_string())?;
-                    (vm.clone(), plugin)
-                }
-                None => {
-                    let (vm, plugin) = fresh_instance(&conf.modules[decl.module], decl, log)?;
-                    per_request.push((decl.module, vm.clone(), plugin));
-                    (vm, plugin)
-                }
-            },
-            Isolation::Filter => fresh_instance(&conf.modules[decl.module], decl, log)?,
-        };
-        let embedding = Box::new(StreamEmbedding::new(r, &decl.plugin.name, &exchange));
-        let stream = vm.borrow_mut().new_stream(plugin, embedding).map_err(|e| e.to_string())?;
-        filters.push(ActiveFilter { vm, stream });
+            Err(message) => return Err(message),
+        }
     }
     let ctx = Box::into_raw(Box::new(RequestCtx {
         filters,
         exchange,
         request_done: false,
         failed: false,
+        fail_open: loc.fail_open(),
         held_body: Vec::new(),
         finished: false,
     }));
@@ -122,12 +153,17 @@ unsafe fn start(r: *mut ngx_http_request_t, chain: &[usize], isolation: Isolatio
     Ok(ctx)
 }
 
-fn report(r: *mut ngx_http_request_t, error: &FilterError) {
-    unsafe { log_error(NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, &format!("inwasm: {error}")) };
+/// Logs a filter failure with the filter's failure counts in this worker.
+fn report(r: *mut ngx_http_request_t, error: &FilterError, fail_open: bool) {
+    let counts = record_failure(error);
+    let outcome = if fail_open { "skipped (fail-open)" } else { "request failed" };
+    let message = format!("inwasm: {error}; {outcome}; this worker: {counts}");
+    unsafe { log_error(NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, &message) };
 }
 
 /// Runs `call` on each filter (in order, or reversed for response callbacks) until one fails
-/// or answers locally. `Ok(true)` when a local response is pending.
+/// or answers locally. `Ok(true)` when a local response is pending. With fail-open, a filter
+/// that fails is skipped from then on and the chain goes on.
 fn run_chain(
     r: *mut ngx_http_request_t,
     ctx: &mut RequestCtx,
@@ -137,11 +173,18 @@ fn run_chain(
     let order: Vec<usize> =
         if reverse { (0..ctx.filters.len()).rev().collect() } else { (0..ctx.filters.len()).collect() };
     for index in order {
+        if ctx.filters[index].skipped {
+            continue;
+        }
         match call(&ctx.filters[index]) {
             Ok(_) if ctx.exchange.borrow().local_response.is_some() => return Ok(true),
             Ok(_) => {}
             Err(error) => {
-                report(r, &error);
+                report(r, &error, ctx.fail_open);
+                if ctx.fail_open {
+                    ctx.filters[index].skipped = true;
+                    continue;
+                }
                 ctx.failed = true;
                 return Err(());
             }
@@ -162,13 +205,13 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
         let Some(loc) = Module::location_conf(&*r) else {
             return NGX_DECLINED as ngx_int_t;
         };
-        let Some(chain) = loc.chain.as_ref().filter(|c| !c.is_empty()) else {
+        if loc.chain.as_ref().is_none_or(|c| c.is_empty()) {
             return NGX_DECLINED as ngx_int_t;
-        };
+        }
         if let Some(ctx) = ctx(r) {
             return if ctx.failed { NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t } else { NGX_DECLINED as ngx_int_t };
         }
-        let ctx = match start(r, chain, loc.isolation.unwrap_or(Isolation::None)) {
+        let ctx = match start(r, loc) {
             Ok(ctx) => &mut *ctx,
             Err(message) => {
                 log_error(NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, &format!("inwasm: {message}"));

@@ -3,8 +3,10 @@
 //!
 //! ```nginx
 //! wasm {
-//!     module NAME PATH [vm_config];   # .wasm or .wat
-//!     memory_limit SIZE;              # default cap of every instance's linear memory
+//!     module NAME PATH [vm_config];           # .wasm or .wat
+//!     memory_limit SIZE;                      # default cap of each instance's linear memory
+//!     module_memory_limit NAME SIZE;          # that module's own cap
+//!     module_env NAME VAR[=VALUE] ...;        # environment the module sees (default: none)
 //! }
 //! ```
 
@@ -30,6 +32,8 @@ pub struct ModuleDecl {
     pub name: String,
     pub module: Arc<Module>,
     pub vm_config: VmConfig,
+    /// Set by `module_memory_limit`; otherwise the block's `memory_limit` applies.
+    memory_limit: Option<usize>,
 }
 
 /// A filter: one `proxy_wasm NAME [config]` directive, i.e. one root context.
@@ -125,8 +129,8 @@ extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *m
         *cf = saved;
         // The block's memory_limit applies to every module it declares, wherever it stands.
         let conf = &mut *(conf as *mut WasmConf);
-        let limit = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
-        conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = limit);
+        let default = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
+        conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = m.memory_limit.unwrap_or(default));
         result
     }
 }
@@ -149,7 +153,19 @@ unsafe extern "C" fn block_directive(
             }
             None => Err(format!("invalid memory_limit \"{}\"", text(args[1]))),
         },
-        (b"module" | b"memory_limit", _) => {
+        (b"module_memory_limit", 3) => declared(conf, args[1]).and_then(|module| {
+            let limit =
+                parse_size(args[2]).ok_or_else(|| format!("invalid module_memory_limit \"{}\"", text(args[2])))?;
+            module.memory_limit = Some(limit);
+            Ok(())
+        }),
+        (b"module_env", 3..) => declared(conf, args[1]).and_then(|module| {
+            for entry in &args[2..] {
+                module.vm_config.environment.push(environment_entry(entry)?);
+            }
+            Ok(())
+        }),
+        (b"module" | b"memory_limit" | b"module_memory_limit" | b"module_env", _) => {
             Err(format!("invalid number of arguments in \"{}\" directive", text(args[0])))
         }
         (other, _) => Err(format!("unknown directive \"{}\" in wasm block", text(other))),
@@ -177,7 +193,7 @@ unsafe fn declare_module(
         configuration: vm_config.unwrap_or_default().to_vec(),
         ..VmConfig::default()
     };
-    conf.modules.push(ModuleDecl { name: name.to_string(), module, vm_config });
+    conf.modules.push(ModuleDecl { name: name.to_string(), module, vm_config, memory_limit: None });
     Ok(())
 }
 
@@ -195,4 +211,20 @@ fn parse_size(value: &[u8]) -> Option<usize> {
     let mut s = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
     let size = unsafe { ngx_parse_size(&mut s) };
     (size != NGX_ERROR as isize && size > 0).then_some(size as usize)
+}
+
+/// A module declared earlier in the block (module-scoped directives follow `module`).
+fn declared<'a>(conf: &'a mut WasmConf, name: &[u8]) -> Result<&'a mut ModuleDecl, String> {
+    let name = String::from_utf8_lossy(name);
+    let index = conf.module_index(&name).ok_or_else(|| format!("no module \"{name}\" is declared before this line"))?;
+    Ok(&mut conf.modules[index])
+}
+
+/// `VAR=VALUE` passes that value; a bare `VAR` passes nginx's own value of VAR (if any).
+fn environment_entry(entry: &[u8]) -> Result<(String, String), String> {
+    let entry = std::str::from_utf8(entry).map_err(|_| "module_env entries must be UTF-8".to_string())?;
+    Ok(match entry.split_once('=') {
+        Some((name, value)) => (name.to_string(), value.to_string()),
+        None => (entry.to_string(), std::env::var(entry).unwrap_or_default()),
+    })
 }

@@ -3,10 +3,12 @@
 //! Created in each worker after fork; the master never runs it.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
-use inwasm_host::{EpochTicker, PluginId, Vm};
+use inwasm_host::{EpochTicker, FailureKind, FilterError, PluginId, Vm};
 use ngx::ffi::{ngx_cycle_t, ngx_int_t, ngx_log_t, NGX_LOG_ERR, NGX_OK};
 
 use crate::embedding::RootEmbedding;
@@ -14,7 +16,7 @@ use crate::ffi::{guard_status, log_error};
 use crate::wasm_block::{engine, FilterDecl, ModuleDecl, WasmConf};
 
 /// How often the epoch advances, i.e. the precision of deadlines.
-const EPOCH_PERIOD: Duration = Duration::from_millis(1);
+pub const EPOCH_PERIOD: Duration = Duration::from_millis(1);
 
 pub type SharedVm = Rc<RefCell<Vm>>;
 
@@ -28,6 +30,37 @@ struct Worker {
 
 thread_local! {
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+    static FAILURES: RefCell<HashMap<String, FailureCounts>> = RefCell::new(HashMap::new());
+}
+
+/// Failures of one filter in this worker, by kind.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FailureCounts {
+    pub traps: u64,
+    pub timeouts: u64,
+    pub memory_failures: u64,
+}
+
+impl fmt::Display for FailureCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} traps, {} timeouts, {} memory failures", self.traps, self.timeouts, self.memory_failures)
+    }
+}
+
+/// Counts a filter failure in this worker; returns the filter's counts so far. Failures
+/// that only follow from an earlier one (a lost instance) are not counted again.
+pub fn record_failure(error: &FilterError) -> FailureCounts {
+    FAILURES.with(|failures| {
+        let mut failures = failures.borrow_mut();
+        let counts = failures.entry(error.filter.clone()).or_default();
+        match error.kind {
+            FailureKind::Deadline(_) => counts.timeouts += 1,
+            FailureKind::MemoryLimit(_) => counts.memory_failures += 1,
+            FailureKind::InstanceLost => {}
+            _ => counts.traps += 1,
+        }
+        *counts
+    })
 }
 
 pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {

@@ -1,7 +1,8 @@
 //! Misbehaviour on demand, chosen by request header `x-misbehave` (else the plugin
 //! configuration): `spin` loops forever, `hog` allocates 1 MiB chunks until allocation
 //! fails, `panic` panics, `recurse` recurses until the stack is exhausted; anything else
-//! adds headers `x-misbehave-ok: 1` and `x-misbehave-config: <plugin configuration>`.
+//! adds headers `x-misbehave-ok: 1` and `x-misbehave-config: <plugin configuration>`
+//! (`env` also adds `x-env`: the environment the filter sees).
 //! With `x-misbehave-at: response` it happens in on_http_response_headers instead.
 use std::hint::black_box;
 
@@ -57,6 +58,13 @@ fn misbehave(mode: &str) {
     }
 }
 
+/// The process environment as the filter sees it: sorted `NAME=VALUE` joined with ";".
+fn environment() -> String {
+    let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+    vars.sort();
+    vars.join(";")
+}
+
 /// Never returns: each frame keeps 1 KiB live across the recursive call.
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
@@ -80,6 +88,9 @@ impl HttpContext for Misbehave {
             misbehave(&mode);
             self.add_http_request_header("x-misbehave-ok", "1");
             self.add_http_request_header("x-misbehave-config", &self.default_mode);
+            if mode == "env" {
+                self.add_http_request_header("x-env", &environment());
+            }
         }
         Action::Continue
     }
