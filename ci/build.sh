@@ -3,10 +3,8 @@
 # build/ngx_http_inwasm_module.so (NGINX=1.28: build/ngx_http_inwasm_module-1.28.so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-flavor=${INWASM_NGINX:-debian}
-unset NGINX # nginx reads NGINX as a list of inherited sockets
-export NGINX_BUILD_DIR
-NGINX_BUILD_DIR=$(bash ci/nginx-tree.sh "$flavor")
+# shellcheck source=ci/nginx-env.sh
+. ci/nginx-env.sh
 cargo build --release --quiet --locked -p inwasm-host -p ngx-http-inwasm
 mkdir -p build
 suffix=""

@@ -4,8 +4,6 @@
 # build is the one `make build` made (same packages, same features: nothing recompiles).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-flavor=${INWASM_NGINX:-debian}
-unset NGINX # nginx reads NGINX as a list of inherited sockets
-export NGINX_BUILD_DIR
-NGINX_BUILD_DIR=$(bash ci/nginx-tree.sh "$flavor")
+# shellcheck source=ci/nginx-env.sh
+. ci/nginx-env.sh
 INWASM_NGINX=$flavor cargo test --release --locked -p inwasm-host -p ngx-http-inwasm

@@ -60,6 +60,12 @@ unsafe fn rebuild(
     Some(added)
 }
 
+/// The element `rebuild` added for `name` (lower case), or null: what nginx's pointers to
+/// well-known headers hold.
+fn element(added: &[(Vec<u8>, *mut ngx_table_elt_t)], name: &[u8]) -> *mut ngx_table_elt_t {
+    added.iter().find(|(k, _)| k == name).map_or(ptr::null_mut(), |(_, e)| *e)
+}
+
 fn is_pseudo(key: &[u8]) -> bool {
     key.first() == Some(&b':')
 }
@@ -98,7 +104,7 @@ pub unsafe fn set_request_headers(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>,
     let r = &mut *r;
     let regular: Vec<_> = pairs.iter().filter(|(k, _)| !is_pseudo(k)).cloned().collect();
     let added = rebuild(&mut r.headers_in.headers, r.pool, &regular)?;
-    let find = |name: &[u8]| added.iter().find(|(k, _)| k == name).map(|(_, e)| *e).unwrap_or(ptr::null_mut());
+    let find = |name: &[u8]| element(&added, name);
     let hin = &mut r.headers_in;
     hin.host = find(b"host");
     hin.user_agent = find(b"user-agent");
@@ -159,7 +165,7 @@ pub unsafe fn set_response_headers(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>
         |k: &[u8]| is_pseudo(k) || k.eq_ignore_ascii_case(b"content-type") || k.eq_ignore_ascii_case(b"content-length");
     let regular: Vec<_> = pairs.iter().filter(|(k, _)| !special(k)).cloned().collect();
     let added = rebuild(&mut out.headers, r.pool, &regular)?;
-    let find = |name: &[u8]| added.iter().find(|(k, _)| k == name).map(|(_, e)| *e).unwrap_or(ptr::null_mut());
+    let find = |name: &[u8]| element(&added, name);
     out.content_length = ptr::null_mut();
     out.server = find(b"server");
     out.date = find(b"date");

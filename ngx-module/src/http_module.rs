@@ -123,39 +123,25 @@ static CONTEXT: ngx_http_module_t = ngx_http_module_t {
 
 const ANY_HTTP_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
+/// A directive allowed in http, server and location blocks, with `args` (NGX_CONF_TAKE*).
+const fn directive(name: ngx_str_t, args: u32, set: DirectiveHandler) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: (ANY_HTTP_LEVEL | args) as ngx_uint_t,
+        set: Some(set),
+        conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
+type DirectiveHandler = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+
 static mut COMMANDS: [ngx_command_t; 5] = [
-    ngx_command_t {
-        name: ngx_string!("proxy_wasm"),
-        type_: (ANY_HTTP_LEVEL | NGX_CONF_TAKE12) as ngx_uint_t,
-        set: Some(proxy_wasm),
-        conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("proxy_wasm_isolation"),
-        type_: (ANY_HTTP_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(proxy_wasm_isolation),
-        conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("proxy_wasm_timeout"),
-        type_: (ANY_HTTP_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(proxy_wasm_timeout),
-        conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("proxy_wasm_fail_open"),
-        type_: (ANY_HTTP_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(proxy_wasm_fail_open),
-        conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
+    directive(ngx_string!("proxy_wasm"), NGX_CONF_TAKE12, proxy_wasm),
+    directive(ngx_string!("proxy_wasm_isolation"), NGX_CONF_TAKE1, proxy_wasm_isolation),
+    directive(ngx_string!("proxy_wasm_timeout"), NGX_CONF_TAKE1, proxy_wasm_timeout),
+    directive(ngx_string!("proxy_wasm_fail_open"), NGX_CONF_TAKE1, proxy_wasm_fail_open),
     ngx_command_t::empty(),
 ];
 
