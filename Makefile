@@ -8,7 +8,7 @@ NGINX ?= debian
 # `make test` covers both nginx builds unless NGINX is given on the command line.
 TEST_NGINX ?= $(if $(filter command line,$(origin NGINX)),$(NGINX),debian 1.28)
 
-.PHONY: all setup filters build demo test host-test nginx-test fmt clippy clean
+.PHONY: all setup filters build demo test bench fmt clippy clean
 all: build
 
 setup:
@@ -28,6 +28,9 @@ test: setup filters
 	  echo "== tests against nginx $$flavor"; \
 	  INWASM_NGINX=$$flavor bash ci/build.sh && INWASM_NGINX=$$flavor bash ci/test.sh || exit 1; \
 	done
+
+bench: filters
+	cargo bench --locked -p inwasm-host --bench callbacks
 
 fmt:
 	cargo fmt --all
