@@ -20,7 +20,7 @@ use ngx::ffi::{
 use ngx::http::HttpModuleLocationConf;
 
 use crate::embedding::{Exchange, RootEmbedding, SharedExchange, StreamEmbedding};
-use crate::ffi::{guard_status, log_error, pool_str};
+use crate::ffi::{guard_status, log_error};
 use crate::headers;
 use crate::http_module::{ngx_http_inwasm_module, Isolation, LocConf, Module};
 use crate::wasm_block::WasmConf;
@@ -48,6 +48,8 @@ struct RequestCtx {
     fail_open: bool,
     /// Response bytes held back while a filter pauses the response body.
     held_body: Vec<u8>,
+    /// The body of a local response sent during the response headers, replacing the original.
+    replacement_body: Option<Vec<u8>>,
     finished: bool,
 }
 
@@ -140,6 +142,7 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<*mut Reques
         failed: false,
         fail_open: loc.fail_open(),
         held_body: Vec::new(),
+        replacement_body: None,
         finished: false,
     }));
     let cleanup = ngx_pool_cleanup_add((*r).pool, 0);
@@ -338,14 +341,10 @@ unsafe fn memory_chain(r: *mut ngx_http_request_t, data: &[u8], last: bool) -> O
     Some(link)
 }
 
-/// Sends the pending local response (status, headers, body); the response filters, ours
-/// included, see it like any other response.
-unsafe fn send_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t {
-    let Some(response) = ctx.exchange.borrow_mut().local_response.take() else {
-        return NGX_ERROR as ngx_int_t;
-    };
-    ctx.request_done = true;
-    let LocalResponse { status, body, headers: extra, .. } = response;
+/// Makes the pending local response the request's response status and headers (with its
+/// own Content-Length); returns its body. `None` when there is none or nginx is out of memory.
+unsafe fn apply_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
+    let LocalResponse { status, body, headers: extra, .. } = ctx.exchange.borrow_mut().local_response.take()?;
     let mut pairs = vec![(b":status".to_vec(), status.to_string().into_bytes())];
     pairs.extend(extra);
     if !pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"content-type")) && !body.is_empty() {
@@ -353,9 +352,17 @@ unsafe fn send_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) 
     }
     pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(b"content-length"));
     pairs.push((b"content-length".to_vec(), body.len().to_string().into_bytes()));
-    if headers::set_response_headers(r, &pairs).is_none() || pool_str((*r).pool, b"").is_none() {
+    headers::set_response_headers(r, &pairs)?;
+    Some(body)
+}
+
+/// Sends the pending local response (status, headers, body); the response filters, ours
+/// included, see it like any other response.
+unsafe fn send_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t {
+    ctx.request_done = true;
+    let Some(body) = apply_local_response(r, ctx) else {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    }
+    };
     if body.is_empty() || (*r).method == ngx::ffi::NGX_HTTP_HEAD as ngx_uint_t {
         (*r).set_header_only(1);
     }
@@ -381,14 +388,16 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
         let end_of_stream = (*r).header_only() != 0;
         match run_chain(r, ctx, true, |f| f.vm.borrow_mut().on_response_headers(f.stream, end_of_stream)) {
             Err(()) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
-            Ok(true) => {
-                // A local response once the response has begun: keep what we have.
-                ctx.exchange.borrow_mut().local_response = None;
-            }
+            // A local response instead of the upstream's: its headers now, its body in place
+            // of the original one (which the body filter swallows).
+            Ok(true) => match apply_local_response(r, ctx) {
+                Some(body) => ctx.replacement_body = Some(body),
+                None => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+            },
             Ok(false) => {}
         }
         // Filters may rewrite the body, so its length is only known at its end.
-        if !end_of_stream {
+        if !end_of_stream && ctx.replacement_body.is_none() {
             (*r).headers_out.content_length_n = -1;
             if let Some(length) = (*r).headers_out.content_length.as_mut() {
                 length.hash = 0;
@@ -416,6 +425,18 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
         };
         if ctx.failed || r != (*r).main || input.is_null() {
             return NGX_DECLINED as ngx_int_t;
+        }
+        if let Some(replacement) = &ctx.replacement_body {
+            if !consume(input) {
+                return NGX_OK as ngx_int_t;
+            }
+            return match memory_chain(r, replacement, true) {
+                Some(chain) => {
+                    output = chain;
+                    NGX_DECLINED as ngx_int_t
+                }
+                None => NGX_ERROR as ngx_int_t,
+            };
         }
         let mut chunk = std::mem::take(&mut ctx.held_body);
         if chain_bytes(input, &mut chunk).is_none() {

@@ -44,6 +44,21 @@ fn local_response_short_circuits_upstream() {
 }
 
 #[test]
+fn local_response_in_response_phase_replaces_the_upstream_response() {
+    let upstream = EchoUpstream::start();
+    let nginx = Nginx::start(
+        &wasm_block(&["headers"]),
+        &format!("location / {{ proxy_wasm headers; proxy_pass http://127.0.0.1:{}; }}", upstream.port),
+    );
+    let response = nginx.request("GET", "/", &[("x-deny-response", "1")], b"");
+    assert_eq!(response.status, 451);
+    assert_eq!(response.text(), "blocked late\n");
+    assert_eq!(response.header("x-denied-late"), Some("yes"));
+    assert_eq!(response.header("content-length"), Some("13"));
+    assert_eq!(nginx.get("/").status, 200, "the next request is untouched");
+}
+
+#[test]
 fn works_with_return_and_static_files() {
     let nginx = Nginx::start(
         &wasm_block(&["headers"]),

@@ -1,6 +1,6 @@
 //! Header maps: reads `:method`/`:path`, adds, replaces and removes request and response
 //! headers, copies the plugin configuration into a header, and answers 403 locally when the
-//! request carries `x-deny`.
+//! request carries `x-deny` (451 in place of the response when it carries `x-deny-response`).
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -28,7 +28,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Headers { config: self.config.clone(), path: String::new() }))
+        Some(Box::new(Headers { config: self.config.clone(), path: String::new(), deny_response: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -39,6 +39,7 @@ impl RootContext for Root {
 struct Headers {
     config: String,
     path: String,
+    deny_response: bool,
 }
 
 impl Context for Headers {}
@@ -48,6 +49,7 @@ impl HttpContext for Headers {
         let count = self.get_http_request_headers().len();
         let method = self.get_http_request_header(":method").unwrap_or_default();
         self.path = self.get_http_request_header(":path").unwrap_or_default();
+        self.deny_response = self.get_http_request_header("x-deny-response").is_some();
         log::info!("request {method} {}", self.path);
         if self.get_http_request_header("x-deny").is_some() {
             self.send_http_response(403, vec![("x-denied", "yes")], Some(b"denied\n"));
@@ -61,6 +63,10 @@ impl HttpContext for Headers {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if self.deny_response {
+            self.send_http_response(451, vec![("x-denied-late", "yes")], Some(b"blocked late\n"));
+            return Action::Pause;
+        }
         self.add_http_response_header("x-inwasm", "hello");
         self.set_http_response_header("server", Some("inwasm"));
         self.set_http_response_header("x-request-path", Some(&self.path));
