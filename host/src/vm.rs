@@ -104,6 +104,11 @@ impl Vm {
         &self.module
     }
 
+    /// The VM id plugins on this VM see as `plugin_vm_id` (and share data under).
+    pub fn module_vm_id(&self) -> &str {
+        &self.config.vm_id
+    }
+
     /// Creates a root context for `config` and runs `on_vm_start` and `on_configure`.
     /// `embedding` serves this root context (http calls, timers, queues, ...).
     pub fn add_plugin(&mut self, config: PluginConfig, embedding: Box<dyn Embedding>) -> Result<PluginId, FilterError> {

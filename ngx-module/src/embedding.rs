@@ -6,18 +6,23 @@
 //! request driver acts on them when the callback has returned.
 
 use std::cell::RefCell;
+use std::ptr;
 use std::rc::Rc;
+use std::time::Duration;
 
 use inwasm_host::*;
 use ngx::ffi::{
-    ngx_http_request_t, ngx_log_t, ngx_uint_t, NGX_LOG_CRIT, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+    ngx_event_t, ngx_http_request_t, ngx_log_t, ngx_post_event, ngx_posted_events, ngx_uint_t, NGX_LOG_CRIT,
+    NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 
 use crate::ffi::log_error;
-use crate::{headers, properties};
+use crate::root_link::RootLink;
+use crate::shared_data::{self, KvZone};
+use crate::wasm_block::WasmConf;
+use crate::{headers, http_call, properties};
 
 /// What a request's filters share with the request driver.
-#[derive(Default)]
 pub struct Exchange {
     /// The request body a filter sees (the whole body, read before `on_request_body`).
     pub request_body: Vec<u8>,
@@ -25,6 +30,33 @@ pub struct Exchange {
     /// The response body a filter sees: the bytes of the current call.
     pub response_body: Vec<u8>,
     pub local_response: Option<LocalResponse>,
+    /// A filter asked to resume the request (`proxy_continue_stream`).
+    pub resume_requested: bool,
+    /// The request's resume event, posted when a filter asks to resume.
+    resume_event: *mut ngx_event_t,
+}
+
+impl Exchange {
+    pub fn new(resume_event: *mut ngx_event_t) -> Exchange {
+        Exchange {
+            request_body: Vec::new(),
+            request_body_changed: false,
+            response_body: Vec::new(),
+            local_response: None,
+            resume_requested: false,
+            resume_event,
+        }
+    }
+
+    /// Records the request and has the event loop resume it (never from inside the guest).
+    fn request_resume(&mut self) {
+        self.resume_requested = true;
+        unsafe {
+            if (*self.resume_event).posted() == 0 {
+                ngx_post_event(self.resume_event, ptr::addr_of_mut!(ngx_posted_events));
+            }
+        }
+    }
 }
 
 pub type SharedExchange = Rc<RefCell<Exchange>>;
@@ -55,24 +87,26 @@ fn log_line(log: *mut ngx_log_t, filter: &str, level: LogLevel, message: &str) {
     log_error(nginx_level(level), log, &format!("[wasm] filter \"{filter}\": {message}"));
 }
 
-/// A plugin's root context.
+/// A plugin's root context: logging, http calls and its tick timer (through its link to the
+/// VM, once bound; unbound at configuration time, where calls and ticks have no event loop).
 pub struct RootEmbedding {
     filter: String,
-    log: *mut ngx_log_t,
+    vm_id: String,
+    link: Rc<RootLink>,
 }
 
 impl RootEmbedding {
-    pub fn new(filter: &str, log: *mut ngx_log_t) -> RootEmbedding {
-        RootEmbedding { filter: filter.to_string(), log }
+    pub fn new(filter: &str, vm_id: &str, link: &Rc<RootLink>) -> RootEmbedding {
+        RootEmbedding { filter: filter.to_string(), vm_id: vm_id.to_string(), link: link.clone() }
     }
 }
 
 impl Logging for RootEmbedding {
     fn log(&mut self, level: LogLevel, message: &str) {
-        log_line(self.log, &self.filter, level, message);
+        log_line(self.link.log(), &self.filter, level, message);
     }
     fn log_level(&self) -> LogLevel {
-        level_of(self.log)
+        level_of(self.link.log())
     }
 }
 
@@ -81,10 +115,41 @@ impl HeaderMaps for RootEmbedding {}
 impl Buffers for RootEmbedding {}
 impl Properties for RootEmbedding {}
 impl StreamControl for RootEmbedding {}
-impl HttpCalls for RootEmbedding {}
+impl HttpCalls for RootEmbedding {
+    fn http_call(&mut self, token: u32, request: HttpCallRequest) -> HostResult<()> {
+        if !self.link.is_bound() {
+            return Err(Status::InternalFailure);
+        }
+        http_call::start(&self.link, token, request);
+        Ok(())
+    }
+}
+
 impl GrpcCalls for RootEmbedding {}
-impl Timers for RootEmbedding {}
-impl SharedData for RootEmbedding {}
+
+impl Timers for RootEmbedding {
+    fn set_tick_period(&mut self, period: Duration) -> HostResult<()> {
+        self.link.set_tick_period(period);
+        Ok(())
+    }
+}
+/// At configuration time (unbound) shared data reads as empty and writes go nowhere: the
+/// zones are not mapped yet, and a dry run must not touch the live ones.
+impl SharedData for RootEmbedding {
+    fn get_shared_data(&mut self, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
+        if !self.link.is_bound() {
+            return Ok(None);
+        }
+        shared_data_get(&self.vm_id, key)
+    }
+
+    fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
+        if !self.link.is_bound() {
+            return Ok(());
+        }
+        shared_data_set(&self.vm_id, key, value, cas)
+    }
+}
 impl SharedQueues for RootEmbedding {}
 impl Metrics for RootEmbedding {}
 impl ForeignFunctions for RootEmbedding {}
@@ -94,12 +159,13 @@ impl Embedding for RootEmbedding {}
 pub struct StreamEmbedding {
     r: *mut ngx_http_request_t,
     filter: String,
+    vm_id: String,
     exchange: SharedExchange,
 }
 
 impl StreamEmbedding {
-    pub fn new(r: *mut ngx_http_request_t, filter: &str, exchange: &SharedExchange) -> StreamEmbedding {
-        StreamEmbedding { r, filter: filter.to_string(), exchange: exchange.clone() }
+    pub fn new(r: *mut ngx_http_request_t, filter: &str, vm_id: &str, exchange: &SharedExchange) -> StreamEmbedding {
+        StreamEmbedding { r, filter: filter.to_string(), vm_id: vm_id.to_string(), exchange: exchange.clone() }
     }
 
     fn request_log(&self) -> *mut ngx_log_t {
@@ -179,6 +245,15 @@ impl StreamControl for StreamEmbedding {
             return Err(Status::BadArgument);
         }
         exchange.local_response = Some(response);
+        // A request suspended by a pause is answered from the event loop.
+        exchange.request_resume();
+        Ok(())
+    }
+
+    fn continue_stream(&mut self, stream: StreamType) -> HostResult<()> {
+        if stream == StreamType::Request {
+            self.exchange.borrow_mut().request_resume();
+        }
         Ok(())
     }
 }
@@ -186,7 +261,28 @@ impl StreamControl for StreamEmbedding {
 impl HttpCalls for StreamEmbedding {}
 impl GrpcCalls for StreamEmbedding {}
 impl Timers for StreamEmbedding {}
-impl SharedData for StreamEmbedding {}
+impl SharedData for StreamEmbedding {
+    fn get_shared_data(&mut self, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
+        shared_data_get(&self.vm_id, key)
+    }
+
+    fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
+        shared_data_set(&self.vm_id, key, value, cas)
+    }
+}
+
+fn kv_zone(key: &[u8]) -> HostResult<&'static KvZone> {
+    let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or(Status::InternalFailure)?;
+    shared_data::zone_for(&conf.kv_zones, key).ok_or(Status::InternalFailure)
+}
+
+fn shared_data_get(vm_id: &str, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
+    kv_zone(key)?.get(&shared_data::namespaced(vm_id, key))
+}
+
+fn shared_data_set(vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
+    kv_zone(key)?.set(&shared_data::namespaced(vm_id, key), value, cas)
+}
 impl SharedQueues for StreamEmbedding {}
 impl Metrics for StreamEmbedding {}
 impl ForeignFunctions for StreamEmbedding {}

@@ -28,7 +28,7 @@ use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, M
 use ngx::ngx_string;
 
 use crate::wasm_block::{args, conf_error, FilterDecl, WasmConf};
-use crate::{request, validation};
+use crate::{request, response, validation};
 
 /// How instances are shared (Kong's `proxy_wasm_isolation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,10 +94,10 @@ impl HttpModule for Module {
             }
             *slot = handler;
         }
-        request::NEXT_HEADER_FILTER = ngx_http_top_header_filter;
-        ngx_http_top_header_filter = Some(request::header_filter as unsafe extern "C" fn(_) -> _);
-        request::NEXT_BODY_FILTER = ngx_http_top_body_filter;
-        ngx_http_top_body_filter = Some(request::body_filter as unsafe extern "C" fn(_, _) -> _);
+        response::NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+        ngx_http_top_header_filter = Some(response::header_filter as unsafe extern "C" fn(_) -> _);
+        response::NEXT_BODY_FILTER = ngx_http_top_body_filter;
+        ngx_http_top_body_filter = Some(response::body_filter as unsafe extern "C" fn(_, _) -> _);
         Status::NGX_OK.into()
     }
 }

@@ -4,12 +4,18 @@
 //! per-worker runtime) and `ngx_http_inwasm_module` (HTTP: `proxy_wasm` chains and the hooks
 //! that run them). Every entry point from nginx catches panics (`ffi::guard`).
 
+mod chains;
 mod embedding;
 mod ffi;
 mod headers;
+mod http_call;
 mod http_module;
+mod http_wire;
 mod properties;
 mod request;
+mod response;
+mod root_link;
+mod shared_data;
 mod validation;
 mod wasm_block;
 mod worker;

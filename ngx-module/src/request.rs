@@ -1,61 +1,71 @@
-//! Runs a location's filter chain over one request: request headers (rewrite phase), the
-//! request body (read in full before `on_request_body`), response headers (header filter),
-//! the response body (body filter, buffered while a filter pauses) and the end of the stream
-//! (log phase). Request callbacks run in chain order, response callbacks in reverse, as in
-//! Envoy. A failed filter answers 500 and its instance is rebuilt for the next request.
+//! A location's filter chain over one request, request side: the request's streams, the
+//! request headers (from the rewrite phase) and body, and the end of the stream (log phase).
+//!
+//! The request side advances through stages, filter by filter in chain order. A filter that
+//! pauses (`Action::Pause` without answering) suspends the request until it resumes it with
+//! `proxy_continue_stream` (typically from an http call's response); the rest of the chain
+//! then runs and nginx's phases go on. A failed filter answers 500 (or is skipped with
+//! fail-open) and its instance is rebuilt for the next request.
 
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::ptr;
 use std::rc::Rc;
 
-use inwasm_host::{Action, FilterError, LocalResponse, PluginId, StreamId};
+use inwasm_host::{Action, FilterError, PluginId, StreamId};
 use ngx::ffi::{
-    ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_core_run_phases, ngx_http_filter_finalize_request,
-    ngx_http_finalize_request, ngx_http_output_body_filter_pt, ngx_http_output_filter,
-    ngx_http_output_header_filter_pt, ngx_http_read_client_request_body, ngx_http_request_t, ngx_http_send_header,
-    ngx_int_t, ngx_pool_cleanup_add, ngx_read_file, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_OK,
+    ngx_delete_posted_event, ngx_event_t, ngx_http_core_run_phases, ngx_http_finalize_request,
+    ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_pool_cleanup_add, ngx_uint_t,
+    NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_OK,
 };
 use ngx::http::HttpModuleLocationConf;
 
-use crate::embedding::{Exchange, RootEmbedding, SharedExchange, StreamEmbedding};
-use crate::ffi::{guard_status, log_error};
-use crate::headers;
+use crate::chains::{replace_request_body, request_body};
+use crate::embedding::{Exchange, SharedExchange, StreamEmbedding};
+use crate::ffi::{guard, guard_status, log_error};
 use crate::http_module::{ngx_http_inwasm_module, Isolation, LocConf, Module};
+use crate::response::send_local_response;
 use crate::wasm_block::WasmConf;
-use crate::worker::{fresh_instance, record_failure, shared_instance, SharedVm};
+use crate::worker::{fresh_instance, record_failure, shared_instance, start_plugin, SharedVm};
 
-pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
-pub static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
-
-struct ActiveFilter {
-    vm: SharedVm,
-    stream: StreamId,
+pub struct ActiveFilter {
+    pub vm: SharedVm,
+    pub stream: StreamId,
     /// Failed with fail-open on: skipped for the rest of the request.
     skipped: bool,
 }
 
+/// How far the request side has come: the next filter to run in each stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Headers(usize),
+    Body(usize),
+    Done,
+}
+
 /// A request's state, kept in its module context (freed with the request pool).
-struct RequestCtx {
-    filters: Vec<ActiveFilter>,
-    exchange: SharedExchange,
-    /// Request headers and body have been through every filter.
-    request_done: bool,
+pub struct RequestCtx {
+    pub filters: Vec<ActiveFilter>,
+    pub exchange: SharedExchange,
+    stage: Stage,
+    /// Suspended by a pausing filter (holding one reference on the request).
+    suspended: bool,
+    /// Posted when a filter resumes the request.
+    resume: ngx_event_t,
     /// A filter failed: the rest of the chain is skipped.
-    failed: bool,
+    pub failed: bool,
     /// `proxy_wasm_fail_open`: a failed filter is skipped instead of failing the request.
     fail_open: bool,
     /// Response bytes held back while a filter pauses the response body.
-    held_body: Vec<u8>,
+    pub held_body: Vec<u8>,
     /// The body of a local response sent during the response headers, replacing the original.
-    replacement_body: Option<Vec<u8>>,
+    pub replacement_body: Option<Vec<u8>>,
     finished: bool,
 }
 
 impl RequestCtx {
     /// Ends every stream (`on_done`, `on_log`, `on_delete`) once.
-    fn finish(&mut self, log: *mut ngx::ffi::ngx_log_t) {
+    fn finish(&mut self, log: *mut ngx_log_t) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
@@ -67,14 +77,21 @@ impl RequestCtx {
     }
 }
 
-unsafe fn ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestCtx> {
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if self.resume.posted() != 0 {
+            unsafe { ngx_delete_posted_event(&mut self.resume) };
+        }
+    }
+}
+
+pub unsafe fn ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestCtx> {
     let slot = *(*r).ctx.add(ngx_http_inwasm_module.ctx_index);
     (slot as *mut RequestCtx).as_mut()
 }
 
 unsafe extern "C" fn drop_ctx(data: *mut c_void) {
-    let ctx = Box::from_raw(data as *mut RequestCtx);
-    drop(ctx);
+    drop(Box::from_raw(data as *mut RequestCtx));
 }
 
 /// Per-request instances of a request (isolation `stream`), by module index.
@@ -86,7 +103,7 @@ fn instance_for(
     filter: usize,
     isolation: Isolation,
     per_request: &mut RequestInstances,
-    log: *mut ngx::ffi::ngx_log_t,
+    log: *mut ngx_log_t,
 ) -> Result<(SharedVm, PluginId), String> {
     let decl = &conf.filters[filter];
     match isolation {
@@ -94,11 +111,7 @@ fn instance_for(
             shared_instance(filter).ok_or_else(|| format!("filter \"{}\" is not running", decl.plugin.name))
         }
         Isolation::Stream => match per_request.iter().find(|(module, _)| *module == decl.module) {
-            Some((_, vm)) => {
-                let embedding = Box::new(RootEmbedding::new(&decl.plugin.name, log));
-                let plugin = vm.borrow_mut().add_plugin(decl.plugin.clone(), embedding).map_err(|e| e.to_string())?;
-                Ok((vm.clone(), plugin))
-            }
+            Some((_, vm)) => Ok((vm.clone(), start_plugin(vm, decl, log)?)),
             None => {
                 let (vm, plugin) = fresh_instance(&conf.modules[decl.module], decl, log)?;
                 per_request.push((decl.module, vm.clone()));
@@ -109,36 +122,18 @@ fn instance_for(
     }
 }
 
-/// Creates the request's streams for the location's chain. A filter that cannot start fails
-/// the request, or is left out of it with fail-open.
-unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<*mut RequestCtx, String> {
+/// Creates the request's context and streams for the location's chain. A filter that cannot
+/// start fails the request, or is left out of it with fail-open.
+unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mut RequestCtx, String> {
     let chain = loc.chain.as_deref().unwrap_or_default();
     let conf = WasmConf::of_cycle(ngx::ffi::ngx_cycle).ok_or("no wasm configuration")?;
     let log = (*(*r).connection).log;
-    let exchange = Rc::new(RefCell::new(Exchange::default()));
-    let mut per_request = RequestInstances::new();
-    let mut filters = Vec::with_capacity(chain.len());
-    for &index in chain {
-        let name = &conf.filters[index].plugin.name;
-        let opened = instance_for(conf, index, loc.isolation.unwrap_or(Isolation::None), &mut per_request, log)
-            .and_then(|(vm, plugin)| {
-                let embedding = Box::new(StreamEmbedding::new(r, name, &exchange));
-                let stream = vm.borrow_mut().new_stream(plugin, embedding).map_err(|e| e.to_string())?;
-                vm.borrow_mut().set_stream_timeout(stream, Some(loc.timeout()));
-                Ok(ActiveFilter { vm, stream, skipped: false })
-            });
-        match opened {
-            Ok(filter) => filters.push(filter),
-            Err(message) if loc.fail_open() => {
-                log_error(NGX_LOG_ERR as ngx_uint_t, log, &format!("inwasm: {message}; skipped (fail-open)"));
-            }
-            Err(message) => return Err(message),
-        }
-    }
     let ctx = Box::into_raw(Box::new(RequestCtx {
-        filters,
-        exchange,
-        request_done: false,
+        filters: Vec::with_capacity(chain.len()),
+        exchange: Rc::new(RefCell::new(Exchange::new(ptr::null_mut()))),
+        stage: Stage::Headers(0),
+        suspended: false,
+        resume: std::mem::zeroed(),
         failed: false,
         fail_open: loc.fail_open(),
         held_body: Vec::new(),
@@ -153,6 +148,31 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<*mut Reques
     (*cleanup).handler = Some(drop_ctx);
     (*cleanup).data = ctx as *mut c_void;
     *(*r).ctx.add(ngx_http_inwasm_module.ctx_index) = ctx as *mut c_void;
+    let ctx = &mut *ctx;
+    ctx.resume.handler = Some(resume);
+    ctx.resume.data = r as *mut c_void;
+    ctx.resume.log = log;
+    ctx.exchange = Rc::new(RefCell::new(Exchange::new(&mut ctx.resume)));
+
+    let mut per_request = RequestInstances::new();
+    for &index in chain {
+        let name = &conf.filters[index].plugin.name;
+        let vm_id = &conf.modules[conf.filters[index].module].vm_config.vm_id;
+        let opened = instance_for(conf, index, loc.isolation.unwrap_or(Isolation::None), &mut per_request, log)
+            .and_then(|(vm, plugin)| {
+                let embedding = Box::new(StreamEmbedding::new(r, name, vm_id, &ctx.exchange));
+                let stream = vm.borrow_mut().new_stream(plugin, embedding).map_err(|e| e.to_string())?;
+                vm.borrow_mut().set_stream_timeout(stream, Some(loc.timeout()));
+                Ok(ActiveFilter { vm, stream, skipped: false })
+            });
+        match opened {
+            Ok(filter) => ctx.filters.push(filter),
+            Err(message) if loc.fail_open() => {
+                log_error(NGX_LOG_ERR as ngx_uint_t, log, &format!("inwasm: {message}; skipped (fail-open)"));
+            }
+            Err(message) => return Err(message),
+        }
+    }
     Ok(ctx)
 }
 
@@ -164,40 +184,104 @@ fn report(r: *mut ngx_http_request_t, error: &FilterError, fail_open: bool) {
     unsafe { log_error(NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, &message) };
 }
 
-/// Runs `call` on each filter (in order, or reversed for response callbacks) until one fails
-/// or answers locally. `Ok(true)` when a local response is pending. With fail-open, a filter
-/// that fails is skipped from then on and the chain goes on.
-fn run_chain(
+/// What one filter callback led to.
+pub enum Step {
+    Continue,
+    /// The filter paused without answering.
+    Paused,
+    /// The filter answered with a local response.
+    Responded,
+    /// The filter failed (and fail-open is off).
+    Failed,
+}
+
+/// Calls one filter; on failure reports it and, with fail-open, skips the filter from then on.
+pub fn step(
     r: *mut ngx_http_request_t,
     ctx: &mut RequestCtx,
-    reverse: bool,
-    mut call: impl FnMut(&ActiveFilter) -> Result<Action, FilterError>,
-) -> Result<bool, ()> {
-    let order: Vec<usize> =
-        if reverse { (0..ctx.filters.len()).rev().collect() } else { (0..ctx.filters.len()).collect() };
-    for index in order {
-        if ctx.filters[index].skipped {
-            continue;
-        }
-        match call(&ctx.filters[index]) {
-            Ok(_) if ctx.exchange.borrow().local_response.is_some() => return Ok(true),
-            Ok(_) => {}
-            Err(error) => {
-                report(r, &error, ctx.fail_open);
-                if ctx.fail_open {
-                    ctx.filters[index].skipped = true;
-                    continue;
-                }
-                ctx.failed = true;
-                return Err(());
+    index: usize,
+    call: impl FnOnce(&ActiveFilter) -> Result<Action, FilterError>,
+) -> Step {
+    if ctx.filters[index].skipped {
+        return Step::Continue;
+    }
+    match call(&ctx.filters[index]) {
+        Ok(_) if ctx.exchange.borrow().local_response.is_some() => Step::Responded,
+        Ok(Action::Pause) => Step::Paused,
+        Ok(Action::Continue) => Step::Continue,
+        Err(error) => {
+            report(r, &error, ctx.fail_open);
+            if ctx.fail_open {
+                ctx.filters[index].skipped = true;
+                return Step::Continue;
             }
+            ctx.failed = true;
+            Step::Failed
         }
     }
-    Ok(false)
 }
 
 fn has_body(r: &ngx_http_request_t) -> bool {
     r.headers_in.content_length_n > 0 || r.headers_in.chunked() != 0
+}
+
+/// Runs the request side from where it stands until it is done (`NGX_DECLINED`: nginx's
+/// phases go on), waits (`NGX_DONE`: suspended, or reading the body), or ends the request
+/// (an HTTP status, or the result of sending a local response).
+unsafe fn advance(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t {
+    loop {
+        // Answered while suspended (e.g. from an http call's response).
+        if ctx.exchange.borrow().local_response.is_some() {
+            ctx.stage = Stage::Done;
+            return send_local_response(r, ctx);
+        }
+        let result = match ctx.stage {
+            Stage::Headers(index) if index < ctx.filters.len() => {
+                let end_of_stream = !has_body(&*r);
+                ctx.stage = Stage::Headers(index + 1);
+                step(r, ctx, index, |f| f.vm.borrow_mut().on_request_headers(f.stream, end_of_stream))
+            }
+            Stage::Headers(_) if has_body(&*r) => {
+                ctx.stage = Stage::Body(0);
+                let rc = ngx_http_read_client_request_body(r, Some(request_body_read));
+                if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+                    return rc;
+                }
+                // Reading holds its own reference on the request until `request_body_read`.
+                ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+                return NGX_DONE as ngx_int_t;
+            }
+            Stage::Headers(_) => {
+                ctx.stage = Stage::Done;
+                continue;
+            }
+            Stage::Body(index) if index < ctx.filters.len() => {
+                let size = ctx.exchange.borrow().request_body.len();
+                ctx.stage = Stage::Body(index + 1);
+                step(r, ctx, index, |f| f.vm.borrow_mut().on_request_body(f.stream, size, true))
+            }
+            Stage::Body(_) => {
+                ctx.stage = Stage::Done;
+                let exchange = ctx.exchange.borrow();
+                if exchange.request_body_changed && replace_request_body(r, &exchange.request_body).is_none() {
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                }
+                continue;
+            }
+            Stage::Done => return NGX_DECLINED as ngx_int_t,
+        };
+        match result {
+            Step::Continue => {}
+            Step::Failed => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+            Step::Responded => continue,
+            Step::Paused if std::mem::take(&mut ctx.exchange.borrow_mut().resume_requested) => {}
+            Step::Paused => {
+                ctx.suspended = true;
+                (*(*r).main).set_count((*(*r).main).count() + 1);
+                return NGX_DONE as ngx_int_t;
+            }
+        }
+    }
 }
 
 pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -211,281 +295,58 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
         if loc.chain.as_ref().is_none_or(|c| c.is_empty()) {
             return NGX_DECLINED as ngx_int_t;
         }
-        if let Some(ctx) = ctx(r) {
-            return if ctx.failed { NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t } else { NGX_DECLINED as ngx_int_t };
-        }
-        let ctx = match start(r, loc) {
-            Ok(ctx) => &mut *ctx,
-            Err(message) => {
-                log_error(NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, &format!("inwasm: {message}"));
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-            }
+        let ctx = match ctx(r) {
+            Some(ctx) if ctx.failed => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+            Some(ctx) => ctx,
+            None => match start(r, loc) {
+                Ok(ctx) => ctx,
+                Err(message) => {
+                    log_error(NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, &format!("inwasm: {message}"));
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                }
+            },
         };
-        let end_of_stream = !has_body(&*r);
-        match run_chain(r, ctx, false, |f| f.vm.borrow_mut().on_request_headers(f.stream, end_of_stream)) {
-            Err(()) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
-            Ok(true) => return send_local_response(r, ctx),
-            Ok(false) => {}
+        if ctx.suspended {
+            return NGX_DONE as ngx_int_t;
         }
-        if end_of_stream {
-            ctx.request_done = true;
-            return NGX_DECLINED as ngx_int_t;
-        }
-        let rc = ngx_http_read_client_request_body(r, Some(request_body_read));
-        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
-            return rc;
-        }
-        ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
-        NGX_DONE as ngx_int_t
+        advance(r, ctx)
     })
 }
 
-/// Called once the whole request body is in: runs `on_request_body`, then resumes the phases.
-unsafe extern "C" fn request_body_read(r: *mut ngx_http_request_t) {
-    let log = (*(*r).connection).log;
-    let rc = guard_status(log, || {
-        let Some(ctx) = ctx(r) else {
-            return NGX_ERROR as ngx_int_t;
-        };
-        let Some(body) = read_request_body(r) else {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        };
-        let size = body.len();
-        ctx.exchange.borrow_mut().request_body = body;
-        match run_chain(r, ctx, false, |f| f.vm.borrow_mut().on_request_body(f.stream, size, true)) {
-            Err(()) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
-            Ok(true) => return send_local_response(r, ctx),
-            Ok(false) => {}
-        }
-        if ctx.exchange.borrow().request_body_changed
-            && replace_request_body(r, &ctx.exchange.borrow().request_body).is_none()
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        }
-        ctx.request_done = true;
-        NGX_DECLINED as ngx_int_t
-    });
+/// Goes on after waiting (a body read, a resume): runs the rest of the request side, then
+/// nginx's phases, or ends the request.
+unsafe fn go_on(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) {
+    let rc = guard_status((*(*r).connection).log, || advance(r, ctx));
     if rc == NGX_DECLINED as ngx_int_t {
-        (*r).set_preserve_body(1);
         (*r).write_event_handler = Some(ngx_http_core_run_phases);
         ngx_http_core_run_phases(r);
-    } else {
+    } else if rc != NGX_DONE as ngx_int_t {
         ngx_http_finalize_request(r, rc);
     }
 }
 
-/// The buffered request body, from memory or nginx's temporary file.
-unsafe fn read_request_body(r: *mut ngx_http_request_t) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    let Some(request_body) = (*r).request_body.as_ref() else {
-        return Some(body);
-    };
-    chain_bytes(request_body.bufs, &mut body)?;
-    Some(body)
+/// Called once the whole request body is in.
+unsafe extern "C" fn request_body_read(r: *mut ngx_http_request_t) {
+    let Some(ctx) = ctx(r) else { return ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t) };
+    match guard((*(*r).connection).log, None, || request_body(r)) {
+        Some(body) => ctx.exchange.borrow_mut().request_body = body,
+        None => return ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t),
+    }
+    (*r).set_preserve_body(1);
+    go_on(r, ctx);
 }
 
-/// Appends a chain's bytes (in memory or in a file) to `out`.
-unsafe fn chain_bytes(mut chain: *mut ngx_chain_t, out: &mut Vec<u8>) -> Option<()> {
-    while let Some(link) = chain.as_ref() {
-        let b = &*link.buf;
-        if b.in_file() != 0 && b.in_file() != 0 && !b.file.is_null() && b.pos.is_null() {
-            let len = (b.file_last - b.file_pos) as usize;
-            let start = out.len();
-            out.resize(start + len, 0);
-            let read = ngx_read_file(b.file, out[start..].as_mut_ptr(), len, b.file_pos);
-            if read != len as isize {
-                return None;
-            }
-        } else if !b.pos.is_null() {
-            out.extend_from_slice(std::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize));
-        }
-        chain = link.next;
+/// The resume event: a filter asked to continue a suspended request.
+unsafe extern "C" fn resume(event: *mut ngx_event_t) {
+    let r = (*event).data as *mut ngx_http_request_t;
+    let Some(ctx) = ctx(r) else { return };
+    ctx.exchange.borrow_mut().resume_requested = false;
+    if !std::mem::take(&mut ctx.suspended) {
+        return;
     }
-    Some(())
-}
-
-/// Makes `body` the request body upstream modules send, with a matching Content-Length.
-unsafe fn replace_request_body(r: *mut ngx_http_request_t, body: &[u8]) -> Option<()> {
-    let chain = memory_chain(r, body, false)?;
-    let request_body = (*r).request_body.as_mut()?;
-    request_body.bufs = chain;
-    request_body.temp_file = ptr::null_mut();
-    let mut pairs = headers::request_headers(r);
-    pairs.retain(|(k, _)| k != b"content-length" && k != b"transfer-encoding");
-    pairs.push((b"content-length".to_vec(), body.len().to_string().into_bytes()));
-    headers::set_request_headers(r, &pairs)?;
-    (*r).headers_in.set_chunked(0);
-    Some(())
-}
-
-/// A one-buffer chain holding a copy of `data` (or an empty buffer marking the end).
-unsafe fn memory_chain(r: *mut ngx_http_request_t, data: &[u8], last: bool) -> Option<*mut ngx_chain_t> {
-    let pool = (*r).pool;
-    let b: *mut ngx_buf_t = ngx_create_temp_buf(pool, data.len().max(1));
-    let link = ngx::ffi::ngx_alloc_chain_link(pool);
-    if b.is_null() || link.is_null() {
-        return None;
-    }
-    ptr::copy_nonoverlapping(data.as_ptr(), (*b).last, data.len());
-    (*b).last = (*b).last.add(data.len());
-    if data.is_empty() {
-        (*b).set_temporary(0);
-        (*b).set_sync(1);
-    }
-    if last {
-        (*b).set_last_buf(1);
-        (*b).set_last_in_chain(1);
-    }
-    (*link).buf = b;
-    (*link).next = ptr::null_mut();
-    Some(link)
-}
-
-/// Makes the pending local response the request's response status and headers (with its
-/// own Content-Length); returns its body. `None` when there is none or nginx is out of memory.
-unsafe fn apply_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
-    let LocalResponse { status, body, headers: extra, .. } = ctx.exchange.borrow_mut().local_response.take()?;
-    let mut pairs = vec![(b":status".to_vec(), status.to_string().into_bytes())];
-    pairs.extend(extra);
-    if !pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"content-type")) && !body.is_empty() {
-        pairs.push((b"content-type".to_vec(), b"text/plain".to_vec()));
-    }
-    pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(b"content-length"));
-    pairs.push((b"content-length".to_vec(), body.len().to_string().into_bytes()));
-    headers::set_response_headers(r, &pairs)?;
-    Some(body)
-}
-
-/// Sends the pending local response (status, headers, body); the response filters, ours
-/// included, see it like any other response.
-unsafe fn send_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t {
-    ctx.request_done = true;
-    let Some(body) = apply_local_response(r, ctx) else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    };
-    if body.is_empty() || (*r).method == ngx::ffi::NGX_HTTP_HEAD as ngx_uint_t {
-        (*r).set_header_only(1);
-    }
-    let rc = ngx_http_send_header(r);
-    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
-        return rc;
-    }
-    match memory_chain(r, &body, true) {
-        Some(chain) => ngx_http_output_filter(r, chain),
-        None => NGX_ERROR as ngx_int_t,
-    }
-}
-
-pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
-    let next = NEXT_HEADER_FILTER.expect("next header filter");
-    let rc = guard_status((*(*r).connection).log, || {
-        let Some(ctx) = ctx(r) else {
-            return NGX_DECLINED as ngx_int_t;
-        };
-        if ctx.failed || r != (*r).main {
-            return NGX_DECLINED as ngx_int_t;
-        }
-        let end_of_stream = (*r).header_only() != 0;
-        match run_chain(r, ctx, true, |f| f.vm.borrow_mut().on_response_headers(f.stream, end_of_stream)) {
-            Err(()) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
-            // A local response instead of the upstream's: its headers now, its body in place
-            // of the original one (which the body filter swallows).
-            Ok(true) => match apply_local_response(r, ctx) {
-                Some(body) => ctx.replacement_body = Some(body),
-                None => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
-            },
-            Ok(false) => {}
-        }
-        // Filters may rewrite the body, so its length is only known at its end.
-        if !end_of_stream && ctx.replacement_body.is_none() {
-            (*r).headers_out.content_length_n = -1;
-            if let Some(length) = (*r).headers_out.content_length.as_mut() {
-                length.hash = 0;
-            }
-            (*r).headers_out.content_length = ptr::null_mut();
-        }
-        NGX_DECLINED as ngx_int_t
-    });
-    match rc {
-        rc if rc == NGX_DECLINED as ngx_int_t => next(r),
-        rc if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t => {
-            ngx_http_filter_finalize_request(r, ptr::addr_of_mut!(ngx_http_inwasm_module), rc)
-        }
-        rc => rc,
-    }
-}
-
-pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx_chain_t) -> ngx_int_t {
-    let next = NEXT_BODY_FILTER.expect("next body filter");
-    let log = (*(*r).connection).log;
-    let mut output = input;
-    let rc = guard_status(log, || {
-        let Some(ctx) = ctx(r) else {
-            return NGX_DECLINED as ngx_int_t;
-        };
-        if ctx.failed || r != (*r).main || input.is_null() {
-            return NGX_DECLINED as ngx_int_t;
-        }
-        if let Some(replacement) = &ctx.replacement_body {
-            if !consume(input) {
-                return NGX_OK as ngx_int_t;
-            }
-            return match memory_chain(r, replacement, true) {
-                Some(chain) => {
-                    output = chain;
-                    NGX_DECLINED as ngx_int_t
-                }
-                None => NGX_ERROR as ngx_int_t,
-            };
-        }
-        let mut chunk = std::mem::take(&mut ctx.held_body);
-        if chain_bytes(input, &mut chunk).is_none() {
-            return NGX_ERROR as ngx_int_t;
-        }
-        let end_of_stream = consume(input);
-        ctx.exchange.borrow_mut().response_body = chunk;
-        let mut paused = false;
-        let size = ctx.exchange.borrow().response_body.len();
-        let result = run_chain(r, ctx, true, |f| {
-            let action = f.vm.borrow_mut().on_response_body(f.stream, size, end_of_stream)?;
-            paused |= action == Action::Pause;
-            Ok(action)
-        });
-        if result.is_err() {
-            // Headers are gone: all that is left is to cut the response short.
-            return NGX_ERROR as ngx_int_t;
-        }
-        let body = std::mem::take(&mut ctx.exchange.borrow_mut().response_body);
-        if paused && !end_of_stream {
-            ctx.held_body = body;
-            return NGX_OK as ngx_int_t;
-        }
-        match memory_chain(r, &body, end_of_stream) {
-            Some(chain) => {
-                output = chain;
-                NGX_DECLINED as ngx_int_t
-            }
-            None => NGX_ERROR as ngx_int_t,
-        }
-    });
-    if rc == NGX_DECLINED as ngx_int_t {
-        next(r, output)
-    } else {
-        rc
-    }
-}
-
-/// Marks a chain's buffers as sent (their bytes were copied) and tells whether it ends the body.
-unsafe fn consume(mut chain: *mut ngx_chain_t) -> bool {
-    let mut last = false;
-    while let Some(link) = chain.as_ref() {
-        let b = &mut *link.buf;
-        last |= b.last_buf() != 0 || b.last_in_chain() != 0;
-        b.pos = b.last;
-        b.file_pos = b.file_last;
-        chain = link.next;
-    }
-    last
+    go_on(r, ctx);
+    // Drop the reference taken when the request was suspended.
+    ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
 }
 
 pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {

@@ -7,6 +7,7 @@
 //!     memory_limit SIZE;                      # default cap of each instance's linear memory
 //!     module_memory_limit NAME SIZE;          # that module's own cap
 //!     module_env NAME VAR[=VALUE] ...;        # environment the module sees (default: none)
+//!     shm_kv NAME|* SIZE [eviction=lru|none]; # shared data zone (default: `*`, 1m, lru)
 //! }
 //! ```
 
@@ -25,6 +26,7 @@ use ngx::ffi::{
 use ngx::ngx_string;
 
 use crate::ffi::bytes;
+use crate::shared_data::{KvZone, DEFAULT_ZONE_SIZE};
 use crate::worker;
 
 /// A module declared with `module NAME PATH`.
@@ -48,6 +50,9 @@ pub struct FilterDecl {
 pub struct WasmConf {
     pub modules: Vec<ModuleDecl>,
     pub filters: Vec<FilterDecl>,
+    /// Boxed: nginx's shared memory zones point at them.
+    #[allow(clippy::vec_box)]
+    pub kv_zones: Vec<Box<KvZone>>,
     memory_limit: Option<usize>,
 }
 
@@ -131,6 +136,12 @@ extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *m
         let conf = &mut *(conf as *mut WasmConf);
         let default = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
         conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = m.memory_limit.unwrap_or(default));
+        if !conf.kv_zones.iter().any(|z| z.name == "*") {
+            match KvZone::declare(cf, "*", DEFAULT_ZONE_SIZE, true) {
+                Ok(zone) => conf.kv_zones.push(zone),
+                Err(message) => return conf_error(cf, &message),
+            }
+        }
         result
     }
 }
@@ -165,7 +176,8 @@ unsafe extern "C" fn block_directive(
             }
             Ok(())
         }),
-        (b"module" | b"memory_limit" | b"module_memory_limit" | b"module_env", _) => {
+        (b"shm_kv", 3 | 4) => declare_kv_zone(cf, conf, &args),
+        (b"module" | b"memory_limit" | b"module_memory_limit" | b"module_env" | b"shm_kv", _) => {
             Err(format!("invalid number of arguments in \"{}\" directive", text(args[0])))
         }
         (other, _) => Err(format!("unknown directive \"{}\" in wasm block", text(other))),
@@ -227,4 +239,22 @@ fn environment_entry(entry: &[u8]) -> Result<(String, String), String> {
         Some((name, value)) => (name.to_string(), value.to_string()),
         None => (entry.to_string(), std::env::var(entry).unwrap_or_default()),
     })
+}
+
+unsafe fn declare_kv_zone(cf: *mut ngx_conf_t, conf: &mut WasmConf, args: &[&[u8]]) -> Result<(), String> {
+    let name = String::from_utf8_lossy(args[1]).into_owned();
+    let size =
+        parse_size(args[2]).ok_or_else(|| format!("invalid shm_kv size \"{}\"", String::from_utf8_lossy(args[2])))?;
+    let evict = match args.get(3).copied() {
+        None | Some(b"eviction=lru") => true,
+        Some(b"eviction=none") => false,
+        Some(other) => {
+            return Err(format!(
+                "invalid shm_kv option \"{}\": use eviction=lru or eviction=none",
+                String::from_utf8_lossy(other)
+            ))
+        }
+    };
+    conf.kv_zones.push(KvZone::declare(cf, &name, size, evict)?);
+    Ok(())
 }

@@ -13,6 +13,7 @@ use ngx::ffi::{ngx_cycle_t, ngx_int_t, ngx_log_t, NGX_LOG_ERR, NGX_OK};
 
 use crate::embedding::RootEmbedding;
 use crate::ffi::{guard_status, log_error};
+use crate::root_link::RootLink;
 use crate::wasm_block::{engine, FilterDecl, ModuleDecl, WasmConf};
 
 /// How often the epoch advances, i.e. the precision of deadlines.
@@ -105,20 +106,30 @@ fn start_shared_vm(
     plugins: &mut [Option<PluginId>],
     log: *mut ngx_log_t,
 ) -> Option<SharedVm> {
-    let mut vm = match Vm::new(decl.module.clone(), decl.vm_config.clone()) {
-        Ok(vm) => vm,
+    let vm = match Vm::new(decl.module.clone(), decl.vm_config.clone()) {
+        Ok(vm) => Rc::new(RefCell::new(vm)),
         Err(error) => {
             log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: {error}"));
             return None;
         }
     };
     for (filter_index, filter) in filters.iter().enumerate().filter(|(_, f)| f.module == index) {
-        match vm.add_plugin(filter.plugin.clone(), Box::new(RootEmbedding::new(&filter.plugin.name, log))) {
+        match start_plugin(&vm, filter, log) {
             Ok(plugin) => plugins[filter_index] = Some(plugin),
             Err(error) => log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: {error}")),
         }
     }
-    Some(Rc::new(RefCell::new(vm)))
+    Some(vm)
+}
+
+/// Starts `filter` as a plugin on `vm`, with its root linked to the VM for events.
+pub fn start_plugin(vm: &SharedVm, filter: &FilterDecl, log: *mut ngx_log_t) -> Result<PluginId, String> {
+    let link = RootLink::new(log);
+    let vm_id = vm.borrow().module_vm_id().to_string();
+    let root = Box::new(RootEmbedding::new(&filter.plugin.name, &vm_id, &link));
+    let plugin = vm.borrow_mut().add_plugin(filter.plugin.clone(), root).map_err(|e| e.to_string())?;
+    link.bind(vm, plugin);
+    Ok(plugin)
 }
 
 /// The shared VM and plugin of a filter, if it started in this worker.
@@ -138,9 +149,7 @@ pub fn fresh_instance(
     filter: &FilterDecl,
     log: *mut ngx_log_t,
 ) -> Result<(SharedVm, PluginId), String> {
-    let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?;
-    let plugin = vm
-        .add_plugin(filter.plugin.clone(), Box::new(RootEmbedding::new(&filter.plugin.name, log)))
-        .map_err(|e| e.to_string())?;
-    Ok((Rc::new(RefCell::new(vm)), plugin))
+    let vm = Rc::new(RefCell::new(Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?));
+    let plugin = start_plugin(&vm, filter, log)?;
+    Ok((vm, plugin))
 }

@@ -141,7 +141,7 @@ fn two_workers(isolation: &str) -> Nginx {
 #[test]
 fn per_request_isolation_keeps_concurrent_traffic_whole() {
     let nginx = two_workers("stream");
-    let workers = nginx.worker_pids();
+    let workers = nginx.started_workers(2);
     assert_eq!(storm(nginx.port), (200, 24), "{}", nginx.error_log());
     assert!(!nginx.error_log().contains("exited on signal"));
     assert_eq!(nginx.worker_pids(), workers, "no worker was replaced");
@@ -154,7 +154,7 @@ fn per_request_isolation_keeps_concurrent_traffic_whole() {
 #[test]
 fn shared_instance_failure_spares_the_worker() {
     let nginx = two_workers("none");
-    let workers = nginx.worker_pids();
+    let workers = nginx.started_workers(2);
     let (served, failed_as_expected) = storm(nginx.port);
     println!("isolation none: {served}/200 concurrent normal requests served during 24 failures");
     assert_eq!(failed_as_expected, 24);

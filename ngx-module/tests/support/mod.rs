@@ -185,6 +185,12 @@ impl Nginx {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    /// The worker pids once `count` workers have started (from the error log).
+    pub fn started_workers(&self, count: usize) -> Vec<u32> {
+        assert_eq!(self.wait_log("start worker process ", count), count, "{}", self.error_log());
+        self.worker_pids()
+    }
+
     /// The worker pids, from the error log's "start worker process N" lines.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.error_log().lines().filter_map(|l| l.split("start worker process ").nth(1)?.trim().parse().ok()).collect()

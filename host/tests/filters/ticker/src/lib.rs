@@ -1,6 +1,6 @@
 //! Root-context timer: the plugin configuration is the tick period in ms (default 10).
-//! Each tick stores the tick count (decimal) in shared data `ticks`; the third tick stops
-//! the timer with a period of 0. Creates no HTTP context.
+//! Each tick logs `tick N` and stores the count (decimal) in shared data `ticks`; the third
+//! tick stops the timer with a period of 0. Creates no HTTP context.
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, RootContext};
@@ -28,7 +28,10 @@ impl RootContext for Ticker {
 
     fn on_tick(&mut self) {
         self.ticks += 1;
-        self.set_shared_data("ticks", Some(self.ticks.to_string().as_bytes()), None).unwrap();
+        log::info!("tick {}", self.ticks);
+        if let Err(status) = self.set_shared_data("ticks", Some(self.ticks.to_string().as_bytes()), None) {
+            log::warn!("shared data unavailable: {status:?}");
+        }
         if self.ticks == 3 {
             self.set_tick_period(Duration::ZERO);
         }

@@ -1,0 +1,87 @@
+//! nginx buffer chains as bytes: reading a chain (memory or file buffers), building a
+//! one-buffer chain, marking input as consumed, and swapping in a new request body.
+
+use std::ptr;
+
+use ngx::ffi::{ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_request_t, ngx_read_file};
+
+use crate::headers;
+
+/// Appends a chain's bytes (in memory or in a file) to `out`.
+pub unsafe fn chain_bytes(mut chain: *mut ngx_chain_t, out: &mut Vec<u8>) -> Option<()> {
+    while let Some(link) = chain.as_ref() {
+        let b = &*link.buf;
+        if b.in_file() != 0 && !b.file.is_null() && b.pos.is_null() {
+            let len = (b.file_last - b.file_pos) as usize;
+            let start = out.len();
+            out.resize(start + len, 0);
+            let read = ngx_read_file(b.file, out[start..].as_mut_ptr(), len, b.file_pos);
+            if read != len as isize {
+                return None;
+            }
+        } else if !b.pos.is_null() {
+            out.extend_from_slice(std::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize));
+        }
+        chain = link.next;
+    }
+    Some(())
+}
+
+/// A one-buffer chain holding a copy of `data` (or an empty buffer marking the end).
+pub unsafe fn memory_chain(r: *mut ngx_http_request_t, data: &[u8], last: bool) -> Option<*mut ngx_chain_t> {
+    let pool = (*r).pool;
+    let b: *mut ngx_buf_t = ngx_create_temp_buf(pool, data.len().max(1));
+    let link = ngx_alloc_chain_link(pool);
+    if b.is_null() || link.is_null() {
+        return None;
+    }
+    ptr::copy_nonoverlapping(data.as_ptr(), (*b).last, data.len());
+    (*b).last = (*b).last.add(data.len());
+    if data.is_empty() {
+        (*b).set_temporary(0);
+        (*b).set_sync(1);
+    }
+    if last {
+        (*b).set_last_buf(1);
+        (*b).set_last_in_chain(1);
+    }
+    (*link).buf = b;
+    (*link).next = ptr::null_mut();
+    Some(link)
+}
+
+/// Marks a chain's buffers as sent (their bytes were copied) and tells whether it ends the body.
+pub unsafe fn consume(mut chain: *mut ngx_chain_t) -> bool {
+    let mut last = false;
+    while let Some(link) = chain.as_ref() {
+        let b = &mut *link.buf;
+        last |= b.last_buf() != 0 || b.last_in_chain() != 0;
+        b.pos = b.last;
+        b.file_pos = b.file_last;
+        chain = link.next;
+    }
+    last
+}
+
+/// The whole request body nginx has read (memory or its temporary file).
+pub unsafe fn request_body(r: *mut ngx_http_request_t) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    if let Some(request_body) = (*r).request_body.as_ref() {
+        chain_bytes(request_body.bufs, &mut body)?;
+    }
+    Some(body)
+}
+
+/// Makes `body` the request body upstream modules send, with a matching Content-Length.
+pub unsafe fn replace_request_body(r: *mut ngx_http_request_t, body: &[u8]) -> Option<()> {
+    let chain = memory_chain(r, body, false)?;
+    let request_body = (*r).request_body.as_mut()?;
+    request_body.bufs = chain;
+    request_body.temp_file = ptr::null_mut();
+    let mut pairs = headers::request_headers(r);
+    pairs.retain(|(k, _)| k != b"content-length" && k != b"transfer-encoding");
+    pairs.push((b"content-length".to_vec(), body.len().to_string().into_bytes()));
+    headers::set_request_headers(r, &pairs)?;
+    (*r).headers_in.set_chunked(0);
+    Some(())
+}

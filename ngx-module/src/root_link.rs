@@ -1,0 +1,113 @@
+//! How nginx events reach a plugin's root context: a link from the root's embedding to its
+//! VM, used to deliver http call responses and ticks from the event loop (never from inside a
+//! guest call), and the root's tick timer.
+
+use std::cell::{Cell, RefCell};
+use std::ptr;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use inwasm_host::{FilterError, PluginId, Vm};
+use ngx::ffi::{ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_log_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ERR};
+
+use crate::ffi::{guard, log_error};
+use crate::worker::{record_failure, SharedVm};
+
+pub struct RootLink {
+    target: RefCell<Option<(Weak<RefCell<Vm>>, PluginId)>>,
+    log: *mut ngx_log_t,
+    tick: RefCell<Option<Box<Tick>>>,
+    /// A period set before the link was bound (in `on_configure`), armed when it is.
+    /// Links are bound only in workers: there is no event loop at configuration time.
+    pending_period: Cell<Option<Duration>>,
+}
+
+/// The root's `on_tick` timer: an nginx timer re-armed after each tick.
+struct Tick {
+    event: ngx_event_t,
+    period: ngx_msec_t,
+    link: Weak<RootLink>,
+}
+
+impl Drop for Tick {
+    fn drop(&mut self) {
+        if self.event.timer_set() != 0 {
+            unsafe { ngx_del_timer(&mut self.event) };
+        }
+    }
+}
+
+impl RootLink {
+    pub fn new(log: *mut ngx_log_t) -> Rc<RootLink> {
+        Rc::new(RootLink { target: RefCell::new(None), log, tick: RefCell::new(None), pending_period: Cell::new(None) })
+    }
+
+    /// Points the link at the VM and plugin the root runs as, once it exists.
+    pub fn bind(self: &Rc<Self>, vm: &SharedVm, plugin: PluginId) {
+        *self.target.borrow_mut() = Some((Rc::downgrade(vm), plugin));
+        if let Some(period) = self.pending_period.take() {
+            self.set_tick_period(period);
+        }
+    }
+
+    pub fn is_bound(&self) -> bool {
+        self.target.borrow().is_some()
+    }
+
+    pub fn log(&self) -> *mut ngx_log_t {
+        self.log
+    }
+
+    /// Runs `event` on the root's VM; failures are logged and counted like request failures.
+    pub fn deliver(&self, event: impl FnOnce(&mut Vm, PluginId) -> Result<(), FilterError>) {
+        let target = self.target.borrow().clone();
+        let Some((vm, plugin)) = target else { return };
+        let Some(vm) = vm.upgrade() else { return };
+        let Ok(mut vm) = vm.try_borrow_mut() else {
+            log_error(NGX_LOG_ERR as ngx_uint_t, self.log, "inwasm: event for a busy VM dropped");
+            return;
+        };
+        if let Err(error) = event(&mut vm, plugin) {
+            let counts = record_failure(&error);
+            log_error(NGX_LOG_ERR as ngx_uint_t, self.log, &format!("inwasm: {error}; this worker: {counts}"));
+        }
+    }
+
+    /// Starts, changes or (with a zero period) stops the root's tick timer.
+    pub fn set_tick_period(self: &Rc<Self>, period: Duration) {
+        if !self.is_bound() {
+            self.pending_period.set(Some(period));
+            return;
+        }
+        let mut tick = self.tick.borrow_mut();
+        if period.is_zero() {
+            *tick = None;
+            return;
+        }
+        let period = period.as_millis().max(1) as ngx_msec_t;
+        let timer = tick.get_or_insert_with(|| {
+            let mut timer = Box::new(Tick { event: unsafe { std::mem::zeroed() }, period, link: Rc::downgrade(self) });
+            timer.event.handler = Some(on_tick);
+            timer.event.log = self.log;
+            timer.event.set_cancelable(1);
+            timer.event.data = ptr::addr_of_mut!(*timer) as *mut _;
+            timer
+        });
+        timer.period = period;
+        unsafe { ngx_add_timer(&mut timer.event, period) };
+    }
+}
+
+unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
+    let tick = &*((*event).data as *const Tick);
+    let Some(link) = tick.link.upgrade() else { return };
+    guard(link.log, (), || {
+        // `on_tick` may stop or change the timer (dropping this Tick): touch it no more.
+        link.deliver(|vm, plugin| vm.on_tick(plugin));
+        if let Some(timer) = link.tick.borrow_mut().as_mut() {
+            if timer.event.timer_set() == 0 {
+                unsafe { ngx_add_timer(&mut timer.event, timer.period) };
+            }
+        }
+    });
+}

@@ -1,0 +1,173 @@
+//! Asynchronous work through a real nginx: http calls (a filter pauses the request, calls an
+//! auth service and resumes or answers) and root-context ticks.
+
+mod support;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// An nginx whose `/` asks the auth service (a second server block, behind `upstream auth`)
+/// through the httpcall filter, configured with `target`, before proxying to an echo upstream.
+fn auth_gateway(target: &str) -> Nginx {
+    let upstream = EchoUpstream::start();
+    let auth_port = free_port();
+    Nginx::start_with(
+        1,
+        &format!("wasm {{ module httpcall {}; }}", filter("httpcall")),
+        &format!(
+            "location / {{ proxy_wasm httpcall '{}'; proxy_pass http://127.0.0.1:{}; }}",
+            target.replace("AUTH_PORT", &auth_port.to_string()),
+            upstream.port
+        ),
+        &format!(
+            "upstream auth {{ server 127.0.0.1:{auth_port}; }}
+             server {{
+                 listen 127.0.0.1:{auth_port};
+                 location /check {{
+                     if ($http_x_token = 'Bearer good') {{ return 200 'alice'; }}
+                     return 401;
+                 }}
+             }}"
+        ),
+    )
+}
+
+#[test]
+fn call_to_an_upstream_block_resumes_the_request() {
+    let nginx = auth_gateway("auth");
+    let response = nginx.request("GET", "/resource", &[("authorization", "Bearer good")], b"");
+    assert_eq!(response.status, 200, "{}", nginx.error_log());
+    let seen = response.text();
+    assert!(seen.starts_with("GET /resource\n"), "{seen}");
+    assert!(seen.contains("x-auth-user: alice\n"), "the filter resumed with the call's answer: {seen}");
+    assert_eq!(response.header("x-auth-calls"), Some("1"));
+    assert!(nginx.error_log().contains("status 200 body 5"), "{}", nginx.error_log());
+}
+
+#[test]
+fn call_answer_can_deny_the_request() {
+    let nginx = auth_gateway("auth");
+    let response = nginx.request("GET", "/resource", &[("authorization", "Bearer bad")], b"");
+    assert_eq!((response.status, response.text().as_str()), (403, "forbidden\n"));
+}
+
+#[test]
+fn call_to_host_and_port() {
+    let nginx = auth_gateway("127.0.0.1:AUTH_PORT");
+    let response = nginx.request("GET", "/", &[("authorization", "Bearer good")], b"");
+    assert!(response.text().contains("x-auth-user: alice\n"), "{}", response.text());
+}
+
+#[test]
+fn failed_calls_reach_the_filter_with_no_headers() {
+    let refused = auth_gateway(&format!("127.0.0.1:{}", free_port()));
+    let response = refused.request("GET", "/", &[], b"");
+    assert_eq!((response.status, response.header("x-call-failed")), (502, Some("1")), "{}", refused.error_log());
+    let unknown = auth_gateway("nosuch");
+    let response = unknown.request("GET", "/", &[], b"");
+    assert_eq!((response.status, response.header("x-call-failed")), (502, Some("1")));
+}
+
+#[test]
+fn call_timeout_is_the_filters() {
+    // A service that accepts and never answers; the filter asks for a 500 ms timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let _held: Vec<_> = silent.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let nginx = auth_gateway(&format!("127.0.0.1:{port}"));
+    let started = Instant::now();
+    let response = nginx.request("GET", "/", &[], b"");
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 502);
+    assert!(elapsed >= Duration::from_millis(490) && elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[test]
+fn many_requests_with_calls_in_flight_at_once() {
+    let nginx = auth_gateway("auth");
+    let port = nginx.port;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..10)
+                    .filter(|_| {
+                        let response = request(port, "GET", "/", &[("authorization", "Bearer good")], b"");
+                        response.status == 200 && response.text().contains("x-auth-user: alice\n")
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    assert_eq!(clients.into_iter().map(|c| c.join().unwrap()).sum::<usize>(), 80);
+}
+
+#[test]
+fn ticks_run_on_a_timer_until_the_filter_stops_them() {
+    let nginx = Nginx::start(
+        &format!("wasm {{ module ticker {}; }}", filter("ticker")),
+        "location /never-requested { proxy_wasm ticker 30; }",
+    );
+    assert_eq!(nginx.wait_log("tick 3", 1), 1, "{}", nginx.error_log());
+    std::thread::sleep(Duration::from_millis(200));
+    let log = nginx.error_log();
+    assert!(log.contains("tick 1") && log.contains("tick 2"), "{log}");
+    assert!(!log.contains("tick 4"), "period 0 stopped the timer: {log}");
+}
+
+fn shared_counter(workers: u32, modules: &str, server: &str) -> Nginx {
+    let upstream = EchoUpstream::start();
+    Nginx::start_with(
+        workers,
+        &format!("wasm {{ {modules} }}"),
+        &server.replace("UPSTREAM", &format!("http://127.0.0.1:{}", upstream.port)),
+        "",
+    )
+}
+
+fn hits(nginx: &Nginx, path: &str) -> u64 {
+    nginx.get(path).header("x-hits").expect("x-hits").parse().unwrap()
+}
+
+#[test]
+fn shared_counter_loses_no_update_across_workers() {
+    let nginx = shared_counter(
+        2,
+        &format!("module shared {};", filter("shared")),
+        "location / { proxy_wasm shared; proxy_pass UPSTREAM; }",
+    );
+    let port = nginx.port;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || (0..50).filter(|_| request(port, "GET", "/", &[], b"").status == 200).count())
+        })
+        .collect();
+    assert_eq!(clients.into_iter().map(|c| c.join().unwrap()).sum::<usize>(), 200);
+    assert_eq!(hits(&nginx, "/"), 201, "every increment of both workers counted: {}", nginx.error_log());
+    assert_eq!(nginx.started_workers(2).len(), 2);
+}
+
+#[test]
+fn shared_data_is_namespaced_per_module() {
+    let nginx = shared_counter(
+        1,
+        &format!("module tenant_a {f}; module tenant_b {f};", f = filter("shared")),
+        "location /a { proxy_wasm tenant_a; proxy_pass UPSTREAM; }
+         location /b { proxy_wasm tenant_b; proxy_pass UPSTREAM; }",
+    );
+    assert_eq!((hits(&nginx, "/a"), hits(&nginx, "/a"), hits(&nginx, "/b")), (1, 2, 1));
+}
+
+#[test]
+fn ticks_store_shared_data() {
+    let nginx = Nginx::start(
+        &format!("wasm {{ module ticker {}; shm_kv * 64k; }}", filter("ticker")),
+        "location /never-requested { proxy_wasm ticker 20; }",
+    );
+    assert_eq!(nginx.wait_log("tick 3", 1), 1, "{}", nginx.error_log());
+    assert!(!nginx.error_log().contains("shared data unavailable"), "{}", nginx.error_log());
+}
