@@ -19,6 +19,7 @@ use ngx::ffi::{
 use crate::ffi::log_error;
 use crate::root_link::RootLink;
 use crate::shared_data::{self, KvZone};
+use crate::shared_queues::{self, QueueZone};
 use crate::wasm_block::WasmConf;
 use crate::{headers, http_call, properties};
 
@@ -87,8 +88,10 @@ fn log_line(log: *mut ngx_log_t, filter: &str, level: LogLevel, message: &str) {
     log_error(nginx_level(level), log, &format!("[wasm] filter \"{filter}\": {message}"));
 }
 
-/// A plugin's root context: logging, http calls and its tick timer (through its link to the
-/// VM, once bound; unbound at configuration time, where calls and ticks have no event loop).
+/// A plugin's root context: logging, http calls, its tick timer, queues it registers, through
+/// its link to the VM. In the configuration-time dry run (a link that is not live) calls,
+/// ticks, queues and shared data do nothing: there is no event loop, and the live shared
+/// memory must not be touched.
 pub struct RootEmbedding {
     filter: String,
     vm_id: String,
@@ -117,7 +120,7 @@ impl Properties for RootEmbedding {}
 impl StreamControl for RootEmbedding {}
 impl HttpCalls for RootEmbedding {
     fn http_call(&mut self, token: u32, request: HttpCallRequest) -> HostResult<()> {
-        if !self.link.is_bound() {
+        if !self.link.is_live() {
             return Err(Status::InternalFailure);
         }
         http_call::start(&self.link, token, request);
@@ -133,24 +136,53 @@ impl Timers for RootEmbedding {
         Ok(())
     }
 }
-/// At configuration time (unbound) shared data reads as empty and writes go nowhere: the
-/// zones are not mapped yet, and a dry run must not touch the live ones.
 impl SharedData for RootEmbedding {
     fn get_shared_data(&mut self, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
-        if !self.link.is_bound() {
+        if !self.link.is_live() {
             return Ok(None);
         }
         shared_data_get(&self.vm_id, key)
     }
 
     fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
-        if !self.link.is_bound() {
+        if !self.link.is_live() {
             return Ok(());
         }
         shared_data_set(&self.vm_id, key, value, cas)
     }
 }
-impl SharedQueues for RootEmbedding {}
+/// Queues a root registers are watched by this worker.
+impl SharedQueues for RootEmbedding {
+    fn register_shared_queue(&mut self, name: &[u8]) -> HostResult<u32> {
+        if !self.link.is_live() {
+            return Ok(0);
+        }
+        let id = shared_queues::register(queue_zones()?, self.vm_id.as_bytes(), name)?;
+        shared_queues::watch(id, &self.link);
+        Ok(id)
+    }
+
+    fn resolve_shared_queue(&mut self, vm_id: &[u8], name: &[u8]) -> HostResult<Option<u32>> {
+        if !self.link.is_live() {
+            return Ok(None);
+        }
+        shared_queues::resolve(queue_zones()?, resolve_vm_id(vm_id, &self.vm_id), name)
+    }
+
+    fn enqueue_shared_queue(&mut self, queue_id: u32, value: &[u8]) -> HostResult<()> {
+        if !self.link.is_live() {
+            return Err(Status::NotFound);
+        }
+        shared_queues::enqueue(queue_zones()?, queue_id, value)
+    }
+
+    fn dequeue_shared_queue(&mut self, queue_id: u32) -> HostResult<Option<Vec<u8>>> {
+        if !self.link.is_live() {
+            return Err(Status::NotFound);
+        }
+        shared_queues::dequeue(queue_zones()?, queue_id)
+    }
+}
 impl Metrics for RootEmbedding {}
 impl ForeignFunctions for RootEmbedding {}
 impl Embedding for RootEmbedding {}
@@ -277,13 +309,39 @@ fn kv_zone(key: &[u8]) -> HostResult<&'static KvZone> {
 }
 
 fn shared_data_get(vm_id: &str, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
-    kv_zone(key)?.get(&shared_data::namespaced(vm_id, key))
+    shared_data::get(kv_zone(key)?, &shared_data::namespaced(vm_id, key))
 }
 
 fn shared_data_set(vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
-    kv_zone(key)?.set(&shared_data::namespaced(vm_id, key), value, cas)
+    shared_data::set(kv_zone(key)?, &shared_data::namespaced(vm_id, key), value, cas)
 }
-impl SharedQueues for StreamEmbedding {}
+impl SharedQueues for StreamEmbedding {
+    fn resolve_shared_queue(&mut self, vm_id: &[u8], name: &[u8]) -> HostResult<Option<u32>> {
+        shared_queues::resolve(queue_zones()?, resolve_vm_id(vm_id, &self.vm_id), name)
+    }
+
+    fn enqueue_shared_queue(&mut self, queue_id: u32, value: &[u8]) -> HostResult<()> {
+        shared_queues::enqueue(queue_zones()?, queue_id, value)
+    }
+
+    fn dequeue_shared_queue(&mut self, queue_id: u32) -> HostResult<Option<Vec<u8>>> {
+        shared_queues::dequeue(queue_zones()?, queue_id)
+    }
+}
+
+fn queue_zones() -> HostResult<&'static [Box<QueueZone>]> {
+    let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or(Status::InternalFailure)?;
+    Ok(&conf.queue_zones)
+}
+
+/// An empty VM id names the caller's own module (as filters resolve their own queues).
+fn resolve_vm_id<'a>(asked: &'a [u8], own: &'a str) -> &'a [u8] {
+    if asked.is_empty() {
+        own.as_bytes()
+    } else {
+        asked
+    }
+}
 impl Metrics for StreamEmbedding {}
 impl ForeignFunctions for StreamEmbedding {}
 impl Embedding for StreamEmbedding {}

@@ -16,6 +16,8 @@ mod request;
 mod response;
 mod root_link;
 mod shared_data;
+mod shared_queues;
+mod shm;
 mod validation;
 mod wasm_block;
 mod worker;

@@ -14,11 +14,13 @@ use crate::ffi::{guard, log_error};
 use crate::worker::{record_failure, SharedVm};
 
 pub struct RootLink {
+    /// False for the configuration-time dry run (in the master's child), where there is no
+    /// event loop and the live shared memory must not be touched.
+    live: bool,
     target: RefCell<Option<(Weak<RefCell<Vm>>, PluginId)>>,
     log: *mut ngx_log_t,
     tick: RefCell<Option<Box<Tick>>>,
     /// A period set before the link was bound (in `on_configure`), armed when it is.
-    /// Links are bound only in workers: there is no event loop at configuration time.
     pending_period: Cell<Option<Duration>>,
 }
 
@@ -38,8 +40,23 @@ impl Drop for Tick {
 }
 
 impl RootLink {
+    /// A link for a root in a worker.
     pub fn new(log: *mut ngx_log_t) -> Rc<RootLink> {
-        Rc::new(RootLink { target: RefCell::new(None), log, tick: RefCell::new(None), pending_period: Cell::new(None) })
+        RootLink::with_liveness(log, true)
+    }
+
+    /// A link for the configuration-time dry run.
+    pub fn dry_run(log: *mut ngx_log_t) -> Rc<RootLink> {
+        RootLink::with_liveness(log, false)
+    }
+
+    fn with_liveness(log: *mut ngx_log_t, live: bool) -> Rc<RootLink> {
+        let (target, tick, pending_period) = (RefCell::new(None), RefCell::new(None), Cell::new(None));
+        Rc::new(RootLink { live, target, log, tick, pending_period })
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
     }
 
     /// Points the link at the VM and plugin the root runs as, once it exists.
@@ -50,7 +67,7 @@ impl RootLink {
         }
     }
 
-    pub fn is_bound(&self) -> bool {
+    fn is_bound(&self) -> bool {
         self.target.borrow().is_some()
     }
 
@@ -75,6 +92,9 @@ impl RootLink {
 
     /// Starts, changes or (with a zero period) stops the root's tick timer.
     pub fn set_tick_period(self: &Rc<Self>, period: Duration) {
+        if !self.live {
+            return;
+        }
         if !self.is_bound() {
             self.pending_period.set(Some(period));
             return;

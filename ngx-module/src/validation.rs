@@ -57,7 +57,7 @@ pub fn validate(decl: &ModuleDecl, plugin: &PluginConfig, log: *mut ngx_log_t) -
 fn start_filter(decl: &ModuleDecl, plugin: &PluginConfig, log: *mut ngx_log_t) -> Result<(), String> {
     let _ticker = EpochTicker::start(engine(), EPOCH_PERIOD).map_err(|e| e.to_string())?;
     let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?;
-    let root = Box::new(RootEmbedding::new(&plugin.name, &decl.vm_config.vm_id, &RootLink::new(log)));
+    let root = Box::new(RootEmbedding::new(&plugin.name, &decl.vm_config.vm_id, &RootLink::dry_run(log)));
     vm.add_plugin(plugin.clone(), root).map(drop).map_err(|e| e.to_string())
 }
 

@@ -8,6 +8,7 @@
 //!     module_memory_limit NAME SIZE;          # that module's own cap
 //!     module_env NAME VAR[=VALUE] ...;        # environment the module sees (default: none)
 //!     shm_kv NAME|* SIZE [eviction=lru|none]; # shared data zone (default: `*`, 1m, lru)
+//!     shm_queue NAME|* SIZE;                  # shared queue zone (default: `*`, 1m)
 //! }
 //! ```
 
@@ -26,7 +27,8 @@ use ngx::ffi::{
 use ngx::ngx_string;
 
 use crate::ffi::bytes;
-use crate::shared_data::{KvZone, DEFAULT_ZONE_SIZE};
+use crate::shared_data::{self, KvZone};
+use crate::shared_queues::{self, QueueZone};
 use crate::worker;
 
 /// A module declared with `module NAME PATH`.
@@ -53,6 +55,8 @@ pub struct WasmConf {
     /// Boxed: nginx's shared memory zones point at them.
     #[allow(clippy::vec_box)]
     pub kv_zones: Vec<Box<KvZone>>,
+    #[allow(clippy::vec_box)]
+    pub queue_zones: Vec<Box<QueueZone>>,
     memory_limit: Option<usize>,
 }
 
@@ -136,11 +140,8 @@ extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *m
         let conf = &mut *(conf as *mut WasmConf);
         let default = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
         conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = m.memory_limit.unwrap_or(default));
-        if !conf.kv_zones.iter().any(|z| z.name == "*") {
-            match KvZone::declare(cf, "*", DEFAULT_ZONE_SIZE, true) {
-                Ok(zone) => conf.kv_zones.push(zone),
-                Err(message) => return conf_error(cf, &message),
-            }
+        if let Err(message) = declare_default_zones(cf, conf) {
+            return conf_error(cf, &message);
         }
         result
     }
@@ -177,7 +178,11 @@ unsafe extern "C" fn block_directive(
             Ok(())
         }),
         (b"shm_kv", 3 | 4) => declare_kv_zone(cf, conf, &args),
-        (b"module" | b"memory_limit" | b"module_memory_limit" | b"module_env" | b"shm_kv", _) => {
+        (b"shm_queue", 3) => match parse_size(args[2]) {
+            Some(size) => shared_queues::declare(cf, &text(args[1]), size).map(|zone| conf.queue_zones.push(zone)),
+            None => Err(format!("invalid shm_queue size \"{}\"", text(args[2]))),
+        },
+        (b"module" | b"memory_limit" | b"module_memory_limit" | b"module_env" | b"shm_kv" | b"shm_queue", _) => {
             Err(format!("invalid number of arguments in \"{}\" directive", text(args[0])))
         }
         (other, _) => Err(format!("unknown directive \"{}\" in wasm block", text(other))),
@@ -255,6 +260,17 @@ unsafe fn declare_kv_zone(cf: *mut ngx_conf_t, conf: &mut WasmConf, args: &[&[u8
             ))
         }
     };
-    conf.kv_zones.push(KvZone::declare(cf, &name, size, evict)?);
+    conf.kv_zones.push(shared_data::declare(cf, &name, size, evict)?);
+    Ok(())
+}
+
+/// The default shared data and queue zones, unless the block declared its own.
+unsafe fn declare_default_zones(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result<(), String> {
+    if !conf.kv_zones.iter().any(|z| z.name == "*") {
+        conf.kv_zones.push(shared_data::declare(cf, "*", shared_data::DEFAULT_ZONE_SIZE, true)?);
+    }
+    if !conf.queue_zones.iter().any(|z| z.name == "*") {
+        conf.queue_zones.push(shared_queues::declare(cf, "*", shared_queues::DEFAULT_ZONE_SIZE)?);
+    }
     Ok(())
 }

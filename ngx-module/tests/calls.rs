@@ -171,3 +171,38 @@ fn ticks_store_shared_data() {
     assert_eq!(nginx.wait_log("tick 3", 1), 1, "{}", nginx.error_log());
     assert!(!nginx.error_log().contains("shared data unavailable"), "{}", nginx.error_log());
 }
+
+#[test]
+fn queue_items_from_any_worker_reach_the_registrant() {
+    let nginx = shared_counter(
+        2,
+        &format!("module queue {};", filter("queue")),
+        "location / { proxy_wasm queue; proxy_pass UPSTREAM; }",
+    );
+    nginx.started_workers(2);
+    let port = nginx.port;
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            std::thread::spawn(move || {
+                (0..5).filter(|i| request(port, "GET", &format!("/item-{c}-{i}"), &[], b"").status == 200).count()
+            })
+        })
+        .collect();
+    assert_eq!(clients.into_iter().map(|c| c.join().unwrap()).sum::<usize>(), 20);
+    assert_eq!(nginx.wait_log("dequeued /item-", 20), 20, "{}", nginx.error_log());
+    let log = nginx.error_log();
+    let drainers: std::collections::HashSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("dequeued /item-"))
+        .filter_map(|l| l.split_whitespace().nth(3)) // "pid#tid:"
+        .collect();
+    assert_eq!(drainers.len(), 1, "one registrant drains the queue: {drainers:?}");
+    for c in 0..4 {
+        for i in 0..5 {
+            assert!(
+                log.contains(&format!("dequeued /item-{c}-{i}\n")) || log.contains(&format!("dequeued /item-{c}-{i},")),
+                "item {c}-{i}: {log}"
+            );
+        }
+    }
+}
