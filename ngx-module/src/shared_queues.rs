@@ -99,7 +99,10 @@ pub fn enqueue(zones: &[Box<QueueZone>], id: u32, value: &[u8]) -> HostResult<()
         loop {
             let item = copy_in(&pool, value).filter(|_| queue.items.try_reserve(1).is_ok());
             match item {
-                Some(item) => return Ok(queue.items.push(item)),
+                Some(item) => {
+                    queue.items.push(item);
+                    return Ok(());
+                }
                 None if !queue.items.is_empty() => drop(queue.items.remove(0)),
                 None => return Err(Status::InternalFailure),
             }
