@@ -21,7 +21,7 @@ use crate::root_link::RootLink;
 use crate::shared_data::{self, KvZone};
 use crate::shared_queues::{self, QueueZone};
 use crate::wasm_block::WasmConf;
-use crate::{headers, http_call, properties};
+use crate::{headers, http_call, metrics, properties};
 
 /// What a request's filters share with the request driver.
 pub struct Exchange {
@@ -183,7 +183,35 @@ impl SharedQueues for RootEmbedding {
         shared_queues::dequeue(queue_zones()?, queue_id)
     }
 }
-impl Metrics for RootEmbedding {}
+impl Metrics for RootEmbedding {
+    fn define_metric(&mut self, kind: MetricType, name: &str) -> HostResult<u32> {
+        if !self.link.is_live() {
+            return Ok(0);
+        }
+        metrics::define(metric_zone()?, &self.filter, kind, name)
+    }
+
+    fn increment_metric(&mut self, metric_id: u32, offset: i64) -> HostResult<()> {
+        if !self.link.is_live() {
+            return Ok(());
+        }
+        metrics::increment(metric_zone()?, metric_id, offset)
+    }
+
+    fn record_metric(&mut self, metric_id: u32, value: u64) -> HostResult<()> {
+        if !self.link.is_live() {
+            return Ok(());
+        }
+        metrics::record(metric_zone()?, metric_id, value)
+    }
+
+    fn get_metric(&mut self, metric_id: u32) -> HostResult<u64> {
+        if !self.link.is_live() {
+            return Ok(0);
+        }
+        metrics::get(metric_zone()?, metric_id)
+    }
+}
 impl ForeignFunctions for RootEmbedding {}
 impl Embedding for RootEmbedding {}
 
@@ -342,6 +370,26 @@ fn resolve_vm_id<'a>(asked: &'a [u8], own: &'a str) -> &'a [u8] {
         asked
     }
 }
-impl Metrics for StreamEmbedding {}
+impl Metrics for StreamEmbedding {
+    fn define_metric(&mut self, kind: MetricType, name: &str) -> HostResult<u32> {
+        metrics::define(metric_zone()?, &self.filter, kind, name)
+    }
+
+    fn increment_metric(&mut self, metric_id: u32, offset: i64) -> HostResult<()> {
+        metrics::increment(metric_zone()?, metric_id, offset)
+    }
+
+    fn record_metric(&mut self, metric_id: u32, value: u64) -> HostResult<()> {
+        metrics::record(metric_zone()?, metric_id, value)
+    }
+
+    fn get_metric(&mut self, metric_id: u32) -> HostResult<u64> {
+        metrics::get(metric_zone()?, metric_id)
+    }
+}
+
+fn metric_zone() -> HostResult<&'static metrics::MetricZone> {
+    WasmConf::metrics().ok_or(Status::InternalFailure)
+}
 impl ForeignFunctions for StreamEmbedding {}
 impl Embedding for StreamEmbedding {}

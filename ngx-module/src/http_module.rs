@@ -27,8 +27,10 @@ use ngx::ffi::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::ngx_string;
 
+use crate::ffi::guard_status;
 use crate::wasm_block::{args, conf_error, FilterDecl, WasmConf};
-use crate::{request, response, validation};
+use crate::{metrics, request, response, validation};
+use ngx::ffi::{ngx_http_discard_request_body, ngx_http_request_t, NGX_CONF_NOARGS, NGX_OK};
 
 /// How instances are shared (Kong's `proxy_wasm_isolation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,11 +139,19 @@ const fn directive(name: ngx_str_t, args: u32, set: DirectiveHandler) -> ngx_com
 
 type DirectiveHandler = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-static mut COMMANDS: [ngx_command_t; 5] = [
+static mut COMMANDS: [ngx_command_t; 6] = [
     directive(ngx_string!("proxy_wasm"), NGX_CONF_TAKE12, proxy_wasm),
     directive(ngx_string!("proxy_wasm_isolation"), NGX_CONF_TAKE1, proxy_wasm_isolation),
     directive(ngx_string!("proxy_wasm_timeout"), NGX_CONF_TAKE1, proxy_wasm_timeout),
     directive(ngx_string!("proxy_wasm_fail_open"), NGX_CONF_TAKE1, proxy_wasm_fail_open),
+    ngx_command_t {
+        name: ngx_string!("proxy_wasm_metrics"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        set: Some(proxy_wasm_metrics),
+        conf: NGX_HTTP_LOC_CONF_OFFSET as ngx_uint_t,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
     ngx_command_t::empty(),
 ];
 
@@ -227,4 +237,31 @@ extern "C" fn proxy_wasm_fail_open(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
         });
         ptr::null_mut()
     }
+}
+
+/// `proxy_wasm_metrics;` makes the location answer with every metric in Prometheus format.
+extern "C" fn proxy_wasm_metrics(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, _conf: *mut c_void) -> *mut c_char {
+    unsafe {
+        let Some(core) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
+            return conf_error(cf, "proxy_wasm_metrics: no location");
+        };
+        core.handler = Some(metrics_handler);
+        ptr::null_mut()
+    }
+}
+
+unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    guard_status((*(*r).connection).log, || {
+        let rc = ngx_http_discard_request_body(r);
+        if rc != NGX_OK as ngx_int_t {
+            return rc;
+        }
+        let text = WasmConf::metrics().and_then(|zone| metrics::prometheus(zone).ok()).unwrap_or_default();
+        let pairs = [
+            (b":status".to_vec(), b"200".to_vec()),
+            (b"content-type".to_vec(), b"text/plain; version=0.0.4".to_vec()),
+            (b"content-length".to_vec(), text.len().to_string().into_bytes()),
+        ];
+        response::send_response(r, &pairs, text.as_bytes())
+    })
 }

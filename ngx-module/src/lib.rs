@@ -11,6 +11,7 @@ mod headers;
 mod http_call;
 mod http_module;
 mod http_wire;
+mod metrics;
 mod properties;
 mod request;
 mod response;

@@ -24,6 +24,7 @@ use crate::chains::{replace_request_body, request_body};
 use crate::embedding::{Exchange, SharedExchange, StreamEmbedding};
 use crate::ffi::{guard, guard_status, log_error};
 use crate::http_module::{ngx_http_inwasm_module, Isolation, LocConf, Module};
+use crate::metrics;
 use crate::response::send_local_response;
 use crate::wasm_block::WasmConf;
 use crate::worker::{fresh_instance, record_failure, shared_instance, start_plugin, SharedVm};
@@ -166,7 +167,12 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
                 Ok(ActiveFilter { vm, stream, skipped: false })
             });
         match opened {
-            Ok(filter) => ctx.filters.push(filter),
+            Ok(filter) => {
+                if let Some(zone) = WasmConf::metrics() {
+                    metrics::count(zone, name, "inwasm_requests_total");
+                }
+                ctx.filters.push(filter)
+            }
             Err(message) if loc.fail_open() => {
                 log_error(NGX_LOG_ERR as ngx_uint_t, log, &format!("inwasm: {message}; skipped (fail-open)"));
             }

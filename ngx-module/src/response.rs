@@ -4,7 +4,7 @@
 
 use std::ptr;
 
-use inwasm_host::{Action, LocalResponse};
+use inwasm_host::{Action, LocalResponse, Pairs};
 use ngx::ffi::{
     ngx_chain_t, ngx_http_filter_finalize_request, ngx_http_output_body_filter_pt, ngx_http_output_filter,
     ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_uint_t, NGX_DECLINED,
@@ -20,10 +20,9 @@ use crate::request::{ctx, step, ActiveFilter, RequestCtx, Step};
 pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
 pub static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 
-/// Makes the pending local response the request's response status and headers (with its
-/// own Content-Length); returns its body. `None` when there is none or nginx is out of memory.
-unsafe fn apply_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
-    let LocalResponse { status, body, headers: extra, .. } = ctx.exchange.borrow_mut().local_response.take()?;
+/// A local response's status and headers (with its own Content-Length), and its body.
+fn local_response_parts(response: LocalResponse) -> (Pairs, Vec<u8>) {
+    let LocalResponse { status, body, headers: extra, .. } = response;
     let mut pairs = vec![(b":status".to_vec(), status.to_string().into_bytes())];
     pairs.extend(extra);
     if !pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"content-type")) && !body.is_empty() {
@@ -31,16 +30,32 @@ unsafe fn apply_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx)
     }
     pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(b"content-length"));
     pairs.push((b"content-length".to_vec(), body.len().to_string().into_bytes()));
+    (pairs, body)
+}
+
+/// Makes the pending local response the request's response status and headers; returns its
+/// body. `None` when there is none or nginx is out of memory.
+unsafe fn apply_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
+    let (pairs, body) = local_response_parts(ctx.exchange.borrow_mut().local_response.take()?);
     headers::set_response_headers(r, &pairs)?;
     Some(body)
 }
 
-/// Sends the pending local response (status, headers, body); the response filters, ours
-/// included, see it like any other response.
+/// Sends the pending local response; the response filters, ours included, see it like any
+/// other response.
 pub unsafe fn send_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t {
-    let Some(body) = apply_local_response(r, ctx) else {
+    let Some(response) = ctx.exchange.borrow_mut().local_response.take() else {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     };
+    let (pairs, body) = local_response_parts(response);
+    send_response(r, &pairs, &body)
+}
+
+/// Sends a whole response from a handler: status and headers from `pairs`, then `body`.
+pub unsafe fn send_response(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>, Vec<u8>)], body: &[u8]) -> ngx_int_t {
+    if headers::set_response_headers(r, pairs).is_none() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
     if body.is_empty() || (*r).method == NGX_HTTP_HEAD as ngx_uint_t {
         (*r).set_header_only(1);
     }
@@ -48,7 +63,7 @@ pub unsafe fn send_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestC
     if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
         return rc;
     }
-    match memory_chain(r, &body, true) {
+    match memory_chain(r, body, true) {
         Some(chain) => ngx_http_output_filter(r, chain),
         None => NGX_ERROR as ngx_int_t,
     }

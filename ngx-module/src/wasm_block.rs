@@ -27,6 +27,7 @@ use ngx::ffi::{
 use ngx::ngx_string;
 
 use crate::ffi::bytes;
+use crate::metrics::{self, MetricZone};
 use crate::shared_data::{self, KvZone};
 use crate::shared_queues::{self, QueueZone};
 use crate::worker;
@@ -57,6 +58,7 @@ pub struct WasmConf {
     pub kv_zones: Vec<Box<KvZone>>,
     #[allow(clippy::vec_box)]
     pub queue_zones: Vec<Box<QueueZone>>,
+    pub metric_zone: Option<Box<MetricZone>>,
     memory_limit: Option<usize>,
 }
 
@@ -264,7 +266,8 @@ unsafe fn declare_kv_zone(cf: *mut ngx_conf_t, conf: &mut WasmConf, args: &[&[u8
     Ok(())
 }
 
-/// The default shared data and queue zones, unless the block declared its own.
+/// The default shared data and queue zones (unless the block declared its own) and the
+/// metrics zone.
 unsafe fn declare_default_zones(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result<(), String> {
     if !conf.kv_zones.iter().any(|z| z.name == "*") {
         conf.kv_zones.push(shared_data::declare(cf, "*", shared_data::DEFAULT_ZONE_SIZE, true)?);
@@ -272,5 +275,13 @@ unsafe fn declare_default_zones(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Res
     if !conf.queue_zones.iter().any(|z| z.name == "*") {
         conf.queue_zones.push(shared_queues::declare(cf, "*", shared_queues::DEFAULT_ZONE_SIZE)?);
     }
+    conf.metric_zone = Some(metrics::declare(cf)?);
     Ok(())
+}
+
+impl WasmConf {
+    /// The current configuration's metrics zone (in a worker).
+    pub fn metrics() -> Option<&'static MetricZone> {
+        unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }?.metric_zone.as_deref()
+    }
 }

@@ -13,6 +13,7 @@ use ngx::ffi::{ngx_cycle_t, ngx_int_t, ngx_log_t, NGX_LOG_ERR, NGX_OK};
 
 use crate::embedding::RootEmbedding;
 use crate::ffi::{guard_status, log_error};
+use crate::metrics;
 use crate::root_link::RootLink;
 use crate::wasm_block::{engine, FilterDecl, ModuleDecl, WasmConf};
 
@@ -54,11 +55,23 @@ pub fn record_failure(error: &FilterError) -> FailureCounts {
     FAILURES.with(|failures| {
         let mut failures = failures.borrow_mut();
         let counts = failures.entry(error.filter.clone()).or_default();
-        match error.kind {
-            FailureKind::Deadline(_) => counts.timeouts += 1,
-            FailureKind::MemoryLimit(_) => counts.memory_failures += 1,
-            FailureKind::InstanceLost => {}
-            _ => counts.traps += 1,
+        let metric = match error.kind {
+            FailureKind::Deadline(_) => {
+                counts.timeouts += 1;
+                "inwasm_timeouts_total"
+            }
+            FailureKind::MemoryLimit(_) => {
+                counts.memory_failures += 1;
+                "inwasm_memory_failures_total"
+            }
+            FailureKind::InstanceLost => return *counts,
+            _ => {
+                counts.traps += 1;
+                "inwasm_traps_total"
+            }
+        };
+        if let Some(zone) = WasmConf::metrics() {
+            metrics::count(zone, &error.filter, metric);
         }
         *counts
     })

@@ -47,6 +47,15 @@ fn call_to_an_upstream_block_resumes_the_request() {
 }
 
 #[test]
+fn several_calls_in_flight_from_one_request() {
+    let nginx = auth_gateway("auth");
+    let response = nginx.request("GET", "/", &[("authorization", "Bearer good"), ("x-calls", "3")], b"");
+    assert_eq!(response.status, 200, "{}", nginx.error_log());
+    assert_eq!(response.header("x-auth-calls"), Some("3"));
+    assert_eq!(nginx.error_log().matches("status 200 body 5").count(), 3, "{}", nginx.error_log());
+}
+
+#[test]
 fn call_answer_can_deny_the_request() {
     let nginx = auth_gateway("auth");
     let response = nginx.request("GET", "/resource", &[("authorization", "Bearer bad")], b"");
@@ -205,4 +214,59 @@ fn queue_items_from_any_worker_reach_the_registrant() {
             );
         }
     }
+}
+
+#[test]
+fn metrics_are_aggregated_across_workers_and_scraped() {
+    let nginx = shared_counter(
+        2,
+        &format!("module metrics {}; module misbehave {};", filter("metrics"), filter("misbehave")),
+        "location / { proxy_wasm metrics; proxy_pass UPSTREAM; }
+         location /bad { proxy_wasm misbehave panic; return 200; }
+         location /metrics { proxy_wasm_metrics; }",
+    );
+    nginx.started_workers(2);
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let response = nginx.request("POST", "/", &[], b"0123456789");
+        seen.push(response.header("x-requests-total").unwrap().parse::<u64>().unwrap());
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "one counter for both workers");
+    assert_eq!(nginx.get("/bad").status, 500);
+    let scrape = nginx.get("/metrics");
+    assert_eq!(scrape.header("content-type"), Some("text/plain; version=0.0.4"));
+    let text = scrape.text();
+    for line in [
+        "# TYPE requests_total counter",
+        "requests_total{filter=\"metrics\"} 10",
+        "inflight{filter=\"metrics\"} 0",
+        "# TYPE body_size histogram",
+        "body_size_bucket{filter=\"metrics\",le=\"10\"} 10",
+        "body_size_bucket{filter=\"metrics\",le=\"5\"} 0",
+        "body_size_count{filter=\"metrics\"} 10",
+        "body_size_sum{filter=\"metrics\"} 100",
+        "inwasm_requests_total{filter=\"metrics\"} 10",
+        "inwasm_requests_total{filter=\"misbehave\"} 1",
+        "inwasm_traps_total{filter=\"misbehave\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn full_shared_data_zone_evicts_least_recently_used_or_fails() {
+    let module = format!("module shared {};", filter("shared"));
+    let evicting =
+        shared_counter(1, &format!("{module} shm_kv * 64k;"), "location / { proxy_wasm shared; proxy_pass UPSTREAM; }");
+    let filled = evicting.request("GET", "/", &[("x-fill", "300"), ("x-check", "fill-299")], b"");
+    assert_eq!((filled.status, filled.header("x-present")), (200, Some("yes")), "{}", evicting.error_log());
+    let oldest = evicting.request("GET", "/", &[("x-check", "fill-0")], b"");
+    assert_eq!(oldest.header("x-present"), Some("no"), "the least recently used keys made room");
+
+    let strict = shared_counter(
+        1,
+        &format!("{module} shm_kv * 64k eviction=none;"),
+        "location / { proxy_wasm shared; proxy_pass UPSTREAM; }",
+    );
+    assert_eq!(strict.request("GET", "/", &[("x-fill", "300")], b"").status, 500, "a full zone refuses the write");
 }

@@ -2,6 +2,8 @@
 //! configuration (forwarding `authorization` as `x-token`, 500 ms timeout). A 200 answer
 //! resumes the request with its body as `x-auth-user`; a failed call (no headers) gets a
 //! local 502, any other answer a local 403. Dispatch errors answer 500 with `x-call-error`.
+//! Request header `x-calls: N` makes N calls at once; the request resumes after the last.
+//! Responses carry `x-auth-calls: <calls made>`.
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -27,7 +29,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Auth { upstream: self.upstream.clone() }))
+        Some(Box::new(Auth { upstream: self.upstream.clone(), pending: 0, calls: 0 }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -37,6 +39,9 @@ impl RootContext for Root {
 
 struct Auth {
     upstream: String,
+    /// Calls still in flight; the request resumes when the last one allows it.
+    pending: usize,
+    calls: usize,
 }
 
 impl Context for Auth {
@@ -45,9 +50,12 @@ impl Context for Auth {
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
         let shown = status.as_deref().unwrap_or("none");
         log::info!("call {token} status {shown} body {}", body.len());
+        self.pending -= 1;
         if status.as_deref() == Some("200") {
             self.set_http_request_header("x-auth-user", Some(&String::from_utf8_lossy(&body)));
-            self.resume_http_request();
+            if self.pending == 0 {
+                self.resume_http_request();
+            }
         } else if num_headers == 0 {
             self.send_http_response(502, vec![("x-call-failed", "1")], Some(b"upstream failed\n"));
         } else {
@@ -62,15 +70,23 @@ impl HttpContext for Auth {
         let headers =
             vec![(":method", "GET"), (":path", "/check"), (":authority", "auth.local"), ("x-token", token.as_str())];
         let timeout = Duration::from_millis(500);
-        if let Err(status) = self.dispatch_http_call(&self.upstream, headers, None, vec![], timeout) {
-            let error = format!("{status:?}");
-            self.send_http_response(500, vec![("x-call-error", &error)], None);
+        let calls = self.get_http_request_header("x-calls").and_then(|n| n.parse().ok()).unwrap_or(1);
+        for _ in 0..calls {
+            match self.dispatch_http_call(&self.upstream, headers.clone(), None, vec![], timeout) {
+                Ok(_) => self.pending += 1,
+                Err(status) => {
+                    let error = format!("{status:?}");
+                    self.send_http_response(500, vec![("x-call-error", &error)], None);
+                    return Action::Pause;
+                }
+            }
         }
+        self.calls = calls;
         Action::Pause
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        self.add_http_response_header("x-auth-calls", "1");
+        self.add_http_response_header("x-auth-calls", &self.calls.to_string());
         Action::Continue
     }
 }

@@ -1,0 +1,190 @@
+//! Metrics in nginx shared memory, aggregated across workers: the filters' own counters,
+//! gauges and histograms (`proxy_define/increment/record/get_metric`) and the host's counters
+//! per filter (requests, traps, timeouts, memory failures), served in Prometheus text format
+//! by a location with `proxy_wasm_metrics;`.
+//!
+//! Semantics are Envoy's: a counter only goes up (an increment <= 0 is a `BadArgument`;
+//! recording adds), a gauge goes both ways (recording sets it), a histogram records values.
+//! A metric is identified by its filter and name, so every worker gets the same id.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use allocator_api2::vec::Vec as SlabVec;
+use inwasm_host::{HostResult, MetricType, Status};
+use ngx::collections::RbTreeMap;
+use ngx::core::SlabPool;
+use ngx::ffi::ngx_conf_t;
+
+use crate::shm::{copy_in, Bytes, Key, ShmZone};
+
+pub const ZONE_SIZE: usize = 1 << 20;
+/// Histogram bucket bounds (le), Prometheus style; `+Inf` is implied.
+const BUCKETS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+
+struct Metric {
+    kind: MetricType,
+    filter: Bytes,
+    name: Bytes,
+    value: AtomicI64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+pub struct MetricStore {
+    ids: RbTreeMap<Key, u32, SlabPool>,
+    metrics: SlabVec<Metric, SlabPool>,
+}
+
+pub type MetricZone = ShmZone<MetricStore>;
+
+pub unsafe fn declare(cf: *mut ngx_conf_t) -> Result<Box<MetricZone>, String> {
+    ShmZone::declare(cf, "metrics", "*", ZONE_SIZE, |pool| {
+        Some(MetricStore { ids: RbTreeMap::try_new_in(pool.clone()).ok()?, metrics: SlabVec::new_in(pool) })
+    })
+}
+
+/// The id of `filter`'s metric `name`, defining it on first use.
+pub fn define(zone: &MetricZone, filter: &str, kind: MetricType, name: &str) -> HostResult<u32> {
+    let key = [filter.as_bytes(), b"\0", name.as_bytes()].concat();
+    if let Some(id) = zone.read()?.ids.get(key.as_slice()) {
+        return Ok(*id);
+    }
+    let mut store = zone.write()?;
+    if let Some(id) = store.ids.get(key.as_slice()) {
+        return Ok(*id);
+    }
+    let pool = store.ids.allocator().clone();
+    let full = Status::InternalFailure;
+    let metric = Metric {
+        kind,
+        filter: copy_in(&pool, filter.as_bytes()).ok_or(full)?,
+        name: copy_in(&pool, name.as_bytes()).ok_or(full)?,
+        value: AtomicI64::new(0),
+        buckets: Default::default(),
+        count: AtomicU64::new(0),
+        sum: AtomicU64::new(0),
+    };
+    let id = store.metrics.len() as u32;
+    store.metrics.try_reserve(1).map_err(|_| full)?;
+    store.ids.try_insert(Key(copy_in(&pool, &key).ok_or(full)?), id).map_err(|_| full)?;
+    store.metrics.push(metric);
+    Ok(id)
+}
+
+fn with_metric<R>(zone: &MetricZone, id: u32, f: impl FnOnce(&Metric) -> HostResult<R>) -> HostResult<R> {
+    let store = zone.read()?;
+    f(store.metrics.get(id as usize).ok_or(Status::NotFound)?)
+}
+
+pub fn increment(zone: &MetricZone, id: u32, offset: i64) -> HostResult<()> {
+    with_metric(zone, id, |metric| match metric.kind {
+        MetricType::Counter if offset <= 0 => Err(Status::BadArgument),
+        MetricType::Histogram => Err(Status::BadArgument),
+        _ => {
+            metric.value.fetch_add(offset, Ordering::Relaxed);
+            Ok(())
+        }
+    })
+}
+
+pub fn record(zone: &MetricZone, id: u32, value: u64) -> HostResult<()> {
+    with_metric(zone, id, |metric| {
+        match metric.kind {
+            MetricType::Counter => drop(metric.value.fetch_add(value as i64, Ordering::Relaxed)),
+            MetricType::Gauge => metric.value.store(value as i64, Ordering::Relaxed),
+            MetricType::Histogram => {
+                for (bucket, bound) in metric.buckets.iter().zip(BUCKETS) {
+                    if value <= bound {
+                        bucket.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                metric.count.fetch_add(1, Ordering::Relaxed);
+                metric.sum.fetch_add(value, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn get(zone: &MetricZone, id: u32) -> HostResult<u64> {
+    with_metric(zone, id, |metric| match metric.kind {
+        MetricType::Histogram => Err(Status::BadArgument),
+        _ => Ok(metric.value.load(Ordering::Relaxed) as u64),
+    })
+}
+
+thread_local! {
+    /// Ids of the host's own counters in this worker, by (filter, name).
+    static HOST_COUNTERS: RefCell<HashMap<(String, &'static str), u32>> = RefCell::new(HashMap::new());
+}
+
+/// Adds one to the host's counter `name` for `filter` (e.g. `inwasm_requests_total`).
+pub fn count(zone: &MetricZone, filter: &str, name: &'static str) {
+    let id = HOST_COUNTERS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if let Some(id) = ids.get(&(filter.to_string(), name)) {
+            return Some(*id);
+        }
+        let id = define(zone, filter, MetricType::Counter, name).ok()?;
+        ids.insert((filter.to_string(), name), id);
+        Some(id)
+    });
+    if let Some(id) = id {
+        let _ = increment(zone, id, 1);
+    }
+}
+
+/// Every metric in Prometheus text format, labelled with its filter.
+pub fn prometheus(zone: &MetricZone) -> HostResult<String> {
+    let store = zone.read()?;
+    let mut metrics: Vec<&Metric> = store.metrics.iter().collect();
+    metrics.sort_by(|a, b| (&a.name[..], &a.filter[..]).cmp(&(&b.name[..], &b.filter[..])));
+    let mut out = String::new();
+    let mut last_name = None;
+    for metric in metrics {
+        let name = metric_name(&metric.name);
+        let filter = label_value(&metric.filter);
+        let kind = match metric.kind {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+        };
+        if last_name.as_deref() != Some(name.as_str()) {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            last_name = Some(name.clone());
+        }
+        if metric.kind != MetricType::Histogram {
+            let _ = writeln!(out, "{name}{{filter=\"{filter}\"}} {}", metric.value.load(Ordering::Relaxed));
+            continue;
+        }
+        for (bucket, bound) in metric.buckets.iter().zip(BUCKETS) {
+            let _ =
+                writeln!(out, "{name}_bucket{{filter=\"{filter}\",le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
+        }
+        let count = metric.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{filter=\"{filter}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{filter=\"{filter}\"}} {}", metric.sum.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}_count{{filter=\"{filter}\"}} {count}");
+    }
+    Ok(out)
+}
+
+/// A Prometheus metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`, other characters as `_`.
+fn metric_name(raw: &[u8]) -> String {
+    let mut name: String = raw
+        .iter()
+        .map(|&b| if b.is_ascii_alphanumeric() || b == b'_' || b == b':' { b as char } else { '_' })
+        .collect();
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    name
+}
+
+fn label_value(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
