@@ -118,19 +118,20 @@ pub fn get(zone: &MetricZone, id: u32) -> HostResult<u64> {
 }
 
 thread_local! {
-    /// Ids of the host's own counters in this worker, by (filter, name).
-    static HOST_COUNTERS: RefCell<HashMap<(String, &'static str), u32>> = RefCell::new(HashMap::new());
+    /// Ids of the host's own counters in this worker, by counter name then filter.
+    static HOST_COUNTERS: RefCell<HashMap<&'static str, HashMap<String, u32>>> = RefCell::new(HashMap::new());
 }
 
 /// Adds one to the host's counter `name` for `filter` (e.g. `inwasm_requests_total`).
 pub fn count(zone: &MetricZone, filter: &str, name: &'static str) {
     let id = HOST_COUNTERS.with(|ids| {
         let mut ids = ids.borrow_mut();
-        if let Some(id) = ids.get(&(filter.to_string(), name)) {
+        let by_filter = ids.entry(name).or_default();
+        if let Some(id) = by_filter.get(filter) {
             return Some(*id);
         }
         let id = define(zone, filter, MetricType::Counter, name).ok()?;
-        ids.insert((filter.to_string(), name), id);
+        by_filter.insert(filter.to_string(), id);
         Some(id)
     });
     if let Some(id) = id {
