@@ -17,6 +17,7 @@ use ngx::ffi::{
 };
 
 use crate::ffi::log_error;
+use crate::headers::Side;
 use crate::root_link::RootLink;
 use crate::shared_data::{self, KvZone};
 use crate::shared_queues::{self, QueueZone};
@@ -244,23 +245,54 @@ impl Logging for StreamEmbedding {
 
 impl Clock for StreamEmbedding {}
 
+/// The nginx header list behind a request/response map (trailers have none).
+fn side(map: MapType) -> Option<Side> {
+    match map {
+        MapType::HttpRequestHeaders => Some(Side::Request),
+        MapType::HttpResponseHeaders => Some(Side::Response),
+        _ => None,
+    }
+}
+
 impl HeaderMaps for StreamEmbedding {
     fn header_map(&mut self, map: MapType) -> HostResult<Pairs> {
-        Ok(match map {
-            MapType::HttpRequestHeaders => unsafe { headers::request_headers(self.r) },
-            MapType::HttpResponseHeaders => unsafe { headers::response_headers(self.r) },
+        Ok(match side(map) {
+            Some(Side::Request) => unsafe { headers::request_headers(self.r) },
+            Some(Side::Response) => unsafe { headers::response_headers(self.r) },
             // nginx hands trailers to no filter yet.
-            _ => Vec::new(),
+            None => Vec::new(),
         })
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> HostResult<()> {
-        let done = match map {
-            MapType::HttpRequestHeaders => unsafe { headers::set_request_headers(self.r, &pairs) },
-            MapType::HttpResponseHeaders => unsafe { headers::set_response_headers(self.r, &pairs) },
-            _ => return Err(Status::BadArgument),
+        let done = match side(map).ok_or(Status::BadArgument)? {
+            Side::Request => unsafe { headers::set_request_headers(self.r, &pairs) },
+            Side::Response => unsafe { headers::set_response_headers(self.r, &pairs) },
         };
         done.ok_or(Status::InternalFailure)
+    }
+
+    fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
+        Ok(side(map).map_or(0, |side| unsafe { headers::count(self.r, side) }))
+    }
+
+    fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
+        Ok(side(map).and_then(|side| unsafe { headers::value(self.r, side, key) }))
+    }
+
+    fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
+        let side = side(map).ok_or(Status::BadArgument)?;
+        unsafe { headers::add(self.r, side, key, value) }.ok_or(Status::InternalFailure)
+    }
+
+    fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
+        let side = side(map).ok_or(Status::BadArgument)?;
+        unsafe { headers::replace(self.r, side, key, value) }.ok_or(Status::InternalFailure)
+    }
+
+    fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
+        let side = side(map).ok_or(Status::BadArgument)?;
+        unsafe { headers::remove(self.r, side, key) }.ok_or(Status::InternalFailure)
     }
 }
 

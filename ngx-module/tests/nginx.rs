@@ -33,6 +33,29 @@ fn request_and_response_headers_are_rewritten() {
 }
 
 #[test]
+fn repeated_headers_are_replaced_and_removed_whole() {
+    let upstream = EchoUpstream::start();
+    let nginx = Nginx::start(
+        &wasm_block(&["headers"]),
+        &format!("location / {{ proxy_wasm headers cfg; proxy_pass http://127.0.0.1:{}; }}", upstream.port),
+    );
+    let headers = [
+        ("X-Remove-Me", "1"),
+        ("x-inwasm-config", "old-1"),
+        ("x-keep", "a"),
+        ("X-Remove-Me", "2"),
+        ("x-inwasm-config", "old-2"),
+        ("x-keep", "b"),
+    ];
+    let seen = nginx.request("GET", "/", &headers, b"").text();
+    assert_eq!(seen.matches("x-inwasm-config: ").count(), 1, "{seen}");
+    assert!(seen.contains("x-inwasm-config: cfg\n"), "{seen}");
+    assert!(!seen.contains("x-remove-me"), "{seen}");
+    assert!(seen.contains("x-keep: a\n") && seen.contains("x-keep: b\n"), "{seen}");
+    assert!(seen.contains("host: "), "nginx's own pointers survive the edits: {seen}");
+}
+
+#[test]
 fn local_response_short_circuits_upstream() {
     let nginx = Nginx::start(&wasm_block(&["headers"]), "location / { proxy_wasm headers; return 200 'upstream'; }");
     let response = nginx.request("GET", "/", &[("x-deny", "1")], b"");
