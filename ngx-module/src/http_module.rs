@@ -20,9 +20,9 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
     ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_REWRITE_PHASE, ngx_http_top_body_filter,
-    ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE12, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
-    NGX_HTTP_SRV_CONF,
+    ngx_http_top_header_filter, ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_parse_time, ngx_str_t,
+    ngx_uint_t, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::ngx_string;
@@ -98,6 +98,8 @@ impl HttpModule for Module {
         }
         response::NEXT_HEADER_FILTER = ngx_http_top_header_filter;
         ngx_http_top_header_filter = Some(response::header_filter as unsafe extern "C" fn(_) -> _);
+        request::NEXT_REQUEST_BODY_FILTER = ngx_http_top_request_body_filter;
+        ngx_http_top_request_body_filter = Some(request::request_body_filter as unsafe extern "C" fn(_, _) -> _);
         response::NEXT_BODY_FILTER = ngx_http_top_body_filter;
         ngx_http_top_body_filter = Some(response::body_filter as unsafe extern "C" fn(_, _) -> _);
         Status::NGX_OK.into()

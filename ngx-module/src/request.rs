@@ -14,15 +14,17 @@ use std::rc::Rc;
 
 use inwasm_host::{Action, FilterError, PluginId, StreamId};
 use ngx::ffi::{
-    ngx_delete_posted_event, ngx_event_t, ngx_http_core_run_phases, ngx_http_finalize_request,
-    ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_pool_cleanup_add, ngx_uint_t,
-    NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_OK,
+    ngx_chain_t, ngx_delete_posted_event, ngx_event_t, ngx_http_core_run_phases, ngx_http_finalize_request,
+    ngx_http_read_client_request_body, ngx_http_request_body_filter_pt, ngx_http_request_t, ngx_int_t, ngx_log_t,
+    ngx_pool_cleanup_add, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_OK,
 };
 use ngx::http::HttpModuleLocationConf;
 
-use crate::chains::{replace_request_body, request_body};
+use crate::chains::{chain_bytes, consume, memory_chain, replace_request_body, request_body};
 use crate::embedding::{Exchange, SharedExchange, StreamEmbedding};
 use crate::ffi::{guard, guard_status, log_error};
+use crate::headers::{self, Side};
 use crate::http_module::{ngx_http_inwasm_module, Isolation, LocConf, Module};
 use crate::metrics;
 use crate::response::send_local_response;
@@ -40,6 +42,9 @@ pub struct ActiveFilter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
     Headers(usize),
+    /// The body is being read; each piece goes through the chain as it arrives.
+    Streaming,
+    /// After a filter paused at the body's end: the rest of the chain, over what it held.
     Body(usize),
     Done,
 }
@@ -57,6 +62,12 @@ pub struct RequestCtx {
     pub failed: bool,
     /// `proxy_wasm_fail_open`: a failed filter is skipped instead of failing the request.
     fail_open: bool,
+    /// Request bytes each filter holds while it pauses the request body (by filter).
+    held_request: Vec<Vec<u8>>,
+    /// The chain stopped taking request body: a filter answered, or paused at its end.
+    body_stopped: bool,
+    /// The filter that paused at the end of the request body.
+    body_paused_at: Option<usize>,
     /// Response bytes held back while a filter pauses the response body.
     pub held_body: Vec<u8>,
     /// The body of a local response sent during the response headers, replacing the original.
@@ -137,6 +148,9 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
         resume: std::mem::zeroed(),
         failed: false,
         fail_open: loc.fail_open(),
+        held_request: Vec::new(),
+        body_stopped: false,
+        body_paused_at: None,
         held_body: Vec::new(),
         replacement_body: None,
         finished: false,
@@ -248,7 +262,7 @@ unsafe fn advance(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t
                 step(r, ctx, index, |f| f.vm.borrow_mut().on_request_headers(f.stream, end_of_stream))
             }
             Stage::Headers(_) if has_body(&*r) => {
-                ctx.stage = Stage::Body(0);
+                ctx.stage = Stage::Streaming;
                 let rc = ngx_http_read_client_request_body(r, Some(request_body_read));
                 if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
                     return rc;
@@ -267,13 +281,17 @@ unsafe fn advance(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t
                 step(r, ctx, index, |f| f.vm.borrow_mut().on_request_body(f.stream, size, true))
             }
             Stage::Body(_) => {
+                // What the pausing filter held joins the body already passed on.
                 ctx.stage = Stage::Done;
-                let exchange = ctx.exchange.borrow();
-                if exchange.request_body_changed && replace_request_body(r, &exchange.request_body).is_none() {
+                let tail = std::mem::take(&mut ctx.exchange.borrow_mut().request_body);
+                let Some(mut body) = request_body(r) else { return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t };
+                body.extend_from_slice(&tail);
+                if replace_request_body(r, &body).is_none() {
                     return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
                 }
                 continue;
             }
+            Stage::Streaming => return NGX_DONE as ngx_int_t,
             Stage::Done => return NGX_DECLINED as ngx_int_t,
         };
         match result {
@@ -331,15 +349,133 @@ unsafe fn go_on(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) {
     }
 }
 
-/// Called once the whole request body is in.
+/// Called once the whole request body is in (and through the chain).
 unsafe extern "C" fn request_body_read(r: *mut ngx_http_request_t) {
     let Some(ctx) = ctx(r) else { return ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t) };
-    match guard((*(*r).connection).log, None, || request_body(r)) {
-        Some(body) => ctx.exchange.borrow_mut().request_body = body,
-        None => return ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t),
-    }
     (*r).set_preserve_body(1);
+    if let Some(index) = ctx.body_paused_at.take() {
+        // Wait for the pausing filter; then the rest of the chain runs over what it held.
+        ctx.stage = Stage::Body(index + 1);
+        if !std::mem::take(&mut ctx.exchange.borrow_mut().resume_requested) {
+            ctx.suspended = true;
+            (*(*r).main).set_count((*(*r).main).count() + 1);
+            return;
+        }
+    } else {
+        ctx.stage = Stage::Done;
+        if guard((*(*r).connection).log, None, || fix_content_length(r)).is_none() {
+            return ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+        }
+    }
     go_on(r, ctx);
+}
+
+/// Makes Content-Length match the body the chain let through (filters may change its size).
+unsafe fn fix_content_length(r: *mut ngx_http_request_t) -> Option<()> {
+    let size = (*r).request_body.as_ref().map_or(0, |body| chain_size(body.bufs));
+    if (*r).headers_in.content_length_n == size as i64 && (*r).headers_in.chunked() == 0 {
+        return Some(());
+    }
+    headers::remove(r, Side::Request, b"transfer-encoding")?;
+    headers::replace(r, Side::Request, b"content-length", size.to_string().as_bytes())?;
+    (*r).headers_in.set_chunked(0);
+    Some(())
+}
+
+pub static mut NEXT_REQUEST_BODY_FILTER: ngx_http_request_body_filter_pt = None;
+
+/// nginx's request body filter: each piece of the body, as it is read, goes through the
+/// chain in order. A filter that pauses before the end holds what it has seen (and gets it
+/// again with the next piece); one that pauses at the end stops the body there until it
+/// continues; one that answers stops the body and answers once it is read.
+pub unsafe extern "C" fn request_body_filter(r: *mut ngx_http_request_t, input: *mut ngx_chain_t) -> ngx_int_t {
+    let next = NEXT_REQUEST_BODY_FILTER.expect("next request body filter");
+    let mut output = input;
+    let rc = guard_status((*(*r).connection).log, || {
+        let Some(ctx) = ctx(r) else { return NGX_DECLINED as ngx_int_t };
+        if r != (*r).main || ctx.stage != Stage::Streaming || input.is_null() {
+            return NGX_DECLINED as ngx_int_t;
+        }
+        let mut piece = Vec::new();
+        if chain_bytes(input, &mut piece).is_none() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        let end_of_stream = consume(input);
+        let passed = match stream_piece(r, ctx, piece, end_of_stream) {
+            Ok(passed) => passed,
+            Err(rc) => return rc,
+        };
+        if passed.is_empty() && !end_of_stream {
+            return NGX_OK as ngx_int_t;
+        }
+        match memory_chain(r, &passed, end_of_stream) {
+            Some(chain) => {
+                output = chain;
+                NGX_DECLINED as ngx_int_t
+            }
+            None => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        }
+    });
+    if rc == NGX_DECLINED as ngx_int_t {
+        next(r, output)
+    } else {
+        rc
+    }
+}
+
+/// Runs one piece of the request body through the chain; returns what goes on to nginx.
+unsafe fn stream_piece(
+    r: *mut ngx_http_request_t,
+    ctx: &mut RequestCtx,
+    mut data: Vec<u8>,
+    end: bool,
+) -> Result<Vec<u8>, ngx_int_t> {
+    if ctx.body_stopped {
+        return Ok(Vec::new());
+    }
+    ctx.held_request.resize_with(ctx.filters.len(), Vec::new);
+    for index in 0..ctx.filters.len() {
+        let mut held = std::mem::take(&mut ctx.held_request[index]);
+        held.extend_from_slice(&data);
+        let size = held.len();
+        ctx.exchange.borrow_mut().request_body = held;
+        let result = step(r, ctx, index, |f| f.vm.borrow_mut().on_request_body(f.stream, size, end));
+        let resumed = std::mem::take(&mut ctx.exchange.borrow_mut().resume_requested);
+        match result {
+            Step::Failed => return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t),
+            Step::Responded => {
+                ctx.body_stopped = true;
+                return Ok(Vec::new());
+            }
+            Step::Paused if !resumed && !end => {
+                ctx.held_request[index] = std::mem::take(&mut ctx.exchange.borrow_mut().request_body);
+                return Ok(Vec::new());
+            }
+            Step::Paused if !resumed => {
+                // Its data waits in the exchange until it continues.
+                ctx.body_stopped = true;
+                ctx.body_paused_at = Some(index);
+                return Ok(Vec::new());
+            }
+            Step::Paused | Step::Continue => data = std::mem::take(&mut ctx.exchange.borrow_mut().request_body),
+        }
+    }
+    Ok(data)
+}
+
+/// The number of bytes in a chain (memory or file buffers).
+unsafe fn chain_size(mut chain: *mut ngx_chain_t) -> usize {
+    let mut size = 0;
+    while let Some(link) = chain.as_ref() {
+        let b = &*link.buf;
+        size += if b.in_file() != 0 && b.pos.is_null() {
+            (b.file_last - b.file_pos) as usize
+        } else {
+            b.last.offset_from(b.pos) as usize
+        };
+        chain = link.next;
+    }
+    size
 }
 
 /// The resume event: a filter asked to continue a suspended request.

@@ -56,6 +56,18 @@ fn several_calls_in_flight_from_one_request() {
 }
 
 #[test]
+fn call_at_the_end_of_the_body_holds_it_then_lets_the_changed_body_through() {
+    let nginx = auth_gateway("auth");
+    let headers = [("authorization", "Bearer good"), ("x-call-at", "body")];
+    let response = nginx.request("POST", "/upload", &headers, b"payload");
+    assert_eq!(response.status, 200, "{}", nginx.error_log());
+    let seen = response.text();
+    assert!(seen.contains("x-auth-user: alice\n"), "{seen}");
+    assert!(seen.contains("content-length: 15\n"), "{seen}");
+    assert!(seen.ends_with("\n\nchecked:payload"), "{seen}");
+}
+
+#[test]
 fn call_answer_can_deny_the_request() {
     let nginx = auth_gateway("auth");
     let response = nginx.request("GET", "/resource", &[("authorization", "Bearer bad")], b"");

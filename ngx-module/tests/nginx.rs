@@ -112,6 +112,35 @@ fn request_body_is_rewritten_before_upstream() {
 }
 
 #[test]
+fn request_body_streams_through_the_chain_as_it_arrives() {
+    let nginx = Nginx::start(&wasm_block(&["lifecycle"]), "location / { proxy_wasm lifecycle; return 200 'ok'; }");
+    let pieces: [&[u8]; 3] = [b"first-", b"second-", b"third"];
+    let response = chunked_request(nginx.port, "/", &pieces, Duration::from_millis(150)).unwrap();
+    assert_eq!(response.status, 200);
+    nginx.wait_log("on_log 2", 1);
+    let log = nginx.error_log();
+    let calls: Vec<&str> = log.lines().filter_map(|l| l.split("request_body 2 ").nth(1)).collect();
+    assert!(calls.len() >= 3, "one call per piece read: {calls:?}");
+    assert!(calls[..calls.len() - 1].iter().all(|c| c.contains("eos=false")), "{calls:?}");
+    assert!(calls[calls.len() - 1].contains("eos=true"), "{calls:?}");
+}
+
+#[test]
+fn paused_body_pieces_accumulate_and_length_is_fixed() {
+    let upstream = EchoUpstream::start();
+    let nginx = Nginx::start(
+        &wasm_block(&["body"]),
+        &format!("location / {{ proxy_wasm body; proxy_pass http://127.0.0.1:{}; }}", upstream.port),
+    );
+    let pieces: [&[u8]; 3] = [b"ab", b"cd", b"ef"];
+    let response = chunked_request(nginx.port, "/", &pieces, Duration::from_millis(100)).unwrap();
+    assert_eq!(response.status, 200, "{}", nginx.error_log());
+    let seen = response.text().to_ascii_lowercase();
+    assert!(seen.contains("content-length: 6\n") && !seen.contains("transfer-encoding"), "{seen}");
+    assert!(response.text().ends_with("\n\nFEDCBA!"), "the filter saw the whole body at its end: {}", response.text());
+}
+
+#[test]
 fn large_request_body_from_temp_file_is_seen_whole() {
     let upstream = EchoUpstream::start();
     let nginx = Nginx::start(

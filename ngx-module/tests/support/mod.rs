@@ -315,6 +315,25 @@ fn read_response(mut reader: BufReader<TcpStream>) -> std::io::Result<Response> 
     Ok(Response { status, headers, body })
 }
 
+/// A POST whose chunked body is sent in `pieces`, `gap` apart (so the server reads them
+/// separately).
+pub fn chunked_request(port: u16, path: &str, pieces: &[&[u8]], gap: Duration) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
+    for piece in pieces {
+        stream.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+        stream.write_all(piece)?;
+        stream.write_all(b"\r\n")?;
+        stream.flush()?;
+        std::thread::sleep(gap);
+    }
+    stream.write_all(b"0\r\n\r\n")?;
+    read_response(BufReader::new(stream))
+}
+
 /// An upstream on a free port that answers every request with 200 and a body describing
 /// what it received: `method path`, then each header as `name: value`, a blank line, the body.
 pub struct EchoUpstream {

@@ -3,7 +3,9 @@
 //! resumes the request with its body as `x-auth-user`; a failed call (no headers) gets a
 //! local 502, any other answer a local 403. Dispatch errors answer 500 with `x-call-error`.
 //! Request header `x-calls: N` makes N calls at once; the request resumes after the last.
-//! Responses carry `x-auth-calls: <calls made>`.
+//! Responses carry `x-auth-calls: <calls made>`. With `x-call-at: body` the call is made at
+//! the end of the request body instead, and a 200 answer also prefixes the body with
+//! `checked:` before resuming.
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -29,7 +31,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Auth { upstream: self.upstream.clone(), pending: 0, calls: 0 }))
+        Some(Box::new(Auth { upstream: self.upstream.clone(), pending: 0, calls: 0, body_size: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -42,6 +44,32 @@ struct Auth {
     /// Calls still in flight; the request resumes when the last one allows it.
     pending: usize,
     calls: usize,
+    /// Set when the call was made at the end of the request body (of this size).
+    body_size: Option<usize>,
+}
+
+impl Auth {
+    /// Makes the configured number of calls; false when one could not be dispatched (the
+    /// filter then answered 500).
+    fn call(&mut self) -> bool {
+        let token = self.get_http_request_header("authorization").unwrap_or_default();
+        let headers =
+            vec![(":method", "GET"), (":path", "/check"), (":authority", "auth.local"), ("x-token", token.as_str())];
+        let timeout = Duration::from_millis(500);
+        let calls = self.get_http_request_header("x-calls").and_then(|n| n.parse().ok()).unwrap_or(1);
+        for _ in 0..calls {
+            match self.dispatch_http_call(&self.upstream, headers.clone(), None, vec![], timeout) {
+                Ok(_) => self.pending += 1,
+                Err(status) => {
+                    let error = format!("{status:?}");
+                    self.send_http_response(500, vec![("x-call-error", &error)], None);
+                    return false;
+                }
+            }
+        }
+        self.calls = calls;
+        true
+    }
 }
 
 impl Context for Auth {
@@ -53,6 +81,10 @@ impl Context for Auth {
         self.pending -= 1;
         if status.as_deref() == Some("200") {
             self.set_http_request_header("x-auth-user", Some(&String::from_utf8_lossy(&body)));
+            if let Some(size) = self.body_size {
+                let original = self.get_http_request_body(0, size).unwrap_or_default();
+                self.set_http_request_body(0, size, &[b"checked:".as_slice(), &original].concat());
+            }
             if self.pending == 0 {
                 self.resume_http_request();
             }
@@ -66,22 +98,21 @@ impl Context for Auth {
 
 impl HttpContext for Auth {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let token = self.get_http_request_header("authorization").unwrap_or_default();
-        let headers =
-            vec![(":method", "GET"), (":path", "/check"), (":authority", "auth.local"), ("x-token", token.as_str())];
-        let timeout = Duration::from_millis(500);
-        let calls = self.get_http_request_header("x-calls").and_then(|n| n.parse().ok()).unwrap_or(1);
-        for _ in 0..calls {
-            match self.dispatch_http_call(&self.upstream, headers.clone(), None, vec![], timeout) {
-                Ok(_) => self.pending += 1,
-                Err(status) => {
-                    let error = format!("{status:?}");
-                    self.send_http_response(500, vec![("x-call-error", &error)], None);
-                    return Action::Pause;
-                }
-            }
+        if self.get_http_request_header("x-call-at").as_deref() == Some("body") {
+            return Action::Continue;
         }
-        self.calls = calls;
+        self.call();
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.get_http_request_header("x-call-at").as_deref() != Some("body") {
+            return Action::Continue;
+        }
+        if end_of_stream {
+            self.body_size = Some(size);
+            self.call();
+        }
         Action::Pause
     }
 
