@@ -57,6 +57,17 @@ pub unsafe fn get(r: *mut ngx_http_request_t, path: &[&[u8]]) -> Option<Vec<u8>>
         }
         [b"connection", b"id"] => property::int(c.number as i64),
         [b"connection", b"mtls"] => property::boolean(false),
+        [b"upstream", b"address"] => last_upstream_address(r)?,
+        [b"upstream", b"port"] => {
+            let address = last_upstream_address(r)?;
+            let port = address.rsplit(|b| *b == b':').next()?;
+            property::int(std::str::from_utf8(port).ok()?.parse().ok()?)
+        }
+        [b"request", b"duration"] => {
+            let now = ngx::ffi::ngx_timeofday();
+            let millis = (now.sec - req.start_sec) as i64 * 1000 + now.msec as i64 - req.start_msec as i64;
+            property::nanos(millis.max(0) as u128 * 1_000_000)
+        }
         [b"ngx", name] => variable(r, name)?,
         _ => return None,
     })
@@ -93,6 +104,14 @@ pub unsafe fn set(r: *mut ngx_http_request_t, path: &[&[u8]], value: &[u8]) -> R
         return Err(());
     }
     Ok(())
+}
+
+/// The address of the last upstream server tried. `$upstream_addr` lists every one, as
+/// `a, b` for retries and `a : b` across internal redirects.
+unsafe fn last_upstream_address(r: *mut ngx_http_request_t) -> Option<Vec<u8>> {
+    let all = String::from_utf8(variable(r, b"upstream_addr")?).ok()?;
+    let last = all.rsplit([',', ' ']).find(|part| !part.is_empty() && *part != ":")?;
+    (last != "-").then(|| last.as_bytes().to_vec())
 }
 
 unsafe fn variable(r: *mut ngx_http_request_t, name: &[u8]) -> Option<Vec<u8>> {

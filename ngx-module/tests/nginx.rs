@@ -187,6 +187,25 @@ fn properties_reach_the_filter() {
 }
 
 #[test]
+fn upstream_and_response_properties_at_response_time() {
+    let upstream = EchoUpstream::start();
+    let nginx = Nginx::start(
+        &wasm_block(&["properties"]),
+        &format!(
+            "location / {{ proxy_wasm properties 'upstream.address,upstream.port,response.code,request.duration';
+                           proxy_pass http://127.0.0.1:{}; }}",
+            upstream.port
+        ),
+    );
+    let response = nginx.get("/");
+    assert_eq!(response.header("x-prop-upstream-address"), Some(format!("127.0.0.1:{}", upstream.port).as_str()));
+    assert_eq!(response.header("x-prop-upstream-port"), Some(upstream.port.to_string().as_str()));
+    assert_eq!(response.header("x-prop-response-code"), Some("200"));
+    let nanos: u64 = response.header("x-prop-request-duration").unwrap().parse().unwrap();
+    assert!(nanos < 10_000_000_000, "request.duration is nanoseconds so far: {nanos}");
+}
+
+#[test]
 fn chain_runs_in_order_and_inherits() {
     let upstream = EchoUpstream::start();
     let nginx = Nginx::start(

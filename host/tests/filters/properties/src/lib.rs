@@ -4,6 +4,7 @@
 //! last segment is an integer property (port, code, size, ...) are shown as decimal u64
 //! (little-endian), others as UTF-8 (lossy), missing ones as `<none>`. A request header
 //! `x-set-prop: name=value` sets property `name` and reads it back into `x-prop-readback`.
+//! `response.*` and `upstream.*` paths are read again on response headers.
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, Bytes, ContextType, LogLevel};
 
@@ -83,6 +84,11 @@ impl HttpContext for Properties {
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         for (name, value) in &self.headers {
             self.set_http_response_header(name, Some(value));
+        }
+        // Properties only known once the response is there (`response.*`, `upstream.*`).
+        for path in self.paths.iter().filter(|p| p.starts_with("response.") || p.starts_with("upstream.")) {
+            let value = render(path, self.get_property(path.split('.').collect()));
+            self.set_http_response_header(&format!("x-prop-{}", path.replace('.', "-")), Some(&value));
         }
         Action::Continue
     }
