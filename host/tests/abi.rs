@@ -312,3 +312,47 @@ fn logs_and_clock_work_during_start_up() {
 fn emscripten_imports_link() {
     assert_eq!(status_of("(call $grown (i32.const 0)) (i32.const 0)"), OK);
 }
+
+/// A module whose `on_http_call_response` logs what `proxy_get_status` says.
+const STATUS_REPORTER: &str = r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_status" (func $status (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_size" (func $size (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32)
+    (global.get $heap) (global.set $heap (i32.add (global.get $heap) (local.get $n))))
+  ;; a serialized map with :method, :path and :authority
+  (data (i32.const 100) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\01\00\00\00\0a\00\00\00\01\00\00\00:method\00GET\00:path\00/\00:authority\00a\00")
+  (data (i32.const 200) "auth")
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $call (i32.const 200) (i32.const 4) (i32.const 100) (i32.const 61)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 300)))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (drop (call $status (i32.const 2000) (i32.const 2004) (i32.const 2008)))
+    ;; log the message, then the code as one digit pair
+    (drop (call $log (i32.const 2) (i32.load (i32.const 2004)) (i32.load (i32.const 2008))))
+    (i32.store8 (i32.const 2100) (i32.add (i32.const 48) (i32.div_u (i32.load (i32.const 2000)) (i32.const 10))))
+    (i32.store8 (i32.const 2101) (i32.add (i32.const 48) (i32.rem_u (i32.load (i32.const 2000)) (i32.const 10))))
+    (drop (call $log (i32.const 2) (i32.const 2100) (i32.const 2)))))"#;
+
+#[test]
+fn failed_call_reports_why_through_get_status() {
+    let mut h = Harness::new(wat("status", STATUS_REPORTER), "");
+    let token = h.node.borrow().http_calls.first().expect("the module made a call").0;
+    h.vm.on_http_call_response(h.plugin, token, Err("connection refused".into())).unwrap();
+    let logs = h.logs();
+    assert!(logs.contains(&"connection refused".to_string()), "{logs:?}");
+    assert!(logs.contains(&"11".to_string()), "BROKEN_CONNECTION: {logs:?}");
+}
+
+#[test]
+fn successful_call_reports_ok_through_get_status() {
+    let mut h = Harness::new(wat("status", STATUS_REPORTER), "");
+    let token = h.node.borrow().http_calls[0].0;
+    h.vm.on_http_call_response(h.plugin, token, Ok(HttpCallResponse::default())).unwrap();
+    assert!(h.logs().contains(&"00".to_string()), "{:?}", h.logs());
+}

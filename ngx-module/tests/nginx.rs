@@ -287,6 +287,24 @@ fn isolation_stream_gives_each_request_a_fresh_instance() {
 }
 
 #[test]
+fn isolation_filter_gives_each_filter_its_own_instance() {
+    let chain = "proxy_wasm lifecycle; proxy_wasm lifecycle; return 200;";
+    let per_request =
+        Nginx::start(&wasm_block(&["lifecycle"]), &format!("location / {{ proxy_wasm_isolation stream; {chain} }}"));
+    let per_filter =
+        Nginx::start(&wasm_block(&["lifecycle"]), &format!("location / {{ proxy_wasm_isolation filter; {chain} }}"));
+    per_request.get("/");
+    per_filter.get("/");
+    // stream: both filters share one fresh instance (root 1 and its stream 2, then root 3
+    // and its stream 4); filter: each has its own (root 1, stream 2).
+    let log = per_request.error_log();
+    assert!(log.contains("request_headers 2 eos=true") && log.contains("request_headers 4 eos=true"), "{log}");
+    let log = per_filter.error_log();
+    assert_eq!(log.matches("request_headers 2 eos=true").count(), 2, "{log}");
+    assert!(!log.contains("request_headers 4"), "{log}");
+}
+
+#[test]
 fn lifecycle_ends_with_done_and_log() {
     let nginx = Nginx::start(&wasm_block(&["lifecycle"]), "location / { proxy_wasm lifecycle; return 200 'x'; }");
     nginx.get("/");
