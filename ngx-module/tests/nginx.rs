@@ -326,6 +326,29 @@ fn reload_picks_up_new_configuration() {
 }
 
 #[test]
+fn reload_picks_up_a_module_changed_on_disk_and_old_requests_finish_on_old_instances() {
+    let upstream = EchoUpstream::start_slow(Duration::from_millis(800));
+    let dir = std::env::temp_dir().join(format!("inwasm-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let module = dir.join("filter.wasm");
+    std::fs::copy(filter("headers"), &module).unwrap();
+    let block = format!("wasm {{ module tenant {}; }}", module.display());
+    let location = format!("location / {{ proxy_wasm tenant; proxy_pass http://127.0.0.1:{}; }}", upstream.port);
+    let nginx = Nginx::start(&block, &location);
+    let port = nginx.port;
+    let in_flight = std::thread::spawn(move || request(port, "GET", "/old", &[], b""));
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::copy(filter("misbehave"), &module).unwrap();
+    nginx.reload(&block, &location);
+    let old = in_flight.join().unwrap();
+    assert_eq!((old.status, old.header("x-inwasm")), (200, Some("hello")), "the old filter finished it");
+    let new = nginx.get("/new");
+    assert!(new.text().contains("x-misbehave-ok: 1"), "the new module runs: {}", new.text());
+    assert_eq!(new.header("x-inwasm"), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn config_errors_name_the_file_and_reason() {
     let dir = std::env::temp_dir().join(format!("inwasm-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -355,18 +355,23 @@ pub struct EchoUpstream {
 
 impl EchoUpstream {
     pub fn start() -> EchoUpstream {
+        EchoUpstream::start_slow(Duration::ZERO)
+    }
+
+    /// An echo upstream that waits `delay` before answering (to keep requests in flight).
+    pub fn start_slow(delay: Duration) -> EchoUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || echo(stream));
+                std::thread::spawn(move || echo(stream, delay));
             }
         });
         EchoUpstream { port }
     }
 }
 
-fn echo(stream: TcpStream) {
+fn echo(stream: TcpStream, delay: Duration) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut report = String::new();
     let mut line = String::new();
@@ -397,6 +402,7 @@ fn echo(stream: TcpStream) {
     report.push('\n');
     let mut payload = report.into_bytes();
     payload.extend_from_slice(&body);
+    std::thread::sleep(delay);
     let mut stream = stream;
     let head =
         format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nServer: echo\r\nConnection: close\r\n\r\n", payload.len());
