@@ -424,16 +424,8 @@ fn text_format_modules_are_accepted() {
 /// The demo's own nginx.conf, as a user runs it (ports and log moved aside).
 #[test]
 fn header_rewriting_example_runs_as_documented() {
-    let (port, upstream) = (free_port(), free_port());
-    let text = std::fs::read_to_string(root().join("examples/headers/nginx.conf"))
-        .unwrap()
-        .replace("load_module build/ngx_http_inwasm_module.so", &format!("load_module {}", module_path().display()))
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{upstream}"))
-        .replace("error_log stderr info", "error_log @DIR@/error.log info")
-        .replace("pid build/nginx-demo.pid", "pid @DIR@/nginx.pid");
-    let nginx = Nginx::start_config(&text, &root(), port);
-    let response = nginx.request("GET", "/", &[("x-internal", "secret")], b"");
+    let example = Example::start("headers", 8080);
+    let response = example.request(8080, "GET", "/", &[("x-internal", "secret")], b"");
     assert_eq!(response.status, 200);
     assert_eq!(response.header("x-powered-by"), Some("inwasm"));
     assert_eq!(response.header("cache-control"), Some("no-store"));

@@ -2,6 +2,9 @@
 //! a minimal HTTP/1.1 client, and an upstream that echoes what it received.
 #![allow(dead_code)] // each test binary uses its own part
 
+mod example;
+pub use example::Example;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

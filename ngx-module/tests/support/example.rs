@@ -1,0 +1,74 @@
+//! Running an example's nginx.conf as a user would (from the repository root), on free ports.
+
+use std::collections::BTreeMap;
+
+use super::{module_path, request, root, Nginx, Response};
+
+/// An example's nginx, started from `examples/<name>/nginx.conf` with only what a test must
+/// change: the module path (the build under test), the error log and pid file (a scratch
+/// directory), and every `127.0.0.1:PORT` the file names, each moved to a free port.
+pub struct Example {
+    pub nginx: Nginx,
+    ports: BTreeMap<u16, u16>,
+}
+
+impl Example {
+    /// Starts the example and waits until its documented port `serves` answers.
+    pub fn start(name: &str, serves: u16) -> Example {
+        let path = root().join("examples").join(name).join("nginx.conf");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (text, ports) = move_ports(&text);
+        let text = text
+            .lines()
+            .map(|line| match line.trim_start().split_whitespace().next() {
+                Some("load_module") => format!("load_module {};", module_path().display()),
+                Some("error_log") => "error_log @DIR@/error.log info;".to_string(),
+                Some("pid") => "pid @DIR@/nginx.pid;".to_string(),
+                _ => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let port = *ports.get(&serves).unwrap_or_else(|| panic!("{} does not listen on {serves}", path.display()));
+        Example { nginx: Nginx::start_config(&text, &root(), port), ports }
+    }
+
+    /// Where the example's documented port `documented` is served in this test.
+    pub fn port(&self, documented: u16) -> u16 {
+        self.ports[&documented]
+    }
+
+    /// A request to the documented port `documented`, with extra headers and a body.
+    pub fn request(
+        &self,
+        documented: u16,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        request(self.port(documented), method, path, headers, body)
+    }
+}
+
+/// Replaces each `127.0.0.1:PORT` with a free port (the same one for each mention).
+fn move_ports(text: &str) -> (String, BTreeMap<u16, u16>) {
+    const HOST: &str = "127.0.0.1:";
+    let mut ports = BTreeMap::new();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(HOST) {
+        let (before, after) = rest.split_at(at + HOST.len());
+        out.push_str(before);
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match after[..digits].parse::<u16>() {
+            Ok(documented) => {
+                let port = *ports.entry(documented).or_insert_with(super::free_port);
+                out.push_str(&port.to_string());
+            }
+            Err(_) => out.push_str(&after[..digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    (out, ports)
+}
