@@ -20,7 +20,7 @@ impl Example {
         let (text, ports) = move_ports(&text);
         let text = text
             .lines()
-            .map(|line| match line.trim_start().split_whitespace().next() {
+            .map(|line| match line.split_whitespace().next() {
                 Some("load_module") => format!("load_module {};", module_path().display()),
                 Some("error_log") => "error_log @DIR@/error.log info;".to_string(),
                 Some("pid") => "pid @DIR@/nginx.pid;".to_string(),

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 mod example;
+#[allow(unused_imports)] // only the example tests use it
 pub use example::Example;
 
 use std::io::{BufRead, BufReader, Read, Write};
