@@ -21,6 +21,7 @@ mod module;
 mod plugin;
 pub mod serialization;
 mod session;
+pub mod stores;
 pub mod testing;
 mod types;
 mod vm;

@@ -5,11 +5,12 @@
 //! so a test can inspect them while the VM owns the embedding.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use crate::embedding::*;
+use crate::stores::{QueueStore, SharedDataStore};
 use crate::types::{BufferType, HostResult, LogLevel, MapType, MetricType, Pairs, Status, StreamType};
 
 /// Converts string pairs to the ABI's byte pairs.
@@ -26,22 +27,13 @@ pub struct Metric {
     pub recorded: Vec<u64>,
 }
 
-#[derive(Debug, Default)]
-pub struct Queue {
-    pub vm_id: Vec<u8>,
-    pub name: Vec<u8>,
-    pub items: VecDeque<Vec<u8>>,
-}
-
 /// State shared by every context of the in-memory proxy.
 #[derive(Debug)]
 pub struct NodeState {
     pub log_level: LogLevel,
     pub logs: Vec<(LogLevel, String)>,
-    pub shared_data: HashMap<Vec<u8>, (Vec<u8>, u32)>,
-    pub next_cas: u32,
-    /// Queues; a queue's id is its index + 1.
-    pub queues: Vec<Queue>,
+    pub shared_data: SharedDataStore,
+    pub queues: QueueStore<()>,
     pub metrics: Vec<Metric>,
     pub http_calls: Vec<(u32, HttpCallRequest)>,
     pub tick_period: Option<Duration>,
@@ -54,9 +46,8 @@ impl Default for NodeState {
         NodeState {
             log_level: LogLevel::Trace,
             logs: Vec::new(),
-            shared_data: HashMap::new(),
-            next_cas: 1,
-            queues: Vec::new(),
+            shared_data: SharedDataStore::default(),
+            queues: QueueStore::default(),
             metrics: Vec::new(),
             http_calls: Vec::new(),
             tick_period: None,
@@ -213,50 +204,29 @@ impl Timers for MemoryEmbedding {
 
 impl SharedData for MemoryEmbedding {
     fn get_shared_data(&mut self, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
-        Ok(self.node.borrow().shared_data.get(key).cloned())
+        Ok(self.node.borrow().shared_data.get(key))
     }
 
     fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
-        let mut node = self.node.borrow_mut();
-        if let Some((_, current)) = node.shared_data.get(key) {
-            if cas != 0 && cas != *current {
-                return Err(Status::CasMismatch);
-            }
-        }
-        let next = node.next_cas;
-        node.next_cas += 1;
-        node.shared_data.insert(key.to_vec(), (value.to_vec(), next));
-        Ok(())
+        self.node.borrow().shared_data.set(key, value, cas)
     }
 }
 
 impl SharedQueues for MemoryEmbedding {
     fn register_shared_queue(&mut self, name: &[u8]) -> HostResult<u32> {
-        let mut node = self.node.borrow_mut();
-        let vm_id = self.vm_id.clone();
-        if let Some(id) = node.queues.iter().position(|q| q.vm_id == vm_id && q.name == name) {
-            return Ok(id as u32 + 1);
-        }
-        node.queues.push(Queue { vm_id, name: name.to_vec(), items: VecDeque::new() });
-        Ok(node.queues.len() as u32)
+        Ok(self.node.borrow().queues.register(&self.vm_id, name, (), |_| true))
     }
 
     fn resolve_shared_queue(&mut self, vm_id: &[u8], name: &[u8]) -> HostResult<Option<u32>> {
-        let node = self.node.borrow();
-        Ok(node.queues.iter().position(|q| q.vm_id == vm_id && q.name == name).map(|i| i as u32 + 1))
+        Ok(self.node.borrow().queues.resolve(vm_id, name))
     }
 
     fn enqueue_shared_queue(&mut self, queue_id: u32, value: &[u8]) -> HostResult<()> {
-        let mut node = self.node.borrow_mut();
-        let queue = node.queues.get_mut((queue_id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
-        queue.items.push_back(value.to_vec());
-        Ok(())
+        self.node.borrow().queues.enqueue(queue_id, value).map(drop)
     }
 
     fn dequeue_shared_queue(&mut self, queue_id: u32) -> HostResult<Option<Vec<u8>>> {
-        let mut node = self.node.borrow_mut();
-        let queue = node.queues.get_mut((queue_id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
-        Ok(queue.items.pop_front())
+        self.node.borrow().queues.dequeue(queue_id)
     }
 }
 

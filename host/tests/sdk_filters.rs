@@ -184,7 +184,7 @@ fn ticks_run_until_filter_stops_them() {
     assert_eq!(h.node.borrow().tick_period, Some(Duration::from_millis(25)));
     for expected in 1..=3 {
         h.vm.on_tick(h.plugin).unwrap();
-        let ticks = h.node.borrow().shared_data.get(&b"ticks"[..]).unwrap().0.clone();
+        let ticks = h.node.borrow().shared_data.get(&b"ticks"[..]).unwrap().0;
         assert_eq!(ticks, expected.to_string().into_bytes());
     }
     assert_eq!(h.node.borrow().tick_period, None, "the filter stops its timer after 3 ticks");
@@ -210,7 +210,7 @@ fn shared_counter_uses_cas_across_vms() {
         }
         assert_eq!(last, 2 * (round + 1));
     }
-    let (value, cas) = node.borrow().shared_data.get(&b"hits"[..]).cloned().unwrap();
+    let (value, cas) = node.borrow().shared_data.get(&b"hits"[..]).unwrap();
     assert_eq!(value, b"6");
     assert!(cas >= 6, "every write bumps the cas");
 }
