@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds every proxy-wasm filter crate of the workspace (host/tests/filters/*,
 # examples/*/filter) to wasm32-wasip1 and copies the modules to
-# build/filters/<crate_name>.wasm. Quiet and fast when nothing changed.
+# build/filters/<crate_name>.wasm, and every AssemblyScript example (examples/*/asconfig.json)
+# to build/filters/example_<dir>.wasm. Quiet and fast when nothing changed.
 #
 # Uses rustup's wasm32-wasip1 target when it is installed; otherwise Debian's rustc/cargo
 # (packages rustc-web cargo-web rust-web-src lld wasi-libc, see ci/setup.sh) with
@@ -53,4 +54,34 @@ for crate in "${crates[@]}"; do
     cp "$built" "$out.tmp.$$"
     mv -f "$out.tmp.$$" "$out"
   fi
+done
+
+# AssemblyScript examples: `npm ci` into the example's own node_modules (when the lock file
+# changed), then its `npm run build` into a temporary file; skipped when the module is newer
+# than every source.
+for asconfig in examples/*/asconfig.json; do
+  [ -f "$asconfig" ] || continue
+  dir=$(dirname "$asconfig")
+  out=$OUT_DIR/example_$(basename "$dir").wasm
+  sources=("$dir/package.json" "$dir/package-lock.json" "$asconfig" "$dir/assembly")
+  if [ -f "$out" ] && [ -z "$(find "${sources[@]}" -newer "$out" -print -quit)" ]; then
+    continue
+  fi
+  if ! command -v npm >/dev/null; then
+    echo "build-filters: npm missing (needed for $dir); run ci/setup.sh" >&2
+    exit 1
+  fi
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    (cd "$dir" && npm ci --silent --no-audit --no-fund)
+  fi
+  tmp=$PWD/$out.tmp.$$
+  log=$(mktemp)
+  if ! (cd "$dir" && npm run --silent build -- -b "$tmp") >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log" "$tmp"
+    echo "build-filters: $dir failed to build" >&2
+    exit 1
+  fi
+  rm -f "$log"
+  mv -f "$tmp" "$out"
 done
