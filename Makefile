@@ -13,6 +13,7 @@ all: build
 
 setup:
 	@bash ci/setup.sh
+	@bash ci/setup-envoy.sh
 
 filters: setup
 	@bash ci/build-filters.sh

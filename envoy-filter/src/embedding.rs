@@ -1,0 +1,330 @@
+//! The host's embedding for Envoy: what a filter reaches from a root context (logging, http
+//! calls, ticks, queues) and from a stream (headers, bodies, properties, local responses),
+//! and what both share (shared data, queues, metrics).
+//!
+//! The host calls these while the guest runs: anything that makes Envoy run the filter chain
+//! (a local response, a resumed stream) is queued (`stream::defer`) and happens right after.
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use inwasm_host::*;
+
+use crate::abi::{self, callout_init, ModuleBuffer, ModuleHeader};
+use crate::body::{self, Direction};
+use crate::filter_config::FilterConfig;
+use crate::headers::{self, envoy_map};
+use crate::mailbox::Mailbox;
+use crate::stream::{self, Action, Callout, SharedStream};
+use crate::{log, properties, runtime, ticks};
+
+/// Shared data is namespaced by VM id, as in Envoy: `<len><vm id><key>`.
+fn namespaced(vm_id: &str, key: &[u8]) -> Vec<u8> {
+    let mut full = (vm_id.len() as u32).to_le_bytes().to_vec();
+    full.extend_from_slice(vm_id.as_bytes());
+    full.extend_from_slice(key);
+    full
+}
+
+/// An empty VM id names the caller's own (as filters resolve their own queues).
+fn vm_id_or_own<'a>(asked: &'a [u8], own: &'a str) -> &'a [u8] {
+    if asked.is_empty() {
+        own.as_bytes()
+    } else {
+        asked
+    }
+}
+
+/// Logging, shared data, queue access and metrics: the same for root and stream contexts.
+macro_rules! common_capabilities {
+    ($embedding:ty) => {
+        impl Logging for $embedding {
+            fn log(&mut self, level: LogLevel, message: &str) {
+                log::filter_line(self.config.name(), level, message);
+            }
+            fn log_level(&self) -> LogLevel {
+                log::threshold()
+            }
+        }
+
+        impl Clock for $embedding {}
+
+        impl SharedData for $embedding {
+            fn get_shared_data(&mut self, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
+                Ok(runtime::shared_data().get(&namespaced(self.config.vm_id(), key)))
+            }
+            fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
+                runtime::shared_data().set(&namespaced(self.config.vm_id(), key), value, cas)
+            }
+        }
+
+        impl Metrics for $embedding {
+            fn define_metric(&mut self, kind: MetricType, name: &str) -> HostResult<u32> {
+                Ok(self.config.metrics.define(kind, name))
+            }
+            fn increment_metric(&mut self, id: u32, offset: i64) -> HostResult<()> {
+                self.config.metrics.increment(id, offset)
+            }
+            fn record_metric(&mut self, id: u32, value: u64) -> HostResult<()> {
+                self.config.metrics.record(id, value)
+            }
+            fn get_metric(&mut self, id: u32) -> HostResult<u64> {
+                self.config.metrics.get(id)
+            }
+        }
+
+        impl SharedQueues for $embedding {
+            fn register_shared_queue(&mut self, name: &[u8]) -> HostResult<u32> {
+                self.register_queue(name)
+            }
+            fn resolve_shared_queue(&mut self, vm_id: &[u8], name: &[u8]) -> HostResult<Option<u32>> {
+                Ok(runtime::queues().resolve(vm_id_or_own(vm_id, self.config.vm_id()), name))
+            }
+            fn enqueue_shared_queue(&mut self, queue_id: u32, value: &[u8]) -> HostResult<()> {
+                if let Some(owner) = runtime::queues().enqueue(queue_id, value)? {
+                    owner.post_queue_ready(queue_id);
+                }
+                Ok(())
+            }
+            fn dequeue_shared_queue(&mut self, queue_id: u32) -> HostResult<Option<Vec<u8>>> {
+                runtime::queues().dequeue(queue_id)
+            }
+        }
+
+        impl GrpcCalls for $embedding {}
+        impl ForeignFunctions for $embedding {}
+        impl Embedding for $embedding {}
+    };
+}
+
+/// Where a root context's events reach it: its VM and plugin, known once it is started.
+#[derive(Clone, Default)]
+pub struct RootLink(Rc<RefCell<Option<(Weak<RefCell<Vm>>, PluginId)>>>);
+
+impl RootLink {
+    pub fn bind(&self, vm: &Rc<RefCell<Vm>>, plugin: PluginId) {
+        *self.0.borrow_mut() = Some((Rc::downgrade(vm), plugin));
+    }
+
+    fn target(&self) -> Option<(Weak<RefCell<Vm>>, PluginId)> {
+        self.0.borrow().clone()
+    }
+}
+
+pub struct RootEmbedding {
+    config: Arc<FilterConfig>,
+    mailbox: Arc<Mailbox>,
+    link: RootLink,
+}
+
+impl RootEmbedding {
+    pub fn new(config: &Arc<FilterConfig>, mailbox: &Arc<Mailbox>, link: &RootLink) -> RootEmbedding {
+        RootEmbedding { config: config.clone(), mailbox: mailbox.clone(), link: link.clone() }
+    }
+
+    /// The main thread's root keeps a queue it registered (it is told of items at once);
+    /// otherwise the last root to register it is told (at its worker's next request).
+    fn register_queue(&self, name: &[u8]) -> HostResult<u32> {
+        let ours_is_main = self.mailbox.is_main_thread();
+        let take = |current: Option<&Arc<Mailbox>>| ours_is_main || !current.is_some_and(|m| m.is_main_thread());
+        Ok(runtime::queues().register(self.config.vm_id().as_bytes(), name, self.mailbox.clone(), take))
+    }
+
+    /// A call made while a stream's hook runs goes through that stream (its answer comes
+    /// back on this thread); a call of the main thread's root with no stream goes through
+    /// the configuration.
+    fn start_call(&self, token: u32, request: &HttpCallRequest) -> HostResult<()> {
+        let mut headers: Vec<ModuleHeader> = request.headers.iter().map(|(k, v)| ModuleHeader::of(k, v)).collect();
+        let cluster = ModuleBuffer::of(request.upstream.as_bytes());
+        let body = ModuleBuffer::of(&request.body);
+        let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64);
+        let mut id = 0u64;
+        let (result, current) = match stream::current() {
+            Some(current) => {
+                let envoy = current.borrow().envoy;
+                let result = unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_http_callout(
+                        envoy,
+                        &mut id,
+                        cluster,
+                        headers.as_mut_ptr(),
+                        headers.len(),
+                        body,
+                        timeout,
+                    )
+                };
+                (result, Some(current))
+            }
+            None if self.mailbox.is_main_thread() => {
+                let result = unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
+                        self.config.envoy.0,
+                        &mut id,
+                        cluster,
+                        headers.as_mut_ptr(),
+                        headers.len(),
+                        body,
+                        timeout,
+                    )
+                };
+                (result, None)
+            }
+            None => return Err(Status::InternalFailure),
+        };
+        match result {
+            callout_init::SUCCESS => {}
+            callout_init::MISSING_REQUIRED_HEADERS | callout_init::CLUSTER_NOT_FOUND => {
+                return Err(Status::BadArgument)
+            }
+            _ => return Err(Status::InternalFailure),
+        }
+        match current {
+            Some(current) => {
+                let (vm, plugin) = self.link.target().ok_or(Status::InternalFailure)?;
+                current.borrow_mut().callouts.insert(id, Callout { vm, plugin, token });
+            }
+            None => {
+                self.config.config_callouts.lock().unwrap_or_else(|p| p.into_inner()).insert(id, token);
+            }
+        }
+        Ok(())
+    }
+}
+
+common_capabilities!(RootEmbedding);
+
+impl HeaderMaps for RootEmbedding {}
+impl Buffers for RootEmbedding {}
+impl Properties for RootEmbedding {}
+impl StreamControl for RootEmbedding {}
+
+impl HttpCalls for RootEmbedding {
+    fn http_call(&mut self, token: u32, request: HttpCallRequest) -> HostResult<()> {
+        self.start_call(token, &request)
+    }
+}
+
+impl Timers for RootEmbedding {
+    fn set_tick_period(&mut self, period: Duration) -> HostResult<()> {
+        ticks::set_period(&self.mailbox, period);
+        Ok(())
+    }
+}
+
+/// A request's stream context.
+pub struct StreamEmbedding {
+    config: Arc<FilterConfig>,
+    stream: SharedStream,
+}
+
+impl StreamEmbedding {
+    pub fn new(config: &Arc<FilterConfig>, stream: &SharedStream) -> StreamEmbedding {
+        StreamEmbedding { config: config.clone(), stream: stream.clone() }
+    }
+
+    /// Queues belong to root contexts (the host asks the root).
+    fn register_queue(&self, _name: &[u8]) -> HostResult<u32> {
+        Err(Status::Unimplemented)
+    }
+
+    fn envoy(&self) -> abi::FilterEnvoyPtr {
+        self.stream.borrow().envoy
+    }
+
+    fn body(&self, buffer: BufferType) -> Option<(Direction, bool)> {
+        let direction = match buffer {
+            BufferType::HttpRequestBody => Direction::Request,
+            BufferType::HttpResponseBody => Direction::Response,
+            _ => return None,
+        };
+        Some((direction, self.stream.borrow().body_event == Some(direction)))
+    }
+}
+
+common_capabilities!(StreamEmbedding);
+
+impl HeaderMaps for StreamEmbedding {
+    fn header_map(&mut self, map: MapType) -> HostResult<Pairs> {
+        Ok(envoy_map(map).map_or_else(Vec::new, |map| unsafe { headers::all(self.envoy(), map) }))
+    }
+
+    fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> HostResult<()> {
+        let map = envoy_map(map).ok_or(Status::BadArgument)?;
+        unsafe { headers::replace_all(self.envoy(), map, &pairs) }.then_some(()).ok_or(Status::NotFound)
+    }
+
+    fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
+        Ok(envoy_map(map).map_or(0, |map| unsafe { headers::count(self.envoy(), map) }))
+    }
+
+    fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
+        Ok(envoy_map(map).and_then(|map| unsafe { headers::value(self.envoy(), map, key) }))
+    }
+
+    fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
+        let map = envoy_map(map).ok_or(Status::BadArgument)?;
+        unsafe { headers::add(self.envoy(), map, key, value) }.then_some(()).ok_or(Status::NotFound)
+    }
+
+    fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
+        let map = envoy_map(map).ok_or(Status::BadArgument)?;
+        unsafe { headers::set(self.envoy(), map, key, Some(value)) }.then_some(()).ok_or(Status::NotFound)
+    }
+
+    fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
+        let map = envoy_map(map).ok_or(Status::BadArgument)?;
+        unsafe { headers::set(self.envoy(), map, key, None) }.then_some(()).ok_or(Status::NotFound)
+    }
+}
+
+impl Buffers for StreamEmbedding {
+    fn buffer(&mut self, buffer: BufferType) -> HostResult<Vec<u8>> {
+        Ok(match self.body(buffer) {
+            Some((direction, in_event)) => unsafe { body::read(self.envoy(), direction, in_event) },
+            None => Vec::new(),
+        })
+    }
+
+    fn set_buffer(&mut self, buffer: BufferType, bytes: Vec<u8>) -> HostResult<()> {
+        let (direction, in_event) = self.body(buffer).ok_or(Status::BadArgument)?;
+        unsafe { body::write(self.envoy(), direction, in_event, &bytes) }.then_some(()).ok_or(Status::NotFound)
+    }
+}
+
+impl Properties for StreamEmbedding {
+    fn property(&mut self, path: &[&[u8]]) -> HostResult<Option<Vec<u8>>> {
+        Ok(unsafe { properties::get(self.envoy(), path) })
+    }
+}
+
+impl StreamControl for StreamEmbedding {
+    fn send_local_response(&mut self, response: LocalResponse) -> HostResult<()> {
+        stream::defer(&self.stream, Action::Respond(response));
+        Ok(())
+    }
+
+    fn continue_stream(&mut self, direction: StreamType) -> HostResult<()> {
+        let action = match direction {
+            StreamType::Request => Action::ContinueRequest,
+            StreamType::Response => Action::ContinueResponse,
+            _ => return Err(Status::BadArgument),
+        };
+        stream::defer(&self.stream, action);
+        Ok(())
+    }
+
+    fn close_stream(&mut self, _direction: StreamType) -> HostResult<()> {
+        stream::defer(&self.stream, Action::Reset);
+        Ok(())
+    }
+
+    fn clear_route_cache(&mut self) -> HostResult<()> {
+        unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(self.envoy()) };
+        Ok(())
+    }
+}
+
+impl HttpCalls for StreamEmbedding {}
+impl Timers for StreamEmbedding {}

@@ -1,0 +1,281 @@
+//! One `proxy_wasm` filter on one Envoy stream: creates the stream context on the filter's
+//! instance and runs its callbacks from Envoy's hooks.
+//!
+//! Envoy may call a hook of this filter while another of its hooks is still running (a local
+//! response runs the response hooks at once; a stream can complete inside a hook), so the
+//! filter is only ever used through `&self`, and no borrow of the instance is held while
+//! Envoy runs the chain.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use inwasm_host::{Action, FilterError, HttpCallResponse, LocalResponse, StreamId, Vm};
+
+use crate::abi::{self, callout_result, status, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr};
+use crate::body::{self, Direction};
+use crate::config::Isolation;
+use crate::embedding::StreamEmbedding;
+use crate::filter_config::FilterConfig;
+use crate::instances::{self, Instance};
+use crate::mailbox::Mailbox;
+use crate::report;
+use crate::stream::{self, SharedStream, StreamState};
+
+pub struct HttpFilter {
+    config: Arc<FilterConfig>,
+    state: SharedStream,
+    instance: RefCell<Option<Rc<Instance>>>,
+    stream: Cell<Option<StreamId>>,
+    /// Failed (or could not start): no more callbacks for this stream.
+    out: Cell<bool>,
+    finished: Cell<bool>,
+}
+
+impl HttpFilter {
+    pub fn new(config: &Arc<FilterConfig>, envoy: FilterEnvoyPtr) -> HttpFilter {
+        HttpFilter {
+            config: config.clone(),
+            state: StreamState::new(envoy),
+            instance: RefCell::new(None),
+            stream: Cell::new(None),
+            out: Cell::new(false),
+            finished: Cell::new(false),
+        }
+    }
+
+    /// Starts the stream context (its instance first: this worker's, or a fresh one), after
+    /// running what the worker's root context has pending. Returns the hook's status.
+    pub fn on_request_headers(&self, end_of_stream: bool) -> u32 {
+        let _entered = stream::enter(&self.state);
+        let started = match self.config.settings.isolation {
+            Isolation::None => instances::shared(&self.config).inspect(|instance| instance.deliver_pending()),
+            Isolation::Stream => Instance::start(&self.config, Arc::new(Mailbox::default())).map(Rc::new),
+        }
+        .and_then(|instance| {
+            let embedding = Box::new(StreamEmbedding::new(&self.config, &self.state));
+            let stream = instance.vm.borrow_mut().new_stream(instance.plugin, embedding)?;
+            Ok((instance, stream))
+        });
+        stream::run_deferred();
+        match started {
+            Ok((instance, stream)) => {
+                self.config.metrics.count(&report::host_metric(&self.config, "requests_total"));
+                *self.instance.borrow_mut() = Some(instance);
+                self.stream.set(Some(stream));
+            }
+            Err(error) => return self.fail(&error),
+        }
+        self.run(Direction::Request, |vm, s| vm.on_request_headers(s, end_of_stream))
+    }
+
+    pub fn on_request_body(&self, end_of_stream: bool) -> u32 {
+        self.body_event(Direction::Request, |vm, s, size| vm.on_request_body(s, size, end_of_stream))
+    }
+
+    pub fn on_request_trailers(&self) -> u32 {
+        self.run(Direction::Request, |vm, s| vm.on_request_trailers(s))
+    }
+
+    pub fn on_response_headers(&self, end_of_stream: bool) -> u32 {
+        let status = self.run(Direction::Response, |vm, s| vm.on_response_headers(s, end_of_stream));
+        if status == status::CONTINUE {
+            self.state.borrow_mut().response_started = true;
+        }
+        status
+    }
+
+    pub fn on_response_body(&self, end_of_stream: bool) -> u32 {
+        self.body_event(Direction::Response, |vm, s, size| vm.on_response_body(s, size, end_of_stream))
+    }
+
+    pub fn on_response_trailers(&self) -> u32 {
+        self.run(Direction::Response, |vm, s| vm.on_response_trailers(s))
+    }
+
+    /// Envoy completed the stream: `on_done`, `on_log`, `on_delete`.
+    pub fn on_stream_complete(&self) {
+        let _entered = stream::enter(&self.state);
+        self.finish();
+        self.state.borrow_mut().completed = true;
+    }
+
+    /// An http call this stream carried for a root context has its answer.
+    ///
+    /// # Safety
+    /// The header and chunk arrays must be valid for the counts given (or null).
+    pub unsafe fn on_callout_done(
+        &self,
+        callout_id: u64,
+        result: u32,
+        headers: *const EnvoyHeader,
+        headers_size: usize,
+        chunks: *const EnvoyBuffer,
+        chunks_size: usize,
+    ) {
+        let Some(callout) = self.state.borrow_mut().callouts.remove(&callout_id) else { return };
+        let Some(vm) = callout.vm.upgrade() else { return };
+        let response = callout_response(result, headers, headers_size, chunks, chunks_size);
+        let _entered = stream::enter(&self.state);
+        let Ok(mut borrowed) = vm.try_borrow_mut() else {
+            // Envoy answered inside the guest's own call: deliver once the guest has returned.
+            let config = self.config.clone();
+            stream::defer(
+                &self.state,
+                stream::Action::Call(Box::new(move || {
+                    if let Err(error) = vm.borrow_mut().on_http_call_response(callout.plugin, callout.token, response) {
+                        report::failure(&config, &error, "in a root context");
+                    }
+                })),
+            );
+            return;
+        };
+        let delivered = borrowed.on_http_call_response(callout.plugin, callout.token, response);
+        drop(borrowed);
+        match delivered {
+            Ok(()) => stream::run_deferred(),
+            Err(error) => {
+                let paused = self.state.borrow().paused;
+                let status = self.fail(&error);
+                // Fail-open: a stream the filter was holding goes on without it.
+                if status == status::CONTINUE {
+                    for direction in [Direction::Request, Direction::Response].into_iter().filter(|d| paused[d.index()])
+                    {
+                        stream::defer(&self.state, continue_action(direction));
+                    }
+                    stream::run_deferred();
+                }
+            }
+        }
+    }
+
+    /// Runs a body callback with the size of the body so far; a pause makes Envoy buffer.
+    fn body_event(
+        &self,
+        direction: Direction,
+        call: impl FnOnce(&mut Vm, StreamId, usize) -> Result<Action, FilterError>,
+    ) -> u32 {
+        let envoy = {
+            let mut state = self.state.borrow_mut();
+            state.body_event = Some(direction);
+            state.envoy
+        };
+        let size = unsafe { body::size(envoy, direction, true) };
+        let status = self.run(direction, |vm, s| call(vm, s, size));
+        let mut state = self.state.borrow_mut();
+        state.body_event = None;
+        state.buffering[direction.index()] = status != status::CONTINUE;
+        status
+    }
+
+    /// Runs one callback and then what it asked for; returns the hook's status (for body
+    /// hooks, a stop buffers).
+    fn run(&self, direction: Direction, call: impl FnOnce(&mut Vm, StreamId) -> Result<Action, FilterError>) -> u32 {
+        let (Some(instance), Some(stream_id)) = (self.instance.borrow().clone(), self.stream.get()) else {
+            return status::CONTINUE;
+        };
+        if self.out.get() {
+            return status::CONTINUE;
+        }
+        let _entered = stream::enter(&self.state);
+        let result = call(&mut instance.vm.borrow_mut(), stream_id);
+        let status = match result {
+            Ok(Action::Pause) if !stream::take_continue(&self.state, direction) => {
+                self.state.borrow_mut().paused[direction.index()] = true;
+                status::STOP_ITERATION
+            }
+            Ok(_) => status::CONTINUE,
+            Err(error) => return self.fail(&error),
+        };
+        stream::run_deferred();
+        status
+    }
+
+    /// Reports a failure and answers 500 (or, once the response has begun, resets the
+    /// stream); with fail-open the filter is skipped instead. Returns the hook's status.
+    fn fail(&self, error: &FilterError) -> u32 {
+        self.out.set(true);
+        let fail_open = self.config.settings.fail_open;
+        report::failure(&self.config, error, if fail_open { "skipped (fail-open)" } else { "request failed" });
+        if fail_open {
+            return status::CONTINUE;
+        }
+        let action = if self.state.borrow().response_started {
+            stream::Action::Reset
+        } else {
+            stream::Action::Respond(LocalResponse {
+                status: 500,
+                details: b"inwasm_filter_failed".to_vec(),
+                body: Vec::new(),
+                headers: Vec::new(),
+                grpc_status: -1,
+            })
+        };
+        stream::defer(&self.state, action);
+        stream::run_deferred();
+        status::STOP_ITERATION
+    }
+
+    fn finish(&self) {
+        if self.finished.replace(true) {
+            return;
+        }
+        let (Some(instance), Some(stream_id)) = (self.instance.borrow().clone(), self.stream.get()) else { return };
+        let Ok(mut vm) = instance.vm.try_borrow_mut() else { return };
+        if let Err(error) = vm.finish_stream(stream_id) {
+            drop(vm);
+            report::failure(&self.config, &error, "at the end of the stream");
+        }
+    }
+}
+
+impl Drop for HttpFilter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn continue_action(direction: Direction) -> stream::Action {
+    match direction {
+        Direction::Request => stream::Action::ContinueRequest,
+        Direction::Response => stream::Action::ContinueResponse,
+    }
+}
+
+/// An http call's answer as the host takes it: the response, or why there is none.
+pub unsafe fn callout_response(
+    result: u32,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) -> Result<HttpCallResponse, String> {
+    match result {
+        callout_result::SUCCESS => {}
+        callout_result::EXCEED_RESPONSE_BUFFER_LIMIT => return Err("response exceeded the buffer limit".into()),
+        _ => return Err("reset".into()),
+    }
+    let headers = if headers.is_null() { &[][..] } else { std::slice::from_raw_parts(headers, headers_size) };
+    let chunks = if chunks.is_null() { &[][..] } else { std::slice::from_raw_parts(chunks, chunks_size) };
+    Ok(HttpCallResponse {
+        headers: headers.iter().map(|h| (h.key.as_slice().to_vec(), h.value.as_slice().to_vec())).collect(),
+        body: chunks.iter().flat_map(|c| c.as_slice().iter().copied()).collect(),
+        trailers: Vec::new(),
+    })
+}
+
+/// The status a hook answers when this module itself failed (a panic caught at the FFI
+/// boundary): stop, and answer 500 if nothing was sent yet.
+pub fn internal_error(envoy: FilterEnvoyPtr) -> u32 {
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_send_response(
+            envoy,
+            500,
+            std::ptr::null_mut(),
+            0,
+            abi::ModuleBuffer::of(b""),
+            abi::ModuleBuffer::of(b"inwasm_internal_error"),
+        )
+    };
+    status::STOP_ITERATION
+}

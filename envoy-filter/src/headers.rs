@@ -1,0 +1,81 @@
+//! Header maps through Envoy's callbacks. Values are copied out: what Envoy hands over is
+//! only valid until the next change to the map.
+
+use inwasm_host::{MapType, Pairs};
+
+use crate::abi::{self, header_type, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer};
+
+/// Envoy's header map type behind a proxy-wasm map, if it has one.
+pub fn envoy_map(map: MapType) -> Option<u32> {
+    match map {
+        MapType::HttpRequestHeaders => Some(header_type::REQUEST_HEADERS),
+        MapType::HttpRequestTrailers => Some(header_type::REQUEST_TRAILERS),
+        MapType::HttpResponseHeaders => Some(header_type::RESPONSE_HEADERS),
+        MapType::HttpResponseTrailers => Some(header_type::RESPONSE_TRAILERS),
+        _ => None,
+    }
+}
+
+/// Every entry of the map, in order, pseudo-headers first (as Envoy keeps them).
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
+pub unsafe fn all(filter: FilterEnvoyPtr, map: u32) -> Pairs {
+    let count = abi::envoy_dynamic_module_callback_http_get_headers_size(filter, map);
+    if count == 0 {
+        return Vec::new();
+    }
+    let empty = EnvoyHeader { key: EnvoyBuffer::EMPTY, value: EnvoyBuffer::EMPTY };
+    let mut entries = vec![empty; count];
+    if !abi::envoy_dynamic_module_callback_http_get_headers(filter, map, entries.as_mut_ptr()) {
+        return Vec::new();
+    }
+    entries.iter().map(|h| (h.key.as_slice().to_vec(), h.value.as_slice().to_vec())).collect()
+}
+
+pub unsafe fn count(filter: FilterEnvoyPtr, map: u32) -> usize {
+    abi::envoy_dynamic_module_callback_http_get_headers_size(filter, map)
+}
+
+/// The first value of `key`.
+pub unsafe fn value(filter: FilterEnvoyPtr, map: u32, key: &[u8]) -> Option<Vec<u8>> {
+    let mut result = EnvoyBuffer::EMPTY;
+    let mut values = 0usize;
+    let found = abi::envoy_dynamic_module_callback_http_get_header(
+        filter,
+        map,
+        ModuleBuffer::of(key),
+        &mut result,
+        0,
+        &mut values,
+    );
+    (found && values > 0).then(|| result.as_slice().to_vec())
+}
+
+pub unsafe fn add(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: &[u8]) -> bool {
+    abi::envoy_dynamic_module_callback_http_add_header(filter, map, ModuleBuffer::of(key), ModuleBuffer::of(value))
+}
+
+/// Sets `key` to `value` alone (`None` removes it).
+pub unsafe fn set(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: Option<&[u8]>) -> bool {
+    let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
+    abi::envoy_dynamic_module_callback_http_set_header(filter, map, ModuleBuffer::of(key), value)
+}
+
+/// Makes the map hold exactly `pairs`.
+pub unsafe fn replace_all(filter: FilterEnvoyPtr, map: u32, pairs: &Pairs) -> bool {
+    let mut keys: Vec<Vec<u8>> = all(filter, map).into_iter().map(|(k, _)| k).collect();
+    keys.dedup();
+    let kept = |key: &[u8]| pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
+    let removed = keys.iter().filter(|k| !kept(k)).all(|k| set(filter, map, k, None));
+    let mut written: Vec<&[u8]> = Vec::new();
+    let stored = pairs.iter().all(|(key, value)| {
+        if written.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            add(filter, map, key, value)
+        } else {
+            written.push(key);
+            set(filter, map, key, Some(value))
+        }
+    });
+    removed && stored
+}

@@ -1,0 +1,285 @@
+//! The event hooks Envoy calls (`envoy_dynamic_module_on_*`). Envoy refuses a module that
+//! lacks any of its HTTP hooks, so the ones this module has no use for (streamed callouts,
+//! filter schedulers, watermarks) exist and do nothing.
+//!
+//! Every hook catches panics: none crosses into Envoy.
+
+use std::ffi::{c_char, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::abi::{ConfigEnvoyPtr, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ABI_VERSION};
+use crate::filter::{callout_response, internal_error, HttpFilter};
+use crate::filter_config::FilterConfig;
+use crate::mailbox::WAKE_EVENT;
+use crate::{instances, log, report};
+
+/// Runs `body`; a panic is logged and answered with `fallback()`.
+fn guard<T>(hook: &str, fallback: impl FnOnce() -> T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log::error(&format!("inwasm: internal error in {hook}: {message}"));
+        fallback()
+    })
+}
+
+/// # Safety
+/// `ptr` must be a configuration this module returned and Envoy has not destroyed.
+unsafe fn config<'a>(ptr: *const c_void) -> &'a Arc<FilterConfig> {
+    &*(ptr as *const Arc<FilterConfig>)
+}
+
+/// # Safety
+/// `ptr` must be a filter this module returned and Envoy has not destroyed.
+unsafe fn filter<'a>(ptr: *const c_void) -> &'a HttpFilter {
+    &*(ptr as *const HttpFilter)
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    ABI_VERSION.as_ptr()
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    envoy: ConfigEnvoyPtr,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    guard("filter config", std::ptr::null, || match FilterConfig::load(envoy, name.as_slice(), config.as_slice()) {
+        Ok(config) => Box::into_raw(Box::new(config)) as *const c_void,
+        Err(message) => {
+            log::error(&format!("inwasm: proxy_wasm filter_config: {message}"));
+            std::ptr::null()
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(ptr: *const c_void) {
+    guard(
+        "filter config destroy",
+        || (),
+        || {
+            let config = Box::from_raw(ptr as *mut Arc<FilterConfig>);
+            config.retire();
+        },
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _envoy: ConfigEnvoyPtr,
+    ptr: *const c_void,
+    event: u64,
+) {
+    guard(
+        "config scheduled",
+        || (),
+        || {
+            if event == WAKE_EVENT {
+                if let Some(instance) = instances::installed(config(ptr).id) {
+                    instance.deliver_pending();
+                }
+            }
+        },
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _envoy: ConfigEnvoyPtr,
+    ptr: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) {
+    guard(
+        "config http callout",
+        || (),
+        || {
+            let config = config(ptr);
+            let token = config.config_callouts.lock().unwrap_or_else(|p| p.into_inner()).remove(&callout_id);
+            let (Some(token), Some(instance)) = (token, instances::installed(config.id)) else { return };
+            let response = callout_response(result, headers, headers_size, chunks, chunks_size);
+            let delivered = instance.vm.borrow_mut().on_http_call_response(instance.plugin, token, response);
+            if let Err(error) = delivered {
+                report::failure(config, &error, "in the main thread's root context");
+            }
+        },
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config_ptr: *const c_void,
+    envoy: FilterEnvoyPtr,
+) -> *const c_void {
+    guard("filter new", std::ptr::null, || {
+        Box::into_raw(Box::new(HttpFilter::new(config(config_ptr), envoy))) as *const c_void
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(ptr: *const c_void) {
+    guard("filter destroy", || (), || drop(Box::from_raw(ptr as *mut HttpFilter)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    guard("request headers", || internal_error(envoy), || filter(ptr).on_request_headers(end_of_stream))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    guard("request body", || internal_error(envoy), || filter(ptr).on_request_body(end_of_stream))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+) -> u32 {
+    guard("request trailers", || internal_error(envoy), || filter(ptr).on_request_trailers())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    guard("response headers", || internal_error(envoy), || filter(ptr).on_response_headers(end_of_stream))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    guard("response body", || internal_error(envoy), || filter(ptr).on_response_body(end_of_stream))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+) -> u32 {
+    guard("response trailers", || internal_error(envoy), || filter(ptr).on_response_trailers())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+) {
+    guard("stream complete", || (), || filter(ptr).on_stream_complete())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) {
+    guard(
+        "http callout",
+        || (),
+        || filter(ptr).on_callout_done(callout_id, result, headers, headers_size, chunks, chunks_size),
+    )
+}
+
+// Required by Envoy, unused: this module starts no streamed callouts, uses no per-stream
+// scheduler and is never a terminal filter.
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _envoy: FilterEnvoyPtr,
+    _ptr: *const c_void,
+    _stream_id: u64,
+    _headers: *const EnvoyHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _envoy: FilterEnvoyPtr,
+    _ptr: *const c_void,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _envoy: FilterEnvoyPtr,
+    _ptr: *const c_void,
+    _stream_id: u64,
+    _trailers: *const EnvoyHeader,
+    _trailers_size: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _envoy: FilterEnvoyPtr,
+    _ptr: *const c_void,
+    _stream_id: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _envoy: FilterEnvoyPtr,
+    _ptr: *const c_void,
+    _stream_id: u64,
+    _reason: u32,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _envoy: FilterEnvoyPtr,
+    _ptr: *const c_void,
+    _event: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _envoy: FilterEnvoyPtr,
+    _ptr: *const c_void,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _envoy: FilterEnvoyPtr,
+    _ptr: *const c_void,
+) {
+}

@@ -1,0 +1,85 @@
+//! Instances of a configuration's module: one per thread for isolation `none` (the main
+//! thread's is made at config load, each worker's at its first request), or one per request
+//! for isolation `stream`; and delivering a root context's pending events.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use inwasm_host::{FilterError, PluginId, Vm};
+
+use crate::embedding::{RootEmbedding, RootLink};
+use crate::filter_config::FilterConfig;
+use crate::mailbox::Mailbox;
+use crate::report;
+
+pub type SharedVm = Rc<RefCell<Vm>>;
+
+pub struct Instance {
+    pub vm: SharedVm,
+    pub plugin: PluginId,
+    pub mailbox: Arc<Mailbox>,
+    config: Arc<FilterConfig>,
+}
+
+thread_local! {
+    /// This thread's shared instance of each configuration, by configuration id.
+    static SHARED: RefCell<HashMap<u64, Rc<Instance>>> = RefCell::new(HashMap::new());
+}
+
+impl Instance {
+    /// Instantiates the module and starts the filter's root context on it.
+    pub fn start(config: &Arc<FilterConfig>, mailbox: Arc<Mailbox>) -> Result<Instance, FilterError> {
+        let mut vm = Vm::new(config.module.clone(), config.settings.vm.clone())?;
+        let link = RootLink::default();
+        let root = RootEmbedding::new(config, &mailbox, &link);
+        let plugin = vm.add_plugin(config.settings.plugin.clone(), Box::new(root))?;
+        let vm = Rc::new(RefCell::new(vm));
+        link.bind(&vm, plugin);
+        Ok(Instance { vm, plugin, mailbox, config: config.clone() })
+    }
+
+    /// Runs what the root context has pending: a tick, queues with new items.
+    pub fn deliver_pending(&self) {
+        let pending = self.mailbox.take();
+        let mut vm = self.vm.borrow_mut();
+        let tick = pending.tick.then(|| vm.on_tick(self.plugin));
+        let queues = pending.ready_queues.into_iter().map(|queue| vm.on_queue_ready(self.plugin, queue));
+        for result in tick.into_iter().chain(queues) {
+            if let Err(error) = result {
+                report::failure(&self.config, &error, "root context");
+            }
+        }
+    }
+}
+
+/// This thread's instance of `config`, started on first use.
+pub fn shared(config: &Arc<FilterConfig>) -> Result<Rc<Instance>, FilterError> {
+    if let Some(instance) = SHARED.with(|s| s.borrow().get(&config.id).cloned()) {
+        return Ok(instance);
+    }
+    let instance = Rc::new(Instance::start(config, Arc::new(Mailbox::default()))?);
+    SHARED.with(|s| {
+        let mut shared = s.borrow_mut();
+        // Instances of configurations Envoy has since destroyed go with this change.
+        shared.retain(|_, i| !i.config.is_retired());
+        shared.insert(config.id, instance.clone());
+    });
+    Ok(instance)
+}
+
+/// Makes `instance` this thread's instance of `config` (the main thread's, at config load).
+pub fn install(config: &Arc<FilterConfig>, instance: Instance) {
+    SHARED.with(|s| s.borrow_mut().insert(config.id, Rc::new(instance)));
+}
+
+pub fn uninstall(config_id: u64) {
+    let removed = SHARED.with(|s| s.borrow_mut().remove(&config_id));
+    drop(removed);
+}
+
+/// The main thread's instance of a configuration (only there).
+pub fn installed(config_id: u64) -> Option<Rc<Instance>> {
+    SHARED.with(|s| s.borrow().get(&config_id).cloned())
+}
