@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{module_path, request, root, Nginx, Response};
+use crate::http::{request, Response};
+use crate::nginx::Nginx;
+use crate::paths::{module_path, root};
+use crate::ports::free_port;
 
 /// An example's nginx, started from `examples/<name>/nginx.conf` with only what a test must
 /// change: the module path (the build under test), the error log and pid file (a scratch
@@ -62,7 +65,7 @@ fn move_ports(text: &str) -> (String, BTreeMap<u16, u16>) {
         let digits = after.bytes().take_while(u8::is_ascii_digit).count();
         match after[..digits].parse::<u16>() {
             Ok(documented) => {
-                let port = *ports.entry(documented).or_insert_with(super::free_port);
+                let port = *ports.entry(documented).or_insert_with(free_port);
                 out.push_str(&port.to_string());
             }
             Err(_) => out.push_str(&after[..digits]),

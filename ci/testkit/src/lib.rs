@@ -1,0 +1,17 @@
+//! What the integration tests share: real servers (nginx with the module, Envoy with the
+//! module or with its own Wasm filter), started on generated configurations on free loopback
+//! ports, a minimal HTTP client, and an upstream that echoes what it received.
+
+mod example;
+mod http;
+mod nginx;
+mod paths;
+mod ports;
+mod upstream;
+
+pub use example::Example;
+pub use http::*;
+pub use nginx::*;
+pub use paths::*;
+pub use ports::free_port;
+pub use upstream::EchoUpstream;

@@ -1,0 +1,64 @@
+//! Where the builds under test are.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Which nginx the module was built for: `debian` (default) or `1.28`.
+fn flavor() -> String {
+    std::env::var("INWASM_NGINX").unwrap_or_else(|_| "debian".into())
+}
+
+/// The nginx under test: Debian's by default, or the nginx 1.28 build.
+pub fn nginx_binary() -> PathBuf {
+    match flavor().as_str() {
+        "1.28" => root().join("target/nginx/1.28/objs/nginx"),
+        _ => PathBuf::from("/usr/sbin/nginx"),
+    }
+}
+
+pub fn module_path() -> PathBuf {
+    let name = match flavor().as_str() {
+        "1.28" => "ngx_http_inwasm_module-1.28.so",
+        _ => "ngx_http_inwasm_module.so",
+    };
+    let path = root().join("build").join(name);
+    assert!(path.exists(), "{} is missing: run `make build`", path.display());
+    path
+}
+
+pub fn filter(name: &str) -> String {
+    let path = root().join(format!("build/filters/filter_{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run `make build`", path.display());
+    path.display().to_string()
+}
+
+/// A fresh directory for one server's configuration and logs.
+pub fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "inwasm-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Envoy 1.40 as the setup installs it.
+pub fn envoy_binary() -> PathBuf {
+    let path = root().join("target/envoy/envoy");
+    assert!(path.exists(), "{} is missing: run `make setup`", path.display());
+    path
+}
+
+/// The directory holding the Envoy module (`libinwasm.so`).
+pub fn envoy_module_dir() -> PathBuf {
+    let dir = root().join("build");
+    assert!(dir.join("libinwasm.so").exists(), "build/libinwasm.so is missing: run `make build`");
+    dir
+}
