@@ -245,35 +245,71 @@ impl StreamEmbedding {
 
 common_capabilities!(StreamEmbedding);
 
+impl StreamEmbedding {
+    /// Runs `edit` on the local response's headers when `map` is the response headers and a
+    /// local response is passing through this filter.
+    fn local_headers<R>(&self, map: MapType, edit: impl FnOnce(&mut Pairs) -> R) -> Option<R> {
+        if map != MapType::HttpResponseHeaders {
+            return None;
+        }
+        self.stream.borrow_mut().local_response.as_mut().map(|(headers, _)| edit(headers))
+    }
+}
+
 impl HeaderMaps for StreamEmbedding {
     fn header_map(&mut self, map: MapType) -> HostResult<Pairs> {
+        if let Some(pairs) = self.local_headers(map, |h| h.clone()) {
+            return Ok(pairs);
+        }
         Ok(envoy_map(map).map_or_else(Vec::new, |map| unsafe { headers::all(self.envoy(), map) }))
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> HostResult<()> {
-        let map = envoy_map(map).ok_or(Status::BadArgument)?;
-        unsafe { headers::replace_all(self.envoy(), map, &pairs) }.then_some(()).ok_or(Status::NotFound)
+        let Some(()) = self.local_headers(map, |h| *h = pairs.clone()) else {
+            let map = envoy_map(map).ok_or(Status::BadArgument)?;
+            return unsafe { headers::replace_all(self.envoy(), map, &pairs) }.then_some(()).ok_or(Status::NotFound);
+        };
+        Ok(())
     }
 
     fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
+        if let Some(size) = self.local_headers(map, |h| h.len()) {
+            return Ok(size);
+        }
         Ok(envoy_map(map).map_or(0, |map| unsafe { headers::count(self.envoy(), map) }))
     }
 
     fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
+        if let Some(value) = self.local_headers(map, |h| first_header_value(h, key)) {
+            return Ok(value);
+        }
         Ok(envoy_map(map).and_then(|map| unsafe { headers::value(self.envoy(), map, key) }))
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
+        if let Some(()) = self.local_headers(map, |h| h.push((key.to_vec(), value.to_vec()))) {
+            return Ok(());
+        }
         let map = envoy_map(map).ok_or(Status::BadArgument)?;
         unsafe { headers::add(self.envoy(), map, key, value) }.then_some(()).ok_or(Status::NotFound)
     }
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
+        let replaced = self.local_headers(map, |h| {
+            h.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+            h.push((key.to_vec(), value.to_vec()));
+        });
+        if replaced.is_some() {
+            return Ok(());
+        }
         let map = envoy_map(map).ok_or(Status::BadArgument)?;
         unsafe { headers::set(self.envoy(), map, key, Some(value)) }.then_some(()).ok_or(Status::NotFound)
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
+        if let Some(()) = self.local_headers(map, |h| h.retain(|(k, _)| !k.eq_ignore_ascii_case(key))) {
+            return Ok(());
+        }
         let map = envoy_map(map).ok_or(Status::BadArgument)?;
         unsafe { headers::set(self.envoy(), map, key, None) }.then_some(()).ok_or(Status::NotFound)
     }
@@ -281,6 +317,11 @@ impl HeaderMaps for StreamEmbedding {
 
 impl Buffers for StreamEmbedding {
     fn buffer(&mut self, buffer: BufferType) -> HostResult<Vec<u8>> {
+        if buffer == BufferType::HttpResponseBody {
+            if let Some((_, body)) = &self.stream.borrow().local_response {
+                return Ok(body.clone());
+            }
+        }
         Ok(match self.body(buffer) {
             Some((direction, in_event)) => unsafe { body::read(self.envoy(), direction, in_event) },
             None => Vec::new(),
@@ -288,6 +329,12 @@ impl Buffers for StreamEmbedding {
     }
 
     fn set_buffer(&mut self, buffer: BufferType, bytes: Vec<u8>) -> HostResult<()> {
+        if buffer == BufferType::HttpResponseBody {
+            if let Some((_, body)) = &mut self.stream.borrow_mut().local_response {
+                *body = bytes;
+                return Ok(());
+            }
+        }
         let (direction, in_event) = self.body(buffer).ok_or(Status::BadArgument)?;
         unsafe { body::write(self.envoy(), direction, in_event, &bytes) }.then_some(()).ok_or(Status::NotFound)
     }

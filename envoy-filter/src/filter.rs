@@ -133,7 +133,10 @@ impl HttpFilter {
         let delivered = borrowed.on_http_call_response(callout.plugin, callout.token, response);
         drop(borrowed);
         match delivered {
-            Ok(()) => stream::run_deferred(),
+            Ok(()) => {
+                self.pass_local_response(&vm);
+                stream::run_deferred();
+            }
             Err(error) => {
                 let paused = self.state.borrow().paused;
                 let status = self.fail(&error);
@@ -187,8 +190,39 @@ impl HttpFilter {
             Ok(_) => status::CONTINUE,
             Err(error) => return self.fail(&error),
         };
+        self.pass_local_response(&instance.vm);
         stream::run_deferred();
         status
+    }
+
+    /// A local response the filter just sent goes through its own response callbacks
+    /// before Envoy sends it, as in Envoy's Wasm filter (Envoy itself skips the hooks of the
+    /// filter that answered).
+    fn pass_local_response(&self, vm: &RefCell<Vm>) {
+        let Some(stream_id) = self.stream.get() else { return };
+        let Some(mut response) = stream::take_local_response(&self.state) else { return };
+        let mut headers = vec![(b":status".to_vec(), response.status.to_string().into_bytes())];
+        headers.extend(std::mem::take(&mut response.headers));
+        self.state.borrow_mut().local_response = Some((headers, std::mem::take(&mut response.body)));
+        let end_of_stream = self.state.borrow().local_response.as_ref().is_some_and(|(_, body)| body.is_empty());
+        let mut passed = vm.borrow_mut().on_response_headers(stream_id, end_of_stream).map(drop);
+        if !end_of_stream && passed.is_ok() {
+            let size = self.state.borrow().local_response.as_ref().map_or(0, |(_, body)| body.len());
+            passed = vm.borrow_mut().on_response_body(stream_id, size, true).map(drop);
+        }
+        let (headers, body) = self.state.borrow_mut().local_response.take().unwrap_or_default();
+        if let Err(error) = passed {
+            self.fail(&error);
+            return;
+        }
+        self.state.borrow_mut().response_started = true;
+        // A second answer from those callbacks replaces the first.
+        let response = stream::take_local_response(&self.state).unwrap_or_else(|| {
+            let status = headers.iter().find(|(k, _)| k == b":status");
+            let status = status.and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok()).unwrap_or(response.status);
+            LocalResponse { status, headers, body, ..response }
+        });
+        stream::defer(&self.state, stream::Action::Respond(response));
     }
 
     /// Reports a failure and answers 500 (or, once the response has begun, resets the

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 
-use inwasm_host::{LocalResponse, PluginId, Vm};
+use inwasm_host::{LocalResponse, Pairs, PluginId, Vm};
 
 use crate::abi::{self, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
 use crate::body::Direction;
@@ -35,6 +35,9 @@ pub struct StreamState {
     pub response_started: bool,
     /// Envoy completed the stream: no more actions on it.
     pub completed: bool,
+    /// A local response on its way through this filter's own response callbacks (Envoy does
+    /// not run them for a response the filter sent): its headers, with `:status`, and body.
+    pub local_response: Option<(Pairs, Vec<u8>)>,
     pub callouts: HashMap<u64, Callout>,
 }
 
@@ -49,6 +52,7 @@ impl StreamState {
             paused: [false; 2],
             response_started: false,
             completed: false,
+            local_response: None,
             callouts: HashMap::new(),
         }))
     }
@@ -80,6 +84,18 @@ pub fn take_continue(stream: &SharedStream, direction: Direction) -> bool {
         let mut pending = p.borrow_mut();
         let found = pending.iter().position(|(s, a)| Rc::ptr_eq(s, stream) && a.continues() == Some(direction));
         found.map(|index| pending.remove(index)).is_some()
+    })
+}
+
+/// Takes back a queued local response of `stream` (to run it through the filter first).
+pub fn take_local_response(stream: &SharedStream) -> Option<LocalResponse> {
+    PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        let index = pending.iter().position(|(s, a)| Rc::ptr_eq(s, stream) && matches!(a, Action::Respond(_)))?;
+        match pending.remove(index) {
+            Some((_, Action::Respond(response))) => Some(response),
+            _ => None,
+        }
     })
 }
 

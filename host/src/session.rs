@@ -42,6 +42,14 @@ pub(crate) struct CallData {
     pub configuration: Option<Vec<u8>>,
 }
 
+/// The kinds of outgoing calls, which Envoy numbers apart.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum CallKind {
+    Http = 0,
+    GrpcCall = 1,
+    GrpcStream = 2,
+}
+
 /// What the guest sees through `proxy_get_status`: the outcome of the last call it made.
 pub(crate) struct CallStatus {
     pub code: u32,
@@ -58,7 +66,8 @@ pub(crate) struct HostState {
     pub effective_context: u32,
     pub call: CallData,
     pub status: CallStatus,
-    pub next_token: u32,
+    /// Calls issued so far, by kind (see `take_token`).
+    pub next_token: [u32; 3],
     /// Tokens of http/gRPC calls this instance issued that have not completed.
     pub pending_calls: HashSet<u32>,
     pub memory: Option<Memory>,
@@ -87,7 +96,7 @@ impl HostState {
             effective_context: 0,
             call: CallData::default(),
             status: CallStatus { code: Status::Ok as u32, message: Vec::new() },
-            next_token: 1,
+            next_token: [0; 3],
             pending_calls: HashSet::new(),
             memory: None,
             allocator: None,
@@ -138,9 +147,12 @@ impl HostState {
     }
 
     /// A fresh token for an outgoing call, remembered until its outcome is delivered.
-    pub fn take_token(&mut self) -> u32 {
-        let token = self.next_token;
-        self.next_token = self.next_token.wrapping_add(1).max(1);
+    /// Numbered as Envoy does: each kind counts on its own, in steps of 4 from its offset
+    /// (http calls 4, 8, 12, ...; gRPC calls 5, 9, ...; gRPC streams 6, 10, ...).
+    pub fn take_token(&mut self, kind: CallKind) -> u32 {
+        let count = &mut self.next_token[kind as usize];
+        *count = count.wrapping_add(1).max(1);
+        let token = count.wrapping_mul(4).wrapping_add(kind as u32);
         self.pending_calls.insert(token);
         token
     }

@@ -72,7 +72,7 @@ pub struct Vm {
     generation: u64,
     /// Context ids and call tokens are never reused within a VM, across instances too.
     next_context_id: u32,
-    next_token: u32,
+    next_token: [u32; 3],
     stats: VmStats,
     /// Running start-up steps (instantiation, root contexts): `start_timeout` applies.
     starting: bool,
@@ -88,7 +88,7 @@ impl Vm {
             plugins: Vec::new(),
             generation: 0,
             next_context_id: 1,
-            next_token: 1,
+            next_token: [0; 3],
             stats: VmStats::default(),
             starting: false,
         };
@@ -176,14 +176,15 @@ impl Vm {
         self.headers_callback(stream, Callback::ResponseTrailers, MapType::HttpResponseTrailers, true)
     }
 
-    /// Ends a stream as Envoy does: `on_done`, `on_log`, `on_delete`, then drops its context.
+    /// Ends a stream as Envoy 1.40 does: `on_log`, `on_done`, `on_delete`, then drops its
+    /// context.
     /// A stream whose instance is gone has nothing left to run.
     pub fn finish_stream(&mut self, stream: StreamId) -> Result<(), FilterError> {
         if !self.is_current(stream) {
             return Ok(());
         }
         let id = stream.context_id;
-        let result = [Callback::Done, Callback::Log, Callback::Delete]
+        let result = [Callback::Log, Callback::Done, Callback::Delete]
             .into_iter()
             .try_for_each(|callback| self.call(stream.plugin, callback, id, &[id]).map(drop));
         if let Some(live) = &mut self.live {

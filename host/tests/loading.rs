@@ -69,11 +69,14 @@ fn old_wasi_namespace_links() {
 }
 
 #[test]
-fn every_sdk_filter_loads_and_declares_abi_0_2_1() {
+fn every_built_filter_loads_with_its_sdks_abi() {
     for entry in std::fs::read_dir(filters_dir()).expect("filters built") {
         let path = entry.unwrap().path();
         let module = Module::from_file(engine(), &path, None).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(module.abi_version(), AbiVersion::V0_2_1, "{}", path.display());
+        // The Rust SDK 0.2.5 marks 0.2.1; AssemblyScript's @solo-io/proxy-runtime 0.1.8, 0.2.0.
+        let expected =
+            if path.to_string_lossy().contains("assemblyscript") { AbiVersion::V0_2_0 } else { AbiVersion::V0_2_1 };
+        assert_eq!(module.abi_version(), expected, "{}", path.display());
     }
 }
 

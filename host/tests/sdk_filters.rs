@@ -273,8 +273,8 @@ fn lifecycle_callbacks_arrive_in_order_with_arguments() {
         "response_headers 2",
         "response_body 2",
         "response_trailers 2",
-        "on_done 2",
         "on_log 2",
+        "on_done 2",
     ];
     let seen: Vec<&str> = logs.iter().map(String::as_str).filter(|l| expected.contains(l)).collect();
     assert_eq!(seen, expected, "all logs: {logs:?}");

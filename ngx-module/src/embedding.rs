@@ -124,8 +124,7 @@ impl HttpCalls for RootEmbedding {
         if !self.link.is_live() {
             return Err(Status::InternalFailure);
         }
-        http_call::start(&self.link, token, request);
-        Ok(())
+        http_call::start(&self.link, token, request)
     }
 }
 

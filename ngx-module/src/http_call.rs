@@ -1,7 +1,7 @@
 //! `proxy_http_call` through nginx's event loop: a non-blocking HTTP/1.1 exchange with an
-//! `upstream {}` block's server (round robin) or a `host:port`. The outcome always reaches the
-//! filter later, from the event loop: a response, or a failure ("connection failed",
-//! "timeout", "unknown upstream", ...) that arrives with no headers.
+//! `upstream {}` block's server (round robin) or a `host:port`. Once started, the outcome
+//! always reaches the filter later, from the event loop: a response, or a failure
+//! ("connection failed", "timeout", ...) that arrives with no headers.
 
 use std::ffi::c_void;
 use std::ptr;
@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use inwasm_host::{HttpCallRequest, HttpCallResponse};
+use inwasm_host::{HostResult, HttpCallRequest, HttpCallResponse, Status};
 use ngx::ffi::{
     ngx_add_timer, ngx_addr_t, ngx_close_connection, ngx_connection_t, ngx_create_pool, ngx_destroy_pool,
     ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
@@ -43,10 +43,19 @@ struct Call {
     done: ngx_event_t,
 }
 
-/// Starts a call for the root behind `link`; its outcome arrives through the link.
-pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) {
+/// Starts a call for the root behind `link`; its outcome arrives through the link. An
+/// upstream that is neither an `upstream {}` block nor `host:port` is refused at once with
+/// `BAD_ARGUMENT`, as Envoy refuses an unknown cluster.
+pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> HostResult<()> {
     let log = link.log();
     let pool = unsafe { ngx_create_pool(4096, log) };
+    if pool.is_null() {
+        return Err(Status::InternalFailure);
+    }
+    let Some(address) = (unsafe { resolve(pool, &request.upstream) }) else {
+        unsafe { ngx_destroy_pool(pool) };
+        return Err(Status::BadArgument);
+    };
     let timeout = request.timeout.unwrap_or(LONGEST_CALL).min(LONGEST_CALL).as_millis().max(1) as ngx_msec_t;
     let call = Box::into_raw(Box::new(Call {
         link: link.clone(),
@@ -65,14 +74,9 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) {
         (*call).done.handler = Some(deliver);
         (*call).done.data = call as *mut c_void;
         (*call).done.log = log;
-        if pool.is_null() {
-            return finish(call, Err("out of memory".into()));
-        }
-        match resolve(pool, &request.upstream) {
-            Some(address) => connect(call, address, &request.upstream, log),
-            None => finish(call, Err(format!("unknown upstream \"{}\"", request.upstream))),
-        }
+        connect(call, address, &request.upstream, log);
     }
+    Ok(())
 }
 
 /// An address for `upstream`: a server of the `upstream {}` block of that name (round

@@ -86,9 +86,14 @@ fn failed_calls_reach_the_filter_with_no_headers() {
     let refused = auth_gateway(&format!("127.0.0.1:{}", free_port()));
     let response = refused.request("GET", "/", &[], b"");
     assert_eq!((response.status, response.header("x-call-failed")), (502, Some("1")), "{}", refused.error_log());
+}
+
+#[test]
+fn call_to_an_unknown_upstream_is_refused_at_dispatch() {
+    // As Envoy refuses an unknown cluster: the filter's dispatch fails with BAD_ARGUMENT.
     let unknown = auth_gateway("nosuch");
     let response = unknown.request("GET", "/", &[], b"");
-    assert_eq!((response.status, response.header("x-call-failed")), (502, Some("1")));
+    assert_eq!((response.status, response.header("x-call-error")), (500, Some("BadArgument")));
 }
 
 #[test]

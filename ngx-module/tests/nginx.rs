@@ -117,7 +117,7 @@ fn request_body_streams_through_the_chain_as_it_arrives() {
     let pieces: [&[u8]; 3] = [b"first-", b"second-", b"third"];
     let response = chunked_request(nginx.port, "/", &pieces, Duration::from_millis(150)).unwrap();
     assert_eq!(response.status, 200);
-    nginx.wait_log("on_log 2", 1);
+    nginx.wait_log("on_done 2", 1);
     let log = nginx.error_log();
     let calls: Vec<&str> = log.lines().filter_map(|l| l.split("request_body 2 ").nth(1)).collect();
     assert!(calls.len() >= 3, "one call per piece read: {calls:?}");
@@ -308,12 +308,12 @@ fn isolation_filter_gives_each_filter_its_own_instance() {
 fn lifecycle_ends_with_done_and_log() {
     let nginx = Nginx::start(&wasm_block(&["lifecycle"]), "location / { proxy_wasm lifecycle; return 200 'x'; }");
     nginx.get("/");
-    nginx.wait_log("on_log 2", 1);
+    nginx.wait_log("on_done 2", 1);
     let log = nginx.error_log();
     let position = |needle: &str| log.find(needle).unwrap_or_else(|| panic!("{needle} missing: {log}"));
     assert!(position("request_headers 2") < position("response_headers 2"));
-    assert!(position("response_headers 2") < position("on_done 2"));
-    assert!(position("on_done 2") < position("on_log 2"));
+    assert!(position("response_headers 2") < position("on_log 2"));
+    assert!(position("on_log 2") < position("on_done 2"), "Envoy's order");
 }
 
 #[test]

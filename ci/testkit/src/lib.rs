@@ -2,6 +2,7 @@
 //! module or with its own Wasm filter), started on generated configurations on free loopback
 //! ports, a minimal HTTP client, and an upstream that echoes what it received.
 
+mod envoy;
 mod example;
 mod http;
 mod nginx;
@@ -9,9 +10,10 @@ mod paths;
 mod ports;
 mod upstream;
 
+pub use envoy::{inwasm_filter, v8_filter, Envoy, EnvoySetup};
 pub use example::Example;
 pub use http::*;
 pub use nginx::*;
 pub use paths::*;
 pub use ports::free_port;
-pub use upstream::EchoUpstream;
+pub use upstream::{AuthService, EchoUpstream, Received};

@@ -1,8 +1,42 @@
-//! An upstream that echoes what it received.
+//! Upstreams for the servers under test: one that echoes what it received, and one that
+//! answers as a small authorization service.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
+
+/// A request as an upstream received it (header names in lower case).
+#[derive(Debug, Default)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Serves every connection on a free port with `answer` (status and body), after `delay`.
+fn serve(delay: Duration, answer: fn(&Received) -> (u16, Vec<u8>)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                if let Some(received) = receive(&stream) {
+                    std::thread::sleep(delay);
+                    let (status, body) = answer(&received);
+                    reply(stream, status, &body);
+                }
+            });
+        }
+    });
+    port
+}
 
 /// An upstream on a free port that answers every request with 200 and a body describing
 /// what it received: `method path`, then each header as `name: value`, a blank line, the body.
@@ -17,52 +51,83 @@ impl EchoUpstream {
 
     /// An echo upstream that waits `delay` before answering (to keep requests in flight).
     pub fn start_slow(delay: Duration) -> EchoUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || echo(stream, delay));
-            }
-        });
-        EchoUpstream { port }
+        EchoUpstream { port: serve(delay, |r| (200, echo(r))) }
     }
 }
 
-fn echo(stream: TcpStream, delay: Duration) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut report = String::new();
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
+fn echo(received: &Received) -> Vec<u8> {
+    let mut report = format!("{} {}\n", received.method, received.path);
+    for (k, v) in &received.headers {
+        report.push_str(&format!("{k}: {v}\n"));
     }
+    report.push('\n');
+    let mut payload = report.into_bytes();
+    payload.extend_from_slice(&received.body);
+    payload
+}
+
+/// An authorization service: `x-token: Bearer good` gets 200 with body `alice`, anything
+/// else 401.
+pub struct AuthService {
+    pub port: u16,
+}
+
+impl AuthService {
+    pub fn start() -> AuthService {
+        AuthService {
+            port: serve(Duration::ZERO, |r| match r.header("x-token") {
+                Some("Bearer good") => (200, b"alice".to_vec()),
+                _ => (401, Vec::new()),
+            }),
+        }
+    }
+}
+
+/// Reads one request (a Content-Length or chunked body).
+fn receive(stream: &TcpStream) -> Option<Received> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
     let mut words = line.split_whitespace();
-    report.push_str(&format!("{} {}\n", words.next().unwrap_or(""), words.next().unwrap_or("")));
-    let mut length = 0;
+    let mut received = Received {
+        method: words.next().unwrap_or("").to_string(),
+        path: words.next().unwrap_or("").to_string(),
+        ..Received::default()
+    };
     loop {
         line.clear();
-        if reader.read_line(&mut line).is_err() {
-            return;
-        }
+        reader.read_line(&mut line).ok()?;
         let trimmed = line.trim_end();
         if trimmed.is_empty() {
             break;
         }
         if let Some((k, v)) = trimmed.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-            report.push_str(&format!("{}: {}\n", k.to_ascii_lowercase(), v.trim()));
+            received.headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let mut body = vec![0; length];
-    let _ = reader.read_exact(&mut body);
-    report.push('\n');
-    let mut payload = report.into_bytes();
-    payload.extend_from_slice(&body);
-    std::thread::sleep(delay);
-    let mut stream = stream;
+    if received.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            line.clear();
+            reader.read_line(&mut line).ok()?;
+            let size = usize::from_str_radix(line.trim(), 16).ok()?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if size == 0 {
+                break;
+            }
+            received.body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        let length = received.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        received.body = vec![0; length];
+        reader.read_exact(&mut received.body).ok()?;
+    }
+    Some(received)
+}
+
+fn reply(mut stream: TcpStream, status: u16, body: &[u8]) {
     let head =
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nServer: echo\r\nConnection: close\r\n\r\n", payload.len());
+        format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nServer: echo\r\nConnection: close\r\n\r\n", body.len());
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&payload);
+    let _ = stream.write_all(body);
 }

@@ -9,7 +9,7 @@ use super::abi_fn;
 use crate::embedding::GrpcCallRequest;
 use crate::guest::{AbiResult, Guest};
 use crate::serialization::deserialize_map;
-use crate::session::HostState;
+use crate::session::{CallKind, HostState};
 
 struct Target {
     upstream: Vec<u8>,
@@ -33,6 +33,7 @@ fn start(
     timeout_ms: i32,
     ret_token: i32,
 ) -> AbiResult {
+    let kind = if message.is_some() { CallKind::GrpcCall } else { CallKind::GrpcStream };
     let request = GrpcCallRequest {
         upstream: target.upstream,
         service: target.service,
@@ -41,7 +42,7 @@ fn start(
         message,
         timeout: (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u32 as u64)),
     };
-    let token = g.state().take_token();
+    let token = g.state().take_token(kind);
     g.root_embedding()?.grpc_call(token, request)?;
     g.write_u32(ret_token, token)
 }

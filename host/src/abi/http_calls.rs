@@ -8,7 +8,7 @@ use wasmtime::Linker;
 use super::abi_fn;
 use crate::embedding::HttpCallRequest;
 use crate::serialization::deserialize_map;
-use crate::session::HostState;
+use crate::session::{CallKind, HostState};
 use crate::types::Status;
 
 const REQUIRED_HEADERS: [&[u8]; 3] = [b":method", b":path", b":authority"];
@@ -40,7 +40,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             trailers: deserialize_map(&g.read(trailers_ptr, trailers_len)?)?,
             timeout: (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u32 as u64)),
         };
-        let token = g.state().take_token();
+        let token = g.state().take_token(CallKind::Http);
         g.root_embedding()?.http_call(token, request)?;
         g.write_u32(ret_token, token)
     });

@@ -1,0 +1,229 @@
+//! A real Envoy 1.40 on a generated configuration: HTTP filters in front of an upstream (or
+//! a direct response), running proxy-wasm filters either on this project's module
+//! (`build/libinwasm.so`) or on Envoy's own Wasm filter (V8), as the reference.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::http::{request, Response};
+use crate::paths::{envoy_binary, envoy_module_dir, scratch_dir};
+use crate::ports::free_port;
+
+/// The `http_filters` entry that runs a filter on this project's module; `settings` is the
+/// filter configuration as a JSON object (`{"module": "...", ...}`).
+pub fn inwasm_filter(settings: &str) -> String {
+    format!(
+        r#"- name: inwasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+    dynamic_module_config: {{name: inwasm}}
+    filter_name: proxy_wasm
+    filter_config:
+      "@type": type.googleapis.com/google.protobuf.Struct
+      value: {settings}
+"#
+    )
+}
+
+/// The `http_filters` entry that runs `wasm` on Envoy's built-in Wasm filter (V8).
+pub fn v8_filter(name: &str, wasm: &str, configuration: &str) -> String {
+    format!(
+        r#"- name: envoy.filters.http.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      name: {name}
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: {configuration}
+      vm_config:
+        vm_id: {name}
+        runtime: envoy.wasm.runtime.v8
+        code: {{local: {{filename: {wasm}}}}}
+"#,
+        configuration = json_string(configuration),
+    )
+}
+
+/// A JSON (and so YAML) string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// What an Envoy under test runs.
+#[derive(Clone, Debug, Default)]
+pub struct EnvoySetup {
+    /// `http_filters` entries, in order (the router is appended).
+    pub filters: Vec<String>,
+    /// Where requests go; `None` answers every request with 200 "direct\n".
+    pub upstream: Option<u16>,
+    /// More clusters (name, port on 127.0.0.1), e.g. for http calls.
+    pub clusters: Vec<(String, u16)>,
+    /// Worker threads (default 1).
+    pub workers: u32,
+}
+
+pub struct Envoy {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub admin: u16,
+    child: Option<Child>,
+}
+
+impl Envoy {
+    pub fn start(setup: &EnvoySetup) -> Envoy {
+        Envoy::try_start(setup).unwrap_or_else(|log| panic!("envoy did not start:\n{log}"))
+    }
+
+    /// Starts Envoy; `Err` holds its log when it refused the configuration or exited.
+    pub fn try_start(setup: &EnvoySetup) -> Result<Envoy, String> {
+        let dir = scratch_dir();
+        let (port, admin) = (free_port(), free_port());
+        std::fs::write(dir.join("envoy.yaml"), config(setup, port, admin)).unwrap();
+        let child = Command::new(envoy_binary())
+            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", envoy_module_dir())
+            .arg("-c")
+            .arg(dir.join("envoy.yaml"))
+            .args([
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+                "--component-log-level",
+                "wasm:trace,dynamic_modules:trace",
+            ])
+            .arg("--concurrency")
+            .arg(setup.workers.max(1).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("envoy.log")).unwrap()))
+            .spawn()
+            .expect("envoy starts");
+        let mut envoy = Envoy { dir, port, admin, child: Some(child) };
+        envoy.wait_ready()?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(_status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Err(self.log());
+            }
+            if TcpStream::connect(("127.0.0.1", self.admin)).is_ok()
+                && request(self.admin, "GET", "/ready", &[], b"").text().trim() == "LIVE"
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("not ready in 20 s:\n{}", self.log()))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `needle` at least `count` times; returns the final count.
+    pub fn wait_log(&self, needle: &str, count: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = self.log().matches(needle).count();
+            if seen >= count || Instant::now() >= deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        request(self.port, method, path, headers, body)
+    }
+
+    /// Envoy's stats (admin `/stats`), one `name: value` per line.
+    pub fn stats(&self) -> String {
+        request(self.admin, "GET", "/stats", &[], b"").text()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn config(setup: &EnvoySetup, port: u16, admin: u16) -> String {
+    let route = match setup.upstream {
+        Some(_) => "route: {cluster: upstream, timeout: 30s}".to_string(),
+        None => r#"direct_response: {status: 200, body: {inline_string: "direct\n"}}"#.to_string(),
+    };
+    let mut clusters: Vec<(String, u16)> = setup.upstream.map(|p| ("upstream".to_string(), p)).into_iter().collect();
+    clusters.extend(setup.clusters.iter().cloned());
+    let clusters: String = clusters
+        .iter()
+        .map(|(name, port)| {
+            format!(
+                "  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+"
+            )
+        })
+        .collect();
+    let filters: String = setup.filters.iter().map(|f| indent(f, "          ")).collect();
+    format!(
+        "admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: [\"*\"]
+              routes:
+              - match: {{prefix: \"/\"}}
+                {route}
+          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"
+    )
+}
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines().map(|line| format!("{by}{line}\n")).collect()
+}
