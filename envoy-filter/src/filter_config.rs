@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use inwasm_host::Module;
+use inwasm_host::{MetricType, Module};
 
 use crate::abi::{self, ConfigEnvoyPtr, ConfigHandle};
 use crate::config::{self, FilterSettings};
 use crate::instances::{self, Instance};
 use crate::mailbox::Mailbox;
 use crate::metrics::MetricRegistry;
-use crate::runtime;
+use crate::{report, runtime};
 
 pub struct FilterConfig {
     /// Distinguishes configurations in each thread's instance table.
@@ -54,6 +54,10 @@ impl FilterConfig {
             config_callouts: Mutex::new(HashMap::new()),
             retired: AtomicBool::new(false),
         });
+        // Envoy takes metric definitions only now, while the configuration loads.
+        for name in report::HOST_COUNTERS {
+            config.metrics.define(MetricType::Counter, &report::host_metric(&config, name));
+        }
         match Instance::start(&config, config.main_mailbox.clone()) {
             Ok(instance) => {
                 instances::install(&config, instance);

@@ -52,7 +52,12 @@ pub unsafe fn value(filter: FilterEnvoyPtr, map: u32, key: &[u8]) -> Option<Vec<
     (found && values > 0).then(|| result.as_slice().to_vec())
 }
 
+/// Adds a value for `key`. Envoy refuses to add an empty value but sets one, so an empty
+/// value for a header not yet there is set instead.
 pub unsafe fn add(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: &[u8]) -> bool {
+    if value.is_empty() && self::value(filter, map, key).is_none() {
+        return set(filter, map, key, Some(value));
+    }
     abi::envoy_dynamic_module_callback_http_add_header(filter, map, ModuleBuffer::of(key), ModuleBuffer::of(value))
 }
 

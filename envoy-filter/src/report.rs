@@ -6,6 +6,9 @@ use inwasm_host::{FailureKind, FilterError};
 use crate::filter_config::FilterConfig;
 use crate::log;
 
+/// The host's counters of each filter.
+pub const HOST_COUNTERS: [&str; 4] = ["requests_total", "traps_total", "timeouts_total", "memory_failures_total"];
+
 /// The host counter a failure adds to (none for a failure that only follows an earlier one).
 fn counter(kind: &FailureKind) -> Option<&'static str> {
     match kind {

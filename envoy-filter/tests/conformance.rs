@@ -397,6 +397,22 @@ fn cases() -> Vec<Case> {
             warm_up: true,
         },
         Case {
+            name: "sandbox: an empty environment",
+            filter: "filter_misbehave",
+            config: "env",
+            method: "GET",
+            path: "/",
+            headers: &[],
+            body: b"",
+            differs: &[(
+                Host::EnvoyInwasm,
+                "the filter reports its (empty) environment in a header with an empty value, which Envoy's dynamic-module ABI cannot store: the header is dropped",
+            )],
+            no_reference: None,
+            check: |o| assert!(o.body.contains("x-misbehave-config: env"), "{}", o.body),
+            warm_up: true,
+        },
+        Case {
             name: "panic in request headers",
             filter: "filter_misbehave",
             config: "panic",

@@ -1,4 +1,7 @@
-//! The Envoy module through a real Envoy 1.40, with filters built from the SDK.
+//! The Envoy module through a real Envoy 1.40, with filters built from the SDK: the
+//! lifecycle, limits, calls, timers and shared state, and configuration errors.
+
+use std::time::{Duration, Instant};
 
 use inwasm_testkit::*;
 
@@ -6,22 +9,35 @@ fn filter(name: &str) -> String {
     root().join(format!("build/filters/filter_{name}.wasm")).display().to_string()
 }
 
-/// Envoy with one inwasm filter (`settings` beyond the module, as JSON members) in front of
-/// an echo upstream.
-fn envoy(name: &str, settings: &str, upstream: &EchoUpstream) -> Envoy {
-    let settings =
-        format!(r#"{{"module": "{}"{}{settings}}}"#, filter(name), if settings.is_empty() { "" } else { ", " });
-    Envoy::start(&EnvoySetup {
-        filters: vec![inwasm_filter(&settings)],
+/// The filter configuration for test filter `name` with more `settings` (JSON members).
+fn settings(name: &str, more: &str) -> String {
+    let separator = if more.is_empty() { "" } else { ", " };
+    format!(r#"{{"module": "{}", "name": "{name}"{separator}{more}}}"#, filter(name))
+}
+
+/// Envoy with one inwasm filter in front of an echo upstream, with `workers` worker threads.
+fn envoy_with(name: &str, more: &str, workers: u32) -> (Envoy, EchoUpstream) {
+    let upstream = EchoUpstream::start();
+    let setup = EnvoySetup {
+        filters: vec![inwasm_filter(&settings(name, more))],
         upstream: Some(upstream.port),
+        workers,
         ..Default::default()
-    })
+    };
+    (Envoy::start(&setup), upstream)
+}
+
+fn envoy(name: &str, more: &str) -> (Envoy, EchoUpstream) {
+    envoy_with(name, more, 1)
+}
+
+fn misbehave(envoy: &Envoy, mode: &str) -> Response {
+    envoy.request("GET", "/", &[("x-misbehave", mode)], b"")
 }
 
 #[test]
 fn request_and_response_headers_are_rewritten() {
-    let upstream = EchoUpstream::start();
-    let envoy = envoy("headers", r#""configuration": "from-config""#, &upstream);
+    let (envoy, _upstream) = envoy("headers", r#""configuration": "from-config""#);
     let response = envoy.request("GET", "/path?x=1", &[("X-Remove-Me", "yes"), ("X-Keep", "kept")], b"");
     assert_eq!(response.status, 200, "{}", envoy.log());
     let seen = response.text();
@@ -30,4 +46,203 @@ fn request_and_response_headers_are_rewritten() {
     assert!(!seen.contains("x-remove-me"), "{seen}");
     assert_eq!(response.header("x-inwasm"), Some("hello"));
     assert_eq!(response.header("x-request-path"), Some("/path?x=1"));
+}
+
+#[test]
+fn configuration_errors_stop_envoy_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("inwasm-envoy-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("not-wasm.wasm");
+    std::fs::write(&text, "I am not wasm").unwrap();
+    let refuser = dir.join("refuser.wat");
+    std::fs::write(
+        &refuser,
+        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+           (func (export "malloc") (param i32) (result i32) (i32.const 8))
+           (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let cases = [
+        (format!(r#"{{"module": "{}", "timeot": "1s"}}"#, filter("headers")), "unknown key \"timeot\"".to_string()),
+        (r#"{"configuration": "x"}"#.to_string(), "needs \"module\"".to_string()),
+        (format!(r#"{{"module": "{}", "timeout": "soon"}}"#, filter("headers")), "invalid \"timeout\"".to_string()),
+        (format!(r#"{{"module": "{}"}}"#, text.display()), format!("\"{}\": not a WebAssembly module", text.display())),
+        (r#"{"module": "/nonexistent/x.wasm"}"#.to_string(), "\"/nonexistent/x.wasm\": cannot read".to_string()),
+        (
+            format!(r#"{{"module": "{}"}}"#, refuser.display()),
+            "rejected its configuration (proxy_on_configure returned false)".to_string(),
+        ),
+    ];
+    for (config, expected) in cases {
+        let setup = EnvoySetup { filters: vec![inwasm_filter(&config)], ..Default::default() };
+        let log = Envoy::try_start(&setup).err().unwrap_or_else(|| panic!("{config} was accepted"));
+        assert!(log.contains(&expected), "{config}: expected {expected:?} in\n{log}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn spinning_filter_is_cut_at_its_deadline_and_the_worker_serves_on() {
+    let (envoy, _upstream) = envoy("misbehave", r#""configuration": "ok", "timeout": "20ms""#);
+    let limit = Duration::from_millis(20);
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(misbehave(&envoy, "spin").status, 500);
+        let elapsed = started.elapsed();
+        assert!(elapsed >= limit && elapsed < limit * 10, "cut after {elapsed:?}");
+        assert_eq!(misbehave(&envoy, "ok").status, 200, "the worker serves the next request");
+    }
+    let log = envoy.log();
+    assert!(log.contains("filter \"misbehave\" exceeded its deadline of 20 ms in proxy_on_request_headers"), "{log}");
+    assert!(envoy.stats().contains("inwasm.misbehave.timeouts_total: 5"), "{}", envoy.stats());
+}
+
+#[test]
+fn memory_hog_is_stopped_at_its_limit() {
+    let (envoy, _upstream) = envoy("misbehave", r#""configuration": "ok", "memory_limit": "16m""#);
+    for _ in 0..3 {
+        assert_eq!(misbehave(&envoy, "hog").status, 500);
+        assert_eq!(misbehave(&envoy, "ok").status, 200);
+    }
+    assert!(envoy.log().contains("exceeded its memory limit of 16777216 bytes"), "{}", envoy.log());
+    assert!(envoy.stats().contains("inwasm.misbehave.memory_failures_total: 3"), "{}", envoy.stats());
+}
+
+#[test]
+fn panic_answers_500_and_the_instance_is_rebuilt() {
+    let (envoy, _upstream) = envoy("misbehave", r#""configuration": "ok""#);
+    assert_eq!(misbehave(&envoy, "panic").status, 500);
+    assert_eq!(misbehave(&envoy, "recurse").status, 500);
+    let response = misbehave(&envoy, "ok");
+    assert!(response.text().contains("x-misbehave-ok: 1"), "{}", response.text());
+    let log = envoy.log();
+    assert!(log.contains("misbehave: panic requested"), "{log}");
+    // Rust keeps its stack in linear memory: running out of it is a memory fault there.
+    assert_eq!(log.matches("trapped in proxy_on_request_headers").count(), 2, "{log}");
+    assert!(envoy.stats().contains("inwasm.misbehave.traps_total: 2"), "{}", envoy.stats());
+}
+
+#[test]
+fn fail_open_skips_the_failed_filter() {
+    let (envoy, _upstream) = envoy("misbehave", r#""configuration": "ok", "fail_open": true, "timeout": "20ms""#);
+    for mode in ["panic", "spin", "hog"] {
+        let response = misbehave(&envoy, mode);
+        assert_eq!(response.status, 200, "{mode}: {}", envoy.log());
+        assert!(!response.text().contains("x-misbehave-ok"), "{mode}: the filter was skipped");
+    }
+    assert!(envoy.log().contains("skipped (fail-open)"), "{}", envoy.log());
+}
+
+#[test]
+fn environment_is_empty_unless_configured() {
+    // An empty environment comes out as an empty header value, which Envoy drops.
+    let (plain, _a) = envoy("misbehave", r#""configuration": "env""#);
+    let seen = plain.get("/").text();
+    assert!(seen.contains("x-misbehave-config: env\n") && !seen.contains("x-env: "), "{seen}");
+    let (given, _b) = envoy("misbehave", r#""configuration": "env", "environment": {"TENANT": "acme"}"#);
+    assert!(given.get("/").text().contains("x-env: TENANT=acme\n"), "{}", given.get("/").text());
+}
+
+#[test]
+fn isolation_stream_gives_each_request_a_fresh_instance() {
+    let (shared, _a) = envoy("lifecycle", "");
+    let (fresh, _b) = envoy("lifecycle", r#""isolation": "stream""#);
+    for _ in 0..3 {
+        shared.get("/");
+        fresh.get("/");
+    }
+    assert_eq!(shared.wait_log("on_done 4", 1), 1, "one instance counts contexts on: {}", shared.log());
+    assert_eq!(fresh.wait_log("on_done 2", 3), 3, "a fresh instance per request: {}", fresh.log());
+}
+
+#[test]
+fn http_call_to_a_cluster_resumes_or_denies_the_request() {
+    let upstream = EchoUpstream::start();
+    let auth = AuthService::start();
+    let dead = free_port();
+    let setup = EnvoySetup {
+        filters: vec![inwasm_filter(&settings("httpcall", r#""configuration": "auth""#))],
+        upstream: Some(upstream.port),
+        clusters: vec![("auth".into(), auth.port), ("dead".into(), dead)],
+        workers: 1,
+    };
+    let envoy = Envoy::start(&setup);
+    let allowed = envoy.request("GET", "/resource", &[("authorization", "Bearer good")], b"");
+    assert!(allowed.text().contains("x-auth-user: alice\n"), "{}", allowed.text());
+    let several = envoy.request("GET", "/", &[("authorization", "Bearer good"), ("x-calls", "3")], b"");
+    assert_eq!((several.status, several.header("x-auth-calls")), (200, Some("3")));
+    let denied = envoy.request("GET", "/", &[("authorization", "Bearer bad")], b"");
+    assert_eq!((denied.status, denied.text().as_str()), (403, "forbidden\n"));
+    // A call at the end of the body holds the body (not the headers, gone already) until the
+    // answer.
+    let body = envoy.request("POST", "/upload", &[("authorization", "Bearer good"), ("x-call-at", "body")], b"data");
+    assert_eq!(body.status, 200, "{}", envoy.log());
+    assert!(envoy.log().contains("call 16 status 200"), "{}", envoy.log());
+}
+
+#[test]
+fn failed_call_reaches_the_filter() {
+    let upstream = EchoUpstream::start();
+    let setup = EnvoySetup {
+        filters: vec![inwasm_filter(&settings("httpcall", r#""configuration": "dead""#))],
+        upstream: Some(upstream.port),
+        clusters: vec![("dead".into(), free_port())],
+        workers: 1,
+    };
+    let envoy = Envoy::start(&setup);
+    // Envoy answers a call to a dead upstream itself, with 503.
+    assert_eq!(envoy.get("/").status, 403);
+    assert!(envoy.log().contains("status 503"), "{}", envoy.log());
+}
+
+#[test]
+fn ticks_run_until_the_filter_stops_them() {
+    let setup = EnvoySetup {
+        filters: vec![inwasm_filter(&settings("ticker", r#""configuration": "20""#))],
+        ..Default::default()
+    };
+    let envoy = Envoy::start(&setup);
+    assert_eq!(envoy.wait_log("tick 3", 1), 1, "{}", envoy.log());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!envoy.log().contains("tick 4"), "period 0 stopped the timer: {}", envoy.log());
+}
+
+#[test]
+fn shared_counter_loses_no_update_across_worker_threads() {
+    let (envoy, _upstream) = envoy_with("shared", "", 2);
+    let hits = |envoy: &Envoy| envoy.get("/").header("x-hits").expect("x-hits").parse::<u64>().unwrap();
+    assert_eq!(hits(&envoy), 1);
+    let port = envoy.port;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || (0..50).filter(|_| request(port, "GET", "/", &[], b"").status == 200).count())
+        })
+        .collect();
+    assert_eq!(clients.into_iter().map(|c| c.join().unwrap()).sum::<usize>(), 200);
+    assert_eq!(hits(&envoy), 202, "every increment of both workers counted");
+}
+
+#[test]
+fn queue_items_reach_the_main_threads_registrant() {
+    let (envoy, _upstream) = envoy_with("queue", "", 2);
+    for i in 0..10 {
+        assert_eq!(envoy.get(&format!("/item-{i}")).status, 200);
+    }
+    assert_eq!(envoy.wait_log("dequeued /item-", 10), 10, "{}", envoy.log());
+    for i in 0..10 {
+        assert!(envoy.log().contains(&format!("dequeued /item-{i}\n")), "item {i}: {}", envoy.log());
+    }
+}
+
+#[test]
+fn metrics_reach_envoy_stats() {
+    let (envoy, _upstream) = envoy("metrics", "");
+    for _ in 0..3 {
+        envoy.request("POST", "/", &[], b"12345");
+    }
+    assert_eq!(envoy.get("/").header("x-requests-total"), Some("4"));
+    let stats = envoy.stats();
+    assert!(stats.contains("dynamicmodulescustom.requests_total: 4"), "{stats}");
+    assert!(stats.contains("dynamicmodulescustom.inflight: 0"), "{stats}");
+    assert!(stats.contains("inwasm.metrics.requests_total: 4"), "{stats}");
 }

@@ -2,12 +2,11 @@
 //! a direct response), running proxy-wasm filters either on this project's module
 //! (`build/libinwasm.so`) or on Envoy's own Wasm filter (V8), as the reference.
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::http::{request, Response};
+use crate::http::{request, try_request, Response};
 use crate::paths::{envoy_binary, envoy_module_dir, scratch_dir};
 use crate::ports::free_port;
 
@@ -121,9 +120,8 @@ impl Envoy {
             if let Some(_status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return Err(self.log());
             }
-            if TcpStream::connect(("127.0.0.1", self.admin)).is_ok()
-                && request(self.admin, "GET", "/ready", &[], b"").text().trim() == "LIVE"
-            {
+            let ready = try_request(self.admin, "GET", "/ready", &[], b"").is_ok_and(|r| r.text().trim() == "LIVE");
+            if ready {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));

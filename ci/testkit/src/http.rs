@@ -81,6 +81,10 @@ fn read_response(mut reader: BufReader<TcpStream>) -> std::io::Result<Response> 
             reader.read_exact(&mut chunk)?;
             body.extend_from_slice(&chunk[..size]);
         }
+    } else if let Some(length) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+        // Read exactly the body: a server may hold the connection open a while after it.
+        body = vec![0; length.1.parse().map_err(|_| invalid(format!("bad content-length {:?}", length.1)))?];
+        reader.read_exact(&mut body)?;
     } else {
         reader.read_to_end(&mut body)?;
     }
