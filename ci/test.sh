@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs every test: the host's unit and integration tests (real SDK-built filters) and the
-# nginx integration tests (a real nginx with load_module), in one cargo invocation so the
-# build is the one `make build` made (same packages, same features: nothing recompiles).
+# Runs every test: the host's unit and integration tests (real SDK-built filters), the nginx
+# integration tests (a real nginx with load_module), the Envoy tests (a real Envoy 1.40 with
+# the module) and the conformance suite (Envoy's V8 vs Envoy and nginx with inwasm), in one
+# cargo invocation so the build is the one `make build` made (nothing recompiles).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=ci/nginx-env.sh
 . ci/nginx-env.sh
-INWASM_NGINX=$flavor cargo test --release --locked -p inwasm-host -p ngx-http-inwasm
+INWASM_NGINX=$flavor cargo test --release --locked -p inwasm-host -p ngx-http-inwasm -p inwasm-envoy
