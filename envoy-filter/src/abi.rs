@@ -114,6 +114,8 @@ pub mod status {
     pub const CONTINUE: u32 = 0;
     /// Headers and trailers: StopIteration. Bodies: StopIterationAndBuffer.
     pub const STOP_ITERATION: u32 = 1;
+    /// Headers: StopAllIterationAndWatermark (no body events until the filter continues).
+    pub const STOP_ALL_ITERATION: u32 = 4;
 }
 
 /// `envoy_dynamic_module_type_http_callout_init_result`.

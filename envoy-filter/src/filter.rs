@@ -66,7 +66,7 @@ impl HttpFilter {
             }
             Err(error) => return self.fail(&error),
         }
-        self.run(Direction::Request, |vm, s| vm.on_request_headers(s, end_of_stream))
+        self.run(Direction::Request, status::STOP_ALL_ITERATION, |vm, s| vm.on_request_headers(s, end_of_stream))
     }
 
     pub fn on_request_body(&self, end_of_stream: bool) -> u32 {
@@ -74,11 +74,13 @@ impl HttpFilter {
     }
 
     pub fn on_request_trailers(&self) -> u32 {
-        self.run(Direction::Request, |vm, s| vm.on_request_trailers(s))
+        self.run(Direction::Request, status::STOP_ITERATION, |vm, s| vm.on_request_trailers(s))
     }
 
     pub fn on_response_headers(&self, end_of_stream: bool) -> u32 {
-        let status = self.run(Direction::Response, |vm, s| vm.on_response_headers(s, end_of_stream));
+        self.state.borrow_mut().response_seen = true;
+        let status =
+            self.run(Direction::Response, status::STOP_ALL_ITERATION, |vm, s| vm.on_response_headers(s, end_of_stream));
         if status == status::CONTINUE {
             self.state.borrow_mut().response_started = true;
         }
@@ -90,7 +92,7 @@ impl HttpFilter {
     }
 
     pub fn on_response_trailers(&self) -> u32 {
-        self.run(Direction::Response, |vm, s| vm.on_response_trailers(s))
+        self.run(Direction::Response, status::STOP_ITERATION, |vm, s| vm.on_response_trailers(s))
     }
 
     /// Envoy completed the stream: `on_done`, `on_log`, `on_delete`.
@@ -164,16 +166,23 @@ impl HttpFilter {
             state.envoy
         };
         let size = unsafe { body::size(envoy, direction, true) };
-        let status = self.run(direction, |vm, s| call(vm, s, size));
+        let status = self.run(direction, status::STOP_ITERATION, |vm, s| call(vm, s, size));
         let mut state = self.state.borrow_mut();
         state.body_event = None;
         state.buffering[direction.index()] = status != status::CONTINUE;
         status
     }
 
-    /// Runs one callback and then what it asked for; returns the hook's status (for body
-    /// hooks, a stop buffers).
-    fn run(&self, direction: Direction, call: impl FnOnce(&mut Vm, StreamId) -> Result<Action, FilterError>) -> u32 {
+    /// Runs one callback and then what it asked for; returns the hook's status: `stop` when
+    /// the filter paused. A pause in the headers stops everything, the body included, until
+    /// the filter continues, as in Envoy's Wasm filter (which turns a headers pause into
+    /// StopAllIterationAndWatermark); a pause in a body callback buffers.
+    fn run(
+        &self,
+        direction: Direction,
+        stop: u32,
+        call: impl FnOnce(&mut Vm, StreamId) -> Result<Action, FilterError>,
+    ) -> u32 {
         let (Some(instance), Some(stream_id)) = (self.instance.borrow().clone(), self.stream.get()) else {
             return status::CONTINUE;
         };
@@ -185,7 +194,7 @@ impl HttpFilter {
         let status = match result {
             Ok(Action::Pause) if !stream::take_continue(&self.state, direction) => {
                 self.state.borrow_mut().paused[direction.index()] = true;
-                status::STOP_ITERATION
+                stop
             }
             Ok(_) => status::CONTINUE,
             Err(error) => return self.fail(&error),
@@ -195,11 +204,14 @@ impl HttpFilter {
         status
     }
 
-    /// A local response the filter just sent goes through its own response callbacks
+    /// A local response the filter sent before its response callbacks ran goes through them
     /// before Envoy sends it, as in Envoy's Wasm filter (Envoy itself skips the hooks of the
-    /// filter that answered).
+    /// filter that answered). One sent from the response callbacks goes as it is.
     fn pass_local_response(&self, vm: &RefCell<Vm>) {
         let Some(stream_id) = self.stream.get() else { return };
+        if self.state.borrow().response_seen {
+            return;
+        }
         let Some(mut response) = stream::take_local_response(&self.state) else { return };
         let mut headers = vec![(b":status".to_vec(), response.status.to_string().into_bytes())];
         headers.extend(std::mem::take(&mut response.headers));

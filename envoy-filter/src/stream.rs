@@ -33,6 +33,8 @@ pub struct StreamState {
     pub paused: [bool; 2],
     /// The response headers went on: a failure can no longer answer 500.
     pub response_started: bool,
+    /// The filter has had `on_response_headers`.
+    pub response_seen: bool,
     /// Envoy completed the stream: no more actions on it.
     pub completed: bool,
     /// A local response on its way through this filter's own response callbacks (Envoy does
@@ -51,6 +53,7 @@ impl StreamState {
             buffering: [false; 2],
             paused: [false; 2],
             response_started: false,
+            response_seen: false,
             completed: false,
             local_response: None,
             callouts: HashMap::new(),

@@ -126,7 +126,10 @@ fn run(case: &Case, host: Host) -> Observed {
     let upstream = EchoUpstream::start();
     let auth = AuthService::start();
     let name = case.filter.trim_start_matches("filter_").trim_start_matches("example_");
-    let send = |port: u16| request(port, case.method, case.path, case.headers, case.body);
+    let send = |port: u16| {
+        try_request(port, case.method, case.path, case.headers, case.body)
+            .unwrap_or_else(|e| panic!("{}: {}: {e}", case.name, host.label()))
+    };
     let settle = || std::thread::sleep(Duration::from_millis(200));
     match host {
         Host::V8 | Host::EnvoyInwasm => {
@@ -147,8 +150,8 @@ fn run(case: &Case, host: Host) -> Observed {
             let envoy = Envoy::start(&setup);
             if case.warm_up {
                 request(envoy.port, "GET", "/warm-up", &[], b"");
-                settle();
             }
+            settle();
             let before = envoy.log().len();
             let response = send(envoy.port);
             settle();
@@ -164,10 +167,11 @@ fn run(case: &Case, host: Host) -> Observed {
                 ),
                 &format!("upstream auth {{ server 127.0.0.1:{}; }}", auth.port),
             );
+            // Workers start after nginx accepts connections: let their start-up log first.
             if case.warm_up {
                 request(nginx.port, "GET", "/warm-up", &[], b"");
-                settle();
             }
+            settle();
             let before = nginx.error_log().len();
             let response = send(nginx.port);
             settle();
@@ -274,6 +278,32 @@ fn cases() -> Vec<Case> {
             warm_up: true,
         },
         Case {
+            name: "response headers held for an http call",
+            filter: "filter_httpcall",
+            config: "auth",
+            method: "GET",
+            path: "/resource",
+            headers: &[("authorization", "Bearer good"), ("x-call-at", "response")],
+            body: b"",
+            differs: NO_DIFFERENCE,
+            no_reference: None,
+            check: |o| assert!(o.headers.contains(&("x-auth-user".into(), "alice".into())), "{:?}", o.headers),
+            warm_up: true,
+        },
+        Case {
+            name: "local response in place of a held response",
+            filter: "filter_httpcall",
+            config: "auth",
+            method: "GET",
+            path: "/resource",
+            headers: &[("authorization", "Bearer bad"), ("x-call-at", "response")],
+            body: b"",
+            differs: NO_DIFFERENCE,
+            no_reference: None,
+            check: |o| assert_eq!((o.status, o.body.as_str()), (403, "forbidden\n")),
+            warm_up: true,
+        },
+        Case {
             name: "bad request body rejected",
             filter: "filter_body",
             config: "",
@@ -355,6 +385,19 @@ fn cases() -> Vec<Case> {
             differs: NO_DIFFERENCE,
             no_reference: None,
             check: |o| assert_eq!(o.status, 403),
+            warm_up: true,
+        },
+        Case {
+            name: "http call in flight while the request body arrives",
+            filter: "filter_httpcall",
+            config: "auth",
+            method: "POST",
+            path: "/resource",
+            headers: &[("authorization", "Bearer bad")],
+            body: b"payload",
+            differs: NO_DIFFERENCE,
+            no_reference: None,
+            check: |_| {},
             warm_up: true,
         },
         Case {

@@ -34,29 +34,48 @@ pub struct Exchange {
     pub local_response: Option<LocalResponse>,
     /// A filter asked to resume the request (`proxy_continue_stream`).
     pub resume_requested: bool,
-    /// The request's resume event, posted when a filter asks to resume.
+    /// A filter asked to resume the response, whose headers it paused.
+    pub response_resume_requested: bool,
+    /// The response headers are held for a filter that paused them.
+    pub response_held: bool,
+    /// The request's resume events, posted when a filter asks to resume (never run from
+    /// inside the guest).
     resume_event: *mut ngx_event_t,
+    response_resume_event: *mut ngx_event_t,
 }
 
 impl Exchange {
-    pub fn new(resume_event: *mut ngx_event_t) -> Exchange {
+    pub fn new(resume_event: *mut ngx_event_t, response_resume_event: *mut ngx_event_t) -> Exchange {
         Exchange {
             request_body: Vec::new(),
             request_body_changed: false,
             response_body: Vec::new(),
             local_response: None,
             resume_requested: false,
+            response_resume_requested: false,
+            response_held: false,
             resume_event,
+            response_resume_event,
         }
     }
 
-    /// Records the request and has the event loop resume it (never from inside the guest).
+    /// Records the request and has the event loop resume it.
     fn request_resume(&mut self) {
         self.resume_requested = true;
-        unsafe {
-            if (*self.resume_event).posted() == 0 {
-                ngx_post_event(self.resume_event, ptr::addr_of_mut!(ngx_posted_events));
-            }
+        post(self.resume_event);
+    }
+
+    /// Records the response and has the event loop resume it.
+    fn response_resume(&mut self) {
+        self.response_resume_requested = true;
+        post(self.response_resume_event);
+    }
+}
+
+fn post(event: *mut ngx_event_t) {
+    unsafe {
+        if !event.is_null() && (*event).posted() == 0 {
+            ngx_post_event(event, ptr::addr_of_mut!(ngx_posted_events));
         }
     }
 }
@@ -336,14 +355,20 @@ impl StreamControl for StreamEmbedding {
             return Err(Status::BadArgument);
         }
         exchange.local_response = Some(response);
-        // A request suspended by a pause is answered from the event loop.
-        exchange.request_resume();
+        // A request suspended by a pause (or a response held) is answered from the event loop.
+        if exchange.response_held {
+            exchange.response_resume();
+        } else {
+            exchange.request_resume();
+        }
         Ok(())
     }
 
     fn continue_stream(&mut self, stream: StreamType) -> HostResult<()> {
-        if stream == StreamType::Request {
-            self.exchange.borrow_mut().request_resume();
+        match stream {
+            StreamType::Request => self.exchange.borrow_mut().request_resume(),
+            StreamType::Response => self.exchange.borrow_mut().response_resume(),
+            _ => return Err(Status::BadArgument),
         }
         Ok(())
     }

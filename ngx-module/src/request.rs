@@ -58,6 +58,8 @@ pub struct RequestCtx {
     suspended: bool,
     /// Posted when a filter resumes the request.
     resume: ngx_event_t,
+    /// Posted when a filter resumes the response whose headers it paused.
+    pub response_resume: ngx_event_t,
     /// A filter failed: the rest of the chain is skipped.
     pub failed: bool,
     /// `proxy_wasm_fail_open`: a failed filter is skipped instead of failing the request.
@@ -72,6 +74,11 @@ pub struct RequestCtx {
     pub held_body: Vec<u8>,
     /// The body of a local response sent during the response headers, replacing the original.
     pub replacement_body: Option<Vec<u8>>,
+    /// A filter paused the response headers: they, and the response body received meanwhile
+    /// (`held_raw`, `held_raw_last`), wait until it continues (see `response.rs`).
+    pub headers_held: bool,
+    pub held_raw: Vec<u8>,
+    pub held_raw_last: bool,
     finished: bool,
 }
 
@@ -91,8 +98,10 @@ impl RequestCtx {
 
 impl Drop for RequestCtx {
     fn drop(&mut self) {
-        if self.resume.posted() != 0 {
-            unsafe { ngx_delete_posted_event(&mut self.resume) };
+        for event in [&mut self.resume, &mut self.response_resume] {
+            if event.posted() != 0 {
+                unsafe { ngx_delete_posted_event(event) };
+            }
         }
     }
 }
@@ -142,10 +151,11 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
     let log = (*(*r).connection).log;
     let ctx = Box::into_raw(Box::new(RequestCtx {
         filters: Vec::with_capacity(chain.len()),
-        exchange: Rc::new(RefCell::new(Exchange::new(ptr::null_mut()))),
+        exchange: Rc::new(RefCell::new(Exchange::new(ptr::null_mut(), ptr::null_mut()))),
         stage: Stage::Headers(0),
         suspended: false,
         resume: std::mem::zeroed(),
+        response_resume: std::mem::zeroed(),
         failed: false,
         fail_open: loc.fail_open(),
         held_request: Vec::new(),
@@ -153,6 +163,9 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
         body_paused_at: None,
         held_body: Vec::new(),
         replacement_body: None,
+        headers_held: false,
+        held_raw: Vec::new(),
+        held_raw_last: false,
         finished: false,
     }));
     let cleanup = ngx_pool_cleanup_add((*r).pool, 0);
@@ -167,7 +180,10 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
     ctx.resume.handler = Some(resume);
     ctx.resume.data = r as *mut c_void;
     ctx.resume.log = log;
-    ctx.exchange = Rc::new(RefCell::new(Exchange::new(&mut ctx.resume)));
+    ctx.response_resume.handler = Some(crate::response::resume_response);
+    ctx.response_resume.data = r as *mut c_void;
+    ctx.response_resume.log = log;
+    ctx.exchange = Rc::new(RefCell::new(Exchange::new(&mut ctx.resume, &mut ctx.response_resume)));
 
     let mut per_request = RequestInstances::new();
     for &index in chain {

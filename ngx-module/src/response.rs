@@ -6,7 +6,7 @@ use std::ptr;
 
 use inwasm_host::{Action, LocalResponse, Pairs};
 use ngx::ffi::{
-    ngx_chain_t, ngx_http_filter_finalize_request, ngx_http_output_body_filter_pt, ngx_http_output_filter,
+    ngx_chain_t, ngx_event_t, ngx_http_filter_finalize_request, ngx_http_output_body_filter_pt, ngx_http_output_filter,
     ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_uint_t, NGX_DECLINED,
     NGX_ERROR, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
@@ -88,6 +88,10 @@ fn run_response_chain(
     Ok(false)
 }
 
+/// The bit of `connection->buffered` set while a filter holds the response headers: nginx
+/// then waits (in its writer) instead of finishing the request.
+const HEADERS_HELD: u32 = 0x80;
+
 pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     let next = NEXT_HEADER_FILTER.expect("next header filter");
     let rc = guard_status((*(*r).connection).log, || {
@@ -98,7 +102,6 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
             return NGX_DECLINED as ngx_int_t;
         }
         let end_of_stream = (*r).header_only() != 0;
-        // A pause here cannot hold back nginx's headers; the body callbacks can still buffer.
         let mut paused = false;
         match run_response_chain(r, ctx, &mut paused, |f| {
             f.vm.borrow_mut().on_response_headers(f.stream, end_of_stream)
@@ -112,13 +115,19 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
             },
             Ok(false) => {}
         }
+        if end_of_stream || ctx.replacement_body.is_some() {
+            return NGX_DECLINED as ngx_int_t;
+        }
         // Filters may rewrite the body, so its length is only known at its end.
-        if !end_of_stream && ctx.replacement_body.is_none() {
-            (*r).headers_out.content_length_n = -1;
-            if let Some(length) = (*r).headers_out.content_length.as_mut() {
-                length.hash = 0;
-            }
-            (*r).headers_out.content_length = ptr::null_mut();
+        drop_content_length(r);
+        let resumed = std::mem::take(&mut ctx.exchange.borrow_mut().response_resume_requested);
+        if paused && !resumed {
+            // As in Envoy's Wasm filter, a pause stops the response, headers and body alike,
+            // until the filter continues it (`resume_response`).
+            ctx.headers_held = true;
+            ctx.exchange.borrow_mut().response_held = true;
+            (*(*r).connection).set_buffered((*(*r).connection).buffered() | HEADERS_HELD);
+            return NGX_OK as ngx_int_t;
         }
         NGX_DECLINED as ngx_int_t
     });
@@ -131,6 +140,22 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
     }
 }
 
+unsafe fn drop_content_length(r: *mut ngx_http_request_t) {
+    (*r).headers_out.content_length_n = -1;
+    if let Some(length) = (*r).headers_out.content_length.as_mut() {
+        length.hash = 0;
+    }
+    (*r).headers_out.content_length = ptr::null_mut();
+}
+
+/// What the body callbacks make of the bytes so far.
+enum Output {
+    Send(Vec<u8>),
+    Hold,
+    /// The headers are gone: the response can only be cut short.
+    Fail,
+}
+
 pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx_chain_t) -> ngx_int_t {
     let next = NEXT_BODY_FILTER.expect("next body filter");
     let mut output = input;
@@ -141,26 +166,41 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
         if ctx.failed || r != (*r).main || input.is_null() {
             return NGX_DECLINED as ngx_int_t;
         }
+        if ctx.headers_held {
+            // Kept, unseen by the filters, until the one that paused continues.
+            if chain_bytes(input, &mut ctx.held_raw).is_none() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            ctx.held_raw_last |= consume(input);
+            return NGX_OK as ngx_int_t;
+        }
+        let end_of_stream = is_last(input);
         let body = match ctx.replacement_body.clone() {
             Some(replacement) => {
                 if !consume(input) {
                     return NGX_OK as ngx_int_t;
                 }
-                replacement
+                Output::Send(replacement)
             }
-            None => match filter_body(r, ctx, input) {
-                Some(Some(body)) => body,
-                Some(None) => return NGX_OK as ngx_int_t,
-                None => return NGX_ERROR as ngx_int_t,
-            },
+            None => {
+                let mut bytes = Vec::new();
+                if chain_bytes(input, &mut bytes).is_none() {
+                    return NGX_ERROR as ngx_int_t;
+                }
+                consume(input);
+                filter_body(r, ctx, bytes, end_of_stream)
+            }
         };
-        let end_of_stream = is_last(input);
-        match memory_chain(r, &body, end_of_stream) {
-            Some(chain) => {
-                output = chain;
-                NGX_DECLINED as ngx_int_t
-            }
-            None => NGX_ERROR as ngx_int_t,
+        match body {
+            Output::Send(body) => match memory_chain(r, &body, end_of_stream) {
+                Some(chain) => {
+                    output = chain;
+                    NGX_DECLINED as ngx_int_t
+                }
+                None => NGX_ERROR as ngx_int_t,
+            },
+            Output::Hold => NGX_OK as ngx_int_t,
+            Output::Fail => NGX_ERROR as ngx_int_t,
         }
     });
     if rc == NGX_DECLINED as ngx_int_t {
@@ -170,29 +210,73 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
     }
 }
 
-/// Runs the body callbacks on the bytes of `input` (after any held back). `Some(Some(bytes))`:
-/// send these; `Some(None)`: a filter paused, hold them; `None`: failed (the headers are gone,
-/// so the response can only be cut short).
-unsafe fn filter_body(
-    r: *mut ngx_http_request_t,
-    ctx: &mut RequestCtx,
-    input: *mut ngx_chain_t,
-) -> Option<Option<Vec<u8>>> {
+/// Runs the body callbacks on `bytes` (after any held back while a filter paused the body).
+unsafe fn filter_body(r: *mut ngx_http_request_t, ctx: &mut RequestCtx, bytes: Vec<u8>, end_of_stream: bool) -> Output {
     let mut chunk = std::mem::take(&mut ctx.held_body);
-    chain_bytes(input, &mut chunk)?;
-    let end_of_stream = is_last(input);
-    consume(input);
+    chunk.extend_from_slice(&bytes);
     let size = chunk.len();
     ctx.exchange.borrow_mut().response_body = chunk;
     let mut paused = false;
-    run_response_chain(r, ctx, &mut paused, |f| f.vm.borrow_mut().on_response_body(f.stream, size, end_of_stream))
-        .ok()?;
+    let run =
+        run_response_chain(r, ctx, &mut paused, |f| f.vm.borrow_mut().on_response_body(f.stream, size, end_of_stream));
     let body = std::mem::take(&mut ctx.exchange.borrow_mut().response_body);
-    if paused && !end_of_stream {
-        ctx.held_body = body;
-        return Some(None);
+    match run {
+        Err(()) => Output::Fail,
+        _ if paused && !end_of_stream => {
+            ctx.held_body = body;
+            Output::Hold
+        }
+        _ => Output::Send(body),
     }
-    Some(Some(body))
+}
+
+/// The response resume event: the filter that paused the response headers continued it (or
+/// answered locally). The headers go out, then what arrived meanwhile, through the body
+/// callbacks; a request nginx has finished meanwhile is then completed.
+pub unsafe extern "C" fn resume_response(event: *mut ngx_event_t) {
+    let r = (*event).data as *mut ngx_http_request_t;
+    let Some(ctx) = ctx(r) else { return };
+    let log = (*(*r).connection).log;
+    let rc = guard_status(log, || {
+        ctx.exchange.borrow_mut().response_resume_requested = false;
+        if !std::mem::take(&mut ctx.headers_held) {
+            return NGX_OK as ngx_int_t;
+        }
+        ctx.exchange.borrow_mut().response_held = false;
+        (*(*r).connection).set_buffered((*(*r).connection).buffered() & !HEADERS_HELD);
+        let held = std::mem::take(&mut ctx.held_raw);
+        let last = ctx.held_raw_last;
+        let body = if ctx.exchange.borrow().local_response.is_some() {
+            // An answer in place of the held response; what is left of that is swallowed.
+            let Some(local) = apply_local_response(r, ctx) else { return NGX_ERROR as ngx_int_t };
+            ctx.replacement_body = Some(local.clone());
+            (*r).headers_out.content_length_n = local.len() as i64;
+            last.then_some(Output::Send(local)).unwrap_or(Output::Hold)
+        } else {
+            filter_body(r, ctx, held, last)
+        };
+        let rc = NEXT_HEADER_FILTER.expect("next header filter")(r);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
+            return rc;
+        }
+        match body {
+            Output::Send(bytes) => match memory_chain(r, &bytes, last) {
+                Some(chain) => NEXT_BODY_FILTER.expect("next body filter")(r, chain),
+                None => NGX_ERROR as ngx_int_t,
+            },
+            Output::Hold => NGX_OK as ngx_int_t,
+            Output::Fail => NGX_ERROR as ngx_int_t,
+        }
+    });
+    if rc == NGX_ERROR as ngx_int_t {
+        (*(*r).connection).set_error(1);
+    }
+    // nginx finished the request while it was held and waits in its writer: let it go on.
+    if (*r).http_state() == ngx::ffi::ngx_http_state_e_NGX_HTTP_WRITING_REQUEST_STATE as u32 {
+        if let Some(writer) = (*r).write_event_handler {
+            writer(r);
+        }
+    }
 }
 
 /// Whether a chain ends the body.

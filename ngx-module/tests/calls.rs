@@ -34,6 +34,36 @@ fn auth_gateway(target: &str) -> Nginx {
     )
 }
 
+/// The httpcall filter holding the response headers for its call (`x-call-at: response`),
+/// with the call and the upstream taking the times given.
+fn held_response(call_delay: Duration, upstream_delay: Duration, token: &str) -> Response {
+    let upstream = EchoUpstream::start_slow(upstream_delay);
+    let auth = AuthService::start_slow(call_delay);
+    let nginx = Nginx::start_with(
+        1,
+        &format!("wasm {{ module httpcall {}; }}", filter("httpcall")),
+        &format!("location / {{ proxy_wasm httpcall auth; proxy_pass http://127.0.0.1:{}; }}", upstream.port),
+        &format!("upstream auth {{ server 127.0.0.1:{}; }}", auth.port),
+    );
+    nginx.request("GET", "/held", &[("authorization", token), ("x-call-at", "response")], b"")
+}
+
+#[test]
+fn paused_response_headers_wait_for_the_call_whichever_ends_first() {
+    let slow = Duration::from_millis(300);
+    for (call, upstream) in [(slow, Duration::ZERO), (Duration::ZERO, slow)] {
+        let response = held_response(call, upstream, "Bearer good");
+        assert_eq!((response.status, response.header("x-auth-user")), (200, Some("alice")), "call {call:?}");
+        assert!(response.text().starts_with("GET /held\n"), "the whole body follows: {}", response.text());
+    }
+}
+
+#[test]
+fn a_local_response_replaces_a_held_response() {
+    let response = held_response(Duration::from_millis(200), Duration::ZERO, "Bearer bad");
+    assert_eq!((response.status, response.text().as_str()), (403, "forbidden\n"));
+}
+
 #[test]
 fn call_to_an_upstream_block_resumes_the_request() {
     let nginx = auth_gateway("auth");

@@ -74,8 +74,13 @@ pub struct AuthService {
 
 impl AuthService {
     pub fn start() -> AuthService {
+        AuthService::start_slow(Duration::ZERO)
+    }
+
+    /// An authorization service that takes `delay` to answer.
+    pub fn start_slow(delay: Duration) -> AuthService {
         AuthService {
-            port: serve(Duration::ZERO, |r| match r.header("x-token") {
+            port: serve(delay, |r| match r.header("x-token") {
                 Some("Bearer good") => (200, b"alice".to_vec()),
                 _ => (401, Vec::new()),
             }),

@@ -5,7 +5,9 @@
 //! Request header `x-calls: N` makes N calls at once; the request resumes after the last.
 //! Responses carry `x-auth-calls: <calls made>`. With `x-call-at: body` the call is made at
 //! the end of the request body instead, and a 200 answer also prefixes the body with
-//! `checked:` before resuming.
+//! `checked:` before resuming. With `x-call-at: response` it is made on the response headers,
+//! which wait for it: a 200 answer adds response header `x-auth-user` and resumes the
+//! response, any other answers 403 in its place.
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -31,7 +33,15 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Auth { upstream: self.upstream.clone(), pending: 0, calls: 0, body_size: None }))
+        Some(Box::new(Auth {
+            upstream: self.upstream.clone(),
+            pending: 0,
+            calls: 0,
+            body_size: None,
+            at: At::Request,
+            token: String::new(),
+            wanted_calls: 1,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -39,7 +49,20 @@ impl RootContext for Root {
     }
 }
 
+/// Where the filter makes its call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum At {
+    Request,
+    Body,
+    Response,
+}
+
 struct Auth {
+    at: At,
+    /// From the request headers (which Envoy's Wasm filter no longer shows in the response
+    /// phase): the `authorization` value and the number of calls to make.
+    token: String,
+    wanted_calls: usize,
     upstream: String,
     /// Calls still in flight; the request resumes when the last one allows it.
     pending: usize,
@@ -52,11 +75,14 @@ impl Auth {
     /// Makes the configured number of calls; false when one could not be dispatched (the
     /// filter then answered 500).
     fn call(&mut self) -> bool {
-        let token = self.get_http_request_header("authorization").unwrap_or_default();
-        let headers =
-            vec![(":method", "GET"), (":path", "/check"), (":authority", "auth.local"), ("x-token", token.as_str())];
+        let headers = vec![
+            (":method", "GET"),
+            (":path", "/check"),
+            (":authority", "auth.local"),
+            ("x-token", self.token.as_str()),
+        ];
         let timeout = Duration::from_millis(500);
-        let calls = self.get_http_request_header("x-calls").and_then(|n| n.parse().ok()).unwrap_or(1);
+        let calls = self.wanted_calls;
         for _ in 0..calls {
             match self.dispatch_http_call(&self.upstream, headers.clone(), None, vec![], timeout) {
                 Ok(_) => self.pending += 1,
@@ -79,7 +105,10 @@ impl Context for Auth {
         let shown = status.as_deref().unwrap_or("none");
         log::info!("call {token} status {shown} body {}", body.len());
         self.pending -= 1;
-        if status.as_deref() == Some("200") {
+        if status.as_deref() == Some("200") && self.at == At::Response {
+            self.set_http_response_header("x-auth-user", Some(&String::from_utf8_lossy(&body)));
+            self.resume_http_response();
+        } else if status.as_deref() == Some("200") {
             self.set_http_request_header("x-auth-user", Some(&String::from_utf8_lossy(&body)));
             if let Some(size) = self.body_size {
                 let original = self.get_http_request_body(0, size).unwrap_or_default();
@@ -98,7 +127,14 @@ impl Context for Auth {
 
 impl HttpContext for Auth {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        if self.get_http_request_header("x-call-at").as_deref() == Some("body") {
+        self.token = self.get_http_request_header("authorization").unwrap_or_default();
+        self.wanted_calls = self.get_http_request_header("x-calls").and_then(|n| n.parse().ok()).unwrap_or(1);
+        self.at = match self.get_http_request_header("x-call-at").as_deref() {
+            Some("body") => At::Body,
+            Some("response") => At::Response,
+            _ => At::Request,
+        };
+        if self.at != At::Request {
             return Action::Continue;
         }
         self.call();
@@ -106,7 +142,7 @@ impl HttpContext for Auth {
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        if self.get_http_request_header("x-call-at").as_deref() != Some("body") {
+        if self.at != At::Body {
             return Action::Continue;
         }
         if end_of_stream {
@@ -117,6 +153,11 @@ impl HttpContext for Auth {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if self.at == At::Response && self.calls == 0 {
+            self.call();
+            self.add_http_response_header("x-auth-calls", &self.calls.to_string());
+            return Action::Pause;
+        }
         self.add_http_response_header("x-auth-calls", &self.calls.to_string());
         Action::Continue
     }
