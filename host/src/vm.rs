@@ -378,9 +378,11 @@ impl Vm {
         context.or_else(|| self.plugins.get(plugin).and_then(|p| p.config.timeout)).or(self.config.timeout)
     }
 
+    /// The plugin's name, else the VM's id, else the module's file.
     fn filter_name(&self, plugin: usize) -> String {
         match self.plugins.get(plugin) {
             Some(p) if !p.config.name.is_empty() => p.config.name.clone(),
+            _ if !self.config.vm_id.is_empty() => self.config.vm_id.clone(),
             _ => self.module.name.clone(),
         }
     }

@@ -110,8 +110,9 @@ fn log_line(log: *mut ngx_log_t, filter: &str, level: LogLevel, message: &str) {
 
 /// A plugin's root context: logging, http calls, its tick timer, queues it registers, through
 /// its link to the VM. In the configuration-time dry run (a link that is not live) calls,
-/// ticks, queues and shared data do nothing: there is no event loop, and the live shared
-/// memory must not be touched.
+/// ticks, queues and shared data do nothing (there is no event loop, and the live shared
+/// memory must not be touched) but are noted: a filter that starts them runs from each
+/// worker's start, the others start at their first request.
 pub struct RootEmbedding {
     filter: String,
     vm_id: String,
@@ -140,8 +141,9 @@ impl Properties for RootEmbedding {}
 impl StreamControl for RootEmbedding {}
 impl HttpCalls for RootEmbedding {
     fn http_call(&mut self, token: u32, request: HttpCallRequest) -> HostResult<()> {
-        if !self.link.is_live() {
-            return Err(Status::InternalFailure);
+        // At configuration time the call is taken (and never answered).
+        if self.link.in_dry_run(true) {
+            return Ok(());
         }
         http_call::start(&self.link, token, request)
     }
@@ -157,14 +159,14 @@ impl Timers for RootEmbedding {
 }
 impl SharedData for RootEmbedding {
     fn get_shared_data(&mut self, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
-        if !self.link.is_live() {
+        if self.link.in_dry_run(false) {
             return Ok(None);
         }
         shared_data_get(&self.vm_id, key)
     }
 
     fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
-        if !self.link.is_live() {
+        if self.link.in_dry_run(true) {
             return Ok(());
         }
         shared_data_set(&self.vm_id, key, value, cas)
@@ -173,7 +175,7 @@ impl SharedData for RootEmbedding {
 /// Queues a root registers are watched by this worker.
 impl SharedQueues for RootEmbedding {
     fn register_shared_queue(&mut self, name: &[u8]) -> HostResult<u32> {
-        if !self.link.is_live() {
+        if self.link.in_dry_run(true) {
             return Ok(0);
         }
         let id = shared_queues::register(queue_zones()?, self.vm_id.as_bytes(), name)?;
@@ -182,21 +184,21 @@ impl SharedQueues for RootEmbedding {
     }
 
     fn resolve_shared_queue(&mut self, vm_id: &[u8], name: &[u8]) -> HostResult<Option<u32>> {
-        if !self.link.is_live() {
+        if self.link.in_dry_run(false) {
             return Ok(None);
         }
         shared_queues::resolve(queue_zones()?, resolve_vm_id(vm_id, &self.vm_id), name)
     }
 
     fn enqueue_shared_queue(&mut self, queue_id: u32, value: &[u8]) -> HostResult<()> {
-        if !self.link.is_live() {
-            return Err(Status::NotFound);
+        if self.link.in_dry_run(true) {
+            return Ok(());
         }
         shared_queues::enqueue(queue_zones()?, queue_id, value)
     }
 
     fn dequeue_shared_queue(&mut self, queue_id: u32) -> HostResult<Option<Vec<u8>>> {
-        if !self.link.is_live() {
+        if self.link.in_dry_run(false) {
             return Err(Status::NotFound);
         }
         shared_queues::dequeue(queue_zones()?, queue_id)
@@ -204,28 +206,28 @@ impl SharedQueues for RootEmbedding {
 }
 impl Metrics for RootEmbedding {
     fn define_metric(&mut self, kind: MetricType, name: &str) -> HostResult<u32> {
-        if !self.link.is_live() {
+        if self.link.in_dry_run(false) {
             return Ok(0);
         }
         metrics::define(metric_zone()?, &self.filter, kind, name)
     }
 
     fn increment_metric(&mut self, metric_id: u32, offset: i64) -> HostResult<()> {
-        if !self.link.is_live() {
+        if self.link.in_dry_run(false) {
             return Ok(());
         }
         metrics::increment(metric_zone()?, metric_id, offset)
     }
 
     fn record_metric(&mut self, metric_id: u32, value: u64) -> HostResult<()> {
-        if !self.link.is_live() {
+        if self.link.in_dry_run(false) {
             return Ok(());
         }
         metrics::record(metric_zone()?, metric_id, value)
     }
 
     fn get_metric(&mut self, metric_id: u32) -> HostResult<u64> {
-        if !self.link.is_live() {
+        if self.link.in_dry_run(false) {
             return Ok(0);
         }
         metrics::get(metric_zone()?, metric_id)

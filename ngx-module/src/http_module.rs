@@ -22,12 +22,12 @@ use ngx::ffi::{
     ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_REWRITE_PHASE, ngx_http_top_body_filter,
     ngx_http_top_header_filter, ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_parse_time, ngx_str_t,
     ngx_uint_t, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::ngx_string;
 
-use crate::ffi::guard_status;
+use crate::ffi::{bytes, guard_status, log_error};
 use crate::wasm_block::{args, conf_error, FilterDecl, WasmConf};
 use crate::{metrics, request, response, validation};
 use ngx::ffi::{ngx_http_discard_request_body, ngx_http_request_t, NGX_CONF_NOARGS, NGX_OK};
@@ -82,6 +82,9 @@ impl HttpModule for Module {
     }
 
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        if !start_filters(cf) {
+            return Status::NGX_ERROR.into();
+        }
         let Some(core) = NgxHttpCoreModule::main_conf_mut(&*cf) else {
             return Status::NGX_ERROR.into();
         };
@@ -183,13 +186,37 @@ extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *m
             configuration: args.get(2).copied().unwrap_or_default().to_vec(),
             timeout: None,
         };
-        if let Err(message) = validation::validate(&wasm.modules[module], &plugin, (*cf).log) {
-            return conf_error(cf, &format!("proxy_wasm \"{name}\": {message}"));
-        }
-        wasm.filters.push(FilterDecl { module, plugin });
+        // Started (and so checked) with every other filter once the http block is read.
+        wasm.filters.push(FilterDecl { module, plugin, position: position(cf), background: true });
         loc.chain.get_or_insert_with(Vec::new).push(wasm.filters.len() - 1);
         ptr::null_mut()
     }
+}
+
+/// Where the directive being parsed stands, as nginx names places: `/path/nginx.conf:12`.
+unsafe fn position(cf: *mut ngx_conf_t) -> String {
+    let file = &*(*cf).conf_file;
+    format!("{}:{}", String::from_utf8_lossy(bytes(&file.file.name)), file.line)
+}
+
+/// Starts every declared filter once (in a child process): each one that fails is reported
+/// with its directive's place, and fails the configuration.
+unsafe fn start_filters(cf: *mut ngx_conf_t) -> bool {
+    let Some(wasm) = WasmConf::of_cycle((*cf).cycle) else { return true };
+    let filters: Vec<_> = wasm.filters.iter().map(|f| (&wasm.modules[f.module], &f.plugin)).collect();
+    let outcomes = validation::start_all(&filters, (*cf).log);
+    let mut all_started = true;
+    for (filter, outcome) in wasm.filters.iter_mut().zip(outcomes) {
+        match outcome {
+            Ok(background) => filter.background = background,
+            Err(message) => {
+                all_started = false;
+                let line = format!("proxy_wasm \"{}\": {message} in {}", filter.plugin.name, filter.position);
+                log_error(NGX_LOG_EMERG as ngx_uint_t, (*cf).log, &line);
+            }
+        }
+    }
+    all_started
 }
 
 extern "C" fn proxy_wasm_isolation(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {

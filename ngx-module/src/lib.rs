@@ -12,6 +12,7 @@ mod http_call;
 mod http_module;
 mod http_wire;
 mod metrics;
+mod modules;
 mod properties;
 mod request;
 mod response;

@@ -128,9 +128,7 @@ fn instance_for(
 ) -> Result<(SharedVm, PluginId), String> {
     let decl = &conf.filters[filter];
     match isolation {
-        Isolation::None => {
-            shared_instance(filter).ok_or_else(|| format!("filter \"{}\" is not running", decl.plugin.name))
-        }
+        Isolation::None => shared_instance(filter).map_err(|e| format!("filter \"{}\": {e}", decl.plugin.name)),
         Isolation::Stream => match per_request.iter().find(|(module, _)| *module == decl.module) {
             Some((_, vm)) => Ok((vm.clone(), start_plugin(vm, decl, log)?)),
             None => {

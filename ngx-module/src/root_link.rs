@@ -22,6 +22,9 @@ pub struct RootLink {
     tick: RefCell<Option<Box<Tick>>>,
     /// A period set before the link was bound (in `on_configure`), armed when it is.
     pending_period: Cell<Option<Duration>>,
+    /// In the dry run: the filter started work of its own (a timer, a call, a queue, shared
+    /// data), so it must run in each worker from the start.
+    background: Cell<bool>,
 }
 
 /// The root's `on_tick` timer: an nginx timer re-armed after each tick.
@@ -52,11 +55,20 @@ impl RootLink {
 
     fn with_liveness(log: *mut ngx_log_t, live: bool) -> Rc<RootLink> {
         let (target, tick, pending_period) = (RefCell::new(None), RefCell::new(None), Cell::new(None));
-        Rc::new(RootLink { live, target, log, tick, pending_period })
+        Rc::new(RootLink { live, target, log, tick, pending_period, background: Cell::new(false) })
     }
 
-    pub fn is_live(&self) -> bool {
-        self.live
+    /// Whether this is the configuration-time dry run; there, `background` work is noted.
+    pub fn in_dry_run(&self, background: bool) -> bool {
+        if !self.live && background {
+            self.background.set(true);
+        }
+        !self.live
+    }
+
+    /// In the dry run: whether the filter started work of its own.
+    pub fn did_background_work(&self) -> bool {
+        self.background.get()
     }
 
     /// Points the link at the VM and plugin the root runs as, once it exists.
@@ -92,7 +104,7 @@ impl RootLink {
 
     /// Starts, changes or (with a zero period) stops the root's tick timer.
     pub fn set_tick_period(self: &Rc<Self>, period: Duration) {
-        if !self.live {
+        if self.in_dry_run(!period.is_zero()) {
             return;
         }
         if !self.is_bound() {

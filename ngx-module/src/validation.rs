@@ -1,11 +1,16 @@
-//! Starting a filter once at configuration time (`nginx -t`, start, reload), safely.
+//! Starting every filter once at configuration time (`nginx -t`, start, reload), safely.
 //!
 //! The master must never run a thread (workers are forked from it) and must never hang or
-//! crash. So the filter is started in a forked child: the child runs the deadline ticker,
-//! instantiates the module, runs `on_vm_start`/`on_configure` under their budgets, reports
-//! through a pipe and exits. A child that hangs past `CHILD_LIMIT` is killed.
+//! crash. So the filters are started in one forked child: it runs the deadline ticker,
+//! instantiates each filter's module, runs `on_vm_start`/`on_configure` under their budgets,
+//! reports each outcome through a pipe and exits. A child that outlives its limit is killed.
+//!
+//! Besides refusing bad filters, the dry run tells which filters start work of their own
+//! (a timer, a call, a queue, shared data): those run in each worker from its start, the
+//! others only from their first request, so idle filters cost no instance.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use inwasm_host::{EpochTicker, PluginConfig, Vm};
@@ -16,72 +21,124 @@ use crate::root_link::RootLink;
 use crate::wasm_block::{engine, ModuleDecl};
 use crate::worker::EPOCH_PERIOD;
 
-/// How long the master waits for a validating child (whose filter calls have budgets of
-/// their own; this only guards against the unforeseen).
+/// How long the master waits for the child: a base, plus a little per filter (each filter's
+/// steps have budgets of their own; this only guards against the unforeseen).
 const CHILD_LIMIT: Duration = Duration::from_secs(30);
+const CHILD_LIMIT_PER_FILTER: Duration = Duration::from_millis(100);
 
-/// Starts `plugin` on a fresh instance of `decl` in a child process; `Err` says why it failed.
-pub fn validate(decl: &ModuleDecl, plugin: &PluginConfig, log: *mut ngx_log_t) -> Result<(), String> {
+/// A filter that started: whether it does work of its own (see the module doc).
+pub type Started = Result<bool, String>;
+
+/// Starts each `(module, plugin)` on a fresh instance in a child process, in order.
+pub fn start_all(filters: &[(&ModuleDecl, &PluginConfig)], log: *mut ngx_log_t) -> Vec<Started> {
+    if filters.is_empty() {
+        return Vec::new();
+    }
     let mut fds = [0; 2];
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(format!("cannot create a pipe: {}", std::io::Error::last_os_error()));
+        let error = format!("cannot create a pipe: {}", std::io::Error::last_os_error());
+        return vec![Err(error); filters.len()];
     }
     let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     match unsafe { libc::fork() } {
-        -1 => Err(format!("cannot fork: {}", std::io::Error::last_os_error())),
+        -1 => vec![Err(format!("cannot fork: {}", std::io::Error::last_os_error())); filters.len()],
         0 => {
             drop(read_end);
-            let outcome = start_filter(decl, plugin, log);
-            let message = outcome.as_ref().err().map(String::as_bytes).unwrap_or_default();
-            let mut file = std::fs::File::from(write_end);
-            let _ = std::io::Write::write_all(&mut file, message);
+            let mut out = std::fs::File::from(write_end);
+            let ok = report_each(filters, log, &mut out).is_ok();
             // No atexit handlers, no flushing of the master's buffers: just leave.
-            unsafe { libc::_exit(outcome.is_err() as i32) }
+            unsafe { libc::_exit(!ok as i32) }
         }
         child => {
             drop(write_end);
-            let message = read_with_limit(read_end, child);
+            let limit = CHILD_LIMIT + CHILD_LIMIT_PER_FILTER * filters.len() as u32;
+            let (report, timed_out) = read_with_limit(read_end, child, limit);
             let mut status = 0;
             unsafe { libc::waitpid(child, &mut status, 0) };
-            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                Ok(())
-            } else if libc::WIFEXITED(status) {
-                Err(message)
-            } else {
-                Err(format!("the filter crashed while starting (signal {})", libc::WTERMSIG(status)))
+            let mut outcomes = parse(&report);
+            // The filter after the last reported one is the one that hung or crashed.
+            if outcomes.len() < filters.len() {
+                outcomes.push(Err(if timed_out {
+                    format!("the filter did not finish starting within {} s", limit.as_secs())
+                } else if libc::WIFSIGNALED(status) {
+                    format!("the filter crashed while starting (signal {})", libc::WTERMSIG(status))
+                } else {
+                    "the filter could not be started".to_string()
+                }));
             }
+            // Those after it were not tried; the configuration fails on it anyway.
+            outcomes.resize_with(filters.len(), || Ok(true));
+            outcomes
         }
     }
 }
 
-fn start_filter(decl: &ModuleDecl, plugin: &PluginConfig, log: *mut ngx_log_t) -> Result<(), String> {
-    let _ticker = EpochTicker::start(engine(), EPOCH_PERIOD).map_err(|e| e.to_string())?;
-    let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?;
-    let root = Box::new(RootEmbedding::new(&plugin.name, &decl.vm_config.vm_id, &RootLink::dry_run(log)));
-    vm.add_plugin(plugin.clone(), root).map(drop).map_err(|e| e.to_string())
+/// In the child: starts each filter and writes its outcome as it goes (so a crash or hang
+/// still leaves the earlier ones reported): a kind byte (0 started, 1 started with work of
+/// its own, 2 failed), then a u32 length and the message.
+fn report_each(
+    filters: &[(&ModuleDecl, &PluginConfig)],
+    log: *mut ngx_log_t,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let _ticker = EpochTicker::start(engine(), EPOCH_PERIOD)?;
+    for (decl, plugin) in filters {
+        let (kind, message) = match start(decl, plugin, log) {
+            Ok(false) => (0u8, String::new()),
+            Ok(true) => (1, String::new()),
+            Err(message) => (2, message),
+        };
+        out.write_all(&[kind])?;
+        out.write_all(&(message.len() as u32).to_le_bytes())?;
+        out.write_all(message.as_bytes())?;
+    }
+    out.flush()
 }
 
-/// Reads the child's report; kills the child if it outlives `CHILD_LIMIT`.
-fn read_with_limit(read_end: OwnedFd, child: libc::pid_t) -> String {
-    use std::os::fd::AsRawFd;
-    let deadline = Instant::now() + CHILD_LIMIT;
-    let mut message = Vec::new();
+fn start(decl: &ModuleDecl, plugin: &PluginConfig, log: *mut ngx_log_t) -> Started {
+    let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?;
+    let link = RootLink::dry_run(log);
+    let root = Box::new(RootEmbedding::new(&plugin.name, &decl.vm_config.vm_id, &link));
+    vm.add_plugin(plugin.clone(), root).map_err(|e| e.to_string())?;
+    Ok(link.did_background_work())
+}
+
+fn parse(mut report: &[u8]) -> Vec<Started> {
+    let mut outcomes = Vec::new();
+    while report.len() >= 5 {
+        let kind = report[0];
+        let len = u32::from_le_bytes(report[1..5].try_into().expect("4 bytes")) as usize;
+        let Some(message) = report.get(5..5 + len) else { break };
+        outcomes.push(match kind {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(String::from_utf8_lossy(message).into_owned()),
+        });
+        report = &report[5 + len..];
+    }
+    outcomes
+}
+
+/// Reads the child's report; kills the child if it outlives `limit` (then `true`).
+fn read_with_limit(read_end: OwnedFd, child: libc::pid_t, limit: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + limit;
+    let mut report = Vec::new();
+    let mut file = std::fs::File::from(read_end);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut poll = libc::pollfd { fd: read_end.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis() as i32) };
+        let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if ready == 0 {
             unsafe { libc::kill(child, libc::SIGKILL) };
-            return format!("the filter did not finish starting within {} s", CHILD_LIMIT.as_secs());
+            return (report, true);
         }
         if ready < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
             continue;
         }
-        let mut chunk = [0u8; 4096];
-        let n = unsafe { libc::read(read_end.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
-        if n <= 0 {
-            return String::from_utf8_lossy(&message).into_owned();
+        let mut chunk = [0u8; 16384];
+        match file.read(&mut chunk) {
+            Ok(0) | Err(_) => return (report, false),
+            Ok(n) => report.extend_from_slice(&chunk[..n]),
         }
-        message.extend_from_slice(&chunk[..n as usize]);
     }
 }

@@ -9,15 +9,16 @@
 //!     module_env NAME VAR[=VALUE] ...;        # environment the module sees (default: none)
 //!     shm_kv NAME|* SIZE [eviction=lru|none]; # shared data zone (default: `*`, 1m, lru)
 //!     shm_queue NAME|* SIZE;                  # shared queue zone (default: `*`, 1m)
+//!     cache_dir PATH|off;                     # compiled-code cache (before the modules)
 //! }
 //! ```
 
 use std::ffi::{c_char, c_void};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::{Arc, OnceLock};
 
-use inwasm_host::{Engine, EngineConfig, Module, PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT};
+use inwasm_host::{CodeCache, Engine, EngineConfig, Module, PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT};
 use ngx::core::Pool;
 use ngx::ffi::{
     ngx_command_t, ngx_conf_parse, ngx_conf_t, ngx_core_module_t, ngx_cycle_t, ngx_module_t, ngx_parse_size, ngx_str_t,
@@ -28,6 +29,7 @@ use ngx::ngx_string;
 
 use crate::ffi::bytes;
 use crate::metrics::{self, MetricZone};
+use crate::modules;
 use crate::shared_data::{self, KvZone};
 use crate::shared_queues::{self, QueueZone};
 use crate::worker;
@@ -45,6 +47,11 @@ pub struct ModuleDecl {
 pub struct FilterDecl {
     pub module: usize,
     pub plugin: PluginConfig,
+    /// The directive's place in the configuration, for messages.
+    pub position: String,
+    /// It does work of its own from the start (see `validation`), so each worker starts it
+    /// at once rather than at its first request.
+    pub background: bool,
 }
 
 /// Everything the `wasm {}` block and the `proxy_wasm` directives declared in one
@@ -60,6 +67,8 @@ pub struct WasmConf {
     pub queue_zones: Vec<Box<QueueZone>>,
     pub metric_zone: Option<Box<MetricZone>>,
     memory_limit: Option<usize>,
+    /// Where compiled code is kept between runs (`cache_dir`); chosen at the first module.
+    cache: Option<Option<CodeCache>>,
 }
 
 impl WasmConf {
@@ -142,6 +151,7 @@ extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *m
         let conf = &mut *(conf as *mut WasmConf);
         let default = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
         conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = m.memory_limit.unwrap_or(default));
+        modules::keep_only(conf.modules.iter().map(|m| &m.module));
         if let Err(message) = declare_default_zones(cf, conf) {
             return conf_error(cf, &message);
         }
@@ -180,13 +190,30 @@ unsafe extern "C" fn block_directive(
             Ok(())
         }),
         (b"shm_kv", 3 | 4) => declare_kv_zone(cf, conf, &args),
+        (b"cache_dir", 2) if conf.cache.is_some() => {
+            Err("cache_dir must come before the first module (which is compiled where it stands)".to_string())
+        }
+        (b"cache_dir", 2) => match args[1] {
+            b"off" => {
+                conf.cache = Some(None);
+                Ok(())
+            }
+            dir => modules::cache_in(resolve_path(cf, &text(dir))).map(|cache| conf.cache = Some(Some(cache))),
+        },
         (b"shm_queue", 3) => match parse_size(args[2]) {
             Some(size) => shared_queues::declare(cf, &text(args[1]), size).map(|zone| conf.queue_zones.push(zone)),
             None => Err(format!("invalid shm_queue size \"{}\"", text(args[2]))),
         },
-        (b"module" | b"memory_limit" | b"module_memory_limit" | b"module_env" | b"shm_kv" | b"shm_queue", _) => {
-            Err(format!("invalid number of arguments in \"{}\" directive", text(args[0])))
-        }
+        (
+            b"module"
+            | b"memory_limit"
+            | b"module_memory_limit"
+            | b"module_env"
+            | b"shm_kv"
+            | b"shm_queue"
+            | b"cache_dir",
+            _,
+        ) => Err(format!("invalid number of arguments in \"{}\" directive", text(args[0]))),
         (other, _) => Err(format!("unknown directive \"{}\" in wasm block", text(other))),
     };
     match result {
@@ -206,7 +233,8 @@ unsafe fn declare_module(
         return Err(format!("duplicate wasm module \"{name}\""));
     }
     let path = resolve_path(cf, path);
-    let module = Module::from_file(engine(), &path, None).map_err(|e| e.to_string())?;
+    let cache = conf.cache.get_or_insert_with(|| default_cache(cf));
+    let module = modules::load(&path, cache.as_ref())?;
     let vm_config = VmConfig {
         vm_id: name.to_string(),
         configuration: vm_config.unwrap_or_default().to_vec(),
@@ -214,6 +242,23 @@ unsafe fn declare_module(
     };
     conf.modules.push(ModuleDecl { name: name.to_string(), module, vm_config, memory_limit: None });
     Ok(())
+}
+
+/// The compiled-code cache when `cache_dir` does not say: `wasm_cache` beside nginx's
+/// default client body temp directory (`/var/lib/nginx/wasm_cache` for Debian's nginx), if
+/// that can be written; else none, with a notice.
+unsafe fn default_cache(cf: *mut ngx_conf_t) -> Option<CodeCache> {
+    let body_temp = ngx::ffi::NGX_HTTP_CLIENT_TEMP_PATH.to_string_lossy();
+    let parent = Path::new(body_temp.as_ref()).parent().map(|p| p.display().to_string()).unwrap_or_default();
+    let dir = resolve_path(cf, &parent).join("wasm_cache");
+    match modules::cache_in(dir) {
+        Ok(cache) => Some(cache),
+        Err(reason) => {
+            let message = format!("inwasm: no compiled-code cache ({reason}); set one with cache_dir");
+            crate::ffi::log_error(ngx::ffi::NGX_LOG_NOTICE as ngx_uint_t, (*cf).log, &message);
+            None
+        }
+    }
 }
 
 /// Relative paths are relative to nginx's prefix, like other nginx file paths.

@@ -1,6 +1,8 @@
 //! Per-worker runtime: the epoch ticker that enforces deadlines, and the shared instances
 //! (isolation `none`: one VM per module, holding every filter of that module as a plugin).
-//! Created in each worker after fork; the master never runs it.
+//! Created in each worker after fork; the master never runs it. A filter that does work of
+//! its own (timers, calls, queues, shared data: see `validation`) starts with the worker; the
+//! others start at their first request, so an idle filter costs no instance.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,9 +26,9 @@ pub type SharedVm = Rc<RefCell<Vm>>;
 
 struct Worker {
     _ticker: EpochTicker,
-    /// The shared VM of each module (`None` when it failed to start), by module index.
+    /// The shared VM of each module, once started, by module index.
     vms: Vec<Option<SharedVm>>,
-    /// Each filter's plugin on its module's shared VM, by filter index.
+    /// Each filter's plugin on its module's shared VM, once started, by filter index.
     plugins: Vec<Option<PluginId>>,
 }
 
@@ -93,14 +95,14 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 return ngx::ffi::NGX_ERROR as ngx_int_t;
             }
         };
-        let mut plugins = vec![None; conf.filters.len()];
-        let vms = conf
-            .modules
-            .iter()
-            .enumerate()
-            .map(|(index, decl)| start_shared_vm(decl, index, &conf.filters, &mut plugins, log))
-            .collect();
-        WORKER.with(|w| *w.borrow_mut() = Some(Worker { _ticker: ticker, vms, plugins }));
+        let worker =
+            Worker { _ticker: ticker, vms: vec![None; conf.modules.len()], plugins: vec![None; conf.filters.len()] };
+        WORKER.with(|w| *w.borrow_mut() = Some(worker));
+        for (index, filter) in conf.filters.iter().enumerate().filter(|(_, f)| f.background) {
+            if let Err(message) = shared_instance(index) {
+                log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: filter \"{}\": {message}", filter.plugin.name));
+            }
+        }
         NGX_OK as ngx_int_t
     })
 }
@@ -110,29 +112,6 @@ pub unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
         WORKER.with(|w| w.borrow_mut().take());
         NGX_OK as ngx_int_t
     });
-}
-
-fn start_shared_vm(
-    decl: &ModuleDecl,
-    index: usize,
-    filters: &[FilterDecl],
-    plugins: &mut [Option<PluginId>],
-    log: *mut ngx_log_t,
-) -> Option<SharedVm> {
-    let vm = match Vm::new(decl.module.clone(), decl.vm_config.clone()) {
-        Ok(vm) => Rc::new(RefCell::new(vm)),
-        Err(error) => {
-            log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: {error}"));
-            return None;
-        }
-    };
-    for (filter_index, filter) in filters.iter().enumerate().filter(|(_, f)| f.module == index) {
-        match start_plugin(&vm, filter, log) {
-            Ok(plugin) => plugins[filter_index] = Some(plugin),
-            Err(error) => log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: {error}")),
-        }
-    }
-    Some(vm)
 }
 
 /// Starts `filter` as a plugin on `vm`, with its root linked to the VM for events.
@@ -145,15 +124,35 @@ pub fn start_plugin(vm: &SharedVm, filter: &FilterDecl, log: *mut ngx_log_t) -> 
     Ok(plugin)
 }
 
-/// The shared VM and plugin of a filter, if it started in this worker.
-pub fn shared_instance(filter: usize) -> Option<(SharedVm, PluginId)> {
-    WORKER.with(|w| {
+/// The shared VM and plugin of a filter in this worker, started on first use.
+pub fn shared_instance(filter: usize) -> Result<(SharedVm, PluginId), String> {
+    let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or("no wasm configuration")?;
+    let decl = &conf.filters[filter];
+    let (vm, plugin) = WORKER.with(|w| {
         let w = w.borrow();
-        let w = w.as_ref()?;
-        let plugin = (*w.plugins.get(filter)?)?;
-        let module = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle)? }.filters[filter].module;
-        Some((w.vms[module].clone()?, plugin))
-    })
+        let w = w.as_ref().ok_or("the worker has no wasm runtime")?;
+        Ok::<_, String>((w.vms[decl.module].clone(), w.plugins[filter]))
+    })?;
+    if let (Some(vm), Some(plugin)) = (&vm, plugin) {
+        return Ok((vm.clone(), plugin));
+    }
+    // Started outside the worker's borrow: the guest runs (on_vm_start, on_configure).
+    let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+    let vm = match vm {
+        Some(vm) => vm,
+        None => {
+            let module = &conf.modules[decl.module];
+            Rc::new(RefCell::new(Vm::new(module.module.clone(), module.vm_config.clone()).map_err(|e| e.to_string())?))
+        }
+    };
+    let plugin = start_plugin(&vm, decl, log)?;
+    WORKER.with(|w| {
+        if let Some(w) = w.borrow_mut().as_mut() {
+            w.vms[decl.module] = Some(vm.clone());
+            w.plugins[filter] = Some(plugin);
+        }
+    });
+    Ok((vm, plugin))
 }
 
 /// A fresh VM of `module` with the filter's plugin started on it (isolation stream/filter).
