@@ -31,7 +31,7 @@ test: setup filters
 	done
 
 bench: filters
-	cargo bench --locked -p inwasm-host --bench callbacks
+	cargo bench --locked -p inwasm-host --bench host
 
 fmt:
 	cargo fmt --all

@@ -353,10 +353,16 @@ fn cases() -> Vec<Case> {
             path: "/",
             headers: &[],
             body: b"",
-            differs: &[(
-                Host::EnvoyInwasm,
-                "Envoy runs no module code on a worker before its first request, so the worker's instance starts (on_vm_start, on_configure) then; Envoy's Wasm filter starts it with the worker",
-            )],
+            differs: &[
+                (
+                    Host::EnvoyInwasm,
+                    "Envoy runs no module code on a worker before its first request, so the worker's instance starts (on_vm_start, on_configure) then; Envoy's Wasm filter starts it with the worker",
+                ),
+                (
+                    Host::NginxInwasm,
+                    "a filter that starts no work of its own at configuration time (timers, calls, queues, shared data) starts at its worker's first request, so idle filters cost no instance",
+                ),
+            ],
             no_reference: None,
             check: |o| assert!(o.log.contains(&"request_headers 2 eos=true".to_string()), "{:?}", o.log),
             warm_up: false,

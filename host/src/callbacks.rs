@@ -4,7 +4,7 @@
 //! ABI version work unchanged (e.g. 0.1.0's `on_request_headers(ctx, n)` against 0.2.x's
 //! `(ctx, n, end_of_stream)`).
 
-use wasmtime::{AsContextMut, Func, Instance, Val, ValType};
+use wasmtime::{AsContext, AsContextMut, ExternType, Func, Instance, ModuleExport, TypedFunc, ValType};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Callback {
@@ -80,30 +80,134 @@ impl Callback {
     }
 }
 
-struct Export {
-    func: Func,
+/// How an export is called: its parameter count (all i32) and whether it returns an i32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
     params: usize,
-    returns_value: bool,
+    returns: bool,
+}
+
+/// The callbacks a module exports, found once when it is compiled: where each export is and
+/// its shape; and where its allocator and memory are.
+#[derive(Clone)]
+pub(crate) struct CallbackIndex {
+    exports: Vec<Option<(ModuleExport, Shape)>>,
+    allocator: Option<ModuleExport>,
+    memory: Option<ModuleExport>,
+}
+
+impl CallbackIndex {
+    pub fn new(module: &wasmtime::Module) -> CallbackIndex {
+        let allocator = crate::module::ALLOCATORS.iter().find_map(|name| match module.get_export(name) {
+            Some(ExternType::Func(_)) => module.get_export_index(name),
+            _ => None,
+        });
+        let memory = module.get_export_index("memory");
+        let exports = Callback::ALL
+            .iter()
+            .map(|callback| {
+                let name = callback.export_name();
+                let Some(ExternType::Func(ty)) = module.get_export(name) else { return None };
+                let all_i32 = ty.params().all(|p| matches!(p, ValType::I32));
+                let returns = match ty.results().collect::<Vec<_>>().as_slice() {
+                    [] => false,
+                    [ValType::I32] => true,
+                    _ => return None,
+                };
+                let shape = Shape { params: ty.params().len(), returns };
+                (all_i32 && shape.params <= 5).then(|| (module.get_export_index(name).expect("exported"), shape))
+            })
+            .collect();
+        CallbackIndex { exports, allocator, memory }
+    }
+
+    /// The instance's allocator (checked to be `(i32) -> i32` when the module was vetted).
+    pub fn allocator(&self, instance: &Instance, mut store: impl AsContextMut) -> Option<TypedFunc<i32, i32>> {
+        let func = instance.get_module_export(&mut store, self.allocator.as_ref()?)?.into_func()?;
+        // SAFETY: `Module::new` refuses a module whose allocator has another type.
+        Some(unsafe { TypedFunc::new_unchecked(&store, func) })
+    }
+
+    pub fn memory(&self, instance: &Instance, mut store: impl AsContextMut) -> Option<wasmtime::Memory> {
+        instance.get_module_export(&mut store, self.memory.as_ref()?)?.into_memory()
+    }
+}
+
+/// A callback with its type known, so calls need no checks (i32 parameters, optional i32
+/// result).
+enum Typed {
+    P0(TypedFunc<(), ()>),
+    P1(TypedFunc<i32, ()>),
+    P2(TypedFunc<(i32, i32), ()>),
+    P3(TypedFunc<(i32, i32, i32), ()>),
+    P4(TypedFunc<(i32, i32, i32, i32), ()>),
+    P5(TypedFunc<(i32, i32, i32, i32, i32), ()>),
+    R0(TypedFunc<(), i32>),
+    R1(TypedFunc<i32, i32>),
+    R2(TypedFunc<(i32, i32), i32>),
+    R3(TypedFunc<(i32, i32, i32), i32>),
+    R4(TypedFunc<(i32, i32, i32, i32), i32>),
+    R5(TypedFunc<(i32, i32, i32, i32, i32), i32>),
+}
+
+impl Typed {
+    /// # Safety
+    /// `func` must have `shape` (checked against the module's export type when indexed).
+    unsafe fn new(store: impl AsContext, func: Func, shape: Shape) -> Typed {
+        use Typed::*;
+        match (shape.params, shape.returns) {
+            (0, false) => P0(TypedFunc::new_unchecked(store, func)),
+            (1, false) => P1(TypedFunc::new_unchecked(store, func)),
+            (2, false) => P2(TypedFunc::new_unchecked(store, func)),
+            (3, false) => P3(TypedFunc::new_unchecked(store, func)),
+            (4, false) => P4(TypedFunc::new_unchecked(store, func)),
+            (5, false) => P5(TypedFunc::new_unchecked(store, func)),
+            (0, true) => R0(TypedFunc::new_unchecked(store, func)),
+            (1, true) => R1(TypedFunc::new_unchecked(store, func)),
+            (2, true) => R2(TypedFunc::new_unchecked(store, func)),
+            (3, true) => R3(TypedFunc::new_unchecked(store, func)),
+            (4, true) => R4(TypedFunc::new_unchecked(store, func)),
+            _ => R5(TypedFunc::new_unchecked(store, func)),
+        }
+    }
+
+    /// Calls with the first arguments the export declares (missing ones are 0).
+    fn call(&self, mut store: impl AsContextMut, args: &[u32]) -> wasmtime::Result<Option<i32>> {
+        use Typed::*;
+        let a = |i: usize| args.get(i).copied().unwrap_or(0) as i32;
+        let store = &mut store;
+        Ok(match self {
+            P0(f) => f.call(store, ()).map(|()| None)?,
+            P1(f) => f.call(store, a(0)).map(|()| None)?,
+            P2(f) => f.call(store, (a(0), a(1))).map(|()| None)?,
+            P3(f) => f.call(store, (a(0), a(1), a(2))).map(|()| None)?,
+            P4(f) => f.call(store, (a(0), a(1), a(2), a(3))).map(|()| None)?,
+            P5(f) => f.call(store, (a(0), a(1), a(2), a(3), a(4))).map(|()| None)?,
+            R0(f) => Some(f.call(store, ())?),
+            R1(f) => Some(f.call(store, a(0))?),
+            R2(f) => Some(f.call(store, (a(0), a(1)))?),
+            R3(f) => Some(f.call(store, (a(0), a(1), a(2)))?),
+            R4(f) => Some(f.call(store, (a(0), a(1), a(2), a(3)))?),
+            R5(f) => Some(f.call(store, (a(0), a(1), a(2), a(3), a(4)))?),
+        })
+    }
 }
 
 /// The callbacks one instance exports (absent ones are skipped when called).
 pub(crate) struct Callbacks {
-    exports: Vec<Option<Export>>,
+    exports: Vec<Option<Typed>>,
 }
 
 impl Callbacks {
-    pub fn resolve(instance: &Instance, mut store: impl AsContextMut) -> Callbacks {
-        let exports = Callback::ALL
+    pub fn resolve(index: &CallbackIndex, instance: &Instance, mut store: impl AsContextMut) -> Callbacks {
+        let exports = index
+            .exports
             .iter()
-            .map(|callback| {
-                let func = instance.get_func(&mut store, callback.export_name())?;
-                let ty = func.ty(&store);
-                let all_i32 = ty.params().all(|p| matches!(p, ValType::I32));
-                all_i32.then(|| Export {
-                    func,
-                    params: ty.params().len(),
-                    returns_value: matches!(ty.results().next(), Some(ValType::I32)),
-                })
+            .map(|entry| {
+                let (export, shape) = entry.as_ref()?;
+                let func = instance.get_module_export(&mut store, export)?.into_func()?;
+                // SAFETY: the shape was read from this module's export type.
+                Some(unsafe { Typed::new(&store, func, *shape) })
             })
             .collect();
         Callbacks { exports }
@@ -111,19 +215,10 @@ impl Callbacks {
 
     /// Calls `callback` with the first `args` it declares (missing ones are 0). `Ok(None)`
     /// when the module does not export it or it returns nothing.
-    pub fn call(
-        &self,
-        mut store: impl AsContextMut,
-        callback: Callback,
-        args: &[u32],
-    ) -> wasmtime::Result<Option<i32>> {
-        let Some(export) = &self.exports[callback as usize] else {
-            return Ok(None);
-        };
-        let params: Vec<Val> = (0..export.params).map(|i| Val::I32(args.get(i).copied().unwrap_or(0) as i32)).collect();
-        let mut result = [Val::I32(0)];
-        let results = if export.returns_value { &mut result[..] } else { &mut [] };
-        export.func.call(&mut store, &params, results)?;
-        Ok(export.returns_value.then(|| result[0].unwrap_i32()))
+    pub fn call(&self, store: impl AsContextMut, callback: Callback, args: &[u32]) -> wasmtime::Result<Option<i32>> {
+        match &self.exports[callback as usize] {
+            Some(typed) => typed.call(store, args),
+            None => Ok(None),
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! Every pointer and length a guest passes is untrusted: each access is bounds-checked and a
 //! bad one becomes `INVALID_MEMORY_ACCESS` for the guest, never a host fault.
 
-use wasmtime::{Caller, Memory, Val};
+use wasmtime::{Caller, Memory};
 
 use crate::embedding::Embedding;
 use crate::session::{Context, HostState};
@@ -111,13 +111,13 @@ impl<'a, 'b> Guest<'a, 'b> {
     }
 
     fn allocate(&mut self, len: u32) -> AbiResult<u32> {
-        let allocator = self.caller.data().allocator.ok_or(Status::InternalFailure)?;
-        let mut result = [Val::I32(0)];
-        allocator.call(&mut *self.caller, &[Val::I32(len as i32)], &mut result)?;
-        match result[0] {
-            Val::I32(0) => Err(Status::InvalidMemoryAccess.into()),
-            Val::I32(address) => Ok(address as u32),
-            _ => Err(Status::InternalFailure.into()),
+        // Taken out while it runs (it needs the store), then put back.
+        let allocator = self.caller.data_mut().allocator.take().ok_or(Status::InternalFailure)?;
+        let result = allocator.call(&mut *self.caller, len as i32);
+        self.caller.data_mut().allocator = Some(allocator);
+        match result? {
+            0 => Err(Status::InvalidMemoryAccess.into()),
+            address => Ok(address as u32),
         }
     }
 

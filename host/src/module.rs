@@ -8,6 +8,7 @@ use std::sync::Arc;
 use wasmtime::{ExternType, InstancePre, Store, ValType};
 
 use crate::cache::{CacheOutcome, CodeCache};
+use crate::callbacks::CallbackIndex;
 use crate::engine::Engine;
 use crate::error::LoadError;
 use crate::limits::MemoryLimiter;
@@ -21,6 +22,7 @@ pub(crate) const ALLOCATORS: [&str; 2] = ["malloc", "proxy_on_memory_allocate"];
 /// A compiled, vetted module. Cheap to share; instantiate it with [`Vm`](crate::Vm).
 pub struct Module {
     pub(crate) name: String,
+    pub(crate) callbacks: CallbackIndex,
     pub(crate) abi: AbiVersion,
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) engine: Engine,
@@ -44,7 +46,8 @@ impl Module {
         check_exports(&module).map_err(|reason| LoadError::new(name, reason))?;
         check_imports(engine, &module).map_err(|reason| LoadError::new(name, reason))?;
         let pre = engine.linker().instantiate_pre(&module).map_err(|e| LoadError::new(name, format!("{e:?}")))?;
-        Ok(Arc::new(Module { name: name.to_string(), abi, pre, engine: engine.clone(), cache }))
+        let callbacks = CallbackIndex::new(&module);
+        Ok(Arc::new(Module { name: name.to_string(), callbacks, abi, pre, engine: engine.clone(), cache }))
     }
 
     /// Reads and compiles a `.wasm` or `.wat` file; errors name the path.

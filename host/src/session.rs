@@ -1,16 +1,44 @@
 //! Per-instance state: the store data every host function works on.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Func, Memory};
+use wasmtime::{Memory, TypedFunc};
 
 use crate::embedding::Embedding;
 use crate::limits::MemoryLimiter;
 use crate::plugin::{PluginConfig, VmConfig};
 use crate::types::{AbiVersion, LogLevel, Pairs, Status};
 use crate::wasi::WasiState;
+
+/// Hashes the host's small integer ids (context ids, call tokens) with one multiply: they
+/// are looked up on every host call, where SipHash costs more than the lookup.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|b| self.write_u8(*b));
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.write_u64(u64::from(b));
+    }
+    fn write_u32(&mut self, id: u32) {
+        self.write_u64(u64::from(id));
+    }
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: spreads consecutive ids over the high bits hashbrown uses.
+        self.0 = (self.0 ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+pub(crate) type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+pub(crate) type IdSet = HashSet<u32, BuildHasherDefault<IdHasher>>;
 
 /// One proxy-wasm context: a plugin's root context or a stream under it.
 pub(crate) struct Context {
@@ -59,8 +87,8 @@ pub(crate) struct CallStatus {
 pub(crate) struct HostState {
     pub abi: AbiVersion,
     pub vm: Arc<VmConfig>,
-    pub contexts: HashMap<u32, Context>,
-    pub plugins: HashMap<u32, Arc<PluginConfig>>,
+    pub contexts: IdMap<Context>,
+    pub plugins: IdMap<Arc<PluginConfig>>,
     /// The context the host called into, and the one host calls act on.
     pub current_context: u32,
     pub effective_context: u32,
@@ -69,9 +97,9 @@ pub(crate) struct HostState {
     /// Calls issued so far, by kind (see `take_token`).
     pub next_token: [u32; 3],
     /// Tokens of http/gRPC calls this instance issued that have not completed.
-    pub pending_calls: HashSet<u32>,
+    pub pending_calls: IdSet,
     pub memory: Option<Memory>,
-    pub allocator: Option<Func>,
+    pub allocator: Option<TypedFunc<i32, i32>>,
     pub limiter: MemoryLimiter,
     /// When the running callback must stop; checked on each epoch tick.
     pub deadline: Option<Instant>,
@@ -90,14 +118,14 @@ impl HostState {
         HostState {
             abi,
             vm,
-            contexts: HashMap::new(),
-            plugins: HashMap::new(),
+            contexts: IdMap::default(),
+            plugins: IdMap::default(),
             current_context: 0,
             effective_context: 0,
             call: CallData::default(),
             status: CallStatus { code: Status::Ok as u32, message: Vec::new() },
             next_token: [0; 3],
-            pending_calls: HashSet::new(),
+            pending_calls: IdSet::default(),
             memory: None,
             allocator: None,
             limiter,

@@ -126,6 +126,17 @@ impl HeaderMaps for MemoryEmbedding {
         })
     }
 
+    fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
+        let exchange = self.exchange()?;
+        Ok(match map {
+            MapType::HttpRequestHeaders => exchange.request_headers.len(),
+            MapType::HttpRequestTrailers => exchange.request_trailers.len(),
+            MapType::HttpResponseHeaders => exchange.response_headers.len(),
+            MapType::HttpResponseTrailers => exchange.response_trailers.len(),
+            _ => return Err(Status::BadArgument),
+        })
+    }
+
     fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> HostResult<()> {
         let mut exchange = self.exchange()?;
         let target = match map {

@@ -15,7 +15,7 @@ use crate::callbacks::{Callback, Callbacks};
 use crate::embedding::Embedding;
 use crate::error::{classify, FailureKind, FilterError};
 use crate::limits::{on_epoch_tick, MemoryLimiter};
-use crate::module::{Module, ALLOCATORS};
+use crate::module::Module;
 use crate::plugin::{PluginConfig, VmConfig};
 use crate::session::{CallData, Context, HostState};
 use crate::types::{Action, MapType, Pairs, Status};
@@ -300,9 +300,8 @@ impl Vm {
 
     fn stream_action(&mut self, stream: StreamId, callback: Callback, args: &[u32]) -> Result<Action, FilterError> {
         self.stream_context(stream, callback)?;
-        let mut full = vec![stream.context_id];
-        full.extend_from_slice(args);
-        let result = self.call(stream.plugin, callback, stream.context_id, &full)?.unwrap_or(0);
+        let result = self.call(stream.plugin, callback, stream.context_id, &with_context(stream.context_id, args))?;
+        let result = result.unwrap_or(0);
         if self.state().local_response_sent {
             return Ok(Action::Pause);
         }
@@ -334,9 +333,7 @@ impl Vm {
         self.ensure_live()?;
         let root_id = self.plugins[plugin.0].root_id;
         self.state().call = call;
-        let mut full = vec![root_id];
-        full.extend_from_slice(args);
-        let result = self.call(plugin.0, callback, root_id, &full);
+        let result = self.call(plugin.0, callback, root_id, &with_context(root_id, args));
         if let Some(live) = &mut self.live {
             live.store.data_mut().call = CallData::default();
         }
@@ -474,9 +471,9 @@ impl Vm {
             self.failure(usize::MAX, Callback::ContextCreate, FailureKind::Instantiation(format!("{e:?}")))
         };
         let instance = module.pre.instantiate(&mut store).map_err(instance_error)?;
-        let memory = instance.get_memory(&mut store, "memory");
-        let allocator = ALLOCATORS.iter().find_map(|name| instance.get_func(&mut store, name));
-        let callbacks = Callbacks::resolve(&instance, &mut store);
+        let memory = module.callbacks.memory(&instance, &mut store);
+        let allocator = module.callbacks.allocator(&instance, &mut store);
+        let callbacks = Callbacks::resolve(&module.callbacks, &instance, &mut store);
         let state = store.data_mut();
         state.memory = memory;
         state.allocator = allocator;
@@ -550,4 +547,14 @@ impl Vm {
         }
         Ok(())
     }
+}
+
+/// A callback's arguments: the context id, then `args` (callbacks take at most 5 in all).
+fn with_context(context_id: u32, args: &[u32]) -> [u32; 5] {
+    let mut full = [0; 5];
+    full[0] = context_id;
+    for (slot, arg) in full[1..].iter_mut().zip(args) {
+        *slot = *arg;
+    }
+    full
 }

@@ -239,24 +239,38 @@ impl Embedding for RootEmbedding {}
 /// A request's stream context.
 pub struct StreamEmbedding {
     r: *mut ngx_http_request_t,
-    filter: String,
-    vm_id: String,
+    /// The filter's index in the configuration (whose names it reads when needed, so a
+    /// request copies none).
+    filter: usize,
     exchange: SharedExchange,
 }
 
 impl StreamEmbedding {
-    pub fn new(r: *mut ngx_http_request_t, filter: &str, vm_id: &str, exchange: &SharedExchange) -> StreamEmbedding {
-        StreamEmbedding { r, filter: filter.to_string(), vm_id: vm_id.to_string(), exchange: exchange.clone() }
+    pub fn new(r: *mut ngx_http_request_t, filter: usize, exchange: &SharedExchange) -> StreamEmbedding {
+        StreamEmbedding { r, filter, exchange: exchange.clone() }
     }
 
     fn request_log(&self) -> *mut ngx_log_t {
         unsafe { (*(*self.r).connection).log }
     }
+
+    fn conf(&self) -> &WasmConf {
+        unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.expect("a request's filters belong to its cycle")
+    }
+
+    fn name(&self) -> &str {
+        &self.conf().filters[self.filter].plugin.name
+    }
+
+    fn vm_id(&self) -> &str {
+        let conf = self.conf();
+        &conf.modules[conf.filters[self.filter].module].vm_config.vm_id
+    }
 }
 
 impl Logging for StreamEmbedding {
     fn log(&mut self, level: LogLevel, message: &str) {
-        log_line(self.request_log(), &self.filter, level, message);
+        log_line(self.request_log(), self.name(), level, message);
     }
     fn log_level(&self) -> LogLevel {
         level_of(self.request_log())
@@ -381,11 +395,11 @@ impl GrpcCalls for StreamEmbedding {}
 impl Timers for StreamEmbedding {}
 impl SharedData for StreamEmbedding {
     fn get_shared_data(&mut self, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
-        shared_data_get(&self.vm_id, key)
+        shared_data_get(self.vm_id(), key)
     }
 
     fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
-        shared_data_set(&self.vm_id, key, value, cas)
+        shared_data_set(self.vm_id(), key, value, cas)
     }
 }
 
@@ -403,7 +417,7 @@ fn shared_data_set(vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> HostResul
 }
 impl SharedQueues for StreamEmbedding {
     fn resolve_shared_queue(&mut self, vm_id: &[u8], name: &[u8]) -> HostResult<Option<u32>> {
-        shared_queues::resolve(queue_zones()?, resolve_vm_id(vm_id, &self.vm_id), name)
+        shared_queues::resolve(queue_zones()?, resolve_vm_id(vm_id, self.vm_id()), name)
     }
 
     fn enqueue_shared_queue(&mut self, queue_id: u32, value: &[u8]) -> HostResult<()> {
@@ -430,7 +444,7 @@ fn resolve_vm_id<'a>(asked: &'a [u8], own: &'a str) -> &'a [u8] {
 }
 impl Metrics for StreamEmbedding {
     fn define_metric(&mut self, kind: MetricType, name: &str) -> HostResult<u32> {
-        metrics::define(metric_zone()?, &self.filter, kind, name)
+        metrics::define(metric_zone()?, self.name(), kind, name)
     }
 
     fn increment_metric(&mut self, metric_id: u32, offset: i64) -> HostResult<()> {

@@ -120,6 +120,25 @@ pub fn get(zone: &MetricZone, id: u32) -> HostResult<u64> {
 thread_local! {
     /// Ids of the host's own counters in this worker, by counter name then filter.
     static HOST_COUNTERS: RefCell<HashMap<&'static str, HashMap<String, u32>>> = RefCell::new(HashMap::new());
+    /// Ids of `inwasm_requests_total` in this worker, by filter index (counted per request).
+    static REQUEST_COUNTERS: RefCell<Vec<Option<u32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Adds one to `inwasm_requests_total` of filter `index` (named `filter`).
+pub fn count_request(zone: &MetricZone, index: usize, filter: &str) {
+    let id = REQUEST_COUNTERS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if ids.len() <= index {
+            ids.resize(index + 1, None);
+        }
+        if ids[index].is_none() {
+            ids[index] = define(zone, filter, MetricType::Counter, "inwasm_requests_total").ok();
+        }
+        ids[index]
+    });
+    if let Some(id) = id {
+        let _ = increment(zone, id, 1);
+    }
 }
 
 /// Adds one to the host's counter `name` for `filter` (e.g. `inwasm_requests_total`).

@@ -77,6 +77,12 @@ pub struct RequestCtx {
     /// A filter paused the response headers: they, and the response body received meanwhile
     /// (`held_raw`, `held_raw_last`), wait until it continues (see `response.rs`).
     pub headers_held: bool,
+    /// The response headers wait for the filters' first look at the body, to settle its
+    /// Content-Length; and the body bytes received and sent so far (see `response.rs`).
+    pub length_pending: bool,
+    pub body_received: usize,
+    pub body_received_total: i64,
+    pub body_sent_total: i64,
     pub held_raw: Vec<u8>,
     pub held_raw_last: bool,
     finished: bool,
@@ -162,6 +168,10 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
         held_body: Vec::new(),
         replacement_body: None,
         headers_held: false,
+        length_pending: false,
+        body_received: 0,
+        body_received_total: 0,
+        body_sent_total: 0,
         held_raw: Vec::new(),
         held_raw_last: false,
         finished: false,
@@ -185,11 +195,9 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
 
     let mut per_request = RequestInstances::new();
     for &index in chain {
-        let name = &conf.filters[index].plugin.name;
-        let vm_id = &conf.modules[conf.filters[index].module].vm_config.vm_id;
         let opened = instance_for(conf, index, loc.isolation.unwrap_or(Isolation::None), &mut per_request, log)
             .and_then(|(vm, plugin)| {
-                let embedding = Box::new(StreamEmbedding::new(r, name, vm_id, &ctx.exchange));
+                let embedding = Box::new(StreamEmbedding::new(r, index, &ctx.exchange));
                 let stream = vm.borrow_mut().new_stream(plugin, embedding).map_err(|e| e.to_string())?;
                 vm.borrow_mut().set_stream_timeout(stream, Some(loc.timeout()));
                 Ok(ActiveFilter { vm, stream, skipped: false })
@@ -197,7 +205,7 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
         match opened {
             Ok(filter) => {
                 if let Some(zone) = WasmConf::metrics() {
-                    metrics::count(zone, name, "inwasm_requests_total");
+                    metrics::count_request(zone, index, &conf.filters[index].plugin.name);
                 }
                 ctx.filters.push(filter)
             }

@@ -118,8 +118,6 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
         if end_of_stream || ctx.replacement_body.is_some() {
             return NGX_DECLINED as ngx_int_t;
         }
-        // Filters may rewrite the body, so its length is only known at its end.
-        drop_content_length(r);
         let resumed = std::mem::take(&mut ctx.exchange.borrow_mut().response_resume_requested);
         if paused && !resumed {
             // As in Envoy's Wasm filter, a pause stops the response, headers and body alike,
@@ -127,6 +125,12 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
             ctx.headers_held = true;
             ctx.exchange.borrow_mut().response_held = true;
             (*(*r).connection).set_buffered((*(*r).connection).buffered() | HEADERS_HELD);
+            return NGX_OK as ngx_int_t;
+        }
+        if (*r).headers_out.content_length_n >= 0 {
+            // The filters may change the body: its Content-Length waits for their first look
+            // at it (usually the whole body), then stays, becomes exact, or goes.
+            ctx.length_pending = true;
             return NGX_OK as ngx_int_t;
         }
         NGX_DECLINED as ngx_int_t
@@ -175,6 +179,7 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
             return NGX_OK as ngx_int_t;
         }
         let end_of_stream = is_last(input);
+        let replacing = ctx.replacement_body.is_some();
         let body = match ctx.replacement_body.clone() {
             Some(replacement) => {
                 if !consume(input) {
@@ -188,17 +193,24 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
                     return NGX_ERROR as ngx_int_t;
                 }
                 consume(input);
+                ctx.body_received += bytes.len();
                 filter_body(r, ctx, bytes, end_of_stream)
             }
         };
         match body {
-            Output::Send(body) => match memory_chain(r, &body, end_of_stream) {
-                Some(chain) => {
-                    output = chain;
-                    NGX_DECLINED as ngx_int_t
+            Output::Send(body) => {
+                let rc = if replacing { NGX_OK as ngx_int_t } else { settle_length(r, ctx, body.len(), end_of_stream) };
+                if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+                    return rc;
                 }
-                None => NGX_ERROR as ngx_int_t,
-            },
+                match memory_chain(r, &body, end_of_stream) {
+                    Some(chain) => {
+                        output = chain;
+                        NGX_DECLINED as ngx_int_t
+                    }
+                    None => NGX_ERROR as ngx_int_t,
+                }
+            }
             Output::Hold => NGX_OK as ngx_int_t,
             Output::Fail => NGX_ERROR as ngx_int_t,
         }
@@ -208,6 +220,37 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
     } else {
         rc
     }
+}
+
+/// Keeps the response's Content-Length true to what the filters send: before the headers go
+/// (after the filters' first look at the body) it stays, becomes exact (the body is whole)
+/// or goes (chunked); once they are gone with a length, a body whose size changes can only
+/// be cut short, with an error naming why.
+unsafe fn settle_length(
+    r: *mut ngx_http_request_t,
+    ctx: &mut RequestCtx,
+    sent: usize,
+    end_of_stream: bool,
+) -> ngx_int_t {
+    let received = std::mem::replace(&mut ctx.body_received, 0);
+    ctx.body_sent_total += sent as i64;
+    ctx.body_received_total += received as i64;
+    if std::mem::take(&mut ctx.length_pending) {
+        if end_of_stream {
+            (*r).headers_out.content_length_n = ctx.body_sent_total;
+        } else if sent != received {
+            drop_content_length(r);
+        }
+        return NEXT_HEADER_FILTER.expect("next header filter")(r);
+    }
+    let length = (*r).headers_out.content_length_n;
+    if length >= 0 && ctx.body_sent_total != ctx.body_received_total && (end_of_stream || ctx.body_sent_total > length)
+    {
+        let message = "inwasm: a filter changed the size of a response body whose Content-Length was sent; the response is cut short (a filter that rewrites bodies should remove content-length in on_response_headers)";
+        crate::ffi::log_error(ngx::ffi::NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, message);
+        return NGX_ERROR as ngx_int_t;
+    }
+    NGX_OK as ngx_int_t
 }
 
 /// Runs the body callbacks on `bytes` (after any held back while a filter paused the body).
@@ -250,11 +293,15 @@ pub unsafe extern "C" fn resume_response(event: *mut ngx_event_t) {
             // An answer in place of the held response; what is left of that is swallowed.
             let Some(local) = apply_local_response(r, ctx) else { return NGX_ERROR as ngx_int_t };
             ctx.replacement_body = Some(local.clone());
-            (*r).headers_out.content_length_n = local.len() as i64;
             last.then_some(Output::Send(local)).unwrap_or(Output::Hold)
         } else {
             filter_body(r, ctx, held, last)
         };
+        // Held, the body's length is known only when all of it is here.
+        match &body {
+            Output::Send(bytes) if last => (*r).headers_out.content_length_n = bytes.len() as i64,
+            _ => drop_content_length(r),
+        }
         let rc = NEXT_HEADER_FILTER.expect("next header filter")(r);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
             return rc;

@@ -1,0 +1,227 @@
+//! Host micro-benchmarks, each measured side by side with its alternative in one run (A B A B
+//! ..., best of the rounds), since absolute numbers drift on shared machines:
+//!
+//! - a whole request through the one-header filter (stream, request and response headers,
+//!   response body, end), with and without epoch interruption (what deadlines cost);
+//! - instantiation per request: a fresh instance with the pooling allocator (copy-on-write
+//!   memory images) and without, alone, with its root context started, and with a request;
+//! - one callback round trip, and host calls: header get and set, property get.
+//!
+//! Run with `make bench` (which writes the table to docs/benchmarks), or
+//! `cargo bench -p inwasm-host --bench host` once `make filters` has built the filters. To
+//! profile one measure, name it: `... --bench host -- request|instance|callback` runs just
+//! that one for a while (under `perf record`, say).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use inwasm_host::testing::{pairs, Exchange, MemoryEmbedding, Node};
+use inwasm_host::*;
+
+const ROUNDS: usize = 7;
+
+fn one_header(engine: &Engine) -> Arc<Module> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/filters/filter_one_header.wasm");
+    Module::from_file(engine, path.as_ref(), None).unwrap_or_else(|e| panic!("{e} (run `make filters`)"))
+}
+
+/// A module whose `proxy_on_request_headers` makes `CALLS` host calls of one kind (`body`,
+/// a WAT instruction sequence leaving nothing on the stack), so their cost shows per call.
+fn host_calls(engine: &Engine, body: &str) -> Arc<Module> {
+    let text = format!(
+        r#"(module
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_replace_header_map_value" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_property" (func $property (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 100) ":path")
+  (data (i32.const 120) "x-bench")
+  (data (i32.const 140) "request\00path")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32)
+    ;; A bump allocator that starts over each time it passes 32 KiB.
+    (if (i32.gt_u (global.get $heap) (i32.const 32768)) (then (global.set $heap (i32.const 4096))))
+    (global.get $heap) (global.set $heap (i32.add (global.get $heap) (local.get $n))))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $i i32)
+    (loop $again
+      {body}
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $again (i32.lt_u (local.get $i) (i32.const {CALLS}))))
+    (i32.const 0)))"#
+    );
+    Module::new(engine, "bench", text.as_bytes(), None).unwrap()
+}
+
+const CALLS: usize = 100;
+const NO_OP: &str = "";
+const GET_HEADER: &str = "(drop (call $get (i32.const 0) (i32.const 100) (i32.const 5) (i32.const 64) (i32.const 68)))";
+const SET_HEADER: &str = "(drop (call $set (i32.const 0) (i32.const 120) (i32.const 7) (i32.const 100) (i32.const 5)))";
+const GET_PROPERTY: &str = "(drop (call $property (i32.const 140) (i32.const 12) (i32.const 64) (i32.const 68)))";
+
+fn request_headers() -> Pairs {
+    pairs(&[(":method", "GET"), (":path", "/bench"), (":authority", "bench"), ("user-agent", "bench")])
+}
+
+/// A VM of `module` with one plugin, and its node.
+fn started(module: &Arc<Module>) -> (Vm, PluginId, Node) {
+    let node = Node::default();
+    node.borrow_mut().properties.insert("request.path".into(), b"/bench".to_vec());
+    let mut vm = Vm::new(module.clone(), VmConfig::default()).unwrap();
+    let plugin = vm
+        .add_plugin(PluginConfig { name: "bench".into(), ..Default::default() }, MemoryEmbedding::root(&node))
+        .unwrap();
+    (vm, plugin, node)
+}
+
+/// One whole request on `vm`: stream, request headers, response headers and body, end.
+fn request(vm: &mut Vm, plugin: PluginId, node: &Node) {
+    let exchange = Exchange::default();
+    exchange.borrow_mut().request_headers = request_headers();
+    let stream = vm.new_stream(plugin, MemoryEmbedding::stream(node, &exchange)).unwrap();
+    vm.on_request_headers(stream, true).unwrap();
+    {
+        let mut e = exchange.borrow_mut();
+        e.response_headers = pairs(&[(":status", "200"), ("content-length", "6")]);
+        e.response_body = b"hello\n".to_vec();
+    }
+    vm.on_response_headers(stream, false).unwrap();
+    vm.on_response_body(stream, 6, true).unwrap();
+    vm.finish_stream(stream).unwrap();
+}
+
+/// Average time of `f` over `n` runs.
+fn per_run(n: usize, mut f: impl FnMut()) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    started.elapsed() / n as u32
+}
+
+fn request_cost(module: &Arc<Module>) -> Duration {
+    let (mut vm, plugin, node) = started(module);
+    per_run(20_000, || request(&mut vm, plugin, &node))
+}
+
+fn instantiation_cost(module: &Arc<Module>) -> Duration {
+    per_run(2_000, || drop(Vm::new(module.clone(), VmConfig::default()).unwrap()))
+}
+
+fn started_instance_cost(module: &Arc<Module>) -> Duration {
+    per_run(2_000, || drop(started(module)))
+}
+
+fn fresh_request_cost(module: &Arc<Module>) -> Duration {
+    per_run(2_000, || {
+        let (mut vm, plugin, node) = started(module);
+        request(&mut vm, plugin, &node);
+    })
+}
+
+/// One `on_request_headers` on a live stream: a callback round trip plus what it does.
+fn callback_cost(module: &Arc<Module>) -> Duration {
+    let (mut vm, plugin, node) = started(module);
+    let exchange = Exchange::default();
+    exchange.borrow_mut().request_headers = request_headers();
+    let stream = vm.new_stream(plugin, MemoryEmbedding::stream(&node, &exchange)).unwrap();
+    per_run(20_000, || {
+        vm.on_request_headers(stream, true).unwrap();
+    })
+}
+
+/// One host call, from a loop of `CALLS`, less the callback around them.
+fn host_call_cost(module: &Arc<Module>, empty: &Arc<Module>) -> Duration {
+    callback_cost(module).saturating_sub(callback_cost(empty)) / CALLS as u32
+}
+
+fn best(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[0]
+}
+
+/// Measures `a` and `b` in alternating rounds and prints a table row with the best of each.
+fn compare(title: &str, a: (&str, &dyn Fn() -> Duration), b: (&str, &dyn Fn() -> Duration)) {
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        first.push((a.1)());
+        second.push((b.1)());
+    }
+    let (x, y) = (micros(best(&mut first)), micros(best(&mut second)));
+    println!("| {title} | {}: {x:.2} us | {}: {y:.2} us | {:.2} |", a.0, b.0, y / x);
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs one measure for about ten seconds, for a profiler.
+fn profile(which: &str, filter: &Arc<Module>, no_op: &Arc<Module>) {
+    let run: &dyn Fn() -> Duration = match which {
+        "request" => &|| request_cost(filter),
+        "instance" => &|| fresh_request_cost(filter),
+        "callback" => &|| callback_cost(no_op),
+        other => panic!("unknown measure {other:?}: use request, instance or callback"),
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        run();
+    }
+}
+
+fn main() {
+    let engine = |deadlines: bool, pooling: bool| {
+        let config = EngineConfig { deadlines, pooling: pooling.then(PoolingConfig::default) };
+        Engine::new(config).unwrap()
+    };
+    let epochs = engine(true, true);
+    let _ticker = EpochTicker::start(&epochs, Duration::from_millis(1)).unwrap();
+    let plain = engine(false, true);
+    let on_demand = engine(true, false);
+    let (filter, filter_plain, filter_on_demand) = (one_header(&epochs), one_header(&plain), one_header(&on_demand));
+    let calls = |engine: &Engine| [NO_OP, GET_HEADER, SET_HEADER, GET_PROPERTY].map(|body| host_calls(engine, body));
+    let (with_epochs, without_epochs) = (calls(&epochs), calls(&plain));
+
+    if let Some(which) = std::env::args().skip(1).find(|a| !a.starts_with('-')) {
+        return profile(&which, &filter, &with_epochs[0]);
+    }
+    println!("Best of {ROUNDS} alternating rounds; the one-header filter is the Rust SDK's (proxy-wasm 0.2.5).\n");
+    println!("| measure | A | B | B / A |");
+    println!("|---|---|---|---|");
+    compare(
+        "one request through the one-header filter",
+        ("without epochs", &|| request_cost(&filter_plain)),
+        ("with epoch deadlines", &|| request_cost(&filter)),
+    );
+    compare(
+        "fresh instance (instantiate, `_initialize`)",
+        ("pooling", &|| instantiation_cost(&filter)),
+        ("on demand", &|| instantiation_cost(&filter_on_demand)),
+    );
+    compare(
+        "fresh instance and its root context (`on_vm_start`, `on_configure`)",
+        ("pooling", &|| started_instance_cost(&filter)),
+        ("on demand", &|| started_instance_cost(&filter_on_demand)),
+    );
+    compare(
+        "fresh instance per request (isolation stream), whole request",
+        ("pooling", &|| fresh_request_cost(&filter)),
+        ("on demand", &|| fresh_request_cost(&filter_on_demand)),
+    );
+    compare(
+        "one callback round trip (`on_request_headers` doing nothing)",
+        ("without epochs", &|| callback_cost(&without_epochs[0])),
+        ("with epoch deadlines", &|| callback_cost(&with_epochs[0])),
+    );
+    for (index, name) in
+        [(1, "host call: get a header"), (2, "host call: set a header"), (3, "host call: get a property")]
+    {
+        compare(
+            name,
+            ("without epochs", &|| host_call_cost(&without_epochs[index], &without_epochs[0])),
+            ("with epoch deadlines", &|| host_call_cost(&with_epochs[index], &with_epochs[0])),
+        );
+    }
+}
