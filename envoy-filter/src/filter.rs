@@ -60,7 +60,7 @@ impl HttpFilter {
         stream::run_deferred();
         match started {
             Ok((instance, stream)) => {
-                self.config.metrics.count(&report::host_metric(&self.config, "requests_total"));
+                report::request(&self.config);
                 *self.instance.borrow_mut() = Some(instance);
                 self.stream.set(Some(stream));
             }

@@ -29,6 +29,8 @@ pub struct FilterConfig {
     pub config_callouts: Mutex<HashMap<u64, u32>>,
     /// Envoy destroyed the configuration; instances left on workers are dropped.
     retired: AtomicBool,
+    /// The metric id of each of the host's counters (`report::HOST_COUNTERS`, in order).
+    pub host_counters: [u32; 4],
 }
 
 // Envoy's worker threads share a configuration.
@@ -53,11 +55,13 @@ impl FilterConfig {
             main_mailbox: Arc::new(Mailbox::on_main_thread(scheduler)),
             config_callouts: Mutex::new(HashMap::new()),
             retired: AtomicBool::new(false),
+            host_counters: [0; 4],
         });
         // Envoy takes metric definitions only now, while the configuration loads.
-        for name in report::HOST_COUNTERS {
-            config.metrics.define(MetricType::Counter, &report::host_metric(&config, name));
-        }
+        let mut config = config;
+        let counters = report::HOST_COUNTERS
+            .map(|name| config.metrics.define(MetricType::Counter, &report::host_metric(&config, name)));
+        Arc::get_mut(&mut config).expect("not shared yet").host_counters = counters;
         match Instance::start(&config, config.main_mailbox.clone()) {
             Ok(instance) => {
                 instances::install(&config, instance);

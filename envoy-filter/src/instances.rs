@@ -3,7 +3,6 @@
 //! for isolation `stream`; and delivering a root context's pending events.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -24,8 +23,13 @@ pub struct Instance {
 }
 
 thread_local! {
-    /// This thread's shared instance of each configuration, by configuration id.
-    static SHARED: RefCell<HashMap<u64, Rc<Instance>>> = RefCell::new(HashMap::new());
+    /// This thread's shared instance of each configuration, with the configuration's id (a
+    /// thread serves few configurations: a list is the quickest to search).
+    static SHARED: RefCell<Vec<(u64, Rc<Instance>)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn find(config_id: u64) -> Option<Rc<Instance>> {
+    SHARED.with(|s| s.borrow().iter().find(|(id, _)| *id == config_id).map(|(_, i)| i.clone()))
 }
 
 impl Instance {
@@ -56,30 +60,35 @@ impl Instance {
 
 /// This thread's instance of `config`, started on first use.
 pub fn shared(config: &Arc<FilterConfig>) -> Result<Rc<Instance>, FilterError> {
-    if let Some(instance) = SHARED.with(|s| s.borrow().get(&config.id).cloned()) {
+    if let Some(instance) = find(config.id) {
         return Ok(instance);
     }
     let instance = Rc::new(Instance::start(config, Arc::new(Mailbox::default()))?);
     SHARED.with(|s| {
         let mut shared = s.borrow_mut();
         // Instances of configurations Envoy has since destroyed go with this change.
-        shared.retain(|_, i| !i.config.is_retired());
-        shared.insert(config.id, instance.clone());
+        shared.retain(|(_, i)| !i.config.is_retired());
+        shared.push((config.id, instance.clone()));
     });
     Ok(instance)
 }
 
 /// Makes `instance` this thread's instance of `config` (the main thread's, at config load).
 pub fn install(config: &Arc<FilterConfig>, instance: Instance) {
-    SHARED.with(|s| s.borrow_mut().insert(config.id, Rc::new(instance)));
+    SHARED.with(|s| s.borrow_mut().push((config.id, Rc::new(instance))));
 }
 
 pub fn uninstall(config_id: u64) {
-    let removed = SHARED.with(|s| s.borrow_mut().remove(&config_id));
+    let removed: Vec<_> = SHARED.with(|s| {
+        let mut shared = s.borrow_mut();
+        let (gone, kept) = shared.drain(..).partition(|(id, _)| *id == config_id);
+        *shared = kept;
+        gone
+    });
     drop(removed);
 }
 
 /// The main thread's instance of a configuration (only there).
 pub fn installed(config_id: u64) -> Option<Rc<Instance>> {
-    SHARED.with(|s| s.borrow().get(&config_id).cloned())
+    find(config_id)
 }

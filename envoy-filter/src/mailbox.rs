@@ -23,6 +23,8 @@ pub const WAKE_EVENT: u64 = 1;
 
 #[derive(Default)]
 pub struct Mailbox {
+    /// Something was posted since the last `take` (checked first: requests look every time).
+    posted: AtomicBool,
     tick_due: AtomicBool,
     ready_queues: Mutex<Vec<u32>>,
     wake: Mutex<Option<Scheduler>>,
@@ -48,6 +50,7 @@ impl Mailbox {
     /// The root's tick period has passed (several unanswered ticks make one).
     pub fn post_tick(&self) {
         if !self.tick_due.swap(true, Ordering::AcqRel) {
+            self.posted.store(true, Ordering::Release);
             self.wake();
         }
     }
@@ -58,12 +61,16 @@ impl Mailbox {
         if !ready.contains(&queue_id) {
             ready.push(queue_id);
             drop(ready);
+            self.posted.store(true, Ordering::Release);
             self.wake();
         }
     }
 
     /// Takes what is pending.
     pub fn take(&self) -> Pending {
+        if !self.posted.swap(false, Ordering::AcqRel) {
+            return Pending::default();
+        }
         let tick = self.tick_due.swap(false, Ordering::AcqRel);
         let ready_queues = std::mem::take(&mut *self.ready_queues.lock().unwrap_or_else(|p| p.into_inner()));
         Pending { tick, ready_queues }

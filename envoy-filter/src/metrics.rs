@@ -78,12 +78,6 @@ impl MetricRegistry {
         }
     }
 
-    /// Adds one to the host counter `name` (e.g. `inwasm_traps_total`).
-    pub fn count(&self, name: &str) {
-        let id = self.define(MetricType::Counter, name);
-        let _ = self.increment(id, 1);
-    }
-
     fn metric(&self, id: u32) -> HostResult<std::sync::Arc<Metric>> {
         let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
         metrics.get(id as usize).cloned().ok_or(Status::NotFound)

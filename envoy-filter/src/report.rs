@@ -9,20 +9,26 @@ use crate::log;
 /// The host's counters of each filter.
 pub const HOST_COUNTERS: [&str; 4] = ["requests_total", "traps_total", "timeouts_total", "memory_failures_total"];
 
-/// The host counter a failure adds to (none for a failure that only follows an earlier one).
-fn counter(kind: &FailureKind) -> Option<&'static str> {
+/// Which of `HOST_COUNTERS` a failure adds to (none for a failure that only follows an
+/// earlier one).
+fn counter(kind: &FailureKind) -> Option<usize> {
     match kind {
-        FailureKind::Deadline(_) => Some("timeouts_total"),
-        FailureKind::MemoryLimit(_) => Some("memory_failures_total"),
+        FailureKind::Deadline(_) => Some(2),
+        FailureKind::MemoryLimit(_) => Some(3),
         FailureKind::InstanceLost => None,
-        _ => Some("traps_total"),
+        _ => Some(1),
     }
+}
+
+/// Adds one to a request through `config`'s filter.
+pub fn request(config: &FilterConfig) {
+    let _ = config.metrics.increment(config.host_counters[0], 1);
 }
 
 /// Logs and counts `error`; `outcome` says what became of the request.
 pub fn failure(config: &FilterConfig, error: &FilterError, outcome: &str) {
-    if let Some(name) = counter(&error.kind) {
-        config.metrics.count(&host_metric(config, name));
+    if let Some(index) = counter(&error.kind) {
+        let _ = config.metrics.increment(config.host_counters[index], 1);
     }
     log::error(&format!("inwasm: {error}; {outcome}"));
 }

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Start-up and density of nginx with N distinct modules, each on its own location.
+
+For each N: `nginx -t` time and start time with a cold compiled-code cache, then with the
+cache filled; master and worker RSS once started; memory per idle module (the growth of
+RSS over N = 1); and the latency of the first request to a module nobody used yet.
+
+Each module is a small proxy-wasm filter in text format (it adds one response header), made
+distinct by its own tenant name, so every one is compiled (and cached) on its own.
+Prints a markdown table; `--json FILE` also writes the numbers.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+FILTER = """(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (data (i32.const 16) "x-tenant")
+  (data (i32.const 32) "{name}")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32)
+    (global.get $heap) (global.set $heap (i32.add (global.get $heap) (local.get $n))))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 16) (i32.const 8) (i32.const 32) (i32.const {length})))
+    (i32.const 0)))
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(work, count, port, module_so):
+    modules = os.path.join(work, "modules")
+    os.makedirs(modules, exist_ok=True)
+    lines = [f"load_module {module_so};", "worker_processes 1;", f"pid {work}/nginx.pid;",
+             f"error_log {work}/error.log notice;", "events { worker_connections 256; }",
+             "wasm {", f"    cache_dir {work}/cache;"]
+    locations = []
+    for i in range(count):
+        name = f"t{i}"
+        path = os.path.join(modules, f"{name}.wat")
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(FILTER.format(name=name, length=len(name)))
+        lines.append(f"    module {name} {path};")
+        locations.append(f"        location = /{name} {{ proxy_wasm {name}; return 200 'ok\\n'; }}")
+    lines += ["}", "http {", "    access_log off;",
+              f"    client_body_temp_path {work}/body;",
+              f"    server {{ listen 127.0.0.1:{port};"] + locations + ["    }", "}"]
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return conf
+
+
+def timed(args):
+    started = time.monotonic()
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{result.stderr}")
+    return time.monotonic() - started
+
+
+def wait_port(port, limit=600):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.01)
+    sys.exit(f"nginx did not listen on {port}")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def first_request(port, path):
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    elapsed = time.monotonic() - started
+    if b"x-tenant:" not in reply:
+        sys.exit(f"GET {path}: the filter did not run:\n{reply!r}")
+    return elapsed
+
+
+def start(nginx, work, conf, port):
+    """Starts nginx; returns (seconds until it serves, master pid)."""
+    started = time.monotonic()
+    subprocess.run([nginx, "-p", work, "-c", conf], check=True, capture_output=True)
+    wait_port(port)
+    # Serving means a worker took the connection: ask once so the worker is surely up.
+    first_request(port, "/t0")
+    elapsed = time.monotonic() - started
+    with open(os.path.join(work, "nginx.pid")) as f:
+        return elapsed, int(f.read())
+
+
+def stop(nginx, work, conf, master):
+    subprocess.run([nginx, "-p", work, "-c", conf, "-s", "stop"], capture_output=True)
+    for _ in range(500):
+        if not os.path.exists(f"/proc/{master}"):
+            return
+        time.sleep(0.01)
+
+
+def measure(nginx, module_so, count):
+    work = tempfile.mkdtemp(prefix=f"inwasm-density-{count}-")
+    try:
+        port = free_port()
+        conf = write_config(work, count, port, module_so)
+        test_cold = timed([nginx, "-t", "-q", "-p", work, "-c", conf])
+        shutil.rmtree(os.path.join(work, "cache"), ignore_errors=True)
+        start_cold, master = start(nginx, work, conf, port)
+        stop(nginx, work, conf, master)
+        test_cached = timed([nginx, "-t", "-q", "-p", work, "-c", conf])
+        start_cached, master = start(nginx, work, conf, port)
+        worker = children(master)[0]
+        master_rss, worker_rss = rss_kib(master), rss_kib(worker)
+        unused = f"/t{count - 1}" if count > 1 else "/t0"
+        first = first_request(port, unused)
+        again = first_request(port, unused)
+        stop(nginx, work, conf, master)
+        return {"modules": count, "test_cold_s": test_cold, "start_cold_s": start_cold,
+                "test_cached_s": test_cached, "start_cached_s": start_cached,
+                "master_rss_kib": master_rss, "worker_rss_kib": worker_rss,
+                "first_request_ms": first * 1e3, "next_request_ms": again * 1e3}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--counts", default="1,100,1000,10000")
+    parser.add_argument("--nginx", default="/usr/sbin/nginx")
+    parser.add_argument("--module", default=os.path.join(ROOT, "build", "ngx_http_inwasm_module.so"))
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    rows = [measure(args.nginx, args.module, int(n)) for n in args.counts.split(",")]
+    base = rows[0]
+    print("| modules | `nginx -t` cold | start cold | `nginx -t` cached | start cached | master RSS | worker RSS "
+          "| per idle module (worker) | first request to an unused module | next request |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        extra = row["modules"] - base["modules"]
+        per_module = (row["worker_rss_kib"] - base["worker_rss_kib"]) / extra if extra else 0
+        row["per_module_kib"] = per_module
+        print(f"| {row['modules']} | {row['test_cold_s']:.2f} s | {row['start_cold_s']:.2f} s | "
+              f"{row['test_cached_s']:.2f} s | {row['start_cached_s']:.2f} s | {row['master_rss_kib'] / 1024:.1f} MiB | "
+              f"{row['worker_rss_kib'] / 1024:.1f} MiB | {per_module:.1f} KiB | {row['first_request_ms']:.2f} ms | "
+              f"{row['next_request_ms']:.2f} ms |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Throughput and latency with one worker: bare nginx; nginx + the one-header filter with
+isolation none, stream and filter; bare Envoy; Envoy + the same filter on its built-in V8
+runtime; Envoy + the same filter on this project's module.
+
+The servers run on CPU 0 (one worker), wrk on CPU 1 (one thread, 32 connections). Every
+server is measured in each round, in turn (A B C ... A B C ...), and the median round is
+reported, as a ratio to its bare server and as microseconds added per request, since
+absolute numbers drift on shared machines. Prints a markdown table; `--json FILE` also
+writes the numbers.
+"""
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+FILTER = os.path.join(ROOT, "build", "filters", "filter_one_header.wasm")
+BODY = "hello\\n"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit=30):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    sys.exit(f"nothing listens on {port}")
+
+
+def nginx_servers(work):
+    """One nginx (one worker on CPU 0) with a server per variant; returns {name: port}."""
+    variants = {"nginx": "", "nginx + filter (isolation none)": "proxy_wasm one;",
+                "nginx + filter (isolation stream)": "proxy_wasm one; proxy_wasm_isolation stream;",
+                "nginx + filter (isolation filter)": "proxy_wasm one; proxy_wasm_isolation filter;"}
+    ports = {name: free_port() for name in variants}
+    servers = "\n".join(f"    server {{ listen 127.0.0.1:{ports[n]}; location / {{ {v} return 200 \"{BODY}\"; }} }}"
+                        for n, v in variants.items())
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""load_module {ROOT}/build/ngx_http_inwasm_module.so;
+worker_processes 1;
+worker_cpu_affinity 01;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+wasm {{ module one {FILTER}; }}
+http {{
+    access_log off;
+{servers}
+}}
+""")
+    subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf], check=True)
+    for port in ports.values():
+        wait_port(port)
+    return ports, lambda: subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf, "-s", "stop"])
+
+
+def envoy_yaml(port, admin, http_filter):
+    filters = (http_filter + "\n") if http_filter else ""
+    return f"""admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200, body: {{inline_string: "{BODY}"}}}}
+          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+
+
+V8_FILTER = f"""          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: one
+                vm_config: {{vm_id: one, runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: {FILTER}}}}}}}"""
+
+INWASM_FILTER = f"""          - name: inwasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{name: inwasm}}
+              filter_name: proxy_wasm
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.Struct
+                value: {{module: {FILTER}}}"""
+
+
+def envoy_servers(work):
+    variants = {"Envoy": "", "Envoy + filter (V8)": V8_FILTER, "Envoy + filter (inwasm)": INWASM_FILTER}
+    ports, processes = {}, []
+    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=os.path.join(ROOT, "build"))
+    for name, http_filter in variants.items():
+        port, admin = free_port(), free_port()
+        path = os.path.join(work, f"envoy-{len(ports)}.yaml")
+        with open(path, "w") as f:
+            f.write(envoy_yaml(port, admin, http_filter))
+        log = open(os.path.join(work, f"envoy-{len(ports)}.log"), "w")
+        processes.append(subprocess.Popen(
+            ["taskset", "-c", "0", os.path.join(ROOT, "target", "envoy", "envoy"), "-c", path, "--concurrency", "1",
+             "--disable-hot-restart", "--log-level", "warn"], env=env, stdout=log, stderr=log))
+        ports[name] = port
+    for port in ports.values():
+        wait_port(port)
+
+    def stop():
+        for p in processes:
+            p.terminate()
+            p.wait()
+    return ports, stop
+
+
+def wrk(port, seconds):
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "--latency",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def latency(percent):
+        value, unit = re.search(rf"\s{percent}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+    return {"rps": rps, "p50_us": latency(50), "p99_us": latency(99)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="inwasm-http-")
+    nginx, stop_nginx = nginx_servers(work)
+    envoy, stop_envoy = envoy_servers(work)
+    servers = {**nginx, **envoy}
+    try:
+        for port in servers.values():
+            wrk(port, 1)  # warm up: instances, caches, connections
+        samples = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, port in servers.items():
+                samples[name].append(wrk(port, args.seconds))
+    finally:
+        stop_nginx()
+        stop_envoy()
+    rows = {}
+    for name, runs in samples.items():
+        median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+        rows[name] = {**median, "rounds_rps": [r["rps"] for r in runs]}
+    print(f"Median of {args.rounds} interleaved rounds of {args.seconds} s; one server worker on CPU 0, "
+          "wrk (1 thread, 32 connections) on CPU 1; a 6-byte response.\n")
+    print("| server | requests/s | vs its bare server | added per request | p50 | p99 |")
+    print("|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        bare = rows["Envoy" if name.startswith("Envoy") else "nginx"]
+        row["ratio"] = row["rps"] / bare["rps"]
+        row["added_us"] = 1e6 / row["rps"] - 1e6 / bare["rps"]
+        added = "" if row is bare else f"{row['added_us']:+.1f} us"
+        print(f"| {name} | {row['rps']:,.0f} | {row['ratio']:.1%} | {added} | {row['p50_us']:.0f} us | {row['p99_us']:.0f} us |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
