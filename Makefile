@@ -30,8 +30,8 @@ test: setup filters
 	  INWASM_NGINX=$$flavor bash ci/build.sh && INWASM_NGINX=$$flavor bash ci/test.sh || exit 1; \
 	done
 
-bench: filters
-	cargo bench --locked -p inwasm-host --bench host
+bench: build
+	@bash ci/bench/run.sh
 
 fmt:
 	cargo fmt --all

@@ -68,7 +68,7 @@ http {{
     subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf], check=True)
     for port in ports.values():
         wait_port(port)
-    return ports, lambda: subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf, "-s", "stop"])
+    return ports, lambda: subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf, "-s", "stop"], capture_output=True)
 
 
 def envoy_yaml(port, admin, http_filter):
@@ -153,7 +153,7 @@ def wrk(port, seconds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--json")
     args = parser.parse_args()

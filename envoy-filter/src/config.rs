@@ -13,7 +13,7 @@
 //!     root_id: ""                   # plugin_root_id
 //!     vm_id: ""                     # namespace of shared data and queues (default: the module path)
 //!     timeout: 50ms                 # budget of each callback (default 100ms)
-//!     memory_limit: 16m             # cap on the instance's linear memory (default 128m)
+//!     memory_limit: 16m             # cap on the instance's linear memory (default and most: 128m)
 //!     isolation: none               # none: one instance per worker; stream: one per request
 //!     fail_open: false              # true: a failed filter is skipped instead of answering 500
 //!     environment: {TENANT: acme}   # environment variables the module sees (default: none)
@@ -84,7 +84,9 @@ pub fn parse(filter_name: &[u8], config: &[u8]) -> Result<FilterSettings, String
         environment: environment(&map)?,
         memory_limit: match map.get("memory_limit") {
             None => DEFAULT_MEMORY_LIMIT,
-            Some(value) => size(value).ok_or_else(|| invalid("memory_limit", value, "a size such as 16m or 1g"))?,
+            Some(value) => size(value)
+                .filter(|&bytes| bytes <= DEFAULT_MEMORY_LIMIT)
+                .ok_or_else(|| invalid("memory_limit", value, "a size such as 16m, at most 128m"))?,
         },
         ..VmConfig::default()
     };

@@ -28,7 +28,7 @@ pub struct PoolingConfig {
 
 impl Default for PoolingConfig {
     fn default() -> Self {
-        PoolingConfig { max_instances: 256, max_memory: DEFAULT_MEMORY_LIMIT, keep_resident: 1 << 20 }
+        PoolingConfig { max_instances: 1000, max_memory: DEFAULT_MEMORY_LIMIT, keep_resident: 1 << 20 }
     }
 }
 

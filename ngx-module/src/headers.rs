@@ -245,7 +245,14 @@ pub unsafe fn add(r: *mut ngx_http_request_t, side: Side, key: &[u8], value: &[u
         return set_whole_map(r, side, &pairs);
     }
     push(&mut *headers_of(r, side), (*r).pool, key, value)?;
-    refresh_pointers(r, side);
+    // Pushing moves no element: only a header nginx keeps a pointer to needs one.
+    let pointed = match side {
+        Side::Request => &REQUEST_POINTERS[..],
+        Side::Response => &RESPONSE_POINTERS[..],
+    };
+    if pointed.iter().any(|name| key.eq_ignore_ascii_case(name)) {
+        refresh_pointers(r, side);
+    }
     Some(())
 }
 

@@ -151,6 +151,13 @@ extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *m
         let conf = &mut *(conf as *mut WasmConf);
         let default = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
         conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = m.memory_limit.unwrap_or(default));
+        if let Some(m) = conf.modules.iter().find(|m| m.vm_config.memory_limit > DEFAULT_MEMORY_LIMIT) {
+            let message = format!(
+                "memory limit of module \"{}\" ({} bytes) is above what an instance can have ({} bytes)",
+                m.name, m.vm_config.memory_limit, DEFAULT_MEMORY_LIMIT
+            );
+            return conf_error(cf, &message);
+        }
         modules::keep_only(conf.modules.iter().map(|m| &m.module));
         if let Err(message) = declare_default_zones(cf, conf) {
             return conf_error(cf, &message);

@@ -2,12 +2,12 @@
 //! a direct response), running proxy-wasm filters either on this project's module
 //! (`build/libinwasm.so`) or on Envoy's own Wasm filter (V8), as the reference.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::http::{request, try_request, Response};
-use crate::paths::{envoy_binary, envoy_module_dir, scratch_dir};
+use crate::paths::{envoy_binary, envoy_module_dir, root, scratch_dir};
 use crate::ports::free_port;
 
 /// The `http_filters` entry that runs a filter on this project's module; `settings` is the
@@ -89,10 +89,17 @@ impl Envoy {
 
     /// Starts Envoy; `Err` holds its log when it refused the configuration or exited.
     pub fn try_start(setup: &EnvoySetup) -> Result<Envoy, String> {
-        let dir = scratch_dir();
         let (port, admin) = (free_port(), free_port());
-        std::fs::write(dir.join("envoy.yaml"), config(setup, port, admin)).unwrap();
+        Envoy::launch(&config(setup, port, admin), &root(), port, admin, setup.workers.max(1))
+    }
+
+    /// Starts Envoy on a whole configuration `yaml`, from `cwd` (where relative paths in it
+    /// start), serving on `port`, with its admin on `admin`.
+    pub fn launch(yaml: &str, cwd: &Path, port: u16, admin: u16, workers: u32) -> Result<Envoy, String> {
+        let dir = scratch_dir();
+        std::fs::write(dir.join("envoy.yaml"), yaml).unwrap();
         let child = Command::new(envoy_binary())
+            .current_dir(cwd)
             .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", envoy_module_dir())
             .arg("-c")
             .arg(dir.join("envoy.yaml"))
@@ -104,7 +111,7 @@ impl Envoy {
                 "wasm:trace,dynamic_modules:trace",
             ])
             .arg("--concurrency")
-            .arg(setup.workers.max(1).to_string())
+            .arg(workers.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(dir.join("envoy.log")).unwrap()))
             .spawn()

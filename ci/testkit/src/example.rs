@@ -1,7 +1,9 @@
-//! Running an example's nginx.conf as a user would (from the repository root), on free ports.
+//! Running an example's nginx.conf or envoy.yaml as a user would (from the repository
+//! root), on free ports.
 
 use std::collections::BTreeMap;
 
+use crate::envoy::Envoy;
 use crate::http::{request, Response};
 use crate::nginx::Nginx;
 use crate::paths::{module_path, root};
@@ -20,7 +22,7 @@ impl Example {
     pub fn start(name: &str, serves: u16) -> Example {
         let path = root().join("examples").join(name).join("nginx.conf");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let (text, ports) = move_ports(&text);
+        let (text, ports) = move_ports(&text, "127.0.0.1:");
         let text = text
             .lines()
             .map(|line| match line.split_whitespace().next() {
@@ -53,14 +55,51 @@ impl Example {
     }
 }
 
-/// Replaces each `127.0.0.1:PORT` with a free port (the same one for each mention).
-fn move_ports(text: &str) -> (String, BTreeMap<u16, u16>) {
-    const HOST: &str = "127.0.0.1:";
+/// An example's Envoy, started from `examples/<name>/envoy.yaml` with every `port_value: N`
+/// moved to a free port (the module paths in it are relative to the repository root, where
+/// it starts, as the README runs it).
+pub struct EnvoyExample {
+    pub envoy: Envoy,
+    ports: BTreeMap<u16, u16>,
+}
+
+impl EnvoyExample {
+    /// Starts the example, serving on its documented port `serves`, with its admin port.
+    pub fn start(name: &str, serves: u16, admin: u16) -> EnvoyExample {
+        let path = root().join("examples").join(name).join("envoy.yaml");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (text, ports) = move_ports(&text, "port_value: ");
+        let port = |documented: u16| {
+            *ports.get(&documented).unwrap_or_else(|| panic!("{} has no port {documented}", path.display()))
+        };
+        let envoy = Envoy::launch(&text, &root(), port(serves), port(admin), 1)
+            .unwrap_or_else(|log| panic!("{}: envoy did not start:\n{log}", path.display()));
+        EnvoyExample { envoy, ports }
+    }
+
+    pub fn port(&self, documented: u16) -> u16 {
+        self.ports[&documented]
+    }
+
+    pub fn request(
+        &self,
+        documented: u16,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        request(self.port(documented), method, path, headers, body)
+    }
+}
+
+/// Replaces the port after each `prefix` with a free port (the same one for each mention).
+fn move_ports(text: &str, prefix: &str) -> (String, BTreeMap<u16, u16>) {
     let mut ports = BTreeMap::new();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find(HOST) {
-        let (before, after) = rest.split_at(at + HOST.len());
+    while let Some(at) = rest.find(prefix) {
+        let (before, after) = rest.split_at(at + prefix.len());
         out.push_str(before);
         let digits = after.bytes().take_while(u8::is_ascii_digit).count();
         match after[..digits].parse::<u16>() {

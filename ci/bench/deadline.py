@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Deadline precision: the time from a spinning filter's limit to its 500, through nginx and
+through Envoy (both with this project's module), over many requests.
+
+The filter loops forever in `on_request_headers`; the limit is 20 ms. Each request's total
+time less the limit is how late the deadline fired (plus the request's own round trip,
+measured alone with a well-behaved request and shown beside). Prints a markdown table;
+`--json FILE` also writes every sample.
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MISBEHAVE = os.path.join(ROOT, "build", "filters", "filter_misbehave.wasm")
+LIMIT_MS = 20
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit=30):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    sys.exit(f"nothing listens on {port}")
+
+
+def timed_request(port, mode):
+    """One request; the time until its whole response (by Content-Length) is in."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nx-misbehave: {mode}\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += s.recv(65536)
+        head, body = reply.split(b"\r\n\r\n", 1)
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            body += s.recv(65536)
+    elapsed = (time.monotonic() - started) * 1e3
+    return elapsed, int(head.split(b" ", 2)[1])
+
+
+def nginx(work):
+    port = free_port()
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""load_module {ROOT}/build/ngx_http_inwasm_module.so;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log crit;
+events {{ worker_connections 64; }}
+wasm {{ module misbehave {MISBEHAVE}; }}
+http {{
+    access_log off;
+    server {{ listen 127.0.0.1:{port};
+        location / {{ proxy_wasm misbehave ok; proxy_wasm_timeout {LIMIT_MS}ms; return 200 "ok\\n"; }} }}
+}}
+""")
+    subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf], check=True)
+    wait_port(port)
+    return port, lambda: subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf, "-s", "stop"], capture_output=True)
+
+
+def envoy(work):
+    port, admin = free_port(), free_port()
+    path = os.path.join(work, "envoy.yaml")
+    with open(path, "w") as f:
+        f.write(f"""admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: deadline
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200, body: {{inline_string: "ok\\n"}}}}
+          http_filters:
+          - name: inwasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{name: inwasm}}
+              filter_name: proxy_wasm
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.Struct
+                value: {{module: {MISBEHAVE}, configuration: ok, timeout: {LIMIT_MS}ms}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""")
+    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=os.path.join(ROOT, "build"))
+    log = open(os.path.join(work, "envoy.log"), "w")
+    process = subprocess.Popen([os.path.join(ROOT, "target", "envoy", "envoy"), "-c", path, "--concurrency", "1",
+                                "--disable-hot-restart", "--log-level", "critical"], env=env, stdout=log, stderr=log)
+    wait_port(port)
+    return port, lambda: (process.terminate(), process.wait())
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="inwasm-deadline-")
+    results = {}
+    for name, start in (("nginx + inwasm", nginx), ("Envoy + inwasm", envoy)):
+        port, stop = start(work)
+        try:
+            normal = [timed_request(port, "ok")[0] for _ in range(20)]
+            late = []
+            for _ in range(args.requests):
+                elapsed, status = timed_request(port, "spin")
+                if status != 500:
+                    sys.exit(f"{name}: a spinning filter answered {status}, not 500")
+                late.append(elapsed - LIMIT_MS)
+                timed_request(port, "ok")  # the worker serves on
+        finally:
+            stop()
+        results[name] = {"late_ms": late, "normal_ms": statistics.median(normal)}
+    print(f"{args.requests} requests to a filter that loops forever, limit {LIMIT_MS} ms: "
+          "time from the limit to the 500.\n")
+    print("| host | min | median | p90 | p99 | max | a normal request (median) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        late = r["late_ms"]
+        print(f"| {name} | {min(late):.2f} ms | {statistics.median(late):.2f} ms | {percentile(late, 90):.2f} ms | "
+              f"{percentile(late, 99):.2f} ms | {max(late):.2f} ms | {r['normal_ms']:.2f} ms |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make bench`: runs every benchmark in one go and writes docs/benchmarks/README.md (the
+# tables) and its charts. Takes 10 to 20 minutes; run it on a machine doing nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+echo "bench: host micro-benchmarks"
+cargo bench --quiet --locked -p inwasm-host --bench host | grep -E '^(\||Best)' >"$work/micro.md"
+echo "bench: HTTP throughput and latency"
+python3 ci/bench/http.py --json "$work/http.json" >"$work/http.md"
+echo "bench: start-up and density"
+python3 ci/bench/density.py --json "$work/density.json" >"$work/density.md"
+echo "bench: deadline precision"
+python3 ci/bench/deadline.py --json "$work/deadline.json" >"$work/deadline.md"
+python3 ci/bench/report.py "$work"
+echo "bench: wrote docs/benchmarks/README.md"
