@@ -246,3 +246,19 @@ fn metrics_reach_envoy_stats() {
     assert!(stats.contains("dynamicmodulescustom.inflight: 0"), "{stats}");
     assert!(stats.contains("inwasm.metrics.requests_total: 4"), "{stats}");
 }
+
+#[test]
+fn hostile_filter_calls_leave_envoy_serving() {
+    let (envoy, _upstream) = envoy("hostile", "");
+    let with_mode = |mode: &str| envoy.request("GET", "/", &[("x-hostile", mode)], b"");
+    assert_eq!(with_mode("giant-log").status, 200);
+    let many = with_mode("many-headers");
+    assert_eq!((many.status, many.headers.iter().filter(|(k, _)| k.starts_with("x-many-")).count()), (200, 5000));
+    let huge = with_mode("huge-response");
+    assert_eq!((huge.status, huge.body.len()), (200, 8 << 20));
+    let foreign = with_mode("foreign-context");
+    assert!(foreign.text().contains("x-hostile-switch: Err(BadArgument)"), "{}", foreign.text());
+    with_mode("late-calls");
+    let normal = with_mode("none");
+    assert_eq!((normal.status, normal.header("x-hostile")), (200, Some("none")), "{}", envoy.log());
+}

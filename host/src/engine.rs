@@ -6,10 +6,12 @@
 
 use std::sync::Arc;
 
-use wasmtime::{Config, Enabled, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Extern, InstanceAllocationStrategy, Linker, PoolingAllocationConfig, Store, ValType};
 
-use crate::plugin::DEFAULT_MEMORY_LIMIT;
+use crate::limits::MemoryLimiter;
+use crate::plugin::{VmConfig, DEFAULT_MEMORY_LIMIT};
 use crate::session::HostState;
+use crate::types::AbiVersion;
 
 /// Sizes of the pooling allocator, which makes instantiation a matter of microseconds by
 /// reusing pre-reserved slots and copy-on-write memory images.
@@ -91,4 +93,31 @@ impl Engine {
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
     }
+
+    /// Every function the host provides to modules (the proxy-wasm ABI under `env`, WASI under
+    /// `wasi_snapshot_preview1` and `wasi_unstable`), with its type.
+    pub fn host_functions(&self) -> Vec<HostFunction> {
+        let state = HostState::new(AbiVersion::V0_2_1, Arc::new(VmConfig::default()), MemoryLimiter::new(0));
+        let mut store = Store::new(&self.inner.wasmtime, state);
+        let mut found: Vec<(String, String, Extern)> = Vec::new();
+        for (module, name, item) in self.inner.linker.iter(&mut store) {
+            found.push((module.to_string(), name.to_string(), item));
+        }
+        found
+            .into_iter()
+            .filter_map(|(module, name, item)| {
+                let ty = item.into_func()?.ty(&store);
+                Some(HostFunction { module, name, params: ty.params().collect(), results: ty.results().collect() })
+            })
+            .collect()
+    }
+}
+
+/// A function the host provides: where modules import it from, and its type.
+#[derive(Clone, Debug)]
+pub struct HostFunction {
+    pub module: String,
+    pub name: String,
+    pub params: Vec<ValType>,
+    pub results: Vec<ValType>,
 }

@@ -67,6 +67,13 @@ impl<'a, 'b> Guest<'a, 'b> {
         Ok(checked(memory.data(&*self.caller), ptr, len)?.to_vec())
     }
 
+    /// A copy of at most `max` of the `len` bytes at `ptr` (all of which must be in bounds).
+    pub fn read_prefix(&self, ptr: i32, len: i32, max: usize) -> AbiResult<Vec<u8>> {
+        let memory = self.memory()?;
+        let all = checked(memory.data(&*self.caller), ptr, len)?;
+        Ok(all[..all.len().min(max)].to_vec())
+    }
+
     /// A UTF-8 string at `ptr` (invalid UTF-8 is a `BadArgument`).
     pub fn read_string(&self, ptr: i32, len: i32) -> AbiResult<String> {
         String::from_utf8(self.read(ptr, len)?).map_err(|_| Fault::Status(Status::BadArgument))

@@ -29,7 +29,7 @@ mod wasi;
 
 pub use cache::{CacheOutcome, CodeCache};
 pub use embedding::*;
-pub use engine::{Engine, EngineConfig, PoolingConfig};
+pub use engine::{Engine, EngineConfig, HostFunction, PoolingConfig};
 pub use error::{FailureKind, FilterError, LoadError};
 pub use limits::EpochTicker;
 pub use module::Module;

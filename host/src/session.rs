@@ -38,7 +38,6 @@ impl Hasher for IdHasher {
 }
 
 pub(crate) type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
-pub(crate) type IdSet = HashSet<u32, BuildHasherDefault<IdHasher>>;
 
 /// One proxy-wasm context: a plugin's root context or a stream under it.
 pub(crate) struct Context {
@@ -96,8 +95,9 @@ pub(crate) struct HostState {
     pub status: CallStatus,
     /// Calls issued so far, by kind (see `take_token`).
     pub next_token: [u32; 3],
-    /// Tokens of http/gRPC calls this instance issued that have not completed.
-    pub pending_calls: IdSet,
+    /// Http/gRPC calls this instance issued that have not completed: token, and the context
+    /// that issued it (a stream's calls are dropped when it ends, as Envoy cancels them).
+    pub pending_calls: IdMap<u32>,
     pub memory: Option<Memory>,
     pub allocator: Option<TypedFunc<i32, i32>>,
     pub limiter: MemoryLimiter,
@@ -125,7 +125,7 @@ impl HostState {
             call: CallData::default(),
             status: CallStatus { code: Status::Ok as u32, message: Vec::new() },
             next_token: [0; 3],
-            pending_calls: IdSet::default(),
+            pending_calls: IdMap::default(),
             memory: None,
             allocator: None,
             limiter,
@@ -181,7 +181,7 @@ impl HostState {
         let count = &mut self.next_token[kind as usize];
         *count = count.wrapping_add(1).max(1);
         let token = count.wrapping_mul(4).wrapping_add(kind as u32);
-        self.pending_calls.insert(token);
+        self.pending_calls.insert(token, self.effective_context);
         token
     }
 }

@@ -177,7 +177,7 @@ impl Vm {
     }
 
     /// Ends a stream as Envoy 1.40 does: `on_log`, `on_done`, `on_delete`, then drops its
-    /// context.
+    /// context and cancels the calls it made.
     /// A stream whose instance is gone has nothing left to run.
     pub fn finish_stream(&mut self, stream: StreamId) -> Result<(), FilterError> {
         if !self.is_current(stream) {
@@ -188,7 +188,10 @@ impl Vm {
             .into_iter()
             .try_for_each(|callback| self.call(stream.plugin, callback, id, &[id]).map(drop));
         if let Some(live) = &mut self.live {
-            live.store.data_mut().contexts.remove(&id);
+            let state = live.store.data_mut();
+            state.contexts.remove(&id);
+            // Calls the stream made are cancelled with it: their answers will not be delivered.
+            state.pending_calls.retain(|_, context| *context != id);
         }
         result
     }
@@ -349,11 +352,11 @@ impl Vm {
     }
 
     fn has_pending_call(&self, token: u32) -> bool {
-        self.live.as_ref().is_some_and(|live| live.store.data().pending_calls.contains(&token))
+        self.live.as_ref().is_some_and(|live| live.store.data().pending_calls.contains_key(&token))
     }
 
     fn take_pending_call(&mut self, token: u32) -> bool {
-        self.live.as_mut().is_some_and(|live| live.store.data_mut().pending_calls.remove(&token))
+        self.live.as_mut().is_some_and(|live| live.store.data_mut().pending_calls.remove(&token).is_some())
     }
 
     fn state(&mut self) -> &mut HostState {

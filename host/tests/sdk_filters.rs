@@ -169,6 +169,19 @@ fn unknown_call_tokens_are_ignored() {
 }
 
 #[test]
+fn answers_to_calls_of_an_ended_stream_are_dropped() {
+    let (mut h, stream, exchange) = call_filter();
+    let token = h.node.borrow().http_calls[0].0;
+    h.vm.finish_stream(stream).unwrap();
+    let response =
+        HttpCallResponse { headers: pairs(&[(":status", "200")]), body: b"alice".to_vec(), trailers: vec![] };
+    h.vm.on_http_call_response(h.plugin, token, Ok(response)).unwrap();
+    assert!(!h.logs().iter().any(|l| l.starts_with("call ")), "the filter got no answer: {:?}", h.logs());
+    assert!(exchange.borrow().continued.is_empty());
+    assert_eq!(h.vm.stats().traps, 0, "nothing reached the SDK for a context it deleted");
+}
+
+#[test]
 fn http_call_without_upstream_is_refused_to_filter() {
     let mut h = Harness::new(filter("httpcall"), "");
     let (stream, exchange) = h.stream(&get_request_headers());
