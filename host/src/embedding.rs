@@ -139,6 +139,15 @@ pub struct HttpCallRequest {
     pub timeout: Option<Duration>,
 }
 
+/// The response to an http call, handed back with
+/// [`Vm::on_http_call_response`](crate::Vm::on_http_call_response).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpCallResponse {
+    pub headers: Pairs,
+    pub body: Vec<u8>,
+    pub trailers: Pairs,
+}
+
 /// HTTP calls. Asked of the root context's embedding; when the call ends the proxy delivers
 /// the outcome with [`Vm::on_http_call_response`](crate::Vm::on_http_call_response).
 pub trait HttpCalls {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use wasmtime::Trap;
+use wasmtime::{FrameInfo, Trap, WasmBacktrace};
 
 use crate::limits::DeadlineExceeded;
 use crate::wasi::ProcExit;
@@ -99,8 +99,71 @@ pub(crate) fn classify(error: &wasmtime::Error, timeout: Duration, memory_refuse
         return FailureKind::MemoryLimit(limit);
     }
     let message = match error.downcast_ref::<Trap>() {
-        Some(Trap::StackOverflow) => format!("stack overflow\n{error:?}"),
-        _ => format!("{error:?}"),
+        Some(Trap::StackOverflow) => format!("stack overflow: {}", describe(error)),
+        _ => describe(error),
     };
     FailureKind::Trap(message)
+}
+
+/// How many of a failure's innermost and outermost wasm frames its message shows.
+const INNER_FRAMES: usize = 8;
+const OUTER_FRAMES: usize = 4;
+
+/// An error on one line for a log: its causes, outermost first, then the wasm frames it
+/// went through, innermost first (the outermost is the callback the host called). Never the
+/// host's own Rust backtrace, which wasmtime captures when RUST_BACKTRACE is set: that says
+/// nothing about the filter.
+pub(crate) fn describe(error: &wasmtime::Error) -> String {
+    let trace = error.downcast_ref::<WasmBacktrace>();
+    let trace_text = trace.map(|t| t.to_string());
+    let causes: Vec<String> = error
+        .chain()
+        .map(|cause| cause.to_string())
+        .filter(|cause| Some(cause) != trace_text.as_ref())
+        .map(|cause| cause.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let mut line = causes.join(": ");
+    if let Some(frames) = trace.map(WasmBacktrace::frames).filter(|f| !f.is_empty()) {
+        let shown: Vec<String> = if frames.len() > INNER_FRAMES + OUTER_FRAMES {
+            let inner = frames[..INNER_FRAMES].iter().map(frame);
+            let skipped = format!("({} more)", frames.len() - INNER_FRAMES - OUTER_FRAMES);
+            let outer = frames[frames.len() - OUTER_FRAMES..].iter().map(frame);
+            inner.chain(std::iter::once(skipped)).chain(outer).collect()
+        } else {
+            frames.iter().map(frame).collect()
+        };
+        line.push_str("; wasm backtrace: ");
+        line.push_str(&shown.join(" < "));
+    }
+    line
+}
+
+/// A wasm frame as `function@0xoffset` (the offset into the module's bytes), its name
+/// demangled when it is a Rust or C++ symbol.
+fn frame(frame: &FrameInfo) -> String {
+    let name = match frame.func_name() {
+        Some(name) => demangle(name),
+        None => format!("func[{}]", frame.func_index()),
+    };
+    match frame.module_offset() {
+        Some(offset) => format!("{name}@{offset:#x}"),
+        None => name,
+    }
+}
+
+/// The longest function name a message shows (names come from the filter, so any length).
+const NAME_CHARS: usize = 200;
+
+fn demangle(name: &str) -> String {
+    let name = if let Ok(rust) = rustc_demangle::try_demangle(name) {
+        format!("{rust:#}")
+    } else if let Some(cpp) = name.starts_with("_Z").then(|| cpp_demangle::Symbol::new(name).ok()).flatten() {
+        cpp.demangle().unwrap_or_else(|_| name.to_string())
+    } else {
+        name.to_string()
+    };
+    match name.char_indices().nth(NAME_CHARS) {
+        Some((cut, _)) => format!("{}...", &name[..cut]),
+        None => name,
+    }
 }

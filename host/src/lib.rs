@@ -8,31 +8,45 @@
 //! Where to look: `abi/` holds the host functions, one file per ABI area; `wasi.rs` the
 //! sandboxed WASI; `vm.rs` the lifecycle; `module.rs` compilation and vetting; `cache.rs` the
 //! compiled-code cache; `limits.rs` deadlines and memory caps; `session.rs` per-instance state.
+//!
+//! Without its default feature `runtime` the crate is only the ABI's types, wire formats,
+//! configuration and embedding traits, with no wasmtime (for fuzzing them alone).
 
-mod abi;
-mod cache;
-mod callbacks;
 mod embedding;
-mod engine;
-mod error;
-mod guest;
-mod limits;
-mod module;
 mod plugin;
 pub mod serialization;
-mod session;
 pub mod stores;
-pub mod testing;
 mod types;
-mod vm;
-mod wasi;
 
-pub use cache::{CacheOutcome, CodeCache};
+/// Items that need the wasmtime runtime (the `runtime` feature).
+macro_rules! with_runtime {
+    ($($item:item)*) => { $(#[cfg(feature = "runtime")] $item)* };
+}
+
+with_runtime! {
+    mod abi;
+    mod cache;
+    mod callbacks;
+    mod engine;
+    mod error;
+    mod guest;
+    mod limits;
+    mod module;
+    mod session;
+    pub mod testing;
+    mod vm;
+    mod wasi;
+}
+
 pub use embedding::*;
-pub use engine::{Engine, EngineConfig, HostFunction, PoolingConfig};
-pub use error::{FailureKind, FilterError, LoadError};
-pub use limits::EpochTicker;
-pub use module::Module;
 pub use plugin::{PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT};
 pub use types::*;
-pub use vm::{HttpCallResponse, PluginId, StreamId, Vm, VmStats};
+
+with_runtime! {
+    pub use cache::{CacheOutcome, CodeCache};
+    pub use engine::{Engine, EngineConfig, HostFunction, PoolingConfig};
+    pub use error::{FailureKind, FilterError, LoadError};
+    pub use limits::EpochTicker;
+    pub use module::Module;
+    pub use vm::{PluginId, StreamId, Vm, VmStats};
+}

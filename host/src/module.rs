@@ -10,7 +10,7 @@ use wasmtime::{ExternType, InstancePre, Store, ValType};
 use crate::cache::{CacheOutcome, CodeCache};
 use crate::callbacks::CallbackIndex;
 use crate::engine::Engine;
-use crate::error::LoadError;
+use crate::error::{describe, LoadError};
 use crate::limits::MemoryLimiter;
 use crate::plugin::VmConfig;
 use crate::session::HostState;
@@ -39,13 +39,13 @@ impl Module {
             Some(cache) => cache.load_or_compile(engine.wasmtime(), bytes),
             None => wasmtime::Module::new(engine.wasmtime(), bytes).map(|m| (m, CacheOutcome::Disabled)),
         };
-        let (module, cache) = compiled.map_err(|e| LoadError::new(name, format!("invalid WebAssembly: {e:?}")))?;
+        let (module, cache) = compiled.map_err(|e| LoadError::new(name, format!("invalid WebAssembly: {}", describe(&e))))?;
         let abi = abi_version(&module).ok_or_else(|| {
             LoadError::new(name, "not a proxy-wasm filter: no proxy_abi_version_0_1_0, _0_2_0 or _0_2_1 export")
         })?;
         check_exports(&module).map_err(|reason| LoadError::new(name, reason))?;
         check_imports(engine, &module).map_err(|reason| LoadError::new(name, reason))?;
-        let pre = engine.linker().instantiate_pre(&module).map_err(|e| LoadError::new(name, format!("{e:?}")))?;
+        let pre = engine.linker().instantiate_pre(&module).map_err(|e| LoadError::new(name, describe(&e)))?;
         let callbacks = CallbackIndex::new(&module);
         Ok(Arc::new(Module { name: name.to_string(), callbacks, abi, pre, engine: engine.clone(), cache }))
     }

@@ -62,6 +62,7 @@ pub enum Action {
     Pause,
 }
 
+#[cfg(feature = "runtime")]
 impl Action {
     /// A headers or trailers callback's result: 0 Continue and 2 (C++ SDK's
     /// ContinueAndEndStream) continue; 1 and the stop-all values pause.
@@ -188,6 +189,7 @@ pub enum AbiVersion {
 }
 
 impl AbiVersion {
+    #[cfg(feature = "runtime")]
     pub(crate) const MARKERS: [(&'static str, AbiVersion); 3] = [
         ("proxy_abi_version_0_1_0", AbiVersion::V0_1_0),
         ("proxy_abi_version_0_2_0", AbiVersion::V0_2_0),

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use wasmtime::{Func, Store};
 
 use crate::callbacks::{Callback, Callbacks};
-use crate::embedding::Embedding;
-use crate::error::{classify, FailureKind, FilterError};
+use crate::embedding::{Embedding, HttpCallResponse};
+use crate::error::{classify, describe, FailureKind, FilterError};
 use crate::limits::{on_epoch_tick, MemoryLimiter};
 use crate::module::Module;
 use crate::plugin::{PluginConfig, VmConfig};
@@ -31,14 +31,6 @@ pub struct StreamId {
     generation: u64,
     context_id: u32,
     plugin: usize,
-}
-
-/// The response to an http call, handed back with [`Vm::on_http_call_response`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HttpCallResponse {
-    pub headers: Pairs,
-    pub body: Vec<u8>,
-    pub trailers: Pairs,
 }
 
 /// Failures this VM has seen, by kind.
@@ -471,7 +463,7 @@ impl Vm {
             store.epoch_deadline_callback(on_epoch_tick);
         }
         let instance_error = |e: wasmtime::Error| {
-            self.failure(usize::MAX, Callback::ContextCreate, FailureKind::Instantiation(format!("{e:?}")))
+            self.failure(usize::MAX, Callback::ContextCreate, FailureKind::Instantiation(describe(&e)))
         };
         let instance = module.pre.instantiate(&mut store).map_err(instance_error)?;
         let memory = module.callbacks.memory(&instance, &mut store);

@@ -71,6 +71,7 @@ fn panic_is_a_trap_with_the_filters_message() {
     let FailureKind::Trap(message) = result.unwrap_err().kind else { panic!("expected a trap") };
     assert!(message.contains("unreachable"), "{message}");
     assert!(message.contains("proxy_on_request_headers"), "backtrace names the callback: {message}");
+    assert!(!message.contains('\n'), "one line: {message}");
     assert!(h.logs().iter().any(|l| l.contains("misbehave: panic requested")), "{:?}", h.logs());
     assert_eq!(h.vm.stats().traps, 1);
     assert_recovers(&mut h);
