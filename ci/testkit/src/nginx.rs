@@ -123,17 +123,25 @@ impl Nginx {
 
     /// Rewrites the configuration and reloads (SIGHUP), waiting for new workers to serve.
     pub fn reload(&self, main: &str, server: &str) {
+        self.reload_with(1, main, server)
+    }
+
+    /// `reload` with `workers` worker processes.
+    pub fn reload_with(&self, workers: u32, main: &str, server: &str) {
         let http = format!("server {{ listen 127.0.0.1:{}; {server} }}", self.port);
-        std::fs::write(self.dir.join("nginx.conf"), config(&self.dir, 1, main, &http)).unwrap();
+        std::fs::write(self.dir.join("nginx.conf"), config(&self.dir, workers, main, &http)).unwrap();
         let before = self.error_log().matches("start worker process").count();
-        let pid = self.child.as_ref().unwrap().id();
-        Command::new("kill").arg("-HUP").arg(pid.to_string()).status().unwrap();
+        Command::new("kill").arg("-HUP").arg(self.master_pid().to_string()).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.error_log().matches("start worker process").count() == before {
+        while self.error_log().matches("start worker process").count() < before + workers as usize {
             assert!(Instant::now() < deadline, "no reload: {}", self.error_log());
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.child.as_ref().expect("nginx runs").id()
     }
 
     /// The worker pids once `count` workers have started (from the error log).
