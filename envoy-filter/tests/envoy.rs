@@ -223,6 +223,26 @@ fn shared_counter_loses_no_update_across_worker_threads() {
 }
 
 #[test]
+fn shared_data_is_per_vm_id_and_shared_by_filters_that_name_the_same() {
+    let counters = |vm_ids: [&str; 2]| {
+        let upstream = EchoUpstream::start();
+        let filters = vm_ids.iter().map(|id| inwasm_filter(&settings("shared", &format!(r#""vm_id": "{id}""#))));
+        let setup = EnvoySetup { filters: filters.collect(), upstream: Some(upstream.port), ..Default::default() };
+        let envoy = Envoy::start(&setup);
+        let hits = || {
+            let response = envoy.get("/");
+            let mut seen: Vec<String> =
+                response.headers.iter().filter(|(k, _)| k == "x-hits").map(|(_, v)| v.clone()).collect();
+            seen.sort();
+            seen.join(",")
+        };
+        (hits(), hits())
+    };
+    assert_eq!(counters(["tenant-a", "tenant-b"]), ("1,1".to_string(), "2,2".to_string()), "one counter each");
+    assert_eq!(counters(["same", "same"]), ("1,2".to_string(), "3,4".to_string()), "one counter for both");
+}
+
+#[test]
 fn queue_items_reach_the_main_threads_registrant() {
     let (envoy, _upstream) = envoy_with("queue", "", 2);
     for i in 0..10 {

@@ -409,11 +409,11 @@ fn kv_zone(key: &[u8]) -> HostResult<&'static KvZone> {
 }
 
 fn shared_data_get(vm_id: &str, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
-    shared_data::get(kv_zone(key)?, &shared_data::namespaced(vm_id, key))
+    shared_data::get(kv_zone(key)?, vm_id, key)
 }
 
 fn shared_data_set(vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
-    shared_data::set(kv_zone(key)?, &shared_data::namespaced(vm_id, key), value, cas)
+    shared_data::set(kv_zone(key)?, vm_id, key, value, cas)
 }
 impl SharedQueues for StreamEmbedding {
     fn resolve_shared_queue(&mut self, vm_id: &[u8], name: &[u8]) -> HostResult<Option<u32>> {

@@ -1,8 +1,10 @@
 //! Shared data (`proxy_get/set_shared_data`) in nginx shared memory, seen by every worker.
 //!
-//! `shm_kv NAME SIZE [eviction=lru|none]` in `wasm {}` declares a zone; keys `NAME/...` live
-//! in it, all others in the default zone (`shm_kv * SIZE`, or 1m when not declared). Keys are
-//! namespaced by the module (its VM id), so tenants never see each other's data. Semantics are
+//! `shm_kv NAME SIZE [eviction=lru|none] [namespace=module|shared]` in `wasm {}` declares a
+//! zone; keys `NAME/...` live in it, all others in the default zone (`shm_kv * SIZE`, or 1m
+//! when not declared). Keys are namespaced by the module (its VM id), so tenants never see
+//! each other's data, unless the zone says `namespace=shared`: then every module reads and
+//! writes the same keys (modules that cooperate, as filters sharing a VM id do in Envoy). Semantics are
 //! Envoy's: a write with cas 0 always succeeds, a write with another key's cas fails with
 //! `CasMismatch`, every write gives the key a new cas. When a zone is full the least recently
 //! used keys are evicted (or, with `eviction=none`, the write fails).
@@ -33,12 +35,46 @@ pub struct KvStore {
     evict: bool,
 }
 
-pub type KvZone = ShmZone<KvStore>;
+/// A `shm_kv` zone: its store in shared memory, and whose keys it holds apart.
+pub struct KvZone {
+    /// Boxed: nginx's shared memory zone points at it.
+    store: Box<ShmZone<KvStore>>,
+    per_module: bool,
+}
+
+/// What a `shm_kv` line chose besides its name and size.
+pub struct KvOptions {
+    /// Evict the least recently used keys when full (`eviction=lru`) or fail the write.
+    pub evict: bool,
+    /// Each module has its own keys (`namespace=module`) or all share them (`shared`).
+    pub per_module: bool,
+}
+
+impl Default for KvOptions {
+    fn default() -> Self {
+        KvOptions { evict: true, per_module: true }
+    }
+}
 
 /// Declares a `shm_kv` zone.
-pub unsafe fn declare(cf: *mut ngx_conf_t, name: &str, size: usize, evict: bool) -> Result<Box<KvZone>, String> {
-    let build = if evict { build_evicting } else { build_strict };
-    ShmZone::declare(cf, "kv", name, size, build)
+pub unsafe fn declare(cf: *mut ngx_conf_t, name: &str, size: usize, options: KvOptions) -> Result<KvZone, String> {
+    let build = if options.evict { build_evicting } else { build_strict };
+    Ok(KvZone { store: ShmZone::declare(cf, "kv", name, size, build)?, per_module: options.per_module })
+}
+
+impl KvZone {
+    pub fn name(&self) -> &str {
+        &self.store.name
+    }
+
+    /// The key as stored: the module's VM id, a NUL, then the filter's key (in a zone that
+    /// holds modules apart).
+    fn stored_key(&self, vm_id: &str, key: &[u8]) -> Vec<u8> {
+        match self.per_module {
+            true => [vm_id.as_bytes(), b"\0", key].concat(),
+            false => key.to_vec(),
+        }
+    }
 }
 
 fn build_evicting(pool: SlabPool) -> Option<KvStore> {
@@ -54,8 +90,11 @@ fn build(pool: SlabPool, evict: bool) -> Option<KvStore> {
     Some(KvStore { map, next_cas: 0, clock: AtomicU64::new(0), evict })
 }
 
-pub fn get(zone: &KvZone, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
-    let store = zone.read()?;
+/// Key `key` of module `vm_id`: its value and cas.
+pub fn get(zone: &KvZone, vm_id: &str, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
+    let key = zone.stored_key(vm_id, key);
+    let key = key.as_slice();
+    let store = zone.store.read()?;
     let now = store.clock.fetch_add(1, Ordering::Relaxed);
     Ok(store.map.get(key).map(|entry| {
         entry.used.store(now, Ordering::Relaxed);
@@ -63,8 +102,11 @@ pub fn get(zone: &KvZone, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
     }))
 }
 
-pub fn set(zone: &KvZone, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
-    let mut store = zone.write()?;
+/// Writes key `key` of module `vm_id` if `cas` is 0 or the key's current cas.
+pub fn set(zone: &KvZone, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
+    let key = zone.stored_key(vm_id, key);
+    let key = key.as_slice();
+    let mut store = zone.store.write()?;
     if let Some(entry) = store.map.get(key) {
         if cas != 0 && cas != entry.cas {
             return Err(Status::CasMismatch);
@@ -102,15 +144,10 @@ impl KvStore {
 }
 
 /// The zone a key belongs to: `NAME/...` goes to zone NAME when declared, else the default.
-pub fn zone_for<'a>(zones: &'a [Box<KvZone>], key: &[u8]) -> Option<&'a KvZone> {
+pub fn zone_for<'a>(zones: &'a [KvZone], key: &[u8]) -> Option<&'a KvZone> {
     let named = key.iter().position(|b| *b == b'/').and_then(|slash| {
         let prefix = &key[..slash];
-        zones.iter().find(|z| z.name.as_bytes() == prefix)
+        zones.iter().find(|z| z.name().as_bytes() == prefix)
     });
-    named.or_else(|| zones.iter().find(|z| z.name == "*")).map(|z| &**z)
-}
-
-/// The key as stored: the module's VM id, a NUL, then the filter's key.
-pub fn namespaced(vm_id: &str, key: &[u8]) -> Vec<u8> {
-    [vm_id.as_bytes(), b"\0", key].concat()
+    named.or_else(|| zones.iter().find(|z| z.name() == "*"))
 }

@@ -7,7 +7,8 @@
 //!     memory_limit SIZE;                      # default cap of each instance's linear memory
 //!     module_memory_limit NAME SIZE;          # that module's own cap
 //!     module_env NAME VAR[=VALUE] ...;        # environment the module sees (default: none)
-//!     shm_kv NAME|* SIZE [eviction=lru|none]; # shared data zone (default: `*`, 1m, lru)
+//!     shm_kv NAME|* SIZE [eviction=lru|none] [namespace=module|shared];
+//!                                             # shared data zone (default: `*`, 1m, lru, module)
 //!     shm_queue NAME|* SIZE;                  # shared queue zone (default: `*`, 1m)
 //!     cache_dir PATH|off;                     # compiled-code cache (before the modules)
 //! }
@@ -30,7 +31,7 @@ use ngx::ngx_string;
 use crate::ffi::bytes;
 use crate::metrics::{self, MetricZone};
 use crate::modules;
-use crate::shared_data::{self, KvZone};
+use crate::shared_data::{self, KvOptions, KvZone};
 use crate::shared_queues::{self, QueueZone};
 use crate::worker;
 
@@ -60,9 +61,8 @@ pub struct FilterDecl {
 pub struct WasmConf {
     pub modules: Vec<ModuleDecl>,
     pub filters: Vec<FilterDecl>,
+    pub kv_zones: Vec<KvZone>,
     /// Boxed: nginx's shared memory zones point at them.
-    #[allow(clippy::vec_box)]
-    pub kv_zones: Vec<Box<KvZone>>,
     #[allow(clippy::vec_box)]
     pub queue_zones: Vec<Box<QueueZone>>,
     pub metric_zone: Option<Box<MetricZone>>,
@@ -196,7 +196,7 @@ unsafe extern "C" fn block_directive(
             }
             Ok(())
         }),
-        (b"shm_kv", 3 | 4) => declare_kv_zone(cf, conf, &args),
+        (b"shm_kv", 3..=5) => declare_kv_zone(cf, conf, &args),
         (b"cache_dir", 2) if conf.cache.is_some() => {
             Err("cache_dir must come before the first module (which is compiled where it stands)".to_string())
         }
@@ -304,25 +304,30 @@ unsafe fn declare_kv_zone(cf: *mut ngx_conf_t, conf: &mut WasmConf, args: &[&[u8
     let name = String::from_utf8_lossy(args[1]).into_owned();
     let size =
         parse_size(args[2]).ok_or_else(|| format!("invalid shm_kv size \"{}\"", String::from_utf8_lossy(args[2])))?;
-    let evict = match args.get(3).copied() {
-        None | Some(b"eviction=lru") => true,
-        Some(b"eviction=none") => false,
-        Some(other) => {
-            return Err(format!(
-                "invalid shm_kv option \"{}\": use eviction=lru or eviction=none",
-                String::from_utf8_lossy(other)
-            ))
+    let mut options = KvOptions::default();
+    for option in &args[3..] {
+        match *option {
+            b"eviction=lru" => options.evict = true,
+            b"eviction=none" => options.evict = false,
+            b"namespace=module" => options.per_module = true,
+            b"namespace=shared" => options.per_module = false,
+            other => {
+                return Err(format!(
+                    "invalid shm_kv option \"{}\": use eviction=lru|none or namespace=module|shared",
+                    String::from_utf8_lossy(other)
+                ))
+            }
         }
-    };
-    conf.kv_zones.push(shared_data::declare(cf, &name, size, evict)?);
+    }
+    conf.kv_zones.push(shared_data::declare(cf, &name, size, options)?);
     Ok(())
 }
 
 /// The default shared data and queue zones (unless the block declared its own) and the
 /// metrics zone.
 unsafe fn declare_default_zones(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result<(), String> {
-    if !conf.kv_zones.iter().any(|z| z.name == "*") {
-        conf.kv_zones.push(shared_data::declare(cf, "*", shared_data::DEFAULT_ZONE_SIZE, true)?);
+    if !conf.kv_zones.iter().any(|z| z.name() == "*") {
+        conf.kv_zones.push(shared_data::declare(cf, "*", shared_data::DEFAULT_ZONE_SIZE, KvOptions::default())?);
     }
     if !conf.queue_zones.iter().any(|z| z.name == "*") {
         conf.queue_zones.push(shared_queues::declare(cf, "*", shared_queues::DEFAULT_ZONE_SIZE)?);

@@ -222,6 +222,20 @@ fn shared_data_is_namespaced_per_module() {
 }
 
 #[test]
+fn a_shared_namespace_zone_is_seen_by_every_module() {
+    let nginx = shared_counter(
+        1,
+        &format!(
+            "module tenant_a {f}; module tenant_b {f}; shm_kv * 64k namespace=shared eviction=none;",
+            f = filter("shared")
+        ),
+        "location /a { proxy_wasm tenant_a; proxy_pass UPSTREAM; }
+         location /b { proxy_wasm tenant_b; proxy_pass UPSTREAM; }",
+    );
+    assert_eq!((hits(&nginx, "/a"), hits(&nginx, "/b"), hits(&nginx, "/a")), (1, 2, 3));
+}
+
+#[test]
 fn ticks_store_shared_data() {
     let nginx = Nginx::start(
         &format!("wasm {{ module ticker {}; shm_kv * 64k; }}", filter("ticker")),

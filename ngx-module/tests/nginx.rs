@@ -391,6 +391,11 @@ fn config_errors_name_the_file_and_reason() {
         ),
         ("wasm { modul x y; }".to_string(), String::new(), "unknown directive \"modul\" in wasm block".to_string()),
         ("wasm { memory_limit lots; }".to_string(), String::new(), "invalid memory_limit \"lots\"".to_string()),
+        (
+            "wasm { shm_kv * 64k namespace=global; }".to_string(),
+            String::new(),
+            "invalid shm_kv option \"namespace=global\"".to_string(),
+        ),
     ];
     for (main, http, expected) in cases {
         let (ok, output) = nginx_test(&main, &http);

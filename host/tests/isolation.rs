@@ -1,0 +1,92 @@
+//! Nothing of one instance reaches another: not its linear memory (even through a reused
+//! pooling slot, reset in place), not the properties it set. Two modules or two instances
+//! of one module alike.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use inwasm_host::*;
+
+/// Looks at memory a fresh instance must see as zeros (page 0, page 1 and 3 MiB in, past
+/// what a freed slot keeps resident) and at property `secret`, reports both as request
+/// headers `x-dirty` (0 or 1) and `x-secret-status`, then leaves a secret in all of them.
+const SNOOP: &str = r#"(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_property" (func $get_property (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_property" (func $set_property (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $size i32) (result i32)
+    (global.get $heap) (global.set $heap (i32.add (global.get $heap) (local.get $size))))
+  (data (i32.const 1000) "x-dirty")
+  (data (i32.const 1010) "x-secret-status")
+  (data (i32.const 1030) "secret")
+  (data (i32.const 1040) "s3cret")
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $dirty i64)
+    (if (i32.lt_u (memory.size) (i32.const 64)) (then (drop (memory.grow (i32.sub (i32.const 64) (memory.size))))))
+    (local.set $dirty (i64.or (i64.load (i32.const 60000))
+      (i64.or (i64.load (i32.const 70000)) (i64.load (i32.const 3145728)))))
+    (i32.store8 (i32.const 1100) (select (i32.const 49) (i32.const 48) (i64.ne (local.get $dirty) (i64.const 0))))
+    (drop (call $add (i32.const 0) (i32.const 1000) (i32.const 7) (i32.const 1100) (i32.const 1)))
+    (i32.store8 (i32.const 1101)
+      (i32.add (i32.const 48) (call $get_property (i32.const 1030) (i32.const 6) (i32.const 2000) (i32.const 2004))))
+    (drop (call $add (i32.const 0) (i32.const 1010) (i32.const 15) (i32.const 1101) (i32.const 1)))
+    (i64.store (i32.const 60000) (i64.const 0x5ec7e7))
+    (i64.store (i32.const 70000) (i64.const 0x5ec7e7))
+    (i64.store (i32.const 3145728) (i64.const 0x5ec7e7))
+    (drop (call $set_property (i32.const 1030) (i32.const 6) (i32.const 1040) (i32.const 6)))
+    (i32.const 0))
+)"#;
+
+const NOT_FOUND: &str = "1";
+
+/// An engine with a single pooling slot, so every new instance reuses the last one's.
+fn one_slot_engine() -> Engine {
+    let pooling = PoolingConfig { max_instances: 1, ..PoolingConfig::default() };
+    Engine::new(EngineConfig { deadlines: false, pooling: Some(pooling) }).expect("engine")
+}
+
+/// One request through a fresh VM of `module`: what it saw (`x-dirty`, `x-secret-status`).
+fn snoop(module: &Arc<Module>) -> (String, String) {
+    let mut h = Harness::new(module.clone(), "");
+    let (stream, exchange) = h.stream(&get_request_headers());
+    h.vm.on_request_headers(stream, true).unwrap();
+    let seen = (request_header(&exchange, "x-dirty").unwrap(), request_header(&exchange, "x-secret-status").unwrap());
+    // A second request on the same instance sees its memory (one instance's own), but not
+    // the first request's property.
+    let (stream, exchange) = h.stream(&get_request_headers());
+    h.vm.on_request_headers(stream, true).unwrap();
+    assert_eq!(request_header(&exchange, "x-dirty").as_deref(), Some("1"), "the probe wrote its secret");
+    assert_eq!(request_header(&exchange, "x-secret-status").as_deref(), Some(NOT_FOUND), "properties are per stream");
+    seen
+}
+
+#[test]
+fn a_reused_slot_shows_nothing_of_its_last_instance() {
+    let engine = one_slot_engine();
+    let tenant_a = Module::new(&engine, "tenant-a", SNOOP.as_bytes(), None).unwrap();
+    let tenant_b = Module::new(&engine, "tenant-b", SNOOP.as_bytes(), None).unwrap();
+    for (round, module) in [&tenant_a, &tenant_b, &tenant_a, &tenant_a, &tenant_b].into_iter().enumerate() {
+        assert_eq!(snoop(module), ("0".to_string(), NOT_FOUND.to_string()), "instance {round} ({})", module.name());
+    }
+}
+
+#[test]
+fn two_modules_alive_at_once_see_only_their_own() {
+    let tenant_a = wat("tenant-a", SNOOP);
+    let tenant_b = wat("tenant-b", SNOOP);
+    let mut a = Harness::new(tenant_a, "");
+    let mut b = Harness::new(tenant_b, "");
+    for h in [&mut a, &mut b] {
+        let (stream, exchange) = h.stream(&get_request_headers());
+        h.vm.on_request_headers(stream, true).unwrap();
+        assert_eq!(request_header(&exchange, "x-dirty").as_deref(), Some("0"), "{}", h.vm.module().name());
+    }
+}
