@@ -8,7 +8,7 @@ NGINX ?= debian
 # `make test` covers both nginx builds unless NGINX is given on the command line.
 TEST_NGINX ?= $(if $(filter command line,$(origin NGINX)),$(NGINX),debian 1.28)
 
-.PHONY: all setup filters build demo test bench fmt clippy clean
+.PHONY: all setup filters build demo test bench fuzz soak asan fmt clippy clean
 all: build
 
 setup:
@@ -29,9 +29,23 @@ test: setup filters
 	  echo "== tests against nginx $$flavor"; \
 	  INWASM_NGINX=$$flavor bash ci/build.sh && INWASM_NGINX=$$flavor bash ci/test.sh || exit 1; \
 	done
+	@echo "== fuzz targets, briefly"
+	@FUZZ_SECONDS=10 bash ci/fuzz.sh
 
 bench: build
 	@bash ci/bench/run.sh
+
+# Each fuzz target for 5 minutes (FUZZ_SECONDS to change it).
+fuzz: setup
+	@FUZZ_SECONDS=$${FUZZ_SECONDS:-300} bash ci/fuzz.sh
+
+# Mixed good and misbehaving traffic for 10 minutes, with reloads (SOAK_SECONDS to change it).
+soak: build
+	@INWASM_NGINX=$(NGINX) python3 ci/soak.py --seconds $${SOAK_SECONDS:-600}
+
+# The host's tests built with AddressSanitizer.
+asan: setup filters
+	@bash ci/asan.sh
 
 fmt:
 	cargo fmt --all

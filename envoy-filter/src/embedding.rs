@@ -99,16 +99,19 @@ macro_rules! common_capabilities {
     };
 }
 
-/// Where a root context's events reach it: its VM and plugin, known once it is started.
+/// A root context: its VM (not kept alive by the link) and plugin.
+type RootTarget = (Weak<RefCell<Vm>>, PluginId);
+
+/// Where a root context's events reach it, known once it is started.
 #[derive(Clone, Default)]
-pub struct RootLink(Rc<RefCell<Option<(Weak<RefCell<Vm>>, PluginId)>>>);
+pub struct RootLink(Rc<RefCell<Option<RootTarget>>>);
 
 impl RootLink {
     pub fn bind(&self, vm: &Rc<RefCell<Vm>>, plugin: PluginId) {
         *self.0.borrow_mut() = Some((Rc::downgrade(vm), plugin));
     }
 
-    fn target(&self) -> Option<(Weak<RefCell<Vm>>, PluginId)> {
+    fn target(&self) -> Option<RootTarget> {
         self.0.borrow().clone()
     }
 }

@@ -293,7 +293,7 @@ pub unsafe extern "C" fn resume_response(event: *mut ngx_event_t) {
             // An answer in place of the held response; what is left of that is swallowed.
             let Some(local) = apply_local_response(r, ctx) else { return NGX_ERROR as ngx_int_t };
             ctx.replacement_body = Some(local.clone());
-            last.then_some(Output::Send(local)).unwrap_or(Output::Hold)
+            if last { Output::Send(local) } else { Output::Hold }
         } else {
             filter_body(r, ctx, held, last)
         };
@@ -319,7 +319,7 @@ pub unsafe extern "C" fn resume_response(event: *mut ngx_event_t) {
         (*(*r).connection).set_error(1);
     }
     // nginx finished the request while it was held and waits in its writer: let it go on.
-    if (*r).http_state() == ngx::ffi::ngx_http_state_e_NGX_HTTP_WRITING_REQUEST_STATE as u32 {
+    if (*r).http_state() == ngx::ffi::ngx_http_state_e_NGX_HTTP_WRITING_REQUEST_STATE {
         if let Some(writer) = (*r).write_event_handler {
             writer(r);
         }
