@@ -110,9 +110,9 @@ const INNER_FRAMES: usize = 8;
 const OUTER_FRAMES: usize = 4;
 
 /// An error on one line for a log: its causes, outermost first, then the wasm frames it
-/// went through, innermost first (the outermost is the callback the host called). Never the
-/// host's own Rust backtrace, which wasmtime captures when RUST_BACKTRACE is set: that says
-/// nothing about the filter.
+/// went through, innermost first (the outermost, unless the trace was cut, is the callback
+/// the host called). Never the host's own Rust backtrace, which wasmtime captures when
+/// RUST_BACKTRACE is set: that says nothing about the filter.
 pub(crate) fn describe(error: &wasmtime::Error) -> String {
     let trace = error.downcast_ref::<WasmBacktrace>();
     let trace_text = trace.map(|t| t.to_string());

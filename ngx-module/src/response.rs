@@ -293,7 +293,11 @@ pub unsafe extern "C" fn resume_response(event: *mut ngx_event_t) {
             // An answer in place of the held response; what is left of that is swallowed.
             let Some(local) = apply_local_response(r, ctx) else { return NGX_ERROR as ngx_int_t };
             ctx.replacement_body = Some(local.clone());
-            if last { Output::Send(local) } else { Output::Hold }
+            if last {
+                Output::Send(local)
+            } else {
+                Output::Hold
+            }
         } else {
             filter_body(r, ctx, held, last)
         };
