@@ -400,7 +400,6 @@ impl Vm {
         state.deadline = timeout.map(|t| Instant::now() + t);
         state.limiter.refused = false;
         state.local_response_sent = false;
-        state.local_response_sent = false;
         if deadlines {
             live.store.set_epoch_deadline(1);
         }
