@@ -22,19 +22,13 @@ import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAVOR = os.environ.get("INWASM_NGINX", "debian")
-NGINX = "/usr/sbin/nginx" if FLAVOR == "debian" else os.path.join(ROOT, "target/nginx", FLAVOR, "objs/nginx")
-MODULE = os.path.join(ROOT, "build", "ngx_http_inwasm_module.so" if FLAVOR == "debian"
-                      else f"ngx_http_inwasm_module-{FLAVOR}.so")
-FILTERS = os.path.join(ROOT, "build", "filters")
+from servers import FILTERS, NGINX, NGINX_MODULE, children, free_port, rss_kib
 
 # The misbehaving requests: the limits example fails on these path endings.
 BAD_PATHS = ["/bad/loop", "/bad/hog", "/bad/panic", "/bad/recurse",
@@ -58,17 +52,11 @@ end
 RSS_SLACK_KIB = 8 * 1024
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_config(work, port, upstream, variant, broken=False):
     """The configuration `variant` ("a" or "b") sets x-soak to; `broken` adds an invalid module."""
     broken_module = f"module broken {work}/broken.wasm;" if broken else ""
     with open(os.path.join(work, "nginx.conf"), "w") as f:
-        f.write(f"""load_module {MODULE};
+        f.write(f"""load_module {NGINX_MODULE};
 worker_processes 2;
 pid {work}/nginx.pid;
 error_log {work}/error.log warn;
@@ -122,24 +110,26 @@ def master_pid(work):
         return int(f.read())
 
 
-def workers(master):
-    """The master's worker processes (shutting-down ones included)."""
-    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
-    return sorted(int(p) for p in out.split())
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+# The soak's modules: a worker keeps one memory image open for each it has instantiated.
+MODULES = ("good", "limits")
 
 
 def open_files(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """What `pid` has open: (memory images, everything else). A worker opens a module's
+    memory image at its first instance of it, which the warm-up may not have reached."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    images = sum("wasm-memory-image" in target for target in targets)
+    return images, len(targets) - images
 
 
 def snapshot(master):
     time.sleep(2)  # connections of the load just ended close
-    pids = workers(master)
+    pids = children(master)
     return {"master_rss": rss_kib(master), "master_fds": open_files(master), "workers": pids,
             "worker_rss": {p: rss_kib(p) for p in pids}, "worker_fds": {p: open_files(p) for p in pids}}
 
@@ -213,9 +203,11 @@ def steady_phase(work, port, seconds, failures):
     for pid in before["workers"]:
         if pid in after["workers"]:
             check_flat(f"worker {pid} RSS", before["worker_rss"][pid], after["worker_rss"][pid], failures)
-            if after["worker_fds"][pid] != before["worker_fds"][pid]:
-                failures.append(f"worker {pid} open files {before['worker_fds'][pid]} -> {after['worker_fds'][pid]}")
-    print(f"  workers {before['workers']} -> {after['workers']}, open files "
+            (_, others_before), (images, others) = before["worker_fds"][pid], after["worker_fds"][pid]
+            if others != others_before or images > len(MODULES):
+                failures.append(f"worker {pid} open files {others_before} -> {others}, "
+                                f"{images} memory images for {len(MODULES)} modules")
+    print(f"  workers {before['workers']} -> {after['workers']}, open files (memory images, others) "
           f"{before['worker_fds']} -> {after['worker_fds']}")
 
 
@@ -236,7 +228,7 @@ def reload_loop(work, port, upstream, stop, counts):
 def settle(master, count=2, limit=30):
     """Waits for shutting-down workers to leave, then for the master to free old cycles."""
     deadline = time.monotonic() + limit
-    while len(workers(master)) > count and time.monotonic() < deadline:
+    while len(children(master)) > count and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -269,7 +261,7 @@ def reload_phase(work, port, upstream, seconds, failures):
     settle(master)
     after = snapshot(master)
     check_flat("master RSS", middle["master_rss"], after["master_rss"], failures)
-    print(f"  master RSS before reloads {before['master_rss']} KiB; open files "
+    print(f"  master RSS before reloads {before['master_rss']} KiB; open files (memory images, others) "
           f"{before['master_fds']} -> {middle['master_fds']} -> {after['master_fds']}")
     if after["master_fds"] != before["master_fds"]:
         failures.append(f"master open files {before['master_fds']} -> {after['master_fds']}")

@@ -18,26 +18,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-MISBEHAVE = os.path.join(ROOT, "build", "filters", "filter_misbehave.wasm")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from servers import FILTERS, NGINX, NGINX_MODULE, envoy_yaml, free_port, inwasm_filter, start_envoy, wait_port  # noqa: E402
+
+MISBEHAVE = os.path.join(FILTERS, "filter_misbehave.wasm")
 LIMIT_MS = 20
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, limit=30):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    sys.exit(f"nothing listens on {port}")
 
 
 def timed_request(port, mode):
@@ -61,7 +46,7 @@ def nginx(work):
     port = free_port()
     conf = os.path.join(work, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(f"""load_module {ROOT}/build/ngx_http_inwasm_module.so;
+        f.write(f"""load_module {NGINX_MODULE};
 worker_processes 1;
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log crit;
@@ -73,51 +58,18 @@ http {{
         location / {{ proxy_wasm misbehave ok; proxy_wasm_timeout {LIMIT_MS}ms; return 200 "ok\\n"; }} }}
 }}
 """)
-    subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf], check=True)
+    subprocess.run([NGINX, "-p", work, "-c", conf], check=True)
     wait_port(port)
-    return port, lambda: subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf, "-s", "stop"], capture_output=True)
+    return port, lambda: subprocess.run([NGINX, "-p", work, "-c", conf, "-s", "stop"], capture_output=True)
 
 
 def envoy(work):
     port, admin = free_port(), free_port()
     path = os.path.join(work, "envoy.yaml")
+    inwasm = inwasm_filter(f"{{module: {MISBEHAVE}, configuration: ok, timeout: {LIMIT_MS}ms}}")
     with open(path, "w") as f:
-        f.write(f"""admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: deadline
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                direct_response: {{status: 200, body: {{inline_string: "ok\\n"}}}}
-          http_filters:
-          - name: inwasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {{name: inwasm}}
-              filter_name: proxy_wasm
-              filter_config:
-                "@type": type.googleapis.com/google.protobuf.Struct
-                value: {{module: {MISBEHAVE}, configuration: ok, timeout: {LIMIT_MS}ms}}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-""")
-    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=os.path.join(ROOT, "build"))
-    log = open(os.path.join(work, "envoy.log"), "w")
-    process = subprocess.Popen([os.path.join(ROOT, "target", "envoy", "envoy"), "-c", path, "--concurrency", "1",
-                                "--disable-hot-restart", "--log-level", "critical"], env=env, stdout=log, stderr=log)
+        f.write(envoy_yaml(port, admin, "ok\\n", [inwasm], "deadline"))
+    process = start_envoy(path, os.path.join(work, "envoy.log"), "critical")
     wait_port(port)
     return port, lambda: (process.terminate(), process.wait())
 

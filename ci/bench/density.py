@@ -20,7 +20,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from servers import NGINX, NGINX_MODULE, children, free_port, rss_kib, wait_port  # noqa: E402
 
 FILTER = """(module
   (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
@@ -36,12 +37,6 @@ FILTER = """(module
     (drop (call $add (i32.const 2) (i32.const 16) (i32.const 8) (i32.const 32) (i32.const {length})))
     (i32.const 0)))
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(work, count, port, module_so):
@@ -76,30 +71,6 @@ def timed(args):
     return time.monotonic() - started
 
 
-def wait_port(port, limit=600):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.01)
-    sys.exit(f"nginx did not listen on {port}")
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def children(pid):
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
 def first_request(port, path):
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port)) as s:
@@ -117,7 +88,7 @@ def start(nginx, work, conf, port):
     """Starts nginx; returns (seconds until it serves, master pid)."""
     started = time.monotonic()
     subprocess.run([nginx, "-p", work, "-c", conf], check=True, capture_output=True)
-    wait_port(port)
+    wait_port(port, limit=600)
     # Serving means a worker took the connection: ask once so the worker is surely up.
     first_request(port, "/t0")
     elapsed = time.monotonic() - started
@@ -161,8 +132,8 @@ def measure(nginx, module_so, count):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--counts", default="1,100,1000,10000")
-    parser.add_argument("--nginx", default="/usr/sbin/nginx")
-    parser.add_argument("--module", default=os.path.join(ROOT, "build", "ngx_http_inwasm_module.so"))
+    parser.add_argument("--nginx", default=NGINX)
+    parser.add_argument("--module", default=NGINX_MODULE)
     parser.add_argument("--json")
     args = parser.parse_args()
     rows = [measure(args.nginx, args.module, int(n)) for n in args.counts.split(",")]

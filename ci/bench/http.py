@@ -14,33 +14,16 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-FILTER = os.path.join(ROOT, "build", "filters", "filter_one_header.wasm")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from servers import FILTERS, NGINX, NGINX_MODULE, envoy_yaml, free_port, inwasm_filter, start_envoy, wait_port  # noqa: E402
+
+FILTER = os.path.join(FILTERS, "filter_one_header.wasm")
 BODY = "hello\\n"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, limit=30):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    sys.exit(f"nothing listens on {port}")
 
 
 def nginx_servers(work):
@@ -53,7 +36,7 @@ def nginx_servers(work):
                         for n, v in variants.items())
     conf = os.path.join(work, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(f"""load_module {ROOT}/build/ngx_http_inwasm_module.so;
+        f.write(f"""load_module {NGINX_MODULE};
 worker_processes 1;
 worker_cpu_affinity 01;
 pid {work}/nginx.pid;
@@ -65,38 +48,10 @@ http {{
 {servers}
 }}
 """)
-    subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf], check=True)
+    subprocess.run([NGINX, "-p", work, "-c", conf], check=True)
     for port in ports.values():
         wait_port(port)
-    return ports, lambda: subprocess.run(["/usr/sbin/nginx", "-p", work, "-c", conf, "-s", "stop"], capture_output=True)
-
-
-def envoy_yaml(port, admin, http_filter):
-    filters = (http_filter + "\n") if http_filter else ""
-    return f"""admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                direct_response: {{status: 200, body: {{inline_string: "{BODY}"}}}}
-          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"""
+    return ports, lambda: subprocess.run([NGINX, "-p", work, "-c", conf, "-s", "stop"], capture_output=True)
 
 
 V8_FILTER = f"""          - name: envoy.filters.http.wasm
@@ -106,29 +61,18 @@ V8_FILTER = f"""          - name: envoy.filters.http.wasm
                 name: one
                 vm_config: {{vm_id: one, runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: {FILTER}}}}}}}"""
 
-INWASM_FILTER = f"""          - name: inwasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {{name: inwasm}}
-              filter_name: proxy_wasm
-              filter_config:
-                "@type": type.googleapis.com/google.protobuf.Struct
-                value: {{module: {FILTER}}}"""
+INWASM_FILTER = inwasm_filter(f"{{module: {FILTER}}}")
 
 
 def envoy_servers(work):
-    variants = {"Envoy": "", "Envoy + filter (V8)": V8_FILTER, "Envoy + filter (inwasm)": INWASM_FILTER}
+    variants = {"Envoy": [], "Envoy + filter (V8)": [V8_FILTER], "Envoy + filter (inwasm)": [INWASM_FILTER]}
     ports, processes = {}, []
-    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=os.path.join(ROOT, "build"))
-    for name, http_filter in variants.items():
+    for name, http_filters in variants.items():
         port, admin = free_port(), free_port()
         path = os.path.join(work, f"envoy-{len(ports)}.yaml")
         with open(path, "w") as f:
-            f.write(envoy_yaml(port, admin, http_filter))
-        log = open(os.path.join(work, f"envoy-{len(ports)}.log"), "w")
-        processes.append(subprocess.Popen(
-            ["taskset", "-c", "0", os.path.join(ROOT, "target", "envoy", "envoy"), "-c", path, "--concurrency", "1",
-             "--disable-hot-restart", "--log-level", "warn"], env=env, stdout=log, stderr=log))
+            f.write(envoy_yaml(port, admin, BODY, http_filters, "bench"))
+        processes.append(start_envoy(path, os.path.join(work, f"envoy-{len(ports)}.log"), "warn", cpu=0))
         ports[name] = port
     for port in ports.values():
         wait_port(port)

@@ -1,0 +1,103 @@
+"""What the benchmark and soak scripts share: the nginx and module under test, free ports,
+waiting for a server, a process's children and RSS, and Envoy with a filter chain."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILTERS = os.path.join(ROOT, "build", "filters")
+
+# The nginx the module was built for (`INWASM_NGINX`: debian, the default, or 1.28).
+FLAVOR = os.environ.get("INWASM_NGINX", "debian")
+NGINX = "/usr/sbin/nginx" if FLAVOR == "debian" else os.path.join(ROOT, "target", "nginx", FLAVOR, "objs", "nginx")
+NGINX_MODULE = os.path.join(ROOT, "build", "ngx_http_inwasm_module.so" if FLAVOR == "debian"
+                            else f"ngx_http_inwasm_module-{FLAVOR}.so")
+ENVOY = os.path.join(ROOT, "target", "envoy", "envoy")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit=30):
+    """Returns once something accepts connections on `port` (polled every 10 ms)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.01)
+    sys.exit(f"nothing listens on port {port} after {limit} s")
+
+
+def children(pid):
+    """The child processes of single-threaded `pid` (an nginx master's workers)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return sorted(int(p) for p in f.read().split())
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def inwasm_filter(value):
+    """An `http_filters` entry for this project's Envoy module; `value` is its filter
+    configuration as a YAML flow mapping (`{module: ..., timeout: ...}`)."""
+    return f"""          - name: inwasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{name: inwasm}}
+              filter_name: proxy_wasm
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.Struct
+                value: {value}"""
+
+
+def envoy_yaml(port, admin, body, http_filters, stat_prefix):
+    """Envoy answering every request with `body` itself, through `http_filters` (entries as
+    `inwasm_filter` makes them; the router is appended)."""
+    filters = "".join(f + "\n" for f in http_filters)
+    return f"""admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {stat_prefix}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200, body: {{inline_string: "{body}"}}}}
+          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+
+
+def start_envoy(config, log_path, log_level, cpu=None):
+    """Envoy with one worker on `config`, finding this project's module in build/; `cpu`
+    pins it. Returns the process."""
+    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=os.path.join(ROOT, "build"))
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    log = open(log_path, "w")
+    return subprocess.Popen(pin + [ENVOY, "-c", config, "--concurrency", "1", "--disable-hot-restart",
+                                   "--log-level", log_level], env=env, stdout=log, stderr=log)
