@@ -3,6 +3,12 @@
 //! Create it where modules are compiled (for nginx: the master, at config load). It starts no
 //! thread: wasmtime's parallel compilation is not built in, and the epoch ticker that drives
 //! deadlines is started separately, by the process that runs filters.
+//!
+//! Each module a process instantiates keeps one open file there (the memory image its
+//! instances map copy-on-write, made at its first instance), so the engine raises the
+//! process's soft open-file limit to its hard limit, as Go's runtime does: a thousand modules
+//! would not fit under the usual soft limit of 1024 (nginx's check of every filter at
+//! configuration time instantiates them all).
 
 use std::sync::Arc;
 
@@ -75,6 +81,7 @@ impl Engine {
                 .pagemap_scan(Enabled::Auto);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
+        raise_open_file_limit();
         let wasmtime = wasmtime::Engine::new(&wasm)?;
         let mut linker = Linker::new(&wasmtime);
         crate::abi::add_to_linker(&mut linker)?;
@@ -110,6 +117,18 @@ impl Engine {
                 Some(HostFunction { module, name, params: ty.params().collect(), results: ty.results().collect() })
             })
             .collect()
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (nothing when it is there already).
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: both calls only read or write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 
