@@ -126,11 +126,19 @@ fn run(case: &Case, host: Host) -> Observed {
     let upstream = EchoUpstream::start();
     let auth = AuthService::start();
     let name = case.filter.trim_start_matches("filter_").trim_start_matches("example_");
-    let send = |port: u16| {
-        try_request(port, case.method, case.path, case.headers, case.body)
-            .unwrap_or_else(|e| panic!("{}: {}: {e}", case.name, host.label()))
-    };
     let settle = || std::thread::sleep(Duration::from_millis(200));
+    // The case's request (after a warm-up one if it asks), and what the host logged meanwhile.
+    let exchange = |port: u16, log: &dyn Fn() -> String| {
+        if case.warm_up {
+            request(port, "GET", "/warm-up", &[], b"");
+        }
+        settle();
+        let before = log().len();
+        let response = try_request(port, case.method, case.path, case.headers, case.body)
+            .unwrap_or_else(|e| panic!("{}: {}: {e}", case.name, host.label()));
+        settle();
+        observe(response, messages(&log()[before..], host))
+    };
     match host {
         Host::V8 | Host::EnvoyInwasm => {
             let filter = match host {
@@ -148,14 +156,7 @@ fn run(case: &Case, host: Host) -> Observed {
                 workers: 1,
             };
             let envoy = Envoy::start(&setup);
-            if case.warm_up {
-                request(envoy.port, "GET", "/warm-up", &[], b"");
-            }
-            settle();
-            let before = envoy.log().len();
-            let response = send(envoy.port);
-            settle();
-            observe(response, messages(&envoy.log()[before..], host))
+            exchange(envoy.port, &|| envoy.log())
         }
         Host::NginxInwasm => {
             let nginx = Nginx::start_with(
@@ -167,15 +168,9 @@ fn run(case: &Case, host: Host) -> Observed {
                 ),
                 &format!("upstream auth {{ server 127.0.0.1:{}; }}", auth.port),
             );
-            // Workers start after nginx accepts connections: let their start-up log first.
-            if case.warm_up {
-                request(nginx.port, "GET", "/warm-up", &[], b"");
-            }
-            settle();
-            let before = nginx.error_log().len();
-            let response = send(nginx.port);
-            settle();
-            observe(response, messages(&nginx.error_log()[before..], host))
+            // Workers start after nginx accepts connections: the settling lets their start-up
+            // log first.
+            exchange(nginx.port, &|| nginx.error_log())
         }
     }
 }

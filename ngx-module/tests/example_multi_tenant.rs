@@ -134,19 +134,8 @@ fn multi_tenant_committed_config_is_the_generators_output() {
 
 #[test]
 fn multi_tenant_two_hundred_tenants_start_and_serve() {
-    let (port, upstream) = (free_port(), free_port());
-    let text = generate(&["--count", "200"])
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{upstream}"))
-        .lines()
-        .map(|line| match line.split_whitespace().next() {
-            Some("load_module") => format!("load_module {};", module_path().display()),
-            Some("error_log") => "error_log @DIR@/error.log info;".to_string(),
-            Some("pid") => "pid @DIR@/nginx.pid;".to_string(),
-            _ => line.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (text, ports) = nginx_config_for_test(&generate(&["--count", "200"]));
+    let port = ports[&8080];
     // Every tenant's module is compiled at start, which takes longer than start_config waits
     // for its port; it is handed a port that answers at once, and this test waits for nginx.
     let placeholder = TcpListener::bind("127.0.0.1:0").unwrap();

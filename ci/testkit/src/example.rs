@@ -22,17 +22,7 @@ impl Example {
     pub fn start(name: &str, serves: u16) -> Example {
         let path = root().join("examples").join(name).join("nginx.conf");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let (text, ports) = move_ports(&text, "127.0.0.1:");
-        let text = text
-            .lines()
-            .map(|line| match line.split_whitespace().next() {
-                Some("load_module") => format!("load_module {};", module_path().display()),
-                Some("error_log") => "error_log @DIR@/error.log info;".to_string(),
-                Some("pid") => "pid @DIR@/nginx.pid;".to_string(),
-                _ => line.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let (text, ports) = nginx_config_for_test(&text);
         let port = *ports.get(&serves).unwrap_or_else(|| panic!("{} does not listen on {serves}", path.display()));
         Example { nginx: Nginx::start_config(&text, &root(), port), ports }
     }
@@ -91,6 +81,25 @@ impl EnvoyExample {
     ) -> Response {
         request(self.port(documented), method, path, headers, body)
     }
+}
+
+/// A user's nginx.conf as a test runs it: the module path is the build under test, the
+/// error log and pid file go to the test's scratch directory (`@DIR@`, see
+/// [`Nginx::start_config`]), and every `127.0.0.1:PORT` moves to a free port (the map says
+/// where each went).
+pub fn nginx_config_for_test(text: &str) -> (String, BTreeMap<u16, u16>) {
+    let (text, ports) = move_ports(text, "127.0.0.1:");
+    let text = text
+        .lines()
+        .map(|line| match line.split_whitespace().next() {
+            Some("load_module") => format!("load_module {};", module_path().display()),
+            Some("error_log") => "error_log @DIR@/error.log info;".to_string(),
+            Some("pid") => "pid @DIR@/nginx.pid;".to_string(),
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (text, ports)
 }
 
 /// Replaces the port after each `prefix` with a free port (the same one for each mention).
