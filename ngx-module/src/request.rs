@@ -191,7 +191,7 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
     ctx.response_resume.handler = Some(crate::response::resume_response);
     ctx.response_resume.data = r as *mut c_void;
     ctx.response_resume.log = log;
-    ctx.exchange = Rc::new(RefCell::new(Exchange::new(&mut ctx.resume, &mut ctx.response_resume)));
+    *ctx.exchange.borrow_mut() = Exchange::new(&mut ctx.resume, &mut ctx.response_resume);
 
     let mut per_request = RequestInstances::new();
     for &index in chain {
