@@ -64,14 +64,38 @@ impl fmt::Display for DeadlineExceeded {
 
 impl std::error::Error for DeadlineExceeded {}
 
-/// Runs on every epoch tick that reaches a running callback: stop it once its deadline has
-/// passed, otherwise check again on the next tick. Deadlines are wall-clock instants, so
-/// their precision is the ticker's period.
-pub(crate) fn on_epoch_tick(store: StoreContextMut<'_, HostState>) -> Result<UpdateDeadline> {
-    match store.data().deadline {
-        Some(deadline) if Instant::now() >= deadline => Err(DeadlineExceeded.into()),
-        _ => Ok(UpdateDeadline::Continue(1)),
+/// The running callback's time budget.
+///
+/// The clock is not read when a callback starts: almost every callback ends before the next
+/// epoch tick, and a clock read per call cost more than the rest of the call's bookkeeping.
+/// The budget starts at the first tick the callback lives to see instead. It began at most
+/// one tick period before that, so a callback is never stopped early, and at most two
+/// periods late (one for the unknown start, one for the tick that finds the budget spent).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) enum Deadline {
+    #[default]
+    None,
+    /// A budget that has not seen a tick yet.
+    Budget(Duration),
+    At(Instant),
+}
+
+impl Deadline {
+    pub fn budget(timeout: Option<Duration>) -> Deadline {
+        timeout.map_or(Deadline::None, Deadline::Budget)
     }
+}
+
+/// Runs on every epoch tick that reaches a running callback: starts its budget's clock at
+/// the first, stops it once the budget is spent, otherwise checks again on the next tick.
+pub(crate) fn on_epoch_tick(mut store: StoreContextMut<'_, HostState>) -> Result<UpdateDeadline> {
+    let deadline = &mut store.data_mut().deadline;
+    match *deadline {
+        Deadline::Budget(budget) => *deadline = Deadline::At(Instant::now() + budget),
+        Deadline::At(at) if Instant::now() >= at => return Err(DeadlineExceeded.into()),
+        _ => {}
+    }
+    Ok(UpdateDeadline::Continue(1))
 }
 
 /// A thread that advances an engine's epoch at a fixed period, which is what lets deadlines

@@ -3,12 +3,12 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::{Memory, TypedFunc};
 
 use crate::embedding::Embedding;
-use crate::limits::MemoryLimiter;
+use crate::limits::{Deadline, MemoryLimiter};
 use crate::plugin::{PluginConfig, VmConfig};
 use crate::types::{AbiVersion, LogLevel, Pairs, Status};
 use crate::wasi::WasiState;
@@ -102,7 +102,7 @@ pub(crate) struct HostState {
     pub allocator: Option<TypedFunc<i32, i32>>,
     pub limiter: MemoryLimiter,
     /// When the running callback must stop; checked on each epoch tick.
-    pub deadline: Option<Instant>,
+    pub deadline: Deadline,
     pub wasi: WasiState,
     /// Host functions already reported as unimplemented by the embedding.
     pub unimplemented_reported: HashSet<&'static str>,
@@ -129,7 +129,7 @@ impl HostState {
             memory: None,
             allocator: None,
             limiter,
-            deadline: None,
+            deadline: Deadline::None,
             wasi,
             unimplemented_reported: HashSet::new(),
             local_response_sent: false,

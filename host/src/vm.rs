@@ -7,14 +7,14 @@
 //! `on_configure`) with the same embeddings.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::{Func, Store};
 
 use crate::callbacks::{Callback, Callbacks};
 use crate::embedding::{Embedding, HttpCallResponse};
 use crate::error::{classify, describe, FailureKind, FilterError};
-use crate::limits::{on_epoch_tick, MemoryLimiter};
+use crate::limits::{on_epoch_tick, Deadline, MemoryLimiter};
 use crate::module::Module;
 use crate::plugin::{PluginConfig, VmConfig};
 use crate::session::{CallData, Context, HostState};
@@ -397,7 +397,7 @@ impl Vm {
         let state = live.store.data_mut();
         state.current_context = context_id;
         state.effective_context = context_id;
-        state.deadline = timeout.map(|t| Instant::now() + t);
+        state.deadline = Deadline::budget(timeout);
         state.limiter.refused = false;
         state.local_response_sent = false;
         if deadlines {
@@ -406,7 +406,7 @@ impl Vm {
         let result = live.callbacks.call(&mut live.store, callback, args);
         let state = live.store.data_mut();
         flush_output(state);
-        state.deadline = None;
+        state.deadline = Deadline::None;
         let refused = state.limiter.refused;
         result.map_err(|error| {
             let memory = refused.then_some(self.config.memory_limit);
@@ -490,7 +490,7 @@ impl Vm {
         }
         for (name, func) in steps {
             let state = store.data_mut();
-            state.deadline = self.config.start_timeout.map(|t| Instant::now() + t);
+            state.deadline = Deadline::budget(self.config.start_timeout);
             if self.module.engine.config().deadlines {
                 store.set_epoch_deadline(1);
             }
