@@ -46,6 +46,9 @@ pub enum FailureKind {
     InstanceLost,
     /// A new instance could not be created.
     Instantiation(String),
+    /// A new instance could not be created because every slot of the process's instance
+    /// pool is taken: releasing an idle instance makes room.
+    NoFreeSlot(String),
 }
 
 /// A failed filter call: which filter, which callback, and why. The instance it ran on is
@@ -81,6 +84,9 @@ impl fmt::Display for FilterError {
             FailureKind::Refused => write!(f, "rejected its configuration ({} returned false)", self.callback),
             FailureKind::InstanceLost => write!(f, "lost its instance to an earlier failure ({})", self.callback),
             FailureKind::Instantiation(reason) => write!(f, "could not be instantiated: {reason}"),
+            FailureKind::NoFreeSlot(reason) => {
+                write!(f, "could not be instantiated: {reason} (every instance slot of this process is in use)")
+            }
         }
     }
 }

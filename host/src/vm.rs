@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::{Func, Store};
+use wasmtime::{Func, PoolConcurrencyLimitError, Store};
 
 use crate::callbacks::{Callback, Callbacks};
 use crate::embedding::{Embedding, HttpCallResponse};
@@ -90,6 +90,15 @@ impl Vm {
 
     pub fn stats(&self) -> VmStats {
         self.stats
+    }
+
+    /// Whether a stream is open on the instance or a call it made awaits its answer: until
+    /// neither is true, dropping the VM would lose work in progress.
+    pub fn has_work_in_flight(&self) -> bool {
+        self.live.as_ref().is_some_and(|live| {
+            let state = live.store.data();
+            !state.pending_calls.is_empty() || state.contexts.len() > self.plugins.len()
+        })
     }
 
     pub fn module(&self) -> &Arc<Module> {
@@ -462,7 +471,11 @@ impl Vm {
             store.epoch_deadline_callback(on_epoch_tick);
         }
         let instance_error = |e: wasmtime::Error| {
-            self.failure(usize::MAX, Callback::ContextCreate, FailureKind::Instantiation(describe(&e)))
+            let kind = match e.is::<PoolConcurrencyLimitError>() {
+                true => FailureKind::NoFreeSlot(describe(&e)),
+                false => FailureKind::Instantiation(describe(&e)),
+            };
+            self.failure(usize::MAX, Callback::ContextCreate, kind)
         };
         let instance = module.pre.instantiate(&mut store).map_err(instance_error)?;
         let memory = module.callbacks.memory(&instance, &mut store);

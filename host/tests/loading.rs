@@ -165,3 +165,27 @@ fn spinning_configure_is_cut_at_the_start_budget() {
     assert_eq!(error.callback, "proxy_on_configure");
     assert!(started.elapsed() < std::time::Duration::from_millis(500));
 }
+
+#[test]
+fn a_full_instance_pool_is_told_apart_and_a_released_slot_is_reused() {
+    let pooling = PoolingConfig { max_instances: 2, ..PoolingConfig::default() };
+    let small = Engine::new(EngineConfig { deadlines: false, pooling: Some(pooling) }).unwrap();
+    let module = Module::new(&small, "tiny", minimal("", "(i32.const 1)").as_bytes(), None).unwrap();
+    let first = Vm::new(module.clone(), VmConfig::default()).unwrap();
+    let _second = Vm::new(module.clone(), VmConfig::default()).unwrap();
+    let error = Vm::new(module.clone(), VmConfig::default()).err().expect("the pool is full");
+    assert!(matches!(error.kind, FailureKind::NoFreeSlot(_)), "{error}");
+    assert!(error.to_string().contains("every instance slot of this process is in use"), "{error}");
+    drop(first);
+    Vm::new(module, VmConfig::default()).expect("a released slot is taken again");
+}
+
+#[test]
+fn work_in_flight_is_an_open_stream_or_a_pending_call() {
+    let mut h = Harness::new(filter("headers"), "");
+    assert!(!h.vm.has_work_in_flight());
+    let (stream, _exchange) = h.stream(&get_request_headers());
+    assert!(h.vm.has_work_in_flight());
+    h.vm.finish_stream(stream).unwrap();
+    assert!(!h.vm.has_work_in_flight());
+}

@@ -138,12 +138,12 @@ fn instance_for(
         Isolation::Stream => match per_request.iter().find(|(module, _)| *module == decl.module) {
             Some((_, vm)) => Ok((vm.clone(), start_plugin(vm, decl, log)?)),
             None => {
-                let (vm, plugin) = fresh_instance(&conf.modules[decl.module], decl, log)?;
+                let (vm, plugin) = fresh_instance(conf, decl, log)?;
                 per_request.push((decl.module, vm.clone()));
                 Ok((vm, plugin))
             }
         },
-        Isolation::Filter => fresh_instance(&conf.modules[decl.module], decl, log),
+        Isolation::Filter => fresh_instance(conf, decl, log),
     }
 }
 

@@ -102,6 +102,11 @@ impl RootLink {
         }
     }
 
+    /// Whether the root's tick timer is running.
+    pub fn is_ticking(&self) -> bool {
+        self.tick.borrow().is_some()
+    }
+
     /// Starts, changes or (with a zero period) stops the root's tick timer.
     pub fn set_tick_period(self: &Rc<Self>, period: Duration) {
         if self.in_dry_run(!period.is_zero()) {

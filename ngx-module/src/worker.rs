@@ -3,6 +3,11 @@
 //! Created in each worker after fork; the master never runs it. A filter that does work of
 //! its own (timers, calls, queues, shared data: see `validation`) starts with the worker; the
 //! others start at their first request, so an idle filter costs no instance.
+//!
+//! The process's instance pool has a fixed number of slots. When a new instance finds them
+//! all taken, the least recently used shared VM that is idle (no request on it, no call or
+//! timer pending, no filter that works in the background) is released to make room; its
+//! next request starts it again, as its first did.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -28,8 +33,36 @@ struct Worker {
     _ticker: EpochTicker,
     /// The shared VM of each module, once started, by module index.
     vms: Vec<Option<SharedVm>>,
-    /// Each filter's plugin on its module's shared VM, once started, by filter index.
-    plugins: Vec<Option<PluginId>>,
+    /// Each filter's plugin on its module's shared VM (and the link its root's events come
+    /// through), once started, by filter index.
+    plugins: Vec<Option<(PluginId, Rc<RootLink>)>>,
+    /// When each module's shared VM was last used, counted in uses of any shared VM.
+    last_used: Vec<u64>,
+    uses: u64,
+}
+
+impl Worker {
+    /// Releases the least recently used idle shared VM; false when none is idle.
+    fn release_idle_vm(&mut self, conf: &WasmConf) -> bool {
+        let idle = |module: usize, vm: &SharedVm| {
+            let filters = || conf.filters.iter().enumerate().filter(move |(_, f)| f.module == module);
+            Rc::strong_count(vm) == 1
+                && !vm.borrow().has_work_in_flight()
+                && !filters().any(|(index, filter)| {
+                    filter.background || self.plugins[index].as_ref().is_some_and(|(_, link)| link.is_ticking())
+                })
+        };
+        let oldest = (self.vms.iter().enumerate())
+            .filter(|(module, vm)| vm.as_ref().is_some_and(|vm| idle(*module, vm)))
+            .min_by_key(|(module, _)| self.last_used[*module])
+            .map(|(module, _)| module);
+        let Some(module) = oldest else { return false };
+        self.vms[module] = None;
+        for (index, _) in conf.filters.iter().enumerate().filter(|(_, f)| f.module == module) {
+            self.plugins[index] = None;
+        }
+        true
+    }
 }
 
 thread_local! {
@@ -95,8 +128,13 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 return ngx::ffi::NGX_ERROR as ngx_int_t;
             }
         };
-        let worker =
-            Worker { _ticker: ticker, vms: vec![None; conf.modules.len()], plugins: vec![None; conf.filters.len()] };
+        let worker = Worker {
+            _ticker: ticker,
+            vms: vec![None; conf.modules.len()],
+            plugins: vec![None; conf.filters.len()],
+            last_used: vec![0; conf.modules.len()],
+            uses: 0,
+        };
         WORKER.with(|w| *w.borrow_mut() = Some(worker));
         for (index, filter) in conf.filters.iter().enumerate().filter(|(_, f)| f.background) {
             if let Err(message) = shared_instance(index) {
@@ -116,12 +154,38 @@ pub unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
 
 /// Starts `filter` as a plugin on `vm`, with its root linked to the VM for events.
 pub fn start_plugin(vm: &SharedVm, filter: &FilterDecl, log: *mut ngx_log_t) -> Result<PluginId, String> {
+    start_linked_plugin(vm, filter, log).map(|(plugin, _)| plugin)
+}
+
+/// `start_plugin`, also returning the link (through which the worker sees the root's timer).
+fn start_linked_plugin(
+    vm: &SharedVm,
+    filter: &FilterDecl,
+    log: *mut ngx_log_t,
+) -> Result<(PluginId, Rc<RootLink>), String> {
     let link = RootLink::new(log);
     let vm_id = vm.borrow().module_vm_id().to_string();
     let root = Box::new(RootEmbedding::new(&filter.plugin.name, &vm_id, &link));
     let plugin = vm.borrow_mut().add_plugin(filter.plugin.clone(), root).map_err(|e| e.to_string())?;
     link.bind(vm, plugin);
-    Ok(plugin)
+    Ok((plugin, link))
+}
+
+/// A new VM of `decl`; when the instance pool is full, idle shared VMs are released (least
+/// recently used first) until it fits.
+fn new_vm(conf: &WasmConf, decl: &ModuleDecl) -> Result<SharedVm, String> {
+    loop {
+        match Vm::new(decl.module.clone(), decl.vm_config.clone()) {
+            Ok(vm) => return Ok(Rc::new(RefCell::new(vm))),
+            Err(error) if matches!(error.kind, FailureKind::NoFreeSlot(_)) => {
+                let released = WORKER.with(|w| w.borrow_mut().as_mut().is_some_and(|w| w.release_idle_vm(conf)));
+                if !released {
+                    return Err(error.to_string());
+                }
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
 }
 
 /// The shared VM and plugin of a filter in this worker, started on first use.
@@ -129,9 +193,11 @@ pub fn shared_instance(filter: usize) -> Result<(SharedVm, PluginId), String> {
     let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or("no wasm configuration")?;
     let decl = &conf.filters[filter];
     let (vm, plugin) = WORKER.with(|w| {
-        let w = w.borrow();
-        let w = w.as_ref().ok_or("the worker has no wasm runtime")?;
-        Ok::<_, String>((w.vms[decl.module].clone(), w.plugins[filter]))
+        let mut w = w.borrow_mut();
+        let w = w.as_mut().ok_or("the worker has no wasm runtime")?;
+        w.uses += 1;
+        w.last_used[decl.module] = w.uses;
+        Ok::<_, String>((w.vms[decl.module].clone(), w.plugins[filter].as_ref().map(|(plugin, _)| *plugin)))
     })?;
     if let (Some(vm), Some(plugin)) = (&vm, plugin) {
         return Ok((vm.clone(), plugin));
@@ -140,16 +206,13 @@ pub fn shared_instance(filter: usize) -> Result<(SharedVm, PluginId), String> {
     let log = unsafe { (*ngx::ffi::ngx_cycle).log };
     let vm = match vm {
         Some(vm) => vm,
-        None => {
-            let module = &conf.modules[decl.module];
-            Rc::new(RefCell::new(Vm::new(module.module.clone(), module.vm_config.clone()).map_err(|e| e.to_string())?))
-        }
+        None => new_vm(conf, &conf.modules[decl.module])?,
     };
-    let plugin = start_plugin(&vm, decl, log)?;
+    let (plugin, link) = start_linked_plugin(&vm, decl, log)?;
     WORKER.with(|w| {
         if let Some(w) = w.borrow_mut().as_mut() {
             w.vms[decl.module] = Some(vm.clone());
-            w.plugins[filter] = Some(plugin);
+            w.plugins[filter] = Some((plugin, link));
         }
     });
     Ok((vm, plugin))
@@ -157,11 +220,11 @@ pub fn shared_instance(filter: usize) -> Result<(SharedVm, PluginId), String> {
 
 /// A fresh VM of `module` with the filter's plugin started on it (isolation stream/filter).
 pub fn fresh_instance(
-    decl: &ModuleDecl,
+    conf: &WasmConf,
     filter: &FilterDecl,
     log: *mut ngx_log_t,
 ) -> Result<(SharedVm, PluginId), String> {
-    let vm = Rc::new(RefCell::new(Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?));
+    let vm = new_vm(conf, &conf.modules[filter.module])?;
     let plugin = start_plugin(&vm, filter, log)?;
     Ok((vm, plugin))
 }

@@ -214,3 +214,25 @@ fn limit_directive_errors_are_clear() {
         assert!(output.contains(expected), "expected {expected:?} in:\n{output}");
     }
 }
+
+/// More modules than the process's 1,000 instance slots, each used once by one worker: the
+/// least recently used idle instances are released to make room, so every module serves.
+/// A filter that works in the background (the ticker's timer) is never released.
+#[test]
+fn a_worker_serves_more_modules_than_its_instance_slots() {
+    const MODULES: usize = 1100;
+    let headers = filter("headers");
+    let modules: String = (0..MODULES).map(|i| format!("module t{i} {headers};")).collect();
+    let locations: String =
+        (0..MODULES).map(|i| format!("location = /t{i} {{ proxy_wasm t{i}; return 200 \"t{i}\"; }}")).collect();
+    let nginx = Nginx::start(
+        &format!("wasm {{ module ticker {}; {modules} }}", filter("ticker")),
+        &format!("location /never-requested {{ proxy_wasm ticker 1000; }} {locations}"),
+    );
+    for i in (0..MODULES).chain([0, 1, MODULES - 1]) {
+        let response = nginx.get(&format!("/t{i}"));
+        assert_eq!(response.status, 200, "/t{i}: {}", nginx.error_log());
+        assert_eq!(response.header("x-inwasm"), Some("hello"), "/t{i}");
+    }
+    assert_eq!(nginx.wait_log("tick 3", 1), 1, "the background filter kept its timer: {}", nginx.error_log());
+}
