@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds the host, the nginx module (against the nginx chosen by $INWASM_NGINX) and the Envoy
 # module, and leaves build/ngx_http_inwasm_module.so (NGINX=1.28:
-# build/ngx_http_inwasm_module-1.28.so) and build/libinwasm.so.
+# build/ngx_http_inwasm_module-1.28.so) and build/libinwasm.so, with the `dist` profile
+# (whole-program optimisation; see Cargo.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=ci/nginx-env.sh
 . ci/nginx-env.sh
-cargo build --release --quiet --locked -p inwasm-host -p ngx-http-inwasm -p inwasm-envoy
+cargo build --profile dist --quiet --locked -p ngx-http-inwasm -p inwasm-envoy
 mkdir -p build
 suffix=""
 [ "$flavor" = debian ] || suffix="-$flavor"
-install -m 0644 target/release/libngx_http_inwasm_module.so "build/ngx_http_inwasm_module$suffix.so"
-install -m 0644 target/release/libinwasm.so build/libinwasm.so
+install -m 0644 target/dist/libngx_http_inwasm_module.so "build/ngx_http_inwasm_module$suffix.so"
+install -m 0644 target/dist/libinwasm.so build/libinwasm.so

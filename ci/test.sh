@@ -2,7 +2,8 @@
 # Runs every test: the host's unit and integration tests (real SDK-built filters), the nginx
 # integration tests (a real nginx with load_module), the Envoy tests (a real Envoy 1.40 with
 # the module) and the conformance suite (Envoy's V8 vs Envoy and nginx with inwasm), in one
-# cargo invocation so the build is the one `make build` made (nothing recompiles).
+# cargo invocation. The proxies load the modules `make build` made (build/, the shipped
+# `dist` profile); the test binaries themselves build with `release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=ci/nginx-env.sh

@@ -3,7 +3,9 @@
 
 For each N: `nginx -t` time and start time with a cold compiled-code cache, then with the
 cache filled; master and worker RSS once started; memory per idle module (the growth of
-RSS over N = 1); and the latency of the first request to a module nobody used yet.
+RSS over N = 1); the latency of the first request to a module nobody used yet; then every
+module used once, in turn: how many answered through their filter, and the worker's RSS
+after (a worker keeps at most 1,000 live instances, releasing idle ones to make room).
 
 Each module is a small proxy-wasm filter in text format (it adds one response header), made
 distinct by its own tenant name, so every one is compiled (and cached) on its own.
@@ -54,7 +56,7 @@ def write_config(work, count, port, module_so):
                 f.write(FILTER.format(name=name, length=len(name)))
         lines.append(f"    module {name} {path};")
         locations.append(f"        location = /{name} {{ proxy_wasm {name}; return 200 'ok\\n'; }}")
-    lines += ["}", "http {", "    access_log off;",
+    lines += ["}", "http {", "    access_log off;", "    keepalive_requests 100000;",
               f"    client_body_temp_path {work}/body;",
               f"    server {{ listen 127.0.0.1:{port};"] + locations + ["    }", "}"]
     conf = os.path.join(work, "nginx.conf")
@@ -82,6 +84,24 @@ def first_request(port, path):
     if b"x-tenant:" not in reply:
         sys.exit(f"GET {path}: the filter did not run:\n{reply!r}")
     return elapsed
+
+
+def use_every_module(port, count):
+    """Requests /t0 ... /t{count-1} once each on one keep-alive connection; returns how many
+    answered 200 through their filter."""
+    served = 0
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        reader = s.makefile("rb")
+        for i in range(count):
+            s.sendall(f"GET /t{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            status = reader.readline()
+            headers = []
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                headers.append(line.lower())
+            length = next(int(h.split(b":")[1]) for h in headers if h.startswith(b"content-length:"))
+            reader.read(length)
+            served += status.startswith(b"HTTP/1.1 200") and any(h.startswith(b"x-tenant:") for h in headers)
+    return served
 
 
 def start(nginx, work, conf, port):
@@ -120,11 +140,14 @@ def measure(nginx, module_so, count):
         unused = f"/t{count - 1}" if count > 1 else "/t0"
         first = first_request(port, unused)
         again = first_request(port, unused)
+        served = use_every_module(port, count)
+        used_rss = rss_kib(worker)
         stop(nginx, work, conf, master)
         return {"modules": count, "test_cold_s": test_cold, "start_cold_s": start_cold,
                 "test_cached_s": test_cached, "start_cached_s": start_cached,
                 "master_rss_kib": master_rss, "worker_rss_kib": worker_rss,
-                "first_request_ms": first * 1e3, "next_request_ms": again * 1e3}
+                "first_request_ms": first * 1e3, "next_request_ms": again * 1e3,
+                "served_all_once": served, "worker_rss_all_used_kib": used_rss}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -139,8 +162,9 @@ def main():
     rows = [measure(args.nginx, args.module, int(n)) for n in args.counts.split(",")]
     base = rows[0]
     print("| modules | `nginx -t` cold | start cold | `nginx -t` cached | start cached | master RSS | worker RSS "
-          "| per idle module (worker) | first request to an unused module | next request |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| per idle module (worker) | first request to an unused module | next request "
+          "| every module used once: served | worker RSS after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         extra = row["modules"] - base["modules"]
         per_module = (row["worker_rss_kib"] - base["worker_rss_kib"]) / extra if extra else 0
@@ -148,7 +172,8 @@ def main():
         print(f"| {row['modules']} | {row['test_cold_s']:.2f} s | {row['start_cold_s']:.2f} s | "
               f"{row['test_cached_s']:.2f} s | {row['start_cached_s']:.2f} s | {row['master_rss_kib'] / 1024:.1f} MiB | "
               f"{row['worker_rss_kib'] / 1024:.1f} MiB | {per_module:.1f} KiB | {row['first_request_ms']:.2f} ms | "
-              f"{row['next_request_ms']:.2f} ms |")
+              f"{row['next_request_ms']:.2f} ms | {row['served_all_once']} of {row['modules']} | "
+              f"{row['worker_rss_all_used_kib'] / 1024:.1f} MiB |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
