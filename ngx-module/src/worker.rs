@@ -36,29 +36,50 @@ struct Worker {
     /// Each filter's plugin on its module's shared VM (and the link its root's events come
     /// through), once started, by filter index.
     plugins: Vec<Option<(PluginId, Rc<RootLink>)>>,
+    /// The filters of each module, by module index.
+    module_filters: Vec<Vec<usize>>,
     /// When each module's shared VM was last used, counted in uses of any shared VM.
     last_used: Vec<u64>,
     uses: u64,
 }
 
 impl Worker {
+    fn new(conf: &WasmConf, ticker: EpochTicker) -> Worker {
+        let mut module_filters = vec![Vec::new(); conf.modules.len()];
+        for (index, filter) in conf.filters.iter().enumerate() {
+            module_filters[filter.module].push(index);
+        }
+        Worker {
+            _ticker: ticker,
+            vms: vec![None; conf.modules.len()],
+            plugins: vec![None; conf.filters.len()],
+            module_filters,
+            last_used: vec![0; conf.modules.len()],
+            uses: 0,
+        }
+    }
+
+    /// Whether `module`'s shared VM can be dropped without losing anything but its state:
+    /// no request holds it, no call awaits an answer, no filter of it works in the background
+    /// or has a timer running.
+    fn is_idle(&self, conf: &WasmConf, module: usize, vm: &SharedVm) -> bool {
+        Rc::strong_count(vm) == 1
+            && !vm.borrow().has_work_in_flight()
+            && !self.module_filters[module].iter().any(|&index| {
+                conf.filters[index].background
+                    || self.plugins[index].as_ref().is_some_and(|(_, link)| link.is_ticking())
+            })
+    }
+
     /// Releases the least recently used idle shared VM; false when none is idle.
     fn release_idle_vm(&mut self, conf: &WasmConf) -> bool {
-        let idle = |module: usize, vm: &SharedVm| {
-            let filters = || conf.filters.iter().enumerate().filter(move |(_, f)| f.module == module);
-            Rc::strong_count(vm) == 1
-                && !vm.borrow().has_work_in_flight()
-                && !filters().any(|(index, filter)| {
-                    filter.background || self.plugins[index].as_ref().is_some_and(|(_, link)| link.is_ticking())
-                })
-        };
         let oldest = (self.vms.iter().enumerate())
-            .filter(|(module, vm)| vm.as_ref().is_some_and(|vm| idle(*module, vm)))
+            .filter(|(module, vm)| vm.as_ref().is_some_and(|vm| self.is_idle(conf, *module, vm)))
             .min_by_key(|(module, _)| self.last_used[*module])
             .map(|(module, _)| module);
         let Some(module) = oldest else { return false };
         self.vms[module] = None;
-        for (index, _) in conf.filters.iter().enumerate().filter(|(_, f)| f.module == module) {
+        for &index in &self.module_filters[module] {
             self.plugins[index] = None;
         }
         true
@@ -128,13 +149,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 return ngx::ffi::NGX_ERROR as ngx_int_t;
             }
         };
-        let worker = Worker {
-            _ticker: ticker,
-            vms: vec![None; conf.modules.len()],
-            plugins: vec![None; conf.filters.len()],
-            last_used: vec![0; conf.modules.len()],
-            uses: 0,
-        };
+        let worker = Worker::new(conf, ticker);
         WORKER.with(|w| *w.borrow_mut() = Some(worker));
         for (index, filter) in conf.filters.iter().enumerate().filter(|(_, f)| f.background) {
             if let Err(message) = shared_instance(index) {
