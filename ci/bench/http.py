@@ -4,9 +4,10 @@ isolation none, stream and filter; bare Envoy; Envoy + the same filter on its bu
 runtime; Envoy + the same filter on this project's module.
 
 The servers run on CPU 0 (one worker), wrk on CPU 1 (one thread, 32 connections). Every
-server is measured in each round, in turn (A B C ... A B C ...), and the median round is
-reported, as a ratio to its bare server and as microseconds added per request, since
-absolute numbers drift on shared machines. Prints a markdown table; `--json FILE` also
+server is measured in each round, in turn (A B C ... A B C ...). A server's ratio to its bare
+server and the microseconds it adds per request are computed within each round, from
+measurements seconds apart, and the median over rounds is reported: absolute numbers drift
+on shared machines, within a round much less. Prints a markdown table; `--json FILE` also
 writes the numbers.
 """
 
@@ -97,8 +98,8 @@ def wrk(port, seconds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--json")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="inwasm-http-")
@@ -117,17 +118,17 @@ def main():
         stop_envoy()
     rows = {}
     for name, runs in samples.items():
+        bare = samples["Envoy" if name.startswith("Envoy") else "nginx"]
         median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
-        rows[name] = {**median, "rounds_rps": [r["rps"] for r in runs]}
-    print(f"Median of {args.rounds} interleaved rounds of {args.seconds} s; one server worker on CPU 0, "
-          "wrk (1 thread, 32 connections) on CPU 1; a 6-byte response.\n")
+        rows[name] = {**median, "rounds_rps": [r["rps"] for r in runs],
+                      "ratio": statistics.median(r["rps"] / b["rps"] for r, b in zip(runs, bare)),
+                      "added_us": statistics.median(1e6 / r["rps"] - 1e6 / b["rps"] for r, b in zip(runs, bare))}
+    print(f"{args.rounds} interleaved rounds of {args.seconds} s, medians (ratios and added time per round, then "
+          "their median); one server worker on CPU 0, wrk (1 thread, 32 connections) on CPU 1; a 6-byte response.\n")
     print("| server | requests/s | vs its bare server | added per request | p50 | p99 |")
     print("|---|---|---|---|---|---|")
     for name, row in rows.items():
-        bare = rows["Envoy" if name.startswith("Envoy") else "nginx"]
-        row["ratio"] = row["rps"] / bare["rps"]
-        row["added_us"] = 1e6 / row["rps"] - 1e6 / bare["rps"]
-        added = "" if row is bare else f"{row['added_us']:+.1f} us"
+        added = "" if name in ("nginx", "Envoy") else f"{row['added_us']:+.1f} us"
         print(f"| {name} | {row['rps']:,.0f} | {row['ratio']:.1%} | {added} | {row['p50_us']:.0f} us | {row['p99_us']:.0f} us |")
     if args.json:
         with open(args.json, "w") as f:
