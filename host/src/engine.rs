@@ -17,6 +17,7 @@ use wasmtime::{Config, Enabled, Extern, InstanceAllocationStrategy, Linker, Pool
 use crate::limits::MemoryLimiter;
 use crate::plugin::{VmConfig, DEFAULT_MEMORY_LIMIT};
 use crate::session::HostState;
+use crate::ticker::Activity;
 use crate::types::AbiVersion;
 
 /// Sizes of the pooling allocator, which makes instantiation a matter of microseconds by
@@ -64,6 +65,8 @@ struct EngineInner {
     wasmtime: wasmtime::Engine,
     linker: Linker<HostState>,
     config: EngineConfig,
+    /// Marked by callbacks, so the epoch ticker can sleep while none runs.
+    activity: Arc<Activity>,
 }
 
 impl Engine {
@@ -86,7 +89,8 @@ impl Engine {
         let mut linker = Linker::new(&wasmtime);
         crate::abi::add_to_linker(&mut linker)?;
         crate::wasi::add_to_linker(&mut linker)?;
-        Ok(Engine { inner: Arc::new(EngineInner { wasmtime, linker, config }) })
+        let activity = Arc::default();
+        Ok(Engine { inner: Arc::new(EngineInner { wasmtime, linker, config, activity }) })
     }
 
     pub fn wasmtime(&self) -> &wasmtime::Engine {
@@ -95,6 +99,10 @@ impl Engine {
 
     pub(crate) fn linker(&self) -> &Linker<HostState> {
         &self.inner.linker
+    }
+
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.inner.activity
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -7,7 +7,7 @@
 //!
 //! Where to look: `abi/` holds the host functions, one file per ABI area; `wasi.rs` the
 //! sandboxed WASI; `vm.rs` the lifecycle; `module.rs` compilation and vetting; `cache.rs` the
-//! compiled-code cache; `limits.rs` deadlines and memory caps; `session.rs` per-instance state.
+//! compiled-code cache; `limits.rs` deadlines and memory caps; `ticker.rs` the epoch ticker; `session.rs` per-instance state.
 //!
 //! Without its default feature `runtime` the crate is only the ABI's types, wire formats,
 //! configuration and embedding traits, with no wasmtime (for fuzzing them alone).
@@ -33,6 +33,7 @@ with_runtime! {
     mod limits;
     mod module;
     mod session;
+    mod ticker;
     pub mod testing;
     mod vm;
     mod wasi;
@@ -46,7 +47,7 @@ with_runtime! {
     pub use cache::{CacheOutcome, CodeCache};
     pub use engine::{Engine, EngineConfig, HostFunction, PoolingConfig};
     pub use error::{FailureKind, FilterError, LoadError};
-    pub use limits::EpochTicker;
+    pub use ticker::EpochTicker;
     pub use module::Module;
     pub use vm::{PluginId, StreamId, Vm, VmStats};
 }

@@ -1,10 +1,7 @@
-//! Resource limits: linear-memory caps, callback deadlines, and the epoch ticker that
-//! drives them.
+//! Resource limits: linear-memory caps and callback deadlines (which the epoch ticker,
+//! `ticker.rs`, drives).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wasmtime::{ResourceLimiter, Result, StoreContextMut, UpdateDeadline};
@@ -96,38 +93,4 @@ pub(crate) fn on_epoch_tick(mut store: StoreContextMut<'_, HostState>) -> Result
         _ => {}
     }
     Ok(UpdateDeadline::Continue(1))
-}
-
-/// A thread that advances an engine's epoch at a fixed period, which is what lets deadlines
-/// fire. Start it in the process that runs filters (for nginx: in each worker, never in the
-/// master before fork). Dropping it stops the thread.
-pub struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    pub fn start(engine: &crate::Engine, period: Duration) -> std::io::Result<EpochTicker> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let engine = engine.wasmtime().clone();
-        let thread = std::thread::Builder::new().name("inwasm-epoch".into()).spawn({
-            let stop = stop.clone();
-            move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(period);
-                    engine.increment_epoch();
-                }
-            }
-        })?;
-        Ok(EpochTicker { stop, thread: Some(thread) })
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

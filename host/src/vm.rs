@@ -411,6 +411,7 @@ impl Vm {
         state.local_response_sent = false;
         if deadlines {
             live.store.set_epoch_deadline(1);
+            self.module.engine.activity().mark();
         }
         let result = live.callbacks.call(&mut live.store, callback, args);
         let state = live.store.data_mut();
@@ -468,7 +469,11 @@ impl Vm {
         let mut store = Store::new(module.engine.wasmtime(), state);
         store.limiter(|state| &mut state.limiter);
         if module.engine.config().deadlines {
-            store.epoch_deadline_callback(on_epoch_tick);
+            let activity = module.engine.activity().clone();
+            store.epoch_deadline_callback(move |store| {
+                activity.mark();
+                on_epoch_tick(store)
+            });
         }
         let instance_error = |e: wasmtime::Error| {
             let kind = match e.is::<PoolConcurrencyLimitError>() {
@@ -506,6 +511,7 @@ impl Vm {
             state.deadline = Deadline::budget(self.config.start_timeout);
             if self.module.engine.config().deadlines {
                 store.set_epoch_deadline(1);
+                self.module.engine.activity().mark();
             }
             let params = vec![wasmtime::Val::I32(0); func.ty(&*store).params().len()];
             let mut results = vec![wasmtime::Val::I32(0); func.ty(&*store).results().len()];

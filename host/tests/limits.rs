@@ -131,3 +131,40 @@ fn stream_timeout_overrides_plugin_timeout() {
     assert_eq!(error.kind, FailureKind::Deadline(Duration::from_millis(15)));
     assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
 }
+
+/// Polls `condition` for up to two seconds.
+fn eventually(condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !condition() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+#[test]
+fn an_idle_ticker_sleeps_and_wakes_for_the_next_deadline() {
+    // The budget outlasts the ticker's 100 idle ticks: the spinning callback itself must
+    // keep the ticker awake (were it to sleep, the spin would never be cut).
+    let engine = Engine::new(EngineConfig::default()).unwrap();
+    let ticker = EpochTicker::start(&engine, Duration::from_millis(1)).unwrap();
+    let bytes = std::fs::read(filters_dir().join("filter_misbehave.wasm")).unwrap();
+    let module = Module::new(&engine, "misbehave", &bytes, None).unwrap();
+    let timeout = Duration::from_millis(250);
+    let mut h = Harness::with_config(module, "ok", VmConfig { timeout: Some(timeout), ..VmConfig::default() });
+    assert!(eventually(|| ticker.is_sleeping()), "no callback runs: the ticker sleeps");
+
+    let mut headers = get_request_headers();
+    headers.push(("x-misbehave", "spin"));
+    let (stream, _) = h.stream(&headers);
+    assert!(eventually(|| !ticker.is_sleeping()), "a callback woke the ticker");
+    let started = Instant::now();
+    let error = h.vm.on_request_headers(stream, true).unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(error.kind, FailureKind::Deadline(timeout));
+    assert!(elapsed >= timeout && elapsed < timeout * 3, "cut after {elapsed:?}");
+    assert!(eventually(|| ticker.is_sleeping()), "idle again, the ticker sleeps again");
+    drop(ticker);
+}
