@@ -100,8 +100,11 @@ fn multi_tenant_failing_tenant_leaves_the_others_serving() {
             })
         })
         .collect();
-    assert_eq!(healthy.into_iter().map(|t| t.join().unwrap()).sum::<usize>(), 90, "{}", example.nginx.error_log());
-    assert_eq!(failing.into_iter().map(|t| t.join().unwrap()).collect::<Vec<_>>(), [9, 9]);
+    // A client thread that panics (e.g. a refused connection) fails the test with nginx's log.
+    let joined =
+        |t: std::thread::JoinHandle<usize>| t.join().unwrap_or_else(|_| panic!("{}", example.nginx.error_log()));
+    assert_eq!(healthy.into_iter().map(joined).sum::<usize>(), 90, "{}", example.nginx.error_log());
+    assert_eq!(failing.into_iter().map(joined).collect::<Vec<_>>(), [9, 9]);
     for tenant in ["acme", "sandbox"] {
         assert_eq!(at(port, tenant, "GET", "/", b"").status, 200, "{tenant} serves again");
     }
