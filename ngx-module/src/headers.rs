@@ -24,28 +24,25 @@ pub enum Side {
 }
 
 /// Every live element of an nginx list of headers (elements with hash 0 are deleted ones).
-unsafe fn elements(list: &ngx_list_t) -> Vec<*mut ngx_table_elt_t> {
-    let mut out = Vec::new();
-    let mut part = &list.part as *const ngx_list_part_t;
-    while !part.is_null() {
-        let elts = (*part).elts as *mut ngx_table_elt_t;
-        out.extend((0..(*part).nelts).map(|i| elts.add(i)).filter(|elt| (**elt).hash != 0));
-        part = (*part).next;
-    }
-    out
+unsafe fn elements(list: &ngx_list_t) -> impl Iterator<Item = *mut ngx_table_elt_t> + '_ {
+    let parts = std::iter::successors(Some(&list.part as *const ngx_list_part_t), |part| {
+        Some((**part).next as *const ngx_list_part_t).filter(|next| !next.is_null())
+    });
+    parts
+        .flat_map(|part| {
+            let elts = (*part).elts as *mut ngx_table_elt_t;
+            (0..(*part).nelts).map(move |i| elts.add(i))
+        })
+        .filter(|elt| (**elt).hash != 0)
 }
 
 unsafe fn pairs_of(list: &ngx_list_t) -> Pairs {
-    elements(list)
-        .into_iter()
-        .map(|elt| (bytes(&(*elt).key).to_ascii_lowercase(), bytes(&(*elt).value).to_vec()))
-        .collect()
+    elements(list).map(|elt| (bytes(&(*elt).key).to_ascii_lowercase(), bytes(&(*elt).value).to_vec())).collect()
 }
 
 /// The live elements named `key` (case-insensitively), in order.
-unsafe fn named(list: &ngx_list_t, key: &[u8]) -> impl Iterator<Item = *mut ngx_table_elt_t> {
-    let key = key.to_vec();
-    elements(list).into_iter().filter(move |elt| bytes(&(**elt).key).eq_ignore_ascii_case(&key))
+unsafe fn named<'a>(list: &'a ngx_list_t, key: &'a [u8]) -> impl Iterator<Item = *mut ngx_table_elt_t> + 'a {
+    elements(list).filter(move |elt| bytes(&(**elt).key).eq_ignore_ascii_case(key))
 }
 
 /// Appends a header to `list`.
@@ -58,7 +55,11 @@ unsafe fn push(list: &mut ngx_list_t, pool: *mut ngx_pool_t, key: &[u8], value: 
     ptr::write_bytes(elt, 0, 1);
     (*elt).key = pool_str(pool, key)?;
     (*elt).value = pool_str(pool, value)?;
-    (*elt).lowcase_key = pool_str(pool, &key.to_ascii_lowercase())?.data;
+    let lowercase = pool_str(pool, key)?.data;
+    if !lowercase.is_null() {
+        std::slice::from_raw_parts_mut(lowercase, key.len()).make_ascii_lowercase();
+    }
+    (*elt).lowcase_key = lowercase;
     (*elt).hash = 1;
     Some(())
 }
@@ -227,7 +228,7 @@ pub unsafe fn value(r: *mut ngx_http_request_t, side: Side, key: &[u8]) -> Optio
 
 /// How many headers the map has: the listed ones and those nginx keeps aside.
 pub unsafe fn count(r: *mut ngx_http_request_t, side: Side) -> usize {
-    let listed = elements(&*headers_of(r, side)).len();
+    let listed = elements(&*headers_of(r, side)).count();
     let out = &(*r).headers_out;
     match side {
         Side::Request => listed + 4, // :authority, :path, :method, :scheme
