@@ -1,4 +1,4 @@
-//! nginx buffer chains as bytes: reading a chain (memory or file buffers), building a
+//! nginx buffer chains as bytes: reading a chain (memory or file buffers) or its size, building a
 //! one-buffer chain, marking input as consumed, and swapping in a new request body.
 
 use std::ptr;
@@ -25,6 +25,21 @@ pub unsafe fn chain_bytes(mut chain: *mut ngx_chain_t, out: &mut Vec<u8>) -> Opt
         chain = link.next;
     }
     Some(())
+}
+
+/// The number of bytes in a chain (memory or file buffers).
+pub unsafe fn chain_size(mut chain: *mut ngx_chain_t) -> usize {
+    let mut size = 0;
+    while let Some(link) = chain.as_ref() {
+        let b = &*link.buf;
+        size += if b.in_file() != 0 && b.pos.is_null() {
+            (b.file_last - b.file_pos) as usize
+        } else {
+            b.last.offset_from(b.pos) as usize
+        };
+        chain = link.next;
+    }
+    size
 }
 
 /// A one-buffer chain holding a copy of `data` (or an empty buffer marking the end).

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use inwasm_host::*;
 use ngx::ffi::{
-    ngx_event_t, ngx_http_request_t, ngx_log_t, ngx_post_event, ngx_posted_events, ngx_uint_t, NGX_LOG_CRIT,
-    NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+    ngx_chain_t, ngx_event_t, ngx_http_request_t, ngx_log_t, ngx_post_event, ngx_posted_events, ngx_uint_t,
+    NGX_LOG_CRIT, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 
+use crate::chains::chain_bytes;
 use crate::ffi::log_error;
 use crate::headers::Side;
 use crate::root_link::RootLink;
@@ -29,8 +30,12 @@ pub struct Exchange {
     /// The request body a filter sees (the whole body, read before `on_request_body`).
     pub request_body: Vec<u8>,
     pub request_body_changed: bool,
-    /// The response body a filter sees: the bytes of the current call.
+    /// The response body a filter sees: the bytes of the current call. Those that came in
+    /// `response_input` join it when a filter first reads the body.
     pub response_body: Vec<u8>,
+    /// The current call's input chain while no filter has read or replaced its bytes: such
+    /// a body goes on in nginx's own buffers (file buffers stay files), copied never.
+    pub response_input: *mut ngx_chain_t,
     pub local_response: Option<LocalResponse>,
     /// A filter asked to resume the request (`proxy_continue_stream`).
     pub resume_requested: bool,
@@ -50,6 +55,7 @@ impl Exchange {
             request_body: Vec::new(),
             request_body_changed: false,
             response_body: Vec::new(),
+            response_input: ptr::null_mut(),
             local_response: None,
             resume_requested: false,
             response_resume_requested: false,
@@ -57,6 +63,14 @@ impl Exchange {
             resume_event,
             response_resume_event,
         }
+    }
+
+    /// The whole response body of the current call, copying in the input chain's bytes the
+    /// first time (`None` when a file buffer cannot be read).
+    pub fn response_body(&mut self) -> Option<&Vec<u8>> {
+        let input = std::mem::replace(&mut self.response_input, ptr::null_mut());
+        unsafe { chain_bytes(input, &mut self.response_body)? };
+        Some(&self.response_body)
     }
 
     /// Records the request and has the event loop resume it.
@@ -332,10 +346,10 @@ impl HeaderMaps for StreamEmbedding {
 
 impl Buffers for StreamEmbedding {
     fn buffer(&mut self, buffer: BufferType) -> HostResult<Vec<u8>> {
-        let exchange = self.exchange.borrow();
+        let mut exchange = self.exchange.borrow_mut();
         match buffer {
             BufferType::HttpRequestBody => Ok(exchange.request_body.clone()),
-            BufferType::HttpResponseBody => Ok(exchange.response_body.clone()),
+            BufferType::HttpResponseBody => exchange.response_body().cloned().ok_or(Status::InternalFailure),
             _ => Ok(Vec::new()),
         }
     }
@@ -347,7 +361,10 @@ impl Buffers for StreamEmbedding {
                 exchange.request_body = bytes;
                 exchange.request_body_changed = true;
             }
-            BufferType::HttpResponseBody => exchange.response_body = bytes,
+            BufferType::HttpResponseBody => {
+                exchange.response_input = ptr::null_mut();
+                exchange.response_body = bytes;
+            }
             _ => return Err(Status::BadArgument),
         }
         Ok(())

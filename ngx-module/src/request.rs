@@ -21,7 +21,7 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleLocationConf;
 
-use crate::chains::{chain_bytes, consume, memory_chain, replace_request_body, request_body};
+use crate::chains::{chain_bytes, chain_size, consume, memory_chain, replace_request_body, request_body};
 use crate::embedding::{Exchange, SharedExchange, StreamEmbedding};
 use crate::ffi::{guard, guard_status, log_error};
 use crate::headers::{self, Side};
@@ -483,21 +483,6 @@ unsafe fn stream_piece(
         }
     }
     Ok(data)
-}
-
-/// The number of bytes in a chain (memory or file buffers).
-unsafe fn chain_size(mut chain: *mut ngx_chain_t) -> usize {
-    let mut size = 0;
-    while let Some(link) = chain.as_ref() {
-        let b = &*link.buf;
-        size += if b.in_file() != 0 && b.pos.is_null() {
-            (b.file_last - b.file_pos) as usize
-        } else {
-            b.last.offset_from(b.pos) as usize
-        };
-        chain = link.next;
-    }
-    size
 }
 
 /// The resume event: a filter asked to continue a suspended request.

@@ -11,7 +11,7 @@ use ngx::ffi::{
     NGX_ERROR, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
 
-use crate::chains::{chain_bytes, consume, memory_chain};
+use crate::chains::{chain_bytes, chain_size, consume, memory_chain};
 use crate::ffi::guard_status;
 use crate::headers;
 use crate::http_module::ngx_http_inwasm_module;
@@ -155,6 +155,8 @@ unsafe fn drop_content_length(r: *mut ngx_http_request_t) {
 /// What the body callbacks make of the bytes so far.
 enum Output {
     Send(Vec<u8>),
+    /// What arrived goes on as it came: no filter read or replaced it.
+    PassOn,
     Hold,
     /// The headers are gone: the response can only be cut short.
     Fail,
@@ -188,22 +190,28 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
                 Output::Send(replacement)
             }
             None => {
-                let mut bytes = Vec::new();
-                if chain_bytes(input, &mut bytes).is_none() {
-                    return NGX_ERROR as ngx_int_t;
+                let arrived = chain_size(input);
+                ctx.body_received += arrived;
+                let body = filter_body(r, ctx, Vec::new(), input, end_of_stream);
+                if !matches!(body, Output::PassOn) {
+                    consume(input);
                 }
-                consume(input);
-                ctx.body_received += bytes.len();
-                filter_body(r, ctx, bytes, end_of_stream)
+                body
             }
         };
+        let sent = match &body {
+            Output::Send(bytes) => bytes.len(),
+            Output::PassOn => chain_size(input),
+            Output::Hold | Output::Fail => 0,
+        };
         match body {
-            Output::Send(body) => {
-                let rc = if replacing { NGX_OK as ngx_int_t } else { settle_length(r, ctx, body.len(), end_of_stream) };
+            Output::Send(_) | Output::PassOn => {
+                let rc = if replacing { NGX_OK as ngx_int_t } else { settle_length(r, ctx, sent, end_of_stream) };
                 if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
                     return rc;
                 }
-                match memory_chain(r, &body, end_of_stream) {
+                let Output::Send(bytes) = body else { return NGX_DECLINED as ngx_int_t };
+                match memory_chain(r, &bytes, end_of_stream) {
                     Some(chain) => {
                         output = chain;
                         NGX_DECLINED as ngx_int_t
@@ -253,19 +261,43 @@ unsafe fn settle_length(
     NGX_OK as ngx_int_t
 }
 
-/// Runs the body callbacks on `bytes` (after any held back while a filter paused the body).
-unsafe fn filter_body(r: *mut ngx_http_request_t, ctx: &mut RequestCtx, bytes: Vec<u8>, end_of_stream: bool) -> Output {
+/// Runs the body callbacks on what arrived: `bytes`, then `input`'s (a chain, or null), after
+/// any held back while a filter paused the body. `input` is copied only if a filter reads
+/// the body or it must be held: otherwise it passes on as it is (`Output::PassOn`, and the
+/// caller must not consume it).
+unsafe fn filter_body(
+    r: *mut ngx_http_request_t,
+    ctx: &mut RequestCtx,
+    bytes: Vec<u8>,
+    input: *mut ngx_chain_t,
+    end_of_stream: bool,
+) -> Output {
     let mut chunk = std::mem::take(&mut ctx.held_body);
     chunk.extend_from_slice(&bytes);
-    let size = chunk.len();
-    ctx.exchange.borrow_mut().response_body = chunk;
+    let size = chunk.len() + chain_size(input);
+    {
+        let mut exchange = ctx.exchange.borrow_mut();
+        exchange.response_body = chunk;
+        exchange.response_input = input;
+    }
     let mut paused = false;
     let run =
         run_response_chain(r, ctx, &mut paused, |f| f.vm.borrow_mut().on_response_body(f.stream, size, end_of_stream));
-    let body = std::mem::take(&mut ctx.exchange.borrow_mut().response_body);
+    let mut exchange = ctx.exchange.borrow_mut();
+    let untouched = !exchange.response_input.is_null() && exchange.response_body.is_empty();
+    let hold = paused && !end_of_stream;
+    if untouched && !hold && run.is_ok() {
+        exchange.response_input = ptr::null_mut();
+        return Output::PassOn;
+    }
+    if exchange.response_body().is_none() {
+        return Output::Fail;
+    }
+    let body = std::mem::take(&mut exchange.response_body);
+    drop(exchange);
     match run {
         Err(()) => Output::Fail,
-        _ if paused && !end_of_stream => {
+        _ if hold => {
             ctx.held_body = body;
             Output::Hold
         }
@@ -299,7 +331,7 @@ pub unsafe extern "C" fn resume_response(event: *mut ngx_event_t) {
                 Output::Hold
             }
         } else {
-            filter_body(r, ctx, held, last)
+            filter_body(r, ctx, held, ptr::null_mut(), last)
         };
         // Held, the body's length is known only when all of it is here.
         match &body {
@@ -315,7 +347,8 @@ pub unsafe extern "C" fn resume_response(event: *mut ngx_event_t) {
                 Some(chain) => NEXT_BODY_FILTER.expect("next body filter")(r, chain),
                 None => NGX_ERROR as ngx_int_t,
             },
-            Output::Hold => NGX_OK as ngx_int_t,
+            // Nothing arrived to pass on: only held bytes went through the filters.
+            Output::Hold | Output::PassOn => NGX_OK as ngx_int_t,
             Output::Fail => NGX_ERROR as ngx_int_t,
         }
     });
