@@ -18,6 +18,7 @@ use crate::limits::{on_epoch_tick, Deadline, MemoryLimiter};
 use crate::module::Module;
 use crate::plugin::{PluginConfig, VmConfig};
 use crate::session::{CallData, Context, HostState};
+use crate::ticker::Activity;
 use crate::types::{Action, MapType, Pairs, Status};
 use crate::wasi::flush_output;
 
@@ -68,11 +69,15 @@ pub struct Vm {
     stats: VmStats,
     /// Running start-up steps (instantiation, root contexts): `start_timeout` applies.
     starting: bool,
+    /// What callbacks mark for the epoch ticker, when the engine enforces deadlines (kept
+    /// here, as each call needs it).
+    activity: Option<Arc<Activity>>,
 }
 
 impl Vm {
     /// Instantiates `module` (running `_initialize`/`_start`). Add plugins next.
     pub fn new(module: Arc<Module>, config: VmConfig) -> Result<Vm, FilterError> {
+        let activity = module.engine.config().deadlines.then(|| module.engine.activity().clone());
         let mut vm = Vm {
             module,
             config: Arc::new(config),
@@ -83,6 +88,7 @@ impl Vm {
             next_token: [0; 3],
             stats: VmStats::default(),
             starting: false,
+            activity,
         };
         vm.ensure_live()?;
         Ok(vm)
@@ -132,13 +138,14 @@ impl Vm {
         let root_id = self.plugins[plugin.0].root_id;
         let id = self.new_context_id();
         self.state().contexts.insert(id, Context::new(root_id, embedding));
-        self.call(plugin.0, Callback::ContextCreate, id, &[id, root_id])?;
+        let timeout = self.budget(plugin.0, None);
+        self.call_within(plugin.0, Callback::ContextCreate, id, &[id, root_id], timeout)?;
         Ok(StreamId { generation: self.generation, context_id: id, plugin: plugin.0 })
     }
 
     /// Gives one stream its own callback budget (e.g. per location), instead of its plugin's.
     pub fn set_stream_timeout(&mut self, stream: StreamId, timeout: Option<Duration>) {
-        if let Ok(context) = self.stream_context(stream, Callback::ContextCreate) {
+        if let Some(context) = self.stream_context(stream) {
             context.timeout = timeout;
         }
     }
@@ -153,7 +160,7 @@ impl Vm {
         body_size: usize,
         end_of_stream: bool,
     ) -> Result<Action, FilterError> {
-        self.stream_action(stream, Callback::RequestBody, &[body_size as u32, end_of_stream as u32])
+        self.stream_action(stream, Callback::RequestBody, |_| [body_size as u32, end_of_stream as u32])
     }
 
     pub fn on_request_trailers(&mut self, stream: StreamId) -> Result<Action, FilterError> {
@@ -170,7 +177,7 @@ impl Vm {
         body_size: usize,
         end_of_stream: bool,
     ) -> Result<Action, FilterError> {
-        self.stream_action(stream, Callback::ResponseBody, &[body_size as u32, end_of_stream as u32])
+        self.stream_action(stream, Callback::ResponseBody, |_| [body_size as u32, end_of_stream as u32])
     }
 
     pub fn on_response_trailers(&mut self, stream: StreamId) -> Result<Action, FilterError> {
@@ -185,9 +192,11 @@ impl Vm {
             return Ok(());
         }
         let id = stream.context_id;
+        let own = self.stream_context(stream).and_then(|context| context.timeout);
+        let timeout = self.budget(stream.plugin, own);
         let result = [Callback::Log, Callback::Done, Callback::Delete]
             .into_iter()
-            .try_for_each(|callback| self.call(stream.plugin, callback, id, &[id]).map(drop));
+            .try_for_each(|callback| self.call_within(stream.plugin, callback, id, &[id], timeout).map(drop));
         if let Some(live) = &mut self.live {
             let state = live.store.data_mut();
             state.contexts.remove(&id);
@@ -298,13 +307,26 @@ impl Vm {
         map: MapType,
         end_of_stream: bool,
     ) -> Result<Action, FilterError> {
-        let count = self.stream_context(stream, callback)?.embedding.header_map_size(map).unwrap_or(0);
-        self.stream_action(stream, callback, &[count as u32, end_of_stream as u32])
+        self.stream_action(stream, callback, |context| {
+            let count = context.embedding.header_map_size(map).unwrap_or(0);
+            [count as u32, end_of_stream as u32]
+        })
     }
 
-    fn stream_action(&mut self, stream: StreamId, callback: Callback, args: &[u32]) -> Result<Action, FilterError> {
-        self.stream_context(stream, callback)?;
-        let result = self.call(stream.plugin, callback, stream.context_id, &with_context(stream.context_id, args))?;
+    /// Runs a stream's callback with the arguments `args` makes from its context.
+    fn stream_action(
+        &mut self,
+        stream: StreamId,
+        callback: Callback,
+        args: impl FnOnce(&mut Context) -> [u32; 2],
+    ) -> Result<Action, FilterError> {
+        let Some(context) = self.stream_context(stream) else {
+            return Err(self.failure(stream.plugin, callback, FailureKind::InstanceLost));
+        };
+        let (args, own) = (args(context), context.timeout);
+        let timeout = self.budget(stream.plugin, own);
+        let id = stream.context_id;
+        let result = self.call_within(stream.plugin, callback, id, &with_context(id, &args), timeout)?;
         let result = result.unwrap_or(0);
         if self.state().local_response_sent {
             return Ok(Action::Pause);
@@ -315,11 +337,10 @@ impl Vm {
         })
     }
 
-    fn stream_context(&mut self, stream: StreamId, callback: Callback) -> Result<&mut Context, FilterError> {
-        if self.is_current(stream) && self.state().contexts.contains_key(&stream.context_id) {
-            return Ok(self.state().contexts.get_mut(&stream.context_id).expect("checked above"));
-        }
-        Err(self.failure(stream.plugin, callback, FailureKind::InstanceLost))
+    /// The stream's context, while its instance lives.
+    fn stream_context(&mut self, stream: StreamId) -> Option<&mut Context> {
+        let live = self.live.as_mut().filter(|_| stream.generation == self.generation)?;
+        live.store.data_mut().contexts.get_mut(&stream.context_id)
     }
 
     fn is_current(&self, stream: StreamId) -> bool {
@@ -370,13 +391,13 @@ impl Vm {
         id
     }
 
-    /// The budget of a call into `context_id`: the context's own, its plugin's, or the VM's.
-    fn timeout(&self, plugin: usize, context_id: u32) -> Option<Duration> {
+    /// The budget of a call into a context of `plugin`: the context's `own`, else its
+    /// plugin's, else the VM's (the start-up budget while starting).
+    fn budget(&self, plugin: usize, own: Option<Duration>) -> Option<Duration> {
         if self.starting {
             return self.config.start_timeout;
         }
-        let context = self.live.as_ref().and_then(|live| live.store.data().contexts.get(&context_id)?.timeout);
-        context.or_else(|| self.plugins.get(plugin).and_then(|p| p.config.timeout)).or(self.config.timeout)
+        own.or_else(|| self.plugins.get(plugin).and_then(|p| p.config.timeout)).or(self.config.timeout)
     }
 
     /// The plugin's name, else the VM's id, else the module's file.
@@ -392,7 +413,7 @@ impl Vm {
         FilterError { filter: self.filter_name(plugin), callback: callback.export_name(), kind }
     }
 
-    /// Calls into the guest under the plugin's deadline. On failure the instance is discarded.
+    /// Calls into a root context (only streams have budgets of their own).
     fn call(
         &mut self,
         plugin: usize,
@@ -400,8 +421,19 @@ impl Vm {
         context_id: u32,
         args: &[u32],
     ) -> Result<Option<i32>, FilterError> {
-        let timeout = self.timeout(plugin, context_id);
-        let deadlines = self.module.engine.config().deadlines;
+        self.call_within(plugin, callback, context_id, args, self.budget(plugin, None))
+    }
+
+    /// Calls into the guest with `timeout` as the deadline. On failure the instance is
+    /// discarded.
+    fn call_within(
+        &mut self,
+        plugin: usize,
+        callback: Callback,
+        context_id: u32,
+        args: &[u32],
+        timeout: Option<Duration>,
+    ) -> Result<Option<i32>, FilterError> {
         let live = self.live.as_mut().expect("a live instance");
         let state = live.store.data_mut();
         state.current_context = context_id;
@@ -409,9 +441,9 @@ impl Vm {
         state.deadline = Deadline::budget(timeout);
         state.limiter.refused = false;
         state.local_response_sent = false;
-        if deadlines {
+        if let Some(activity) = &self.activity {
             live.store.set_epoch_deadline(1);
-            self.module.engine.activity().mark();
+            activity.mark();
         }
         let result = live.callbacks.call(&mut live.store, callback, args);
         let state = live.store.data_mut();
@@ -468,8 +500,7 @@ impl Vm {
         state.next_token = self.next_token;
         let mut store = Store::new(module.engine.wasmtime(), state);
         store.limiter(|state| &mut state.limiter);
-        if module.engine.config().deadlines {
-            let activity = module.engine.activity().clone();
+        if let Some(activity) = self.activity.clone() {
             store.epoch_deadline_callback(move |store| {
                 activity.mark();
                 on_epoch_tick(store)
@@ -509,9 +540,9 @@ impl Vm {
         for (name, func) in steps {
             let state = store.data_mut();
             state.deadline = Deadline::budget(self.config.start_timeout);
-            if self.module.engine.config().deadlines {
+            if let Some(activity) = &self.activity {
                 store.set_epoch_deadline(1);
-                self.module.engine.activity().mark();
+                activity.mark();
             }
             let params = vec![wasmtime::Val::I32(0); func.ty(&*store).params().len()];
             let mut results = vec![wasmtime::Val::I32(0); func.ty(&*store).results().len()];

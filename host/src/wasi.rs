@@ -56,8 +56,8 @@ impl WasiState {
 /// Emits what stdout/stderr hold as log lines; called when a callback ends.
 pub(crate) fn flush_output(state: &mut HostState) {
     for stream in 0..2 {
-        let pending = std::mem::take(&mut state.wasi.pending[stream]);
-        if !pending.is_empty() {
+        if !state.wasi.pending[stream].is_empty() {
+            let pending = std::mem::take(&mut state.wasi.pending[stream]);
             state.log(output_level(stream), &String::from_utf8_lossy(&pending));
         }
     }
