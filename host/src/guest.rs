@@ -67,6 +67,23 @@ impl<'a, 'b> Guest<'a, 'b> {
         Ok(checked(memory.data(&*self.caller), ptr, len)?.to_vec())
     }
 
+    /// Runs `f` with the bytes of each `(ptr, len)` range, in place, and the host state: what
+    /// a host function passes on to the embedding needs no copy.
+    pub fn with_bytes<const N: usize, T>(
+        &mut self,
+        ranges: [(i32, i32); N],
+        f: impl FnOnce(&mut HostState, [&[u8]; N]) -> AbiResult<T>,
+    ) -> AbiResult<T> {
+        let memory = self.memory()?;
+        let (data, state) = memory.data_and_store_mut(&mut *self.caller);
+        let data: &[u8] = data;
+        let mut slices = [&data[..0]; N];
+        for (slice, (ptr, len)) in slices.iter_mut().zip(ranges) {
+            *slice = checked(data, ptr, len)?;
+        }
+        f(state, slices)
+    }
+
     /// A copy of at most `max` of the `len` bytes at `ptr` (all of which must be in bounds).
     pub fn read_prefix(&self, ptr: i32, len: i32, max: usize) -> AbiResult<Vec<u8>> {
         let memory = self.memory()?;

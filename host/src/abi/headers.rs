@@ -1,13 +1,15 @@
 //! The header-map functions. HTTP call response headers/trailers and gRPC metadata are held
 //! by the host during their callback; request/response maps belong to the embedding.
 
+use std::borrow::Cow;
+
 use wasmtime::Linker;
 
 use super::abi_fn;
 use crate::embedding::first_header_value;
 use crate::guest::{AbiResult, Guest};
 use crate::serialization::{deserialize_map, serialize_map};
-use crate::session::HostState;
+use crate::session::{CallData, HostState};
 use crate::types::{AbiVersion, MapType, Pairs, Status};
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -35,11 +37,12 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                                                    ret_ptr: i32,
                                                    ret_len: i32| {
         let map = map_type(map)?;
-        let key = g.read(key_ptr, key_len)?;
-        let value = match host_map(&mut g, map) {
-            Some(pairs) => first_header_value(&pairs, &key),
-            None => g.embedding()?.header_value(map, &key)?,
-        };
+        let value = g.with_bytes([(key_ptr, key_len)], |state, [key]| {
+            Ok(match host_map(&state.call, map) {
+                Some(pairs) => first_header_value(pairs, key),
+                None => state.effective()?.embedding.header_value(map, key)?,
+            })
+        })?;
         let value = match value {
             Some(value) => value,
             // ABI 0.1.0 hosts answered a missing header with an empty value.
@@ -55,24 +58,25 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                                                    value_ptr: i32,
                                                    value_len: i32| {
         let map = embedding_map(map)?;
-        let key = g.read(key_ptr, key_len)?.to_ascii_lowercase();
-        let value = g.read(value_ptr, value_len)?;
-        Ok(g.embedding()?.add_header(map, &key, &value)?)
+        g.with_bytes([(key_ptr, key_len), (value_ptr, value_len)], |state, [key, value]| {
+            Ok(state.effective()?.embedding.add_header(map, &lowercase(key), value)?)
+        })
     });
     abi_fn!(
         linker,
         "proxy_replace_header_map_value",
         |g, map: i32, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32| {
             let map = embedding_map(map)?;
-            let key = g.read(key_ptr, key_len)?.to_ascii_lowercase();
-            let value = g.read(value_ptr, value_len)?;
-            Ok(g.embedding()?.replace_header(map, &key, &value)?)
+            g.with_bytes([(key_ptr, key_len), (value_ptr, value_len)], |state, [key, value]| {
+                Ok(state.effective()?.embedding.replace_header(map, &lowercase(key), value)?)
+            })
         }
     );
     abi_fn!(linker, "proxy_remove_header_map_value", |g, map: i32, key_ptr: i32, key_len: i32| {
         let map = embedding_map(map)?;
-        let key = g.read(key_ptr, key_len)?.to_ascii_lowercase();
-        Ok(g.embedding()?.remove_header(map, &key)?)
+        g.with_bytes([(key_ptr, key_len)], |state, [key]| {
+            Ok(state.effective()?.embedding.remove_header(map, &lowercase(key))?)
+        })
     });
     Ok(())
 }
@@ -93,20 +97,27 @@ fn embedding_map(raw: i32) -> Result<MapType, Status> {
 }
 
 /// The maps the host holds itself during a callback.
-fn host_map(g: &mut Guest<'_, '_>, map: MapType) -> Option<Pairs> {
-    let call = &g.state().call;
+fn host_map(call: &CallData, map: MapType) -> Option<&Pairs> {
     match map {
-        MapType::HttpCallResponseHeaders => Some(call.http_response_headers.clone()),
-        MapType::HttpCallResponseTrailers => Some(call.http_response_trailers.clone()),
-        MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => Some(call.grpc_metadata.clone()),
+        MapType::HttpCallResponseHeaders => Some(&call.http_response_headers),
+        MapType::HttpCallResponseTrailers => Some(&call.http_response_trailers),
+        MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => Some(&call.grpc_metadata),
         _ => None,
     }
 }
 
 fn pairs(g: &mut Guest<'_, '_>, map: MapType) -> AbiResult<Pairs> {
-    match host_map(g, map) {
-        Some(pairs) => Ok(pairs),
+    match host_map(&g.state().call, map) {
+        Some(pairs) => Ok(pairs.clone()),
         None => Ok(g.embedding()?.header_map(map)?),
+    }
+}
+
+/// A header name in lower case, copied only when it has capitals.
+fn lowercase(key: &[u8]) -> Cow<'_, [u8]> {
+    match key.iter().any(u8::is_ascii_uppercase) {
+        true => Cow::Owned(key.to_ascii_lowercase()),
+        false => Cow::Borrowed(key),
     }
 }
 
