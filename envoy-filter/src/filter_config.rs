@@ -45,6 +45,7 @@ impl FilterConfig {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let settings = config::parse(filter_name, json)?;
         let module = runtime::compile(&settings.module)?;
+        runtime::keep_deadlines_for(settings.plugin.timeout.or(settings.vm.timeout));
         let scheduler = unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(envoy) };
         let config = Arc::new(FilterConfig {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

@@ -8,16 +8,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use inwasm_host::stores::{QueueStore, SharedDataStore};
-use inwasm_host::{Engine, EngineConfig, EpochTicker, LoadError, Module};
+use inwasm_host::{Engine, EngineConfig, EpochTicker, LoadError, Module, DEFAULT_TIMEOUT};
 
 use crate::mailbox::Mailbox;
 
-/// How often the epoch advances: the precision of deadlines.
-const EPOCH_PERIOD: Duration = Duration::from_millis(1);
-
 struct Runtime {
     engine: Engine,
-    _ticker: EpochTicker,
+    /// Ticks as often as the shortest budget of any filter configured so far needs.
+    ticker: EpochTicker,
     shared_data: SharedDataStore,
     queues: QueueStore<Arc<Mailbox>>,
 }
@@ -27,13 +25,9 @@ fn runtime() -> Result<&'static Runtime, String> {
     RUNTIME
         .get_or_init(|| {
             let engine = Engine::new(EngineConfig::default()).map_err(|e| format!("wasmtime engine: {e}"))?;
-            let ticker = EpochTicker::start(&engine, EPOCH_PERIOD).map_err(|e| format!("deadline ticker: {e}"))?;
-            Ok(Runtime {
-                engine,
-                _ticker: ticker,
-                shared_data: SharedDataStore::default(),
-                queues: QueueStore::default(),
-            })
+            let period = EpochTicker::period_for(DEFAULT_TIMEOUT);
+            let ticker = EpochTicker::start(&engine, period).map_err(|e| format!("deadline ticker: {e}"))?;
+            Ok(Runtime { engine, ticker, shared_data: SharedDataStore::default(), queues: QueueStore::default() })
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -43,6 +37,13 @@ fn runtime() -> Result<&'static Runtime, String> {
 pub fn compile(path: &std::path::Path) -> Result<Arc<Module>, String> {
     let engine = &runtime()?.engine;
     Module::from_file(engine, path, None).map_err(|e: LoadError| e.to_string())
+}
+
+/// Makes deadlines precise enough for a filter whose callbacks have `budget`.
+pub fn keep_deadlines_for(budget: Option<Duration>) {
+    if let (Ok(runtime), Some(budget)) = (runtime(), budget) {
+        runtime.ticker.tighten(EpochTicker::period_for(budget));
+    }
 }
 
 /// Shared data of every filter in the process, keyed by VM id and key.

@@ -248,7 +248,11 @@ extern "C" fn proxy_wasm_timeout(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, 
             let value = String::from_utf8_lossy(value);
             return conf_error(cf, &format!("invalid proxy_wasm_timeout \"{value}\": use a time such as 50ms or 1s"));
         }
-        loc.timeout = Some(Duration::from_millis(ms as u64));
+        let timeout = Duration::from_millis(ms as u64);
+        loc.timeout = Some(timeout);
+        if let Some(wasm) = WasmConf::of_cycle((*cf).cycle) {
+            wasm.note_timeout(timeout);
+        }
         ptr::null_mut()
     }
 }

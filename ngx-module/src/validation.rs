@@ -13,13 +13,12 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use inwasm_host::{EpochTicker, PluginConfig, Vm};
+use inwasm_host::{EpochTicker, PluginConfig, Vm, DEFAULT_START_TIMEOUT};
 use ngx::ffi::ngx_log_t;
 
 use crate::embedding::RootEmbedding;
 use crate::root_link::RootLink;
 use crate::wasm_block::{engine, ModuleDecl};
-use crate::worker::EPOCH_PERIOD;
 
 /// How long the master waits for the child: a base, plus a little per filter (each filter's
 /// steps have budgets of their own; this only guards against the unforeseen).
@@ -81,7 +80,7 @@ fn report_each(
     log: *mut ngx_log_t,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
-    let _ticker = EpochTicker::start(engine(), EPOCH_PERIOD)?;
+    let _ticker = EpochTicker::start(engine(), EpochTicker::period_for(DEFAULT_START_TIMEOUT))?;
     for (decl, plugin) in filters {
         let (kind, message) = match start(decl, plugin, log) {
             Ok(false) => (0u8, String::new()),

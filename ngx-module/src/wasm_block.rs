@@ -18,8 +18,11 @@ use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use inwasm_host::{CodeCache, Engine, EngineConfig, Module, PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT};
+use inwasm_host::{
+    CodeCache, Engine, EngineConfig, EpochTicker, Module, PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT,
+};
 use ngx::core::Pool;
 use ngx::ffi::{
     ngx_command_t, ngx_conf_parse, ngx_conf_t, ngx_core_module_t, ngx_cycle_t, ngx_module_t, ngx_parse_size, ngx_str_t,
@@ -69,9 +72,21 @@ pub struct WasmConf {
     memory_limit: Option<usize>,
     /// Where compiled code is kept between runs (`cache_dir`); chosen at the first module.
     cache: Option<Option<CodeCache>>,
+    /// The shortest `proxy_wasm_timeout` configured, which sets the deadlines' precision.
+    shortest_timeout: Option<Duration>,
 }
 
 impl WasmConf {
+    /// Notes a callback budget configured somewhere (`proxy_wasm_timeout`).
+    pub fn note_timeout(&mut self, timeout: Duration) {
+        self.shortest_timeout = Some(self.shortest_timeout.map_or(timeout, |t| t.min(timeout)));
+    }
+
+    /// How often the epoch must tick for every configured budget (the default one included).
+    pub fn tick_period(&self) -> Duration {
+        EpochTicker::period_for(self.shortest_timeout.map_or(DEFAULT_TIMEOUT, |t| t.min(DEFAULT_TIMEOUT)))
+    }
+
     pub fn module_index(&self, name: &str) -> Option<usize> {
         self.modules.iter().position(|m| m.name == name)
     }

@@ -13,7 +13,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
-use std::time::Duration;
 
 use inwasm_host::{EpochTicker, FailureKind, FilterError, PluginId, Vm};
 use ngx::ffi::{ngx_cycle_t, ngx_int_t, ngx_log_t, NGX_LOG_ERR, NGX_OK};
@@ -23,9 +22,6 @@ use crate::ffi::{guard_status, log_error};
 use crate::metrics;
 use crate::root_link::RootLink;
 use crate::wasm_block::{engine, FilterDecl, ModuleDecl, WasmConf};
-
-/// How often the epoch advances, i.e. the precision of deadlines.
-pub const EPOCH_PERIOD: Duration = Duration::from_millis(1);
 
 pub type SharedVm = Rc<RefCell<Vm>>;
 
@@ -142,7 +138,7 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         if conf.modules.is_empty() {
             return NGX_OK as ngx_int_t;
         }
-        let ticker = match EpochTicker::start(engine(), EPOCH_PERIOD) {
+        let ticker = match EpochTicker::start(engine(), conf.tick_period()) {
             Ok(ticker) => ticker,
             Err(error) => {
                 log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: cannot start the deadline ticker: {error}"));
