@@ -16,7 +16,7 @@ use inwasm_host::{Action, FilterError, PluginId, StreamId};
 use ngx::ffi::{
     ngx_chain_t, ngx_delete_posted_event, ngx_event_t, ngx_http_core_run_phases, ngx_http_finalize_request,
     ngx_http_read_client_request_body, ngx_http_request_body_filter_pt, ngx_http_request_t, ngx_int_t, ngx_log_t,
-    ngx_pool_cleanup_add, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    ngx_palloc, ngx_pool_cleanup_add, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR,
     NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_OK,
 };
 use ngx::http::HttpModuleLocationConf;
@@ -117,8 +117,21 @@ pub unsafe fn ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestCtx> 
     (slot as *mut RequestCtx).as_mut()
 }
 
+/// The request pool's cleanup of the context it holds (the pool frees the memory).
 unsafe extern "C" fn drop_ctx(data: *mut c_void) {
-    drop(Box::from_raw(data as *mut RequestCtx));
+    ptr::drop_in_place(data as *mut RequestCtx);
+}
+
+// The request pool aligns what it hands out to 8 bytes.
+const _: () = assert!(std::mem::align_of::<RequestCtx>() <= 8);
+
+/// An event that runs `handler` for request `r`.
+unsafe fn request_event(handler: unsafe extern "C" fn(*mut ngx_event_t), r: *mut ngx_http_request_t) -> ngx_event_t {
+    let mut event: ngx_event_t = std::mem::zeroed();
+    event.handler = Some(handler);
+    event.data = r as *mut c_void;
+    event.log = (*(*r).connection).log;
+    event
 }
 
 /// Per-request instances of a request (isolation `stream`), by module index.
@@ -153,45 +166,43 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
     let chain = loc.chain.as_deref().unwrap_or_default();
     let conf = WasmConf::of_cycle(ngx::ffi::ngx_cycle).ok_or("no wasm configuration")?;
     let log = (*(*r).connection).log;
-    let ctx = Box::into_raw(Box::new(RequestCtx {
-        filters: Vec::with_capacity(chain.len()),
-        exchange: Rc::new(RefCell::new(Exchange::new(ptr::null_mut(), ptr::null_mut()))),
-        stage: Stage::Headers(0),
-        suspended: false,
-        resume: std::mem::zeroed(),
-        response_resume: std::mem::zeroed(),
-        failed: false,
-        fail_open: loc.fail_open(),
-        held_request: Vec::new(),
-        body_stopped: false,
-        body_paused_at: None,
-        held_body: Vec::new(),
-        replacement_body: None,
-        headers_held: false,
-        length_pending: false,
-        body_received: 0,
-        body_received_total: 0,
-        body_sent_total: 0,
-        held_raw: Vec::new(),
-        held_raw_last: false,
-        finished: false,
-    }));
+    // In the request's pool, which outlives every use of it; the cleanup drops it.
+    let ctx = ngx_palloc((*r).pool, std::mem::size_of::<RequestCtx>()) as *mut RequestCtx;
     let cleanup = ngx_pool_cleanup_add((*r).pool, 0);
-    if cleanup.is_null() {
-        drop(Box::from_raw(ctx));
+    if ctx.is_null() || cleanup.is_null() {
         return Err("out of memory".into());
     }
+    let events = (ptr::addr_of_mut!((*ctx).resume), ptr::addr_of_mut!((*ctx).response_resume));
+    ptr::write(
+        ctx,
+        RequestCtx {
+            filters: Vec::with_capacity(chain.len()),
+            exchange: Rc::new(RefCell::new(Exchange::new(events.0, events.1))),
+            stage: Stage::Headers(0),
+            suspended: false,
+            resume: request_event(resume, r),
+            response_resume: request_event(crate::response::resume_response, r),
+            failed: false,
+            fail_open: loc.fail_open(),
+            held_request: Vec::new(),
+            body_stopped: false,
+            body_paused_at: None,
+            held_body: Vec::new(),
+            replacement_body: None,
+            headers_held: false,
+            length_pending: false,
+            body_received: 0,
+            body_received_total: 0,
+            body_sent_total: 0,
+            held_raw: Vec::new(),
+            held_raw_last: false,
+            finished: false,
+        },
+    );
     (*cleanup).handler = Some(drop_ctx);
     (*cleanup).data = ctx as *mut c_void;
     *(*r).ctx.add(ngx_http_inwasm_module.ctx_index) = ctx as *mut c_void;
     let ctx = &mut *ctx;
-    ctx.resume.handler = Some(resume);
-    ctx.resume.data = r as *mut c_void;
-    ctx.resume.log = log;
-    ctx.response_resume.handler = Some(crate::response::resume_response);
-    ctx.response_resume.data = r as *mut c_void;
-    ctx.response_resume.log = log;
-    *ctx.exchange.borrow_mut() = Exchange::new(&mut ctx.resume, &mut ctx.response_resume);
 
     let mut per_request = RequestInstances::new();
     for &index in chain {
