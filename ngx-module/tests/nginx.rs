@@ -97,6 +97,20 @@ fn works_with_return_and_static_files() {
 }
 
 #[test]
+fn a_body_filter_reads_and_rewrites_a_static_file_and_one_that_does_not_leaves_it_whole() {
+    let nginx = Nginx::start(
+        &wasm_block(&["body", "headers"]),
+        "location /plain { proxy_wasm headers; alias /usr/share/nginx/html/index.html; }
+         location /upper { proxy_wasm body; alias /usr/share/nginx/html/index.html; }",
+    );
+    let file = std::fs::read_to_string("/usr/share/nginx/html/index.html").unwrap();
+    let plain = nginx.get("/plain");
+    assert_eq!((plain.status, plain.text()), (200, file.clone()));
+    let upper = nginx.get("/upper");
+    assert_eq!((upper.status, upper.text()), (200, format!("{}!", file.to_ascii_uppercase())));
+}
+
+#[test]
 fn request_body_is_rewritten_before_upstream() {
     let upstream = EchoUpstream::start();
     let nginx = Nginx::start(
