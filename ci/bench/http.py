@@ -7,7 +7,9 @@ The servers run on CPU 0 (one worker), wrk on CPU 1 (one thread, 32 connections)
 server is measured in each round, in turn (A B C ... A B C ...). A server's ratio to its bare
 server and the microseconds it adds per request are computed within each round, from
 measurements seconds apart, and the median over rounds is reported: absolute numbers drift
-on shared machines, within a round much less. Prints a markdown table; `--json FILE` also
+on shared machines, within a round much less. Each run also counts the server process's CPU
+time per request (every thread's, from /proc): throughput swings with whatever else shares
+the machine, CPU time per request much less. Prints a markdown table; `--json FILE` also
 writes the numbers.
 """
 
@@ -52,7 +54,11 @@ http {{
     subprocess.run([NGINX, "-p", work, "-c", conf], check=True)
     for port in ports.values():
         wait_port(port)
-    return ports, lambda: subprocess.run([NGINX, "-p", work, "-c", conf, "-s", "stop"], capture_output=True)
+    with open(f"{work}/nginx.pid") as f:
+        master = f.read().strip()
+    with open(f"/proc/{master}/task/{master}/children") as f:
+        worker = int(f.read().split()[0])
+    return {name: (port, worker) for name, port in ports.items()}, lambda: subprocess.run([NGINX, "-p", work, "-c", conf, "-s", "stop"], capture_output=True)
 
 
 V8_FILTER = f"""          - name: envoy.filters.http.wasm
@@ -74,8 +80,8 @@ def envoy_servers(work):
         with open(path, "w") as f:
             f.write(envoy_yaml(port, admin, BODY, http_filters, "bench"))
         processes.append(start_envoy(path, os.path.join(work, f"envoy-{len(ports)}.log"), "warn", cpu=0))
-        ports[name] = port
-    for port in ports.values():
+        ports[name] = (port, processes[-1].pid)
+    for port, _ in ports.values():
         wait_port(port)
 
     def stop():
@@ -85,15 +91,29 @@ def envoy_servers(work):
     return ports, stop
 
 
-def wrk(port, seconds):
+def cpu_ns(pid):
+    """CPU time all of a process's threads have run, in nanoseconds."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total
+
+
+def wrk(port, seconds, server_pid):
+    """A wrk run against `port`: throughput, latency, and the server process's CPU time per
+    request (less sensitive than throughput to what else the machine runs)."""
+    before = cpu_ns(server_pid)
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "--latency",
                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_ns(server_pid) - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
 
     def latency(percent):
         value, unit = re.search(rf"\s{percent}%\s+([\d.]+)(us|ms|s)", out).groups()
         return float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
-    return {"rps": rps, "p50_us": latency(50), "p99_us": latency(99)}
+    return {"rps": rps, "cpu_us": cpu / 1e3 / requests, "p50_us": latency(50), "p99_us": latency(99)}
 
 
 def main():
@@ -107,12 +127,12 @@ def main():
     envoy, stop_envoy = envoy_servers(work)
     servers = {**nginx, **envoy}
     try:
-        for port in servers.values():
-            wrk(port, 1)  # warm up: instances, caches, connections
+        for port, pid in servers.values():
+            wrk(port, 1, pid)  # warm up: instances, caches, connections
         samples = {name: [] for name in servers}
         for _ in range(args.rounds):
-            for name, port in servers.items():
-                samples[name].append(wrk(port, args.seconds))
+            for name, (port, pid) in servers.items():
+                samples[name].append(wrk(port, args.seconds, pid))
     finally:
         stop_nginx()
         stop_envoy()
@@ -122,14 +142,21 @@ def main():
         median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
         rows[name] = {**median, "rounds_rps": [r["rps"] for r in runs],
                       "ratio": statistics.median(r["rps"] / b["rps"] for r, b in zip(runs, bare)),
-                      "added_us": statistics.median(1e6 / r["rps"] - 1e6 / b["rps"] for r, b in zip(runs, bare))}
+                      "added_us": statistics.median(1e6 / r["rps"] - 1e6 / b["rps"] for r, b in zip(runs, bare)),
+                      "cpu_us": statistics.median(r["cpu_us"] for r in runs),
+                      "cpu_ratio": statistics.median(b["cpu_us"] / r["cpu_us"] for r, b in zip(runs, bare)),
+                      "cpu_added_us": statistics.median(r["cpu_us"] - b["cpu_us"] for r, b in zip(runs, bare))}
     print(f"{args.rounds} interleaved rounds of {args.seconds} s, medians (ratios and added time per round, then "
           "their median); one server worker on CPU 0, wrk (1 thread, 32 connections) on CPU 1; a 6-byte response.\n")
-    print("| server | requests/s | vs its bare server | added per request | p50 | p99 |")
-    print("|---|---|---|---|---|---|")
+    print("| server | requests/s | vs its bare server | added per request | server CPU per request | "
+          "bare CPU / this | p50 | p99 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
-        added = "" if name in ("nginx", "Envoy") else f"{row['added_us']:+.1f} us"
-        print(f"| {name} | {row['rps']:,.0f} | {row['ratio']:.1%} | {added} | {row['p50_us']:.0f} us | {row['p99_us']:.0f} us |")
+        bare = name in ("nginx", "Envoy")
+        added = "" if bare else f"{row['added_us']:+.1f} us"
+        cpu = f"{row['cpu_us']:.1f} us" + ("" if bare else f" ({row['cpu_added_us']:+.1f})")
+        print(f"| {name} | {row['rps']:,.0f} | {row['ratio']:.1%} | {added} | {cpu} | {row['cpu_ratio']:.1%} "
+              f"| {row['p50_us']:.0f} us | {row['p99_us']:.0f} us |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
