@@ -54,7 +54,7 @@ impl HttpFilter {
         }
         .and_then(|instance| {
             let embedding = Box::new(StreamEmbedding::new(&self.config, &self.state));
-            let stream = instance.vm.borrow_mut().new_stream(instance.plugin, embedding)?;
+            let stream = instance.vm.borrow_mut().new_stream(instance.plugin, embedding, None)?;
             Ok((instance, stream))
         });
         stream::run_deferred();

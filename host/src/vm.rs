@@ -133,21 +133,21 @@ impl Vm {
     }
 
     /// Creates a stream context under `plugin` (rebuilding the instance if it failed).
-    pub fn new_stream(&mut self, plugin: PluginId, embedding: Box<dyn Embedding>) -> Result<StreamId, FilterError> {
+    /// `timeout` is the stream's own callback budget (e.g. its location's); `None` leaves it
+    /// its plugin's.
+    pub fn new_stream(
+        &mut self,
+        plugin: PluginId,
+        embedding: Box<dyn Embedding>,
+        timeout: Option<Duration>,
+    ) -> Result<StreamId, FilterError> {
         self.ensure_live()?;
         let root_id = self.plugins[plugin.0].root_id;
         let id = self.new_context_id();
-        self.state().contexts.insert(id, Context::new(root_id, embedding));
-        let timeout = self.budget(plugin.0, None);
-        self.call_within(plugin.0, Callback::ContextCreate, id, &[id, root_id], timeout)?;
+        self.state().contexts.insert(id, Context { timeout, ..Context::new(root_id, embedding) });
+        let budget = self.budget(plugin.0, timeout);
+        self.call_within(plugin.0, Callback::ContextCreate, id, &[id, root_id], budget)?;
         Ok(StreamId { generation: self.generation, context_id: id, plugin: plugin.0 })
-    }
-
-    /// Gives one stream its own callback budget (e.g. per location), instead of its plugin's.
-    pub fn set_stream_timeout(&mut self, stream: StreamId, timeout: Option<Duration>) {
-        if let Some(context) = self.stream_context(stream) {
-            context.timeout = timeout;
-        }
     }
 
     pub fn on_request_headers(&mut self, stream: StreamId, end_of_stream: bool) -> Result<Action, FilterError> {

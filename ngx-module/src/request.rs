@@ -209,8 +209,8 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
         let opened = instance_for(conf, index, loc.isolation.unwrap_or(Isolation::None), &mut per_request, log)
             .and_then(|(vm, plugin)| {
                 let embedding = Box::new(StreamEmbedding::new(r, index, &ctx.exchange));
-                let stream = vm.borrow_mut().new_stream(plugin, embedding).map_err(|e| e.to_string())?;
-                vm.borrow_mut().set_stream_timeout(stream, Some(loc.timeout()));
+                let timeout = Some(loc.timeout());
+                let stream = vm.borrow_mut().new_stream(plugin, embedding, timeout).map_err(|e| e.to_string())?;
                 Ok(ActiveFilter { vm, stream, skipped: false })
             });
         match opened {
