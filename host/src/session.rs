@@ -83,14 +83,26 @@ pub(crate) struct CallStatus {
     pub message: Vec<u8>,
 }
 
+/// The fields every callback and host call touches come first, in declaration order
+/// (`repr(C)`), so that they share a few cache lines: between a request's phases the
+/// kernel's network path evicts them, and each line is a miss.
+#[repr(C)]
 pub(crate) struct HostState {
-    pub abi: AbiVersion,
-    pub vm: Arc<VmConfig>,
-    pub contexts: IdMap<Context>,
-    pub plugins: IdMap<Arc<PluginConfig>>,
     /// The context the host called into, and the one host calls act on.
     pub current_context: u32,
     pub effective_context: u32,
+    /// The running callback answered with a local response (the stream must stop).
+    pub local_response_sent: bool,
+    /// When the running callback must stop; checked on each epoch tick.
+    pub deadline: Deadline,
+    pub limiter: MemoryLimiter,
+    pub contexts: IdMap<Context>,
+    pub memory: Option<Memory>,
+    pub allocator: Option<TypedFunc<i32, i32>>,
+    pub wasi: WasiState,
+    pub abi: AbiVersion,
+    pub vm: Arc<VmConfig>,
+    pub plugins: IdMap<Arc<PluginConfig>>,
     pub call: CallData,
     pub status: CallStatus,
     /// Calls issued so far, by kind (see `take_token`).
@@ -98,16 +110,8 @@ pub(crate) struct HostState {
     /// Http/gRPC calls this instance issued that have not completed: token, and the context
     /// that issued it (a stream's calls are dropped when it ends, as Envoy cancels them).
     pub pending_calls: IdMap<u32>,
-    pub memory: Option<Memory>,
-    pub allocator: Option<TypedFunc<i32, i32>>,
-    pub limiter: MemoryLimiter,
-    /// When the running callback must stop; checked on each epoch tick.
-    pub deadline: Deadline,
-    pub wasi: WasiState,
     /// Host functions already reported as unimplemented by the embedding.
     pub unimplemented_reported: HashSet<&'static str>,
-    /// The running callback answered with a local response (the stream must stop).
-    pub local_response_sent: bool,
     /// Lines logged before any context existed (during start-up), handed to the first root.
     pub startup_log: Vec<(LogLevel, String)>,
 }

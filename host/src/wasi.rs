@@ -38,12 +38,14 @@ impl fmt::Display for ProcExit {
 
 impl std::error::Error for ProcExit {}
 
+/// `pending` first: every callback's end looks at it (see `HostState`).
+#[repr(C)]
 pub(crate) struct WasiState {
+    /// Partial lines written to stdout (index 0) and stderr (index 1).
+    pending: [Vec<u8>; 2],
     /// `KEY=VALUE` entries, each NUL-terminated.
     environment: Vec<Vec<u8>>,
     started: Instant,
-    /// Partial lines written to stdout (index 0) and stderr (index 1).
-    pending: [Vec<u8>; 2],
 }
 
 impl WasiState {
