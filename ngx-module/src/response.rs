@@ -181,6 +181,7 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
             return NGX_OK as ngx_int_t;
         }
         let end_of_stream = is_last(input);
+        let arrived = chain_size(input);
         let replacing = ctx.replacement_body.is_some();
         let body = match ctx.replacement_body.clone() {
             Some(replacement) => {
@@ -190,7 +191,6 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
                 Output::Send(replacement)
             }
             None => {
-                let arrived = chain_size(input);
                 ctx.body_received += arrived;
                 let body = filter_body(r, ctx, Vec::new(), input, end_of_stream);
                 if !matches!(body, Output::PassOn) {
@@ -201,7 +201,7 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, input: *mut ngx
         };
         let sent = match &body {
             Output::Send(bytes) => bytes.len(),
-            Output::PassOn => chain_size(input),
+            Output::PassOn => arrived,
             Output::Hold | Output::Fail => 0,
         };
         match body {
