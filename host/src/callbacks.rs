@@ -193,32 +193,51 @@ impl Typed {
     }
 }
 
-/// The callbacks one instance exports (absent ones are skipped when called).
+/// The callbacks one instance exports, each looked up on its first call (absent ones are
+/// skipped). A fresh instance per request uses about half of them, and looking one up
+/// (wasmtime makes its function reference) was a quarter of what a fresh instance cost.
 pub(crate) struct Callbacks {
-    exports: Vec<Option<Typed>>,
+    instance: Instance,
+    exports: [Lookup; Callback::ALL.len()],
+}
+
+enum Lookup {
+    NotYet,
+    Absent,
+    Found(Typed),
 }
 
 impl Callbacks {
-    pub fn resolve(index: &CallbackIndex, instance: &Instance, mut store: impl AsContextMut) -> Callbacks {
-        let exports = index
-            .exports
-            .iter()
-            .map(|entry| {
-                let (export, shape) = entry.as_ref()?;
-                let func = instance.get_module_export(&mut store, export)?.into_func()?;
-                // SAFETY: the shape was read from this module's export type.
-                Some(unsafe { Typed::new(&store, func, *shape) })
-            })
-            .collect();
-        Callbacks { exports }
+    pub fn new(instance: Instance) -> Callbacks {
+        Callbacks { instance, exports: std::array::from_fn(|_| Lookup::NotYet) }
     }
 
     /// Calls `callback` with the first `args` it declares (missing ones are 0). `Ok(None)`
     /// when the module does not export it or it returns nothing.
-    pub fn call(&self, store: impl AsContextMut, callback: Callback, args: &[u32]) -> wasmtime::Result<Option<i32>> {
-        match &self.exports[callback as usize] {
-            Some(typed) => typed.call(store, args),
-            None => Ok(None),
+    pub fn call(
+        &mut self,
+        mut store: impl AsContextMut,
+        index: &CallbackIndex,
+        callback: Callback,
+        args: &[u32],
+    ) -> wasmtime::Result<Option<i32>> {
+        let slot = &mut self.exports[callback as usize];
+        if let Lookup::NotYet = slot {
+            *slot = match Self::find(self.instance, &mut store, index, callback) {
+                Some(typed) => Lookup::Found(typed),
+                None => Lookup::Absent,
+            };
         }
+        match slot {
+            Lookup::Found(typed) => typed.call(store, args),
+            _ => Ok(None),
+        }
+    }
+
+    fn find(instance: Instance, mut store: impl AsContextMut, index: &CallbackIndex, callback: Callback) -> Option<Typed> {
+        let (export, shape) = index.exports[callback as usize].as_ref()?;
+        let func = instance.get_module_export(&mut store, export)?.into_func()?;
+        // SAFETY: the shape was read from this module's export type.
+        Some(unsafe { Typed::new(&store, func, *shape) })
     }
 }

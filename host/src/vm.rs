@@ -445,7 +445,7 @@ impl Vm {
             live.store.set_epoch_deadline(1);
             activity.mark();
         }
-        let result = live.callbacks.call(&mut live.store, callback, args);
+        let result = live.callbacks.call(&mut live.store, &self.module.callbacks, callback, args);
         let state = live.store.data_mut();
         flush_output(state);
         state.deadline = Deadline::None;
@@ -516,7 +516,7 @@ impl Vm {
         let instance = module.pre.instantiate(&mut store).map_err(instance_error)?;
         let memory = module.callbacks.memory(&instance, &mut store);
         let allocator = module.callbacks.allocator(&instance, &mut store);
-        let callbacks = Callbacks::resolve(&module.callbacks, &instance, &mut store);
+        let callbacks = Callbacks::new(instance);
         let state = store.data_mut();
         state.memory = memory;
         state.allocator = allocator;
