@@ -12,7 +12,10 @@ use std::ffi::c_void;
 use std::ptr;
 use std::rc::Rc;
 
-use inwasm_host::{Action, FilterError, PluginId, StreamId};
+use allocator_api2::vec::Vec as PoolVec;
+
+use inwasm_host::{Action, FilterError, LocalResponse, PluginId, StreamId};
+use ngx::core::Pool;
 use ngx::ffi::{
     ngx_chain_t, ngx_delete_posted_event, ngx_event_t, ngx_http_core_run_phases, ngx_http_finalize_request,
     ngx_http_read_client_request_body, ngx_http_request_body_filter_pt, ngx_http_request_t, ngx_int_t, ngx_log_t,
@@ -49,9 +52,9 @@ enum Stage {
     Done,
 }
 
-/// A request's state, kept in its module context (freed with the request pool).
+/// A request's state, kept in its module context (in the request pool, like its filters).
 pub struct RequestCtx {
-    pub filters: Vec<ActiveFilter>,
+    pub filters: PoolVec<ActiveFilter, Pool>,
     pub exchange: SharedExchange,
     stage: Stage,
     /// Suspended by a pausing filter (holding one reference on the request).
@@ -173,10 +176,12 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
         return Err("out of memory".into());
     }
     let events = (ptr::addr_of_mut!((*ctx).resume), ptr::addr_of_mut!((*ctx).response_resume));
+    let mut filters = PoolVec::new_in(Pool::from_ngx_pool((*r).pool));
+    filters.try_reserve_exact(chain.len()).map_err(|_| "out of memory")?;
     ptr::write(
         ctx,
         RequestCtx {
-            filters: Vec::with_capacity(chain.len()),
+            filters,
             exchange: Rc::new(RefCell::new(Exchange::new(events.0, events.1))),
             stage: Stage::Headers(0),
             suspended: false,
@@ -278,15 +283,25 @@ fn has_body(r: &ngx_http_request_t) -> bool {
     r.headers_in.content_length_n > 0 || r.headers_in.chunked() != 0
 }
 
-/// Runs the request side from where it stands until it is done (`NGX_DECLINED`: nginx's
-/// phases go on), waits (`NGX_DONE`: suspended, or reading the body), or ends the request
-/// (an HTTP status, or the result of sending a local response).
-unsafe fn advance(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t {
+/// Where the request side stopped, and what nginx is to do next. The calls into nginx are
+/// made by [`proceed`], once no reference to the request's context is held: they run our
+/// filters again, which find the context through the request.
+enum Next {
+    /// `NGX_DECLINED` (nginx's phases go on), `NGX_DONE` (suspended), or an HTTP status.
+    Status(ngx_int_t),
+    SendLocalResponse(LocalResponse),
+    /// Read the request body; each piece goes through the chain as it arrives.
+    ReadBody,
+}
+
+/// Runs the request side from where it stands until it is done, waits, or ends the request.
+unsafe fn advance(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Next {
+    use Next::Status;
     loop {
         // Answered while suspended (e.g. from an http call's response).
-        if ctx.exchange.borrow().local_response.is_some() {
+        if let Some(response) = ctx.exchange.borrow_mut().local_response.take() {
             ctx.stage = Stage::Done;
-            return send_local_response(r, ctx);
+            return Next::SendLocalResponse(response);
         }
         let result = match ctx.stage {
             Stage::Headers(index) if index < ctx.filters.len() => {
@@ -296,13 +311,7 @@ unsafe fn advance(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t
             }
             Stage::Headers(_) if has_body(&*r) => {
                 ctx.stage = Stage::Streaming;
-                let rc = ngx_http_read_client_request_body(r, Some(request_body_read));
-                if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
-                    return rc;
-                }
-                // Reading holds its own reference on the request until `request_body_read`.
-                ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
-                return NGX_DONE as ngx_int_t;
+                return Next::ReadBody;
             }
             Stage::Headers(_) => {
                 ctx.stage = Stage::Done;
@@ -317,26 +326,45 @@ unsafe fn advance(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t
                 // What the pausing filter held joins the body already passed on.
                 ctx.stage = Stage::Done;
                 let tail = std::mem::take(&mut ctx.exchange.borrow_mut().request_body);
-                let Some(mut body) = request_body(r) else { return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t };
+                let Some(mut body) = request_body(r) else {
+                    return Status(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+                };
                 body.extend_from_slice(&tail);
                 if replace_request_body(r, &body).is_none() {
-                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                    return Status(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
                 }
                 continue;
             }
-            Stage::Streaming => return NGX_DONE as ngx_int_t,
-            Stage::Done => return NGX_DECLINED as ngx_int_t,
+            Stage::Streaming => return Status(NGX_DONE as ngx_int_t),
+            Stage::Done => return Status(NGX_DECLINED as ngx_int_t),
         };
         match result {
             Step::Continue => {}
-            Step::Failed => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+            Step::Failed => return Status(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t),
             Step::Responded => continue,
             Step::Paused if std::mem::take(&mut ctx.exchange.borrow_mut().resume_requested) => {}
             Step::Paused => {
                 ctx.suspended = true;
                 (*(*r).main).set_count((*(*r).main).count() + 1);
-                return NGX_DONE as ngx_int_t;
+                return Status(NGX_DONE as ngx_int_t);
             }
+        }
+    }
+}
+
+/// Does what the request side asked for (see [`Next`]); returns the phase handler's status.
+unsafe fn proceed(r: *mut ngx_http_request_t, next: Next) -> ngx_int_t {
+    match next {
+        Next::Status(rc) => rc,
+        Next::SendLocalResponse(response) => send_local_response(r, response),
+        Next::ReadBody => {
+            let rc = ngx_http_read_client_request_body(r, Some(request_body_read));
+            if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+                return rc;
+            }
+            // Reading holds its own reference on the request until `request_body_read`.
+            ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+            NGX_DONE as ngx_int_t
         }
     }
 }
@@ -366,14 +394,19 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
         if ctx.suspended {
             return NGX_DONE as ngx_int_t;
         }
-        advance(r, ctx)
+        let next = advance(r, ctx);
+        proceed(r, next)
     })
 }
 
 /// Goes on after waiting (a body read, a resume): runs the rest of the request side, then
 /// nginx's phases, or ends the request.
-unsafe fn go_on(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) {
-    let rc = guard_status((*(*r).connection).log, || advance(r, ctx));
+unsafe fn go_on(r: *mut ngx_http_request_t) {
+    let rc = guard_status((*(*r).connection).log, || {
+        let Some(ctx) = ctx(r) else { return NGX_ERROR as ngx_int_t };
+        let next = advance(r, ctx);
+        proceed(r, next)
+    });
     if rc == NGX_DECLINED as ngx_int_t {
         (*r).write_event_handler = Some(ngx_http_core_run_phases);
         ngx_http_core_run_phases(r);
@@ -400,7 +433,7 @@ unsafe extern "C" fn request_body_read(r: *mut ngx_http_request_t) {
             return ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
         }
     }
-    go_on(r, ctx);
+    go_on(r);
 }
 
 /// Makes Content-Length match the body the chain let through (filters may change its size).
@@ -504,7 +537,7 @@ unsafe extern "C" fn resume(event: *mut ngx_event_t) {
     if !std::mem::take(&mut ctx.suspended) {
         return;
     }
-    go_on(r, ctx);
+    go_on(r);
     // Drop the reference taken when the request was suspended.
     ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
 }

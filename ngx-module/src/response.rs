@@ -41,12 +41,9 @@ unsafe fn apply_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx)
     Some(body)
 }
 
-/// Sends the pending local response; the response filters, ours included, see it like any
+/// Sends a filter's local response; the response filters, ours included, see it like any
 /// other response.
-pub unsafe fn send_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> ngx_int_t {
-    let Some(response) = ctx.exchange.borrow_mut().local_response.take() else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    };
+pub unsafe fn send_local_response(r: *mut ngx_http_request_t, response: LocalResponse) -> ngx_int_t {
     let (pairs, body) = local_response_parts(response);
     send_response(r, &pairs, &body)
 }
