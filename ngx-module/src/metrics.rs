@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use allocator_api2::vec::Vec as SlabVec;
 use inwasm_host::{HostResult, MetricType, Status};
@@ -34,16 +34,28 @@ struct Metric {
     sum: AtomicU64,
 }
 
+/// Metrics a zone holds at most: half the zone, the rest is for their names.
+const CAPACITY: usize = ZONE_SIZE / 2 / std::mem::size_of::<Metric>();
+
+/// Defining a metric takes the zone's lock; updating or reading one does not (every request
+/// counts one, in every worker): the metrics live in a table allocated once, so a defined
+/// metric never moves, and `defined` publishes each new one after it is written.
 pub struct MetricStore {
     ids: RbTreeMap<Key, u32, SlabPool>,
     metrics: SlabVec<Metric, SlabPool>,
+    /// `metrics`' elements, which never move (its capacity is reserved at once).
+    table: *const Metric,
+    defined: AtomicU32,
 }
 
 pub type MetricZone = ShmZone<MetricStore>;
 
 pub unsafe fn declare(cf: *mut ngx_conf_t) -> Result<Box<MetricZone>, String> {
     ShmZone::declare(cf, "metrics", "*", ZONE_SIZE, |pool| {
-        Some(MetricStore { ids: RbTreeMap::try_new_in(pool.clone()).ok()?, metrics: SlabVec::new_in(pool) })
+        let mut metrics = SlabVec::new_in(pool.clone());
+        metrics.try_reserve_exact(CAPACITY).ok()?;
+        let table = metrics.as_ptr();
+        Some(MetricStore { ids: RbTreeMap::try_new_in(pool).ok()?, metrics, table, defined: AtomicU32::new(0) })
     })
 }
 
@@ -69,15 +81,23 @@ pub fn define(zone: &MetricZone, filter: &str, kind: MetricType, name: &str) -> 
         sum: AtomicU64::new(0),
     };
     let id = store.metrics.len() as u32;
-    store.metrics.try_reserve(1).map_err(|_| full)?;
+    if store.metrics.len() == store.metrics.capacity() {
+        return Err(full);
+    }
     store.ids.try_insert(Key(copy_in(&pool, &key).ok_or(full)?), id).map_err(|_| full)?;
     store.metrics.push(metric);
+    store.defined.store(id + 1, Ordering::Release);
     Ok(id)
 }
 
 fn with_metric<R>(zone: &MetricZone, id: u32, f: impl FnOnce(&Metric) -> HostResult<R>) -> HostResult<R> {
-    let store = zone.read()?;
-    f(store.metrics.get(id as usize).ok_or(Status::NotFound)?)
+    // SAFETY: without the lock, only `table` (set once) and `defined` (atomic) are read, and
+    // a metric below `defined` is written before it is published and moves never.
+    let store = unsafe { &*zone.unlocked()? };
+    if id >= store.defined.load(Ordering::Acquire) {
+        return Err(Status::NotFound);
+    }
+    f(unsafe { &*store.table.add(id as usize) })
 }
 
 pub fn increment(zone: &MetricZone, id: u32, offset: i64) -> HostResult<()> {

@@ -108,6 +108,11 @@ impl<T> ShmZone<T> {
     pub fn write(&self) -> HostResult<RwLockWriteGuard<'_, T>> {
         Ok(self.store()?.write())
     }
+
+    /// The store without taking the lock: the caller keeps to what is safe to share so.
+    pub fn unlocked(&self) -> HostResult<*const T> {
+        Ok(self.store()?.data_ptr())
+    }
 }
 
 /// Maps the store into a zone: a new one, or the one a reload keeps.
