@@ -101,6 +101,18 @@ impl MemoryEmbedding {
     fn exchange(&self) -> HostResult<std::cell::RefMut<'_, ExchangeState>> {
         self.exchange.as_ref().map(|e| e.borrow_mut()).ok_or(Status::NotFound)
     }
+
+    fn pairs(&self, map: MapType) -> HostResult<std::cell::RefMut<'_, Pairs>> {
+        let exchange = self.exchange()?;
+        std::cell::RefMut::filter_map(exchange, |exchange| match map {
+            MapType::HttpRequestHeaders => Some(&mut exchange.request_headers),
+            MapType::HttpRequestTrailers => Some(&mut exchange.request_trailers),
+            MapType::HttpResponseHeaders => Some(&mut exchange.response_headers),
+            MapType::HttpResponseTrailers => Some(&mut exchange.response_trailers),
+            _ => None,
+        })
+        .map_err(|_| Status::BadArgument)
+    }
 }
 
 impl Logging for MemoryEmbedding {
@@ -114,39 +126,52 @@ impl Logging for MemoryEmbedding {
 
 impl Clock for MemoryEmbedding {}
 
+/// Edited in place, as a proxy's own header maps are: the host's header calls then cost what
+/// they cost in a proxy, not a copy of the map each (the defaults' way).
 impl HeaderMaps for MemoryEmbedding {
     fn header_map(&mut self, map: MapType) -> HostResult<Pairs> {
-        let exchange = self.exchange()?;
-        Ok(match map {
-            MapType::HttpRequestHeaders => exchange.request_headers.clone(),
-            MapType::HttpRequestTrailers => exchange.request_trailers.clone(),
-            MapType::HttpResponseHeaders => exchange.response_headers.clone(),
-            MapType::HttpResponseTrailers => exchange.response_trailers.clone(),
-            _ => return Err(Status::BadArgument),
-        })
-    }
-
-    fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
-        let exchange = self.exchange()?;
-        Ok(match map {
-            MapType::HttpRequestHeaders => exchange.request_headers.len(),
-            MapType::HttpRequestTrailers => exchange.request_trailers.len(),
-            MapType::HttpResponseHeaders => exchange.response_headers.len(),
-            MapType::HttpResponseTrailers => exchange.response_trailers.len(),
-            _ => return Err(Status::BadArgument),
-        })
+        Ok(self.pairs(map)?.clone())
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> HostResult<()> {
-        let mut exchange = self.exchange()?;
-        let target = match map {
-            MapType::HttpRequestHeaders => &mut exchange.request_headers,
-            MapType::HttpRequestTrailers => &mut exchange.request_trailers,
-            MapType::HttpResponseHeaders => &mut exchange.response_headers,
-            MapType::HttpResponseTrailers => &mut exchange.response_trailers,
-            _ => return Err(Status::BadArgument),
-        };
-        *target = pairs;
+        *self.pairs(map)? = pairs;
+        Ok(())
+    }
+
+    fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
+        Ok(self.pairs(map)?.len())
+    }
+
+    fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
+        Ok(first_header_value(&self.pairs(map)?, key))
+    }
+
+    fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
+        self.pairs(map)?.push((key.to_vec(), value.to_vec()));
+        Ok(())
+    }
+
+    fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
+        let mut pairs = self.pairs(map)?;
+        match pairs.iter().position(|(k, _)| k.eq_ignore_ascii_case(key)) {
+            Some(first) => {
+                pairs[first].1.clear();
+                pairs[first].1.extend_from_slice(value);
+                // Later values of the key go; the first keeps its place.
+                let mut index = 0;
+                pairs.retain(|(k, _)| {
+                    let keep = index <= first || !k.eq_ignore_ascii_case(key);
+                    index += 1;
+                    keep
+                });
+            }
+            None => pairs.push((key.to_vec(), value.to_vec())),
+        }
+        Ok(())
+    }
+
+    fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
+        self.pairs(map)?.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
         Ok(())
     }
 }
