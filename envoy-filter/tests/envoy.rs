@@ -50,18 +50,8 @@ fn request_and_response_headers_are_rewritten() {
 
 #[test]
 fn configuration_errors_stop_envoy_with_the_reason() {
-    let dir = std::env::temp_dir().join(format!("inwasm-envoy-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let text = dir.join("not-wasm.wasm");
-    std::fs::write(&text, "I am not wasm").unwrap();
-    let refuser = dir.join("refuser.wat");
-    std::fs::write(
-        &refuser,
-        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
-           (func (export "malloc") (param i32) (result i32) (i32.const 8))
-           (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
+    let bad = BadModules::in_scratch_dir();
+    let (text, refuser) = (&bad.not_wasm, &bad.refuser);
     let cases = [
         (format!(r#"{{"module": "{}", "timeot": "1s"}}"#, filter("headers")), "unknown key \"timeot\"".to_string()),
         (r#"{"configuration": "x"}"#.to_string(), "needs \"module\"".to_string()),
@@ -78,7 +68,6 @@ fn configuration_errors_stop_envoy_with_the_reason() {
         let log = Envoy::try_start(&setup).err().unwrap_or_else(|| panic!("{config} was accepted"));
         assert!(log.contains(&expected), "{config}: expected {expected:?} in\n{log}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -364,18 +364,8 @@ fn reload_picks_up_a_module_changed_on_disk_and_old_requests_finish_on_old_insta
 
 #[test]
 fn config_errors_name_the_file_and_reason() {
-    let dir = std::env::temp_dir().join(format!("inwasm-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let text = dir.join("not-wasm.wasm");
-    std::fs::write(&text, "I am not wasm").unwrap();
-    let refuser = dir.join("refuser.wat");
-    std::fs::write(
-        &refuser,
-        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
-           (func (export "malloc") (param i32) (result i32) (i32.const 8))
-           (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
+    let bad = BadModules::in_scratch_dir();
+    let (text, refuser) = (&bad.not_wasm, &bad.refuser);
     let cases = [
         (
             format!("wasm {{ module bad {}; }}", text.display()),
@@ -417,7 +407,6 @@ fn config_errors_name_the_file_and_reason() {
         assert!(output.contains(&expected), "expected {expected:?} in:\n{output}");
         assert!(output.contains("nginx.conf:"), "the error names the config line: {output}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

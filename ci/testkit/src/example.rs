@@ -9,6 +9,22 @@ use crate::nginx::Nginx;
 use crate::paths::{module_path, root};
 use crate::ports::free_port;
 
+/// An example running with its ports moved, reached through the ports its file documents.
+pub trait OnMovedPorts {
+    /// Each documented port and where it is served in this test.
+    fn moved_ports(&self) -> &BTreeMap<u16, u16>;
+
+    /// Where the example's documented port `documented` is served in this test.
+    fn port(&self, documented: u16) -> u16 {
+        self.moved_ports()[&documented]
+    }
+
+    /// A request to the documented port `documented`, with extra headers and a body.
+    fn request(&self, documented: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        request(self.port(documented), method, path, headers, body)
+    }
+}
+
 /// An example's nginx, started from `examples/<name>/nginx.conf` with only what a test must
 /// change: the module path (the build under test), the error log and pid file (a scratch
 /// directory), and every `127.0.0.1:PORT` the file names, each moved to a free port.
@@ -26,22 +42,11 @@ impl Example {
         let port = *ports.get(&serves).unwrap_or_else(|| panic!("{} does not listen on {serves}", path.display()));
         Example { nginx: Nginx::start_config(&text, &root(), port), ports }
     }
+}
 
-    /// Where the example's documented port `documented` is served in this test.
-    pub fn port(&self, documented: u16) -> u16 {
-        self.ports[&documented]
-    }
-
-    /// A request to the documented port `documented`, with extra headers and a body.
-    pub fn request(
-        &self,
-        documented: u16,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Response {
-        request(self.port(documented), method, path, headers, body)
+impl OnMovedPorts for Example {
+    fn moved_ports(&self) -> &BTreeMap<u16, u16> {
+        &self.ports
     }
 }
 
@@ -66,20 +71,11 @@ impl EnvoyExample {
             .unwrap_or_else(|log| panic!("{}: envoy did not start:\n{log}", path.display()));
         EnvoyExample { envoy, ports }
     }
+}
 
-    pub fn port(&self, documented: u16) -> u16 {
-        self.ports[&documented]
-    }
-
-    pub fn request(
-        &self,
-        documented: u16,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Response {
-        request(self.port(documented), method, path, headers, body)
+impl OnMovedPorts for EnvoyExample {
+    fn moved_ports(&self) -> &BTreeMap<u16, u16> {
+        &self.ports
     }
 }
 

@@ -11,7 +11,7 @@ mod ports;
 mod upstream;
 
 pub use envoy::{inwasm_filter, v8_filter, Envoy, EnvoySetup};
-pub use example::{nginx_config_for_test, EnvoyExample, Example};
+pub use example::{nginx_config_for_test, EnvoyExample, Example, OnMovedPorts};
 pub use http::*;
 pub use nginx::*;
 pub use paths::*;

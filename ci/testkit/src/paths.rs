@@ -62,3 +62,35 @@ pub fn envoy_module_dir() -> PathBuf {
     assert!(dir.join("libinwasm.so").exists(), "build/libinwasm.so is missing: run `make build`");
     dir
 }
+
+/// Modules that must fail to load, for the tests of configuration errors: a file that is not
+/// wasm, and a filter whose `proxy_on_configure` refuses every configuration.
+pub struct BadModules {
+    pub dir: PathBuf,
+    pub not_wasm: PathBuf,
+    pub refuser: PathBuf,
+}
+
+impl BadModules {
+    /// Writes them to a fresh scratch directory (removed with the value).
+    pub fn in_scratch_dir() -> BadModules {
+        let dir = scratch_dir();
+        let not_wasm = dir.join("not-wasm.wasm");
+        std::fs::write(&not_wasm, "I am not wasm").unwrap();
+        let refuser = dir.join("refuser.wat");
+        std::fs::write(
+            &refuser,
+            r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+           (func (export "malloc") (param i32) (result i32) (i32.const 8))
+           (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0)))"#,
+        )
+        .unwrap();
+        BadModules { dir, not_wasm, refuser }
+    }
+}
+
+impl Drop for BadModules {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
