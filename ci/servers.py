@@ -66,31 +66,14 @@ def inwasm_filter(value):
 def envoy_yaml(port, admin, body, http_filters, stat_prefix):
     """Envoy answering every request with `body` itself, through `http_filters` (entries as
     `inwasm_filter` makes them; the router is appended)."""
-    filters = "".join(f + "\n" for f in http_filters)
-    return f"""admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {stat_prefix}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                direct_response: {{status: 200, body: {{inline_string: "{body}"}}}}
-          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"""
+    with open(os.path.join(ROOT, "ci", "envoy-listener.yaml")) as f:
+        template = f.read()
+    values = {"ADMIN": str(admin), "PORT": str(port), "STAT_PREFIX": stat_prefix,
+              "ROUTE": f'direct_response: {{status: 200, body: {{inline_string: "{body}"}}}}',
+              "FILTERS": "".join(f + "\n" for f in http_filters), "CLUSTERS": ""}
+    for name, value in values.items():
+        template = template.replace(f"@{name}@", value)
+    return template
 
 
 def start_envoy(config, log_path, log_level, cpu=None):

@@ -200,34 +200,19 @@ fn config(setup: &EnvoySetup, port: u16, admin: u16) -> String {
         })
         .collect();
     let filters: String = setup.filters.iter().map(|f| indent(f, "          ")).collect();
-    format!(
-        "admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: [\"*\"]
-              routes:
-              - match: {{prefix: \"/\"}}
-                {route}
-          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{clusters}"
-    )
+    let values = [
+        ("ADMIN", admin.to_string()),
+        ("PORT", port.to_string()),
+        ("STAT_PREFIX", "ingress".to_string()),
+        ("ROUTE", route),
+        ("FILTERS", filters),
+        ("CLUSTERS", clusters),
+    ];
+    values.iter().fold(LISTENER.to_string(), |text, (name, value)| text.replace(&format!("@{name}@"), value))
 }
+
+/// The configuration's skeleton, shared with the benchmarks.
+const LISTENER: &str = include_str!("../../envoy-listener.yaml");
 
 fn indent(text: &str, by: &str) -> String {
     text.lines().map(|line| format!("{by}{line}\n")).collect()
