@@ -91,13 +91,15 @@ pub fn define(zone: &MetricZone, filter: &str, kind: MetricType, name: &str) -> 
 }
 
 fn with_metric<R>(zone: &MetricZone, id: u32, f: impl FnOnce(&Metric) -> HostResult<R>) -> HostResult<R> {
-    // SAFETY: without the lock, only `table` (set once) and `defined` (atomic) are read, and
-    // a metric below `defined` is written before it is published and moves never.
-    let store = unsafe { &*zone.unlocked()? };
-    if id >= store.defined.load(Ordering::Acquire) {
+    let store = zone.unlocked()?;
+    // SAFETY: without the lock, only these two fields are read (not the store as a whole,
+    // which a definition may be changing): `table` is set once, `defined` is atomic, and a
+    // metric below `defined` was written before it was published and never moves.
+    let (table, defined) = unsafe { ((*store).table, &*std::ptr::addr_of!((*store).defined)) };
+    if id >= defined.load(Ordering::Acquire) {
         return Err(Status::NotFound);
     }
-    f(unsafe { &*store.table.add(id as usize) })
+    f(unsafe { &*table.add(id as usize) })
 }
 
 pub fn increment(zone: &MetricZone, id: u32, offset: i64) -> HostResult<()> {
