@@ -6,7 +6,8 @@
 //! request driver acts on them when the callback has returned.
 
 use std::cell::RefCell;
-use std::ptr;
+use std::ops::Deref;
+use std::ptr::{self, NonNull};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -94,7 +95,31 @@ fn post(event: *mut ngx_event_t) {
     }
 }
 
-pub type SharedExchange = Rc<RefCell<Exchange>>;
+/// A request's exchange, in the request's pool: its context owns it (and drops it after
+/// ending the streams, see `RequestCtx`), its streams refer to it. Not inside the context
+/// itself, which the request driver holds `&mut` while filters run and write to the exchange.
+#[derive(Clone, Copy)]
+pub struct ExchangeRef(NonNull<RefCell<Exchange>>);
+
+impl ExchangeRef {
+    /// # Safety
+    /// `exchange` must stay valid as long as any copy of the result is used.
+    pub unsafe fn new(exchange: NonNull<RefCell<Exchange>>) -> ExchangeRef {
+        ExchangeRef(exchange)
+    }
+
+    pub fn as_ptr(self) -> *mut RefCell<Exchange> {
+        self.0.as_ptr()
+    }
+}
+
+impl Deref for ExchangeRef {
+    type Target = RefCell<Exchange>;
+    fn deref(&self) -> &RefCell<Exchange> {
+        // SAFETY: valid while used (see `new`).
+        unsafe { self.0.as_ref() }
+    }
+}
 
 fn nginx_level(level: LogLevel) -> ngx_uint_t {
     (match level {
@@ -256,12 +281,12 @@ pub struct StreamEmbedding {
     /// The filter's index in the configuration (whose names it reads when needed, so a
     /// request copies none).
     filter: usize,
-    exchange: SharedExchange,
+    exchange: ExchangeRef,
 }
 
 impl StreamEmbedding {
-    pub fn new(r: *mut ngx_http_request_t, filter: usize, exchange: &SharedExchange) -> StreamEmbedding {
-        StreamEmbedding { r, filter, exchange: exchange.clone() }
+    pub fn new(r: *mut ngx_http_request_t, filter: usize, exchange: ExchangeRef) -> StreamEmbedding {
+        StreamEmbedding { r, filter, exchange }
     }
 
     fn request_log(&self) -> *mut ngx_log_t {

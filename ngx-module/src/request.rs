@@ -9,8 +9,7 @@
 
 use std::cell::RefCell;
 use std::ffi::c_void;
-use std::ptr;
-use std::rc::Rc;
+use std::ptr::{self, NonNull};
 
 use allocator_api2::vec::Vec as PoolVec;
 
@@ -25,7 +24,7 @@ use ngx::ffi::{
 use ngx::http::HttpModuleLocationConf;
 
 use crate::chains::{chain_bytes, chain_size, consume, memory_chain, replace_request_body, request_body};
-use crate::embedding::{Exchange, SharedExchange, StreamEmbedding};
+use crate::embedding::{Exchange, ExchangeRef, StreamEmbedding};
 use crate::ffi::{guard, guard_status, log_error};
 use crate::headers::{self, Side};
 use crate::http_module::{ngx_http_inwasm_module, Isolation, LocConf, Module};
@@ -55,7 +54,7 @@ enum Stage {
 /// A request's state, kept in its module context (in the request pool, like its filters).
 pub struct RequestCtx {
     pub filters: PoolVec<ActiveFilter, Pool>,
-    pub exchange: SharedExchange,
+    pub exchange: ExchangeRef,
     stage: Stage,
     /// Suspended by a pausing filter (holding one reference on the request).
     suspended: bool,
@@ -106,7 +105,11 @@ impl RequestCtx {
 }
 
 impl Drop for RequestCtx {
+    /// Ends the streams first if the log phase did not: they refer to the exchange, which
+    /// goes with this context.
     fn drop(&mut self) {
+        self.finish(self.resume.log);
+        unsafe { ptr::drop_in_place(self.exchange.as_ptr()) };
         for event in [&mut self.resume, &mut self.response_resume] {
             if event.posted() != 0 {
                 unsafe { ngx_delete_posted_event(event) };
@@ -120,13 +123,16 @@ pub unsafe fn ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestCtx> 
     (slot as *mut RequestCtx).as_mut()
 }
 
-/// The request pool's cleanup of the context it holds (the pool frees the memory).
+/// The request pool's cleanup of the context it holds (the pool frees the memory). Guarded:
+/// dropping it may end streams, which runs their filters.
 unsafe extern "C" fn drop_ctx(data: *mut c_void) {
-    ptr::drop_in_place(data as *mut RequestCtx);
+    let ctx = data as *mut RequestCtx;
+    guard((*ctx).resume.log, (), || ptr::drop_in_place(ctx));
 }
 
 // The request pool aligns what it hands out to 8 bytes.
 const _: () = assert!(std::mem::align_of::<RequestCtx>() <= 8);
+const _: () = assert!(std::mem::align_of::<RefCell<Exchange>>() <= 8);
 
 /// An event that runs `handler` for request `r`.
 unsafe fn request_event(handler: unsafe extern "C" fn(*mut ngx_event_t), r: *mut ngx_http_request_t) -> ngx_event_t {
@@ -171,18 +177,21 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
     let log = (*(*r).connection).log;
     // In the request's pool, which outlives every use of it; the cleanup drops it.
     let ctx = ngx_palloc((*r).pool, std::mem::size_of::<RequestCtx>()) as *mut RequestCtx;
+    let exchange = ngx_palloc((*r).pool, std::mem::size_of::<RefCell<Exchange>>()) as *mut RefCell<Exchange>;
     let cleanup = ngx_pool_cleanup_add((*r).pool, 0);
-    if ctx.is_null() || cleanup.is_null() {
+    let (Some(exchange), false, false) = (NonNull::new(exchange), ctx.is_null(), cleanup.is_null()) else {
         return Err("out of memory".into());
-    }
+    };
     let events = (ptr::addr_of_mut!((*ctx).resume), ptr::addr_of_mut!((*ctx).response_resume));
     let mut filters = PoolVec::new_in(Pool::from_ngx_pool((*r).pool));
     filters.try_reserve_exact(chain.len()).map_err(|_| "out of memory")?;
+    ptr::write(exchange.as_ptr(), RefCell::new(Exchange::new(events.0, events.1)));
     ptr::write(
         ctx,
         RequestCtx {
             filters,
-            exchange: Rc::new(RefCell::new(Exchange::new(events.0, events.1))),
+            // The context drops it (the pool frees the memory).
+            exchange: ExchangeRef::new(exchange),
             stage: Stage::Headers(0),
             suspended: false,
             resume: request_event(resume, r),
@@ -213,7 +222,7 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
     for &index in chain {
         let opened = instance_for(conf, index, loc.isolation.unwrap_or(Isolation::None), &mut per_request, log)
             .and_then(|(vm, plugin)| {
-                let embedding = Box::new(StreamEmbedding::new(r, index, &ctx.exchange));
+                let embedding = Box::new(StreamEmbedding::new(r, index, ctx.exchange));
                 let timeout = Some(loc.timeout());
                 let stream = vm.borrow_mut().new_stream(plugin, embedding, timeout).map_err(|e| e.to_string())?;
                 Ok(ActiveFilter { vm, stream, skipped: false })
