@@ -1,7 +1,7 @@
 //! Per-instance state: the store data every host function works on.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,15 +44,17 @@ pub(crate) struct Context {
     /// The root context this one belongs to (itself for a root context).
     pub root_id: u32,
     pub embedding: Box<dyn Embedding>,
-    /// Properties a filter set that the embedding did not take.
-    pub properties: HashMap<Vec<u8>, Vec<u8>>,
+    /// Properties a filter set that the embedding did not take. Hashed with fixed keys: a
+    /// filter only slows its own lookups, and a map with random keys reads a thread-local
+    /// to make, on every stream.
+    pub properties: HashMap<Vec<u8>, Vec<u8>, BuildHasherDefault<DefaultHasher>>,
     /// This context's callback budget, when it differs from its plugin's.
     pub timeout: Option<Duration>,
 }
 
 impl Context {
     pub fn new(root_id: u32, embedding: Box<dyn Embedding>) -> Context {
-        Context { root_id, embedding, properties: HashMap::new(), timeout: None }
+        Context { root_id, embedding, properties: HashMap::default(), timeout: None }
     }
 }
 

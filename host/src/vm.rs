@@ -201,7 +201,10 @@ impl Vm {
             let state = live.store.data_mut();
             state.contexts.remove(&id);
             // Calls the stream made are cancelled with it: their answers will not be delivered.
-            state.pending_calls.retain(|_, context| *context != id);
+            // (Retaining scans the map's whole capacity, so an empty map is left alone.)
+            if !state.pending_calls.is_empty() {
+                state.pending_calls.retain(|_, context| *context != id);
+            }
         }
         result
     }
