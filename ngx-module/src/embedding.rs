@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use inwasm_host::*;
 use ngx::ffi::{
-    ngx_chain_t, ngx_event_t, ngx_http_request_t, ngx_log_t, ngx_post_event, ngx_posted_events, ngx_uint_t,
-    NGX_LOG_CRIT, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+    ngx_chain_t, ngx_delete_posted_event, ngx_event_t, ngx_http_request_t, ngx_log_t, ngx_post_event,
+    ngx_posted_events, ngx_uint_t, NGX_LOG_CRIT, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 
 use crate::chains::chain_bytes;
@@ -45,13 +45,14 @@ pub struct Exchange {
     /// The response headers are held for a filter that paused them.
     pub response_held: bool,
     /// The request's resume events, posted when a filter asks to resume (never run from
-    /// inside the guest).
-    resume_event: *mut ngx_event_t,
-    response_resume_event: *mut ngx_event_t,
+    /// inside the guest). Here, not in the request's context: nginx writes them as it posts
+    /// them, while the request driver holds the context `&mut`.
+    resume_event: ngx_event_t,
+    response_resume_event: ngx_event_t,
 }
 
 impl Exchange {
-    pub fn new(resume_event: *mut ngx_event_t, response_resume_event: *mut ngx_event_t) -> Exchange {
+    pub fn new(resume_event: ngx_event_t, response_resume_event: ngx_event_t) -> Exchange {
         Exchange {
             request_body: Vec::new(),
             request_body_changed: false,
@@ -77,21 +78,31 @@ impl Exchange {
     /// Records the request and has the event loop resume it.
     fn request_resume(&mut self) {
         self.resume_requested = true;
-        post(self.resume_event);
+        post(&mut self.resume_event);
     }
 
     /// Records the response and has the event loop resume it.
     fn response_resume(&mut self) {
         self.response_resume_requested = true;
-        post(self.response_resume_event);
+        post(&mut self.response_resume_event);
     }
 }
 
-fn post(event: *mut ngx_event_t) {
-    unsafe {
-        if !event.is_null() && (*event).posted() == 0 {
-            ngx_post_event(event, ptr::addr_of_mut!(ngx_posted_events));
+impl Drop for Exchange {
+    /// Takes the resume events off nginx's queue of posted events, which would reach freed
+    /// memory once the request's pool is gone.
+    fn drop(&mut self) {
+        for event in [&mut self.resume_event, &mut self.response_resume_event] {
+            if event.posted() != 0 {
+                unsafe { ngx_delete_posted_event(event) };
+            }
         }
+    }
+}
+
+fn post(event: &mut ngx_event_t) {
+    if event.posted() == 0 {
+        unsafe { ngx_post_event(event, ptr::addr_of_mut!(ngx_posted_events)) };
     }
 }
 

@@ -16,10 +16,10 @@ use allocator_api2::vec::Vec as PoolVec;
 use inwasm_host::{Action, FilterError, LocalResponse, PluginId, StreamId};
 use ngx::core::Pool;
 use ngx::ffi::{
-    ngx_chain_t, ngx_delete_posted_event, ngx_event_t, ngx_http_core_run_phases, ngx_http_finalize_request,
-    ngx_http_read_client_request_body, ngx_http_request_body_filter_pt, ngx_http_request_t, ngx_int_t, ngx_log_t,
-    ngx_palloc, ngx_pool_cleanup_add, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_OK,
+    ngx_chain_t, ngx_event_t, ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_read_client_request_body,
+    ngx_http_request_body_filter_pt, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_palloc, ngx_pool_cleanup_add,
+    ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE,
+    NGX_LOG_ERR, NGX_OK,
 };
 use ngx::http::HttpModuleLocationConf;
 
@@ -58,10 +58,8 @@ pub struct RequestCtx {
     stage: Stage,
     /// Suspended by a pausing filter (holding one reference on the request).
     suspended: bool,
-    /// Posted when a filter resumes the request.
-    resume: ngx_event_t,
-    /// Posted when a filter resumes the response whose headers it paused.
-    pub response_resume: ngx_event_t,
+    /// The request's log.
+    log: *mut ngx_log_t,
     /// A filter failed: the rest of the chain is skipped.
     pub failed: bool,
     /// `proxy_wasm_fail_open`: a failed filter is skipped instead of failing the request.
@@ -108,13 +106,8 @@ impl Drop for RequestCtx {
     /// Ends the streams first if the log phase did not: they refer to the exchange, which
     /// goes with this context.
     fn drop(&mut self) {
-        self.finish(self.resume.log);
+        self.finish(self.log);
         unsafe { ptr::drop_in_place(self.exchange.as_ptr()) };
-        for event in [&mut self.resume, &mut self.response_resume] {
-            if event.posted() != 0 {
-                unsafe { ngx_delete_posted_event(event) };
-            }
-        }
     }
 }
 
@@ -127,7 +120,7 @@ pub unsafe fn ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestCtx> 
 /// dropping it may end streams, which runs their filters.
 unsafe extern "C" fn drop_ctx(data: *mut c_void) {
     let ctx = data as *mut RequestCtx;
-    guard((*ctx).resume.log, (), || ptr::drop_in_place(ctx));
+    guard((*ctx).log, (), || ptr::drop_in_place(ctx));
 }
 
 // The request pool aligns what it hands out to 8 bytes.
@@ -179,12 +172,13 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
     let ctx = ngx_palloc((*r).pool, std::mem::size_of::<RequestCtx>()) as *mut RequestCtx;
     let exchange = ngx_palloc((*r).pool, std::mem::size_of::<RefCell<Exchange>>()) as *mut RefCell<Exchange>;
     let cleanup = ngx_pool_cleanup_add((*r).pool, 0);
-    let (Some(exchange), false, false) = (NonNull::new(exchange), ctx.is_null(), cleanup.is_null()) else {
+    if ctx.is_null() || cleanup.is_null() {
         return Err("out of memory".into());
-    };
-    let events = (ptr::addr_of_mut!((*ctx).resume), ptr::addr_of_mut!((*ctx).response_resume));
+    }
+    let exchange = NonNull::new(exchange).ok_or("out of memory")?;
     let mut filters = PoolVec::new_in(Pool::from_ngx_pool((*r).pool));
     filters.try_reserve_exact(chain.len()).map_err(|_| "out of memory")?;
+    let events = (request_event(resume, r), request_event(crate::response::resume_response, r));
     ptr::write(exchange.as_ptr(), RefCell::new(Exchange::new(events.0, events.1)));
     ptr::write(
         ctx,
@@ -194,8 +188,7 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
             exchange: ExchangeRef::new(exchange),
             stage: Stage::Headers(0),
             suspended: false,
-            resume: request_event(resume, r),
-            response_resume: request_event(crate::response::resume_response, r),
+            log,
             failed: false,
             fail_open: loc.fail_open(),
             held_request: Vec::new(),
