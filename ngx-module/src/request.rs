@@ -90,13 +90,13 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// Ends every stream (`on_done`, `on_log`, `on_delete`) once.
-    fn finish(&mut self, log: *mut ngx_log_t) {
+    fn finish(&mut self) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
         for filter in &self.filters {
             if let Err(error) = filter.vm.borrow_mut().finish_stream(filter.stream) {
-                log_error(NGX_LOG_ERR as ngx_uint_t, log, &format!("inwasm: {error}"));
+                log_error(NGX_LOG_ERR as ngx_uint_t, self.log, &format!("inwasm: {error}"));
             }
         }
     }
@@ -106,7 +106,7 @@ impl Drop for RequestCtx {
     /// Ends the streams first if the log phase did not: they refer to the exchange, which
     /// goes with this context.
     fn drop(&mut self) {
-        self.finish(self.log);
+        self.finish();
         unsafe { ptr::drop_in_place(self.exchange.as_ptr()) };
     }
 }
@@ -172,20 +172,19 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
     let ctx = ngx_palloc((*r).pool, std::mem::size_of::<RequestCtx>()) as *mut RequestCtx;
     let exchange = ngx_palloc((*r).pool, std::mem::size_of::<RefCell<Exchange>>()) as *mut RefCell<Exchange>;
     let cleanup = ngx_pool_cleanup_add((*r).pool, 0);
-    if ctx.is_null() || cleanup.is_null() {
+    if ctx.is_null() || exchange.is_null() || cleanup.is_null() {
         return Err("out of memory".into());
     }
-    let exchange = NonNull::new(exchange).ok_or("out of memory")?;
     let mut filters = PoolVec::new_in(Pool::from_ngx_pool((*r).pool));
     filters.try_reserve_exact(chain.len()).map_err(|_| "out of memory")?;
     let events = (request_event(resume, r), request_event(crate::response::resume_response, r));
-    ptr::write(exchange.as_ptr(), RefCell::new(Exchange::new(events.0, events.1)));
+    ptr::write(exchange, RefCell::new(Exchange::new(events.0, events.1)));
     ptr::write(
         ctx,
         RequestCtx {
             filters,
             // The context drops it (the pool frees the memory).
-            exchange: ExchangeRef::new(exchange),
+            exchange: ExchangeRef::new(NonNull::new_unchecked(exchange)),
             stage: Stage::Headers(0),
             suspended: false,
             log,
@@ -548,7 +547,7 @@ pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let log = (*(*r).connection).log;
     guard_status(log, || {
         if let Some(ctx) = ctx(r) {
-            ctx.finish(log);
+            ctx.finish();
         }
         NGX_OK as ngx_int_t
     })
