@@ -1,0 +1,339 @@
+//! Does what its plugin configuration says, callback by callback: a test filter that can
+//! play any filter's part (an SDK example, a hostile tenant) without a crate of its own.
+//!
+//! The configuration is a script, one step a line: `CALLBACK VERB ARGS...`. Arguments are
+//! separated by spaces and percent-decoded (`%20` is a space). A callback runs its lines in
+//! order; `pause` ends it with `Action::Pause`, else it continues. Callbacks:
+//! `configure` and `tick` (the root context), `request_headers`, `request_body`,
+//! `response_headers`, `response_body`, `log`, `call_response` (a stream's http call
+//! answered; `call_failed` when it failed).
+//!
+//! Verbs:
+//! - `get-header MAP NAME`, `set-header MAP NAME VALUE`, `add-header MAP NAME VALUE`,
+//!   `remove-header MAP NAME`, `get-headers MAP` (MAP: `request`, `response`, `call`);
+//!   reads are logged as `NAME=VALUE` (or `NAME absent`). `try-set-header MAP NAME VALUE`
+//!   and `try-add-header ...` log the host's status (`status N`) where the SDK would panic.
+//! - `property a.b.c` (logged as `a.b.c=VALUE`, `a.b.c absent`), `set-property a.b.c VALUE`.
+//! - `get-body request|response` (logged as `request body=TEXT`), `set-body request|response TEXT`.
+//! - `buffer`: pause unless this is the body's last piece (collect the whole body).
+//! - `log TEXT`, `pause`, `resume` (the request, or the response once its headers ran),
+//!   `respond STATUS [BODY]`, `trap`, `spin`, `hog` (allocates until it fails).
+//! - `call UPSTREAM PATH [NAME=VALUE ...]`: an http call with those headers (`:method`
+//!   `GET` and `:authority` UPSTREAM unless given; `timeout=MS` sets the timeout, 5 s).
+//! - `tick MS` (in `configure`): the tick period.
+//! - `stdout N`: writes N bytes of `x` to standard output.
+use std::io::Write;
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| Box::<Root>::default());
+}}
+
+/// One line of the script.
+#[derive(Clone, Debug)]
+struct Step {
+    callback: String,
+    verb: String,
+    args: Vec<String>,
+}
+
+fn parse(script: &str) -> Vec<Step> {
+    script
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let mut words = line.split_whitespace().map(decode);
+            let callback = words.next().unwrap_or_default();
+            let verb = words.next().unwrap_or_default();
+            Step { callback, verb, args: words.collect() }
+        })
+        .collect()
+}
+
+/// `%XX` escapes decoded.
+fn decode(word: &str) -> String {
+    let bytes = word.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A value as the log shows it: text when printable, else hex.
+fn shown(value: &[u8]) -> String {
+    if value.iter().all(|b| (0x20..0x7f).contains(b)) {
+        String::from_utf8_lossy(value).into_owned()
+    } else {
+        value.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn arg(step: &Step, index: usize) -> &str {
+    step.args.get(index).map(String::as_str).unwrap_or_default()
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_replace_header_map_value(map: u32, key: *const u8, key_size: usize, value: *const u8, size: usize) -> u32;
+    fn proxy_add_header_map_value(map: u32, key: *const u8, key_size: usize, value: *const u8, size: usize) -> u32;
+}
+
+#[derive(Default)]
+struct Root {
+    script: Vec<Step>,
+}
+
+impl Root {
+    fn run_root(&mut self, callback: &str) {
+        for step in self.script.clone().iter().filter(|s| s.callback == callback) {
+            match step.verb.as_str() {
+                "tick" => self.set_tick_period(Duration::from_millis(arg(step, 0).parse().unwrap_or(0))),
+                _ => {
+                    common(self, step);
+                }
+            }
+        }
+    }
+}
+
+/// Verbs every context has; returns false for a verb it does not know.
+fn common(context: &dyn Context, step: &Step) -> bool {
+    match step.verb.as_str() {
+        "log" => log::info!("{}: {}", step.callback, step.args.join(" ")),
+        "property" => {
+            let path = arg(step, 0);
+            match context.get_property(path.split('.').collect()) {
+                Some(value) => log::info!("{}: {path}={}", step.callback, shown(&value)),
+                None => log::info!("{}: {path} absent", step.callback),
+            }
+        }
+        "set-property" => context.set_property(arg(step, 0).split('.').collect(), Some(arg(step, 1).as_bytes())),
+        "trap" => panic!("script: trap in {}", step.callback),
+        "spin" => loop {
+            std::hint::black_box(());
+        },
+        "hog" => {
+            let mut hoard = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "stdout" => {
+            let size = arg(step, 0).parse().unwrap_or(0);
+            let _ = std::io::stdout().write_all(&vec![b'x'; size]);
+        }
+        _ => return false,
+    }
+    true
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        self.script = parse(&String::from_utf8_lossy(&config));
+        self.run_root("configure");
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.run_root("tick");
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream { script: self.script.clone(), response_started: false }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    script: Vec<Step>,
+    /// The response headers have run: `resume` resumes the response.
+    response_started: bool,
+}
+
+/// What a callback's lines amount to.
+enum Outcome {
+    Continue,
+    Pause,
+}
+
+impl Stream {
+    fn run(&mut self, callback: &str, end_of_stream: bool) -> Outcome {
+        for step in self.script.clone().iter().filter(|s| s.callback == callback) {
+            match step.verb.as_str() {
+                "pause" => return Outcome::Pause,
+                "buffer" if !end_of_stream => return Outcome::Pause,
+                "buffer" => {}
+                "resume" if self.response_started => self.resume_http_response(),
+                "resume" => self.resume_http_request(),
+                "respond" => {
+                    let status = arg(step, 0).parse().unwrap_or(200);
+                    let body = step.args.get(1).map(|b| b.as_bytes());
+                    self.send_http_response(status, vec![], body);
+                    return Outcome::Pause;
+                }
+                "call" => self.call(step),
+                _ => {
+                    if !common(self, step) && !self.header_step(step) {
+                        self.body_step(step);
+                    }
+                }
+            }
+        }
+        Outcome::Continue
+    }
+
+    /// Header verbs; false for any other verb.
+    fn header_step(&mut self, step: &Step) -> bool {
+        let (map, name, value) = (arg(step, 0), arg(step, 1), arg(step, 2));
+        let callback = &step.callback;
+        match (step.verb.as_str(), map) {
+            ("get-header", _) => {
+                let found = match map {
+                    "request" => self.get_http_request_header(name),
+                    "response" => self.get_http_response_header(name),
+                    _ => self.get_http_call_response_header(name),
+                };
+                match found {
+                    Some(value) => log::info!("{callback}: {name}={value}"),
+                    None => log::info!("{callback}: {name} absent"),
+                }
+            }
+            ("get-headers", _) => {
+                let all = match map {
+                    "request" => self.get_http_request_headers(),
+                    "response" => self.get_http_response_headers(),
+                    _ => self.get_http_call_response_headers(),
+                };
+                let text: Vec<String> = all.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                log::info!("{callback}: {} headers: {}", all.len(), text.join(", "));
+            }
+            ("set-header", "request") => self.set_http_request_header(name, Some(value)),
+            ("set-header", _) => self.set_http_response_header(name, Some(value)),
+            ("add-header", "request") => self.add_http_request_header(name, value),
+            ("add-header", _) => self.add_http_response_header(name, value),
+            ("remove-header", "request") => self.set_http_request_header(name, None),
+            ("remove-header", _) => self.set_http_response_header(name, None),
+            ("try-set-header" | "try-add-header", _) => {
+                let map = match map {
+                    "request" => 0,
+                    _ => 2,
+                };
+                let (k, v) = (name.as_bytes(), value.as_bytes());
+                // SAFETY: the host's ABI functions, with pointers to live byte strings.
+                let status = unsafe {
+                    match step.verb.as_str() {
+                        "try-set-header" => {
+                            proxy_replace_header_map_value(map, k.as_ptr(), k.len(), v.as_ptr(), v.len())
+                        }
+                        _ => proxy_add_header_map_value(map, k.as_ptr(), k.len(), v.as_ptr(), v.len()),
+                    }
+                };
+                log::info!("{callback}: {} {name} status {status}", step.verb);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn body_step(&mut self, step: &Step) {
+        let callback = &step.callback;
+        match (step.verb.as_str(), arg(step, 0)) {
+            ("get-body", "request") => {
+                let body = self.get_http_request_body(0, usize::MAX).unwrap_or_default();
+                log::info!("{callback}: request body={}", String::from_utf8_lossy(&body));
+            }
+            ("get-body", _) => {
+                let body = self.get_http_response_body(0, usize::MAX).unwrap_or_default();
+                log::info!("{callback}: response body={}", String::from_utf8_lossy(&body));
+            }
+            ("set-body", "request") => self.set_http_request_body(0, usize::MAX, arg(step, 1).as_bytes()),
+            ("set-body", _) => self.set_http_response_body(0, usize::MAX, arg(step, 1).as_bytes()),
+            (verb, _) => log::error!("{callback}: unknown verb {verb}"),
+        }
+    }
+
+    fn call(&mut self, step: &Step) {
+        let upstream = arg(step, 0);
+        let mut headers: Vec<(String, String)> = vec![(":path".into(), arg(step, 1).into())];
+        let mut timeout = Duration::from_secs(5);
+        for pair in step.args.iter().skip(2) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "timeout" => timeout = Duration::from_millis(value.parse().unwrap_or(5000)),
+                _ => headers.push((name.into(), value.into())),
+            }
+        }
+        for (name, default) in [(":method", "GET"), (":authority", upstream)] {
+            if !headers.iter().any(|(k, _)| k == name || (name == ":authority" && k == "host")) {
+                headers.push((name.into(), default.into()));
+            }
+        }
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        match self.dispatch_http_call(upstream, pairs, None, vec![], timeout) {
+            Ok(token) => log::info!("{}: call {token} dispatched", step.callback),
+            Err(status) => log::info!("{}: call refused: {status:?}", step.callback),
+        }
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _: usize) {
+        let callback = if headers == 0 { "call_failed" } else { "call_response" };
+        log::info!("{callback}: call {token}: {headers} headers, {body} bytes");
+        self.run(callback, true);
+    }
+}
+
+fn action(outcome: Outcome) -> Action {
+    match outcome {
+        Outcome::Continue => Action::Continue,
+        Outcome::Pause => Action::Pause,
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        action(self.run("request_headers", end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, _: usize, end_of_stream: bool) -> Action {
+        action(self.run("request_body", end_of_stream))
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        self.response_started = true;
+        action(self.run("response_headers", end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, _: usize, end_of_stream: bool) -> Action {
+        action(self.run("response_body", end_of_stream))
+    }
+
+    fn on_log(&mut self) {
+        self.run("log", true);
+    }
+}
