@@ -28,17 +28,20 @@ case "$flavor" in
     ;;
   1.28)
     tree=$root/1.28
-    if [ ! -x "$tree/objs/nginx" ]; then
+    # The modules the tests use besides the defaults (Debian's nginx has them too).
+    flags=(--with-compat --with-threads --with-http_ssl_module --with-http_v2_module
+      --with-http_auth_request_module --with-cc-opt=-fPIC --prefix="$tree")
+    if [ ! -x "$tree/objs/nginx" ] || [ "$(cat "$tree/configured-with" 2>/dev/null)" != "${flags[*]}" ]; then
       src=$(cargo metadata --format-version 1 --locked 2>/dev/null |
         python3 -c 'import json,sys,os; m=json.load(sys.stdin); print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"]=="nginx-src"))')
       rm -rf "$tree" && mkdir -p "$root"
       cp -r "$src/nginx" "$tree"
       (
         cd "$tree"
-        auto/configure --with-compat --with-threads --with-http_ssl_module --with-cc-opt=-fPIC \
-          --prefix="$tree" >configure.log 2>&1
+        auto/configure "${flags[@]}" >configure.log 2>&1
         make -j2 >make.log 2>&1
       ) || { echo "nginx-tree: building nginx 1.28 failed, see $tree/*.log" >&2; exit 1; }
+      echo "${flags[*]}" >"$tree/configured-with"
     fi
     ;;
   *)

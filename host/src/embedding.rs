@@ -125,6 +125,10 @@ pub trait StreamControl {
     fn clear_route_cache(&mut self) -> HostResult<()> {
         Ok(())
     }
+    /// The stream's instance failed outside the stream's own callbacks (a root context's
+    /// callback, say, while the stream waited for it): the stream is gone, and a request that
+    /// waits for it must not wait on.
+    fn instance_lost(&mut self) {}
 }
 
 /// An outgoing HTTP call (`proxy_http_call`). Pseudo-headers `:method`, `:path` and

@@ -346,6 +346,12 @@ impl Vm {
         live.store.data_mut().contexts.get_mut(&stream.context_id)
     }
 
+    /// Whether `stream` is still open on the live instance.
+    pub fn is_live(&self, stream: StreamId) -> bool {
+        self.is_current(stream)
+            && self.live.as_ref().is_some_and(|live| live.store.data().contexts.contains_key(&stream.context_id))
+    }
+
     fn is_current(&self, stream: StreamId) -> bool {
         self.live.is_some() && stream.generation == self.generation
     }
@@ -475,6 +481,10 @@ impl Vm {
                 if let Some(context) = state.contexts.remove(&plugin.root_id) {
                     plugin.parked = Some(context.embedding);
                 }
+            }
+            // What is left are streams, gone with the instance.
+            for context in state.contexts.values_mut() {
+                context.embedding.instance_lost();
             }
         }
         self.generation += 1;

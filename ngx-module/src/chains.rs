@@ -5,7 +5,9 @@ use std::ptr;
 
 use ngx::ffi::{ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_request_t, ngx_read_file};
 
-use crate::headers;
+use inwasm_host::{HostResult, Status};
+
+use crate::framing;
 
 /// Appends a chain's bytes (in memory or in a file) to `out`.
 pub unsafe fn chain_bytes(mut chain: *mut ngx_chain_t, out: &mut Vec<u8>) -> Option<()> {
@@ -87,16 +89,11 @@ pub unsafe fn request_body(r: *mut ngx_http_request_t) -> Option<Vec<u8>> {
     Some(body)
 }
 
-/// Makes `body` the request body upstream modules send, with a matching Content-Length.
-pub unsafe fn replace_request_body(r: *mut ngx_http_request_t, body: &[u8]) -> Option<()> {
-    let chain = memory_chain(r, body, false)?;
-    let request_body = (*r).request_body.as_mut()?;
+/// Makes `body` the request body upstream modules send, with framing that matches it.
+pub unsafe fn replace_request_body(r: *mut ngx_http_request_t, body: &[u8]) -> HostResult<()> {
+    let chain = memory_chain(r, body, false).ok_or(Status::InternalFailure)?;
+    let request_body = (*r).request_body.as_mut().ok_or(Status::InternalFailure)?;
     request_body.bufs = chain;
     request_body.temp_file = ptr::null_mut();
-    let mut pairs = headers::request_headers(r);
-    pairs.retain(|(k, _)| k != b"content-length" && k != b"transfer-encoding");
-    pairs.push((b"content-length".to_vec(), body.len().to_string().into_bytes()));
-    headers::set_request_headers(r, &pairs)?;
-    (*r).headers_in.set_chunked(0);
-    Some(())
+    framing::settle(r, Some(body.len()))
 }

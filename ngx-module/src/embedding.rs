@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use inwasm_host::*;
 use ngx::ffi::{
-    ngx_chain_t, ngx_delete_posted_event, ngx_event_t, ngx_http_request_t, ngx_log_t, ngx_post_event,
-    ngx_posted_events, ngx_uint_t, NGX_LOG_CRIT, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+    ngx_add_timer, ngx_chain_t, ngx_del_timer, ngx_delete_posted_event, ngx_event_t, ngx_http_request_t, ngx_log_t,
+    ngx_msec_t, ngx_post_event, ngx_posted_events, ngx_uint_t, NGX_LOG_CRIT, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO,
+    NGX_LOG_WARN,
 };
 
 use crate::chains::chain_bytes;
@@ -24,7 +25,7 @@ use crate::root_link::RootLink;
 use crate::shared_data::{self, KvZone};
 use crate::shared_queues::{self, QueueZone};
 use crate::wasm_block::WasmConf;
-use crate::{headers, http_call, metrics, properties};
+use crate::{framing, headers, http_call, metrics, properties};
 
 /// What a request's filters share with the request driver.
 pub struct Exchange {
@@ -44,15 +45,25 @@ pub struct Exchange {
     pub response_resume_requested: bool,
     /// The response headers are held for a filter that paused them.
     pub response_held: bool,
+    /// A filter edited the request's framing headers (see `framing`).
+    pub framing_edited: bool,
+    /// An instance the request's streams ran on failed outside their callbacks.
+    pub lost: bool,
+    /// The request's pool is being destroyed: the streams must not reach the request.
+    pub request_gone: bool,
     /// The request's resume events, posted when a filter asks to resume (never run from
-    /// inside the guest). Here, not in the request's context: nginx writes them as it posts
-    /// them, while the request driver holds the context `&mut`.
+    /// inside the guest), and the timer bounding a pause. Here, not in the request's
+    /// context: nginx writes them as it posts them, while the request driver holds the
+    /// context `&mut`.
     resume_event: ngx_event_t,
     response_resume_event: ngx_event_t,
+    pause_timer: ngx_event_t,
 }
 
 impl Exchange {
-    pub fn new(resume_event: ngx_event_t, response_resume_event: ngx_event_t) -> Exchange {
+    /// An exchange with its request's events: resume the request, resume its response, end
+    /// a pause that went on too long.
+    pub fn new([resume_event, response_resume_event, pause_timer]: [ngx_event_t; 3]) -> Exchange {
         Exchange {
             request_body: Vec::new(),
             request_body_changed: false,
@@ -62,8 +73,12 @@ impl Exchange {
             resume_requested: false,
             response_resume_requested: false,
             response_held: false,
+            framing_edited: false,
+            lost: false,
+            request_gone: false,
             resume_event,
             response_resume_event,
+            pause_timer,
         }
     }
 
@@ -86,17 +101,34 @@ impl Exchange {
         self.response_resume_requested = true;
         post(&mut self.response_resume_event);
     }
+
+    /// Starts the clock on a pause.
+    pub fn arm_pause_timer(&mut self, limit: Duration) {
+        let msec = limit.as_millis().clamp(1, ngx_msec_t::MAX as u128) as ngx_msec_t;
+        // SAFETY: the timer lives as long as the exchange, whose drop deletes it.
+        unsafe { ngx_add_timer(&mut self.pause_timer, msec) };
+    }
+
+    /// Stops the clock on a pause.
+    pub fn disarm_pause_timer(&mut self) {
+        if self.pause_timer.timer_set() != 0 {
+            // SAFETY: a timer of ours, set.
+            unsafe { ngx_del_timer(&mut self.pause_timer) };
+        }
+    }
 }
 
 impl Drop for Exchange {
-    /// Takes the resume events off nginx's queue of posted events, which would reach freed
-    /// memory once the request's pool is gone.
+    /// Takes the request's events off nginx's queue of posted events and its timers, which
+    /// would reach freed memory once the request's pool is gone.
     fn drop(&mut self) {
         for event in [&mut self.resume_event, &mut self.response_resume_event] {
             if event.posted() != 0 {
+                // SAFETY: an event of ours, posted.
                 unsafe { ngx_delete_posted_event(event) };
             }
         }
+        self.disarm_pause_timer();
     }
 }
 
@@ -338,45 +370,72 @@ fn side(map: MapType) -> Option<Side> {
     }
 }
 
+impl StreamEmbedding {
+    /// The request, while it lives (its pool is not being destroyed).
+    fn request(&self) -> HostResult<*mut ngx_http_request_t> {
+        if self.exchange.borrow().request_gone {
+            return Err(Status::NotFound);
+        }
+        Ok(self.r)
+    }
+
+    /// The request, for a write to the header map of `side` named `key`, noting an edit of
+    /// the request's framing (see `framing`).
+    fn request_for_write(&self, side: Side, key: Option<&[u8]>) -> HostResult<*mut ngx_http_request_t> {
+        let r = self.request()?;
+        if side == Side::Request && key.is_none_or(framing::is_framing) {
+            self.exchange.borrow_mut().framing_edited = true;
+        }
+        Ok(r)
+    }
+}
+
 impl HeaderMaps for StreamEmbedding {
     fn header_map(&mut self, map: MapType) -> HostResult<Pairs> {
+        let r = self.request()?;
         Ok(match side(map) {
-            Some(Side::Request) => unsafe { headers::request_headers(self.r) },
-            Some(Side::Response) => unsafe { headers::response_headers(self.r) },
+            Some(Side::Request) => unsafe { headers::request_headers(r) },
+            Some(Side::Response) => unsafe { headers::response_headers(r) },
             // nginx hands trailers to no filter yet.
             None => Vec::new(),
         })
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> HostResult<()> {
-        let done = match side(map).ok_or(Status::BadArgument)? {
-            Side::Request => unsafe { headers::set_request_headers(self.r, &pairs) },
-            Side::Response => unsafe { headers::set_response_headers(self.r, &pairs) },
-        };
-        done.ok_or(Status::InternalFailure)
+        let side = side(map).ok_or(Status::BadArgument)?;
+        let r = self.request_for_write(side, None)?;
+        match side {
+            Side::Request => unsafe { headers::set_request_headers(r, &pairs) },
+            Side::Response => unsafe { headers::set_response_headers(r, &pairs) },
+        }
     }
 
     fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
-        Ok(side(map).map_or(0, |side| unsafe { headers::count(self.r, side) }))
+        let r = self.request()?;
+        Ok(side(map).map_or(0, |side| unsafe { headers::count(r, side) }))
     }
 
     fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
-        Ok(side(map).and_then(|side| unsafe { headers::value(self.r, side, key) }))
+        let r = self.request()?;
+        Ok(side(map).and_then(|side| unsafe { headers::value(r, side, key) }))
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
         let side = side(map).ok_or(Status::BadArgument)?;
-        unsafe { headers::add(self.r, side, key, value) }.ok_or(Status::InternalFailure)
+        let r = self.request_for_write(side, Some(key))?;
+        unsafe { headers::add(r, side, key, value) }
     }
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
         let side = side(map).ok_or(Status::BadArgument)?;
-        unsafe { headers::replace(self.r, side, key, value) }.ok_or(Status::InternalFailure)
+        let r = self.request_for_write(side, Some(key))?;
+        unsafe { headers::replace(r, side, key, value) }
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
         let side = side(map).ok_or(Status::BadArgument)?;
-        unsafe { headers::remove(self.r, side, key) }.ok_or(Status::InternalFailure)
+        let r = self.request_for_write(side, Some(key))?;
+        unsafe { headers::remove(r, side, key) }
     }
 }
 
@@ -409,11 +468,13 @@ impl Buffers for StreamEmbedding {
 
 impl Properties for StreamEmbedding {
     fn property(&mut self, path: &[&[u8]]) -> HostResult<Option<Vec<u8>>> {
-        Ok(unsafe { properties::get(self.r, path) })
+        let r = self.request()?;
+        Ok(unsafe { properties::get(r, path) })
     }
 
     fn set_property(&mut self, path: &[&[u8]], value: &[u8]) -> HostResult<()> {
-        unsafe { properties::set(self.r, path, value) }.map_err(|()| Status::NotFound)
+        let r = self.request()?;
+        unsafe { properties::set(r, path, value) }.map_err(|()| Status::NotFound)
     }
 }
 
@@ -440,6 +501,20 @@ impl StreamControl for StreamEmbedding {
             _ => return Err(Status::BadArgument),
         }
         Ok(())
+    }
+
+    /// Wakes whichever side of the request waits, to fail it (see `request::check_lost`).
+    fn instance_lost(&mut self) {
+        let mut exchange = self.exchange.borrow_mut();
+        if exchange.request_gone {
+            return;
+        }
+        exchange.lost = true;
+        if exchange.response_held {
+            post(&mut exchange.response_resume_event);
+        } else {
+            post(&mut exchange.resume_event);
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use crate::http_wire::{parse_response, request_bytes, Parsed};
 use crate::root_link::RootLink;
 
 /// A call without a timeout (0) still ends after this long.
-const LONGEST_CALL: Duration = Duration::from_secs(60);
+pub const LONGEST_CALL: Duration = Duration::from_secs(60);
 /// The largest response a call accepts.
 const MAX_RESPONSE: usize = 16 << 20;
 

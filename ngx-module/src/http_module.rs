@@ -16,18 +16,24 @@ use std::ptr;
 use std::time::Duration;
 
 use inwasm_host::{PluginConfig, DEFAULT_TIMEOUT};
+
+/// The longest budget a callback may be given (`proxy_wasm_timeout`).
+const LONGEST_CALLBACK: Duration = Duration::from_secs(60);
+/// The longest a filter may be allowed to keep a request waiting (`proxy_wasm_pause_timeout`).
+const LONGEST_PAUSE: Duration = Duration::from_secs(3600);
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
     ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_REWRITE_PHASE, ngx_http_top_body_filter,
     ngx_http_top_header_filter, ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_parse_time, ngx_str_t,
-    ngx_uint_t, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    ngx_uint_t, NGX_CONF_TAKE1, NGX_CONF_TAKE123, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
     NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use crate::ffi::{bytes, guard_status, log_error};
+use crate::http_call::LONGEST_CALL;
 use crate::wasm_block::{args, conf_error, FilterDecl, WasmConf};
 use crate::{metrics, request, response, validation};
 use ngx::ffi::{ngx_http_discard_request_body, ngx_http_request_t, NGX_CONF_NOARGS, NGX_OK};
@@ -49,12 +55,19 @@ pub struct LocConf {
     pub chain: Option<Vec<usize>>,
     pub isolation: Option<Isolation>,
     pub timeout: Option<Duration>,
+    pub pause_timeout: Option<Duration>,
     pub fail_open: Option<bool>,
 }
 
 impl LocConf {
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// How long a filter may keep a request waiting: by default, the longest an http call
+    /// may take plus the callback that handles its answer.
+    pub fn pause_timeout(&self) -> Duration {
+        self.pause_timeout.unwrap_or(LONGEST_CALL + self.timeout())
     }
 
     pub fn fail_open(&self) -> bool {
@@ -69,6 +82,7 @@ impl Merge for LocConf {
         }
         self.isolation = self.isolation.or(prev.isolation);
         self.timeout = self.timeout.or(prev.timeout);
+        self.pause_timeout = self.pause_timeout.or(prev.pause_timeout);
         self.fail_open = self.fail_open.or(prev.fail_open);
         Ok(())
     }
@@ -144,10 +158,11 @@ const fn directive(name: ngx_str_t, args: u32, set: DirectiveHandler) -> ngx_com
 
 type DirectiveHandler = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-static mut COMMANDS: [ngx_command_t; 6] = [
-    directive(ngx_string!("proxy_wasm"), NGX_CONF_TAKE12, proxy_wasm),
+static mut COMMANDS: [ngx_command_t; 7] = [
+    directive(ngx_string!("proxy_wasm"), NGX_CONF_TAKE123, proxy_wasm),
     directive(ngx_string!("proxy_wasm_isolation"), NGX_CONF_TAKE1, proxy_wasm_isolation),
     directive(ngx_string!("proxy_wasm_timeout"), NGX_CONF_TAKE1, proxy_wasm_timeout),
+    directive(ngx_string!("proxy_wasm_pause_timeout"), NGX_CONF_TAKE1, proxy_wasm_pause_timeout),
     directive(ngx_string!("proxy_wasm_fail_open"), NGX_CONF_TAKE1, proxy_wasm_fail_open),
     ngx_command_t {
         name: ngx_string!("proxy_wasm_metrics"),
@@ -169,6 +184,10 @@ pub static mut ngx_http_inwasm_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
+/// `proxy_wasm NAME [CONFIG] [root_id=ID]`: CONFIG is the plugin configuration (Kong's
+/// syntax); `root_id=ID` names the root context, for filters that register theirs under an
+/// id (AssemblyScript's proxy-runtime). A second argument that starts with `root_id=` and no
+/// third is the root id.
 extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     unsafe {
         let loc = &mut *(conf as *mut LocConf);
@@ -180,10 +199,24 @@ extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *m
         let Some(module) = wasm.module_index(&name) else {
             return conf_error(cf, &format!("proxy_wasm: no module \"{name}\" is declared in the wasm {{}} block"));
         };
+        let (configuration, root_id) = match &args[2..] {
+            [] => (&b""[..], None),
+            [only] => match only.strip_prefix(b"root_id=") {
+                Some(root_id) => (&b""[..], Some(root_id)),
+                None => (*only, None),
+            },
+            [configuration, root_id, ..] => match root_id.strip_prefix(b"root_id=") {
+                Some(root_id) => (*configuration, Some(root_id)),
+                None => {
+                    let root_id = String::from_utf8_lossy(root_id);
+                    return conf_error(cf, &format!("proxy_wasm: \"{root_id}\": the third argument is root_id=ID"));
+                }
+            },
+        };
         let plugin = PluginConfig {
             name: name.clone(),
-            root_id: String::new(),
-            configuration: args.get(2).copied().unwrap_or_default().to_vec(),
+            root_id: String::from_utf8_lossy(root_id.unwrap_or_default()).into_owned(),
+            configuration: configuration.to_vec(),
             timeout: None,
         };
         // Started (and so checked) with every other filter once the http block is read.
@@ -238,20 +271,48 @@ extern "C" fn proxy_wasm_isolation(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
     }
 }
 
+/// A directive's time argument (nginx's syntax: `50ms`, `2s`, `1m`), at most `longest`.
+unsafe fn time_arg(cf: *mut ngx_conf_t, longest: Duration) -> Result<Duration, *mut c_char> {
+    let directive = String::from_utf8_lossy(args(cf)[0]).into_owned();
+    let value = args(cf)[1];
+    let mut text = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
+    let ms = ngx_parse_time(&mut text, 0);
+    let value = String::from_utf8_lossy(value);
+    if ms == NGX_ERROR as ngx_int_t || ms <= 0 {
+        return Err(conf_error(cf, &format!("invalid {directive} \"{value}\": use a time such as 50ms or 1s")));
+    }
+    let time = Duration::from_millis(ms as u64);
+    if time > longest {
+        return Err(conf_error(cf, &format!("invalid {directive} \"{value}\": at most {}s", longest.as_secs())));
+    }
+    Ok(time)
+}
+
 extern "C" fn proxy_wasm_timeout(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     unsafe {
         let loc = &mut *(conf as *mut LocConf);
-        let value = args(cf)[1];
-        let mut text = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
-        let ms = ngx_parse_time(&mut text, 0);
-        if ms == NGX_ERROR as ngx_int_t || ms <= 0 {
-            let value = String::from_utf8_lossy(value);
-            return conf_error(cf, &format!("invalid proxy_wasm_timeout \"{value}\": use a time such as 50ms or 1s"));
-        }
-        let timeout = Duration::from_millis(ms as u64);
+        let timeout = match time_arg(cf, LONGEST_CALLBACK) {
+            Ok(timeout) => timeout,
+            Err(error) => return error,
+        };
         loc.timeout = Some(timeout);
         if let Some(wasm) = WasmConf::of_cycle((*cf).cycle) {
             wasm.note_timeout(timeout);
+        }
+        ptr::null_mut()
+    }
+}
+
+extern "C" fn proxy_wasm_pause_timeout(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    unsafe {
+        let loc = &mut *(conf as *mut LocConf);
+        match time_arg(cf, LONGEST_PAUSE) {
+            Ok(limit) => loc.pause_timeout = Some(limit),
+            Err(error) => return error,
         }
         ptr::null_mut()
     }

@@ -10,7 +10,8 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule};
 
 use crate::ffi::{bytes, pool_str};
-use crate::headers::{authority, request_headers, response_headers, scheme};
+use crate::headers::{request_headers, response_headers};
+use crate::request_line::{authority, scheme};
 
 /// Room for any socket address as text (nginx's NGX_SOCKADDR_STRLEN).
 const SOCKADDR_TEXT_LEN: usize = 128;

@@ -15,7 +15,7 @@ use crate::chains::{chain_bytes, chain_size, consume, memory_chain};
 use crate::ffi::guard_status;
 use crate::headers;
 use crate::http_module::ngx_http_inwasm_module;
-use crate::request::{ctx, step, ActiveFilter, RequestCtx, Step};
+use crate::request::{check_lost, ctx, step, ActiveFilter, RequestCtx, Step};
 
 pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
 pub static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
@@ -37,7 +37,7 @@ fn local_response_parts(response: LocalResponse) -> (Pairs, Vec<u8>) {
 /// body. `None` when there is none or nginx is out of memory.
 unsafe fn apply_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
     let (pairs, body) = local_response_parts(ctx.exchange.borrow_mut().local_response.take()?);
-    headers::set_response_headers(r, &pairs)?;
+    headers::set_response_headers(r, &pairs).ok()?;
     Some(body)
 }
 
@@ -50,7 +50,7 @@ pub unsafe fn send_local_response(r: *mut ngx_http_request_t, response: LocalRes
 
 /// Sends a whole response from a handler: status and headers from `pairs`, then `body`.
 pub unsafe fn send_response(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>, Vec<u8>)], body: &[u8]) -> ngx_int_t {
-    if headers::set_response_headers(r, pairs).is_none() {
+    if headers::set_response_headers(r, pairs).is_err() {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     }
     if body.is_empty() || (*r).method == NGX_HTTP_HEAD as ngx_uint_t {
@@ -67,17 +67,17 @@ pub unsafe fn send_response(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>, Vec<u
 }
 
 /// Runs a response callback on every filter, last to first. `Err(())` when one failed;
-/// `Ok(true)` when one answered locally; `paused` tells whether any paused.
+/// `Ok(true)` when one answered locally; `paused` tells which paused (the first in the chain).
 fn run_response_chain(
     r: *mut ngx_http_request_t,
     ctx: &mut RequestCtx,
-    paused: &mut bool,
+    paused: &mut Option<usize>,
     call: impl Fn(&ActiveFilter) -> Result<Action, inwasm_host::FilterError>,
 ) -> Result<bool, ()> {
     for index in (0..ctx.filters.len()).rev() {
         match step(r, ctx, index, &call) {
             Step::Continue => {}
-            Step::Paused => *paused = true,
+            Step::Paused => *paused = Some(index),
             Step::Responded => return Ok(true),
             Step::Failed => return Err(()),
         }
@@ -99,7 +99,7 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
             return NGX_DECLINED as ngx_int_t;
         }
         let end_of_stream = (*r).header_only() != 0;
-        let mut paused = false;
+        let mut paused = None;
         match run_response_chain(r, ctx, &mut paused, |f| {
             f.vm.borrow_mut().on_response_headers(f.stream, end_of_stream)
         }) {
@@ -116,11 +116,13 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
             return NGX_DECLINED as ngx_int_t;
         }
         let resumed = std::mem::take(&mut ctx.exchange.borrow_mut().response_resume_requested);
-        if paused && !resumed {
+        if paused.is_some() && !resumed {
             // As in Envoy's Wasm filter, a pause stops the response, headers and body alike,
             // until the filter continues it (`resume_response`).
             ctx.headers_held = true;
             ctx.exchange.borrow_mut().response_held = true;
+            ctx.exchange.borrow_mut().arm_pause_timer(ctx.pause_limit);
+            ctx.paused_by = paused;
             (*(*r).connection).set_buffered((*(*r).connection).buffered() | HEADERS_HELD);
             return NGX_OK as ngx_int_t;
         }
@@ -277,12 +279,12 @@ unsafe fn filter_body(
         exchange.response_body = chunk;
         exchange.response_input = input;
     }
-    let mut paused = false;
+    let mut paused = None;
     let run =
         run_response_chain(r, ctx, &mut paused, |f| f.vm.borrow_mut().on_response_body(f.stream, size, end_of_stream));
     let mut exchange = ctx.exchange.borrow_mut();
     let untouched = !exchange.response_input.is_null() && exchange.response_body.is_empty();
-    let hold = paused && !end_of_stream;
+    let hold = paused.is_some() && !end_of_stream;
     if untouched && !hold && run.is_ok() {
         exchange.response_input = ptr::null_mut();
         return Output::PassOn;
@@ -302,19 +304,42 @@ unsafe fn filter_body(
     }
 }
 
-/// The response resume event: the filter that paused the response headers continued it (or
-/// answered locally). The headers go out, then what arrived meanwhile, through the body
-/// callbacks; a request nginx has finished meanwhile is then completed.
+/// The response resume event: the filter that paused the response headers continued it,
+/// answered locally, or lost its instance.
 pub unsafe extern "C" fn resume_response(event: *mut ngx_event_t) {
     let r = (*event).data as *mut ngx_http_request_t;
     let Some(ctx) = ctx(r) else { return };
+    ctx.exchange.borrow_mut().response_resume_requested = false;
+    if ctx.headers_held && !check_lost(ctx) {
+        return answer_held(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+    }
+    release_held(r);
+}
+
+/// Answers `status` (with an empty body) in place of a response whose headers a filter holds.
+pub unsafe fn answer_held(r: *mut ngx_http_request_t, status: u32) {
+    let Some(ctx) = ctx(r) else { return };
+    if !ctx.headers_held {
+        return;
+    }
+    ctx.failed = true;
+    let answer = LocalResponse { status, details: Vec::new(), body: Vec::new(), headers: Vec::new(), grpc_status: -1 };
+    ctx.exchange.borrow_mut().local_response = Some(answer);
+    release_held(r);
+}
+
+/// Lets a response whose headers a filter held go on: the headers go out, then what arrived
+/// meanwhile, through the body callbacks (or a local response in its place); a request
+/// nginx has finished meanwhile is then completed.
+unsafe fn release_held(r: *mut ngx_http_request_t) {
+    let Some(ctx) = ctx(r) else { return };
     let log = (*(*r).connection).log;
     let rc = guard_status(log, || {
-        ctx.exchange.borrow_mut().response_resume_requested = false;
         if !std::mem::take(&mut ctx.headers_held) {
             return NGX_OK as ngx_int_t;
         }
         ctx.exchange.borrow_mut().response_held = false;
+        ctx.exchange.borrow_mut().disarm_pause_timer();
         (*(*r).connection).set_buffered((*(*r).connection).buffered() & !HEADERS_HELD);
         let held = std::mem::take(&mut ctx.held_raw);
         let last = ctx.held_raw_last;

@@ -34,9 +34,26 @@ fn assemblyscript_filter_refuses_an_empty_greeting() {
     let module = root().join("build/filters/example_assemblyscript.wasm");
     let (ok, output) = nginx_test(
         &format!("wasm {{ module greeter {}; }}", module.display()),
-        "server { location / { proxy_wasm greeter '  '; } }",
+        "server { location / { proxy_wasm greeter '  ' root_id=greeter; } }",
     );
     assert!(!ok, "{output}");
     assert!(output.contains("bad configuration: the plugin configuration must be a greeting"), "{output}");
     assert!(output.contains("rejected its configuration"), "{output}");
+}
+
+#[test]
+fn the_root_id_a_filter_registers_under_must_be_named() {
+    let module = root().join("build/filters/example_assemblyscript.wasm");
+    let (ok, output) = nginx_test(
+        &format!("wasm {{ module greeter {}; }}", module.display()),
+        "server { location / { proxy_wasm greeter 'Hello'; } }",
+    );
+    assert!(!ok, "{output}");
+    assert!(output.contains("Missing root context factory for root id"), "{output}");
+    let (ok, output) = nginx_test(
+        &format!("wasm {{ module greeter {}; }}", module.display()),
+        "server { location / { proxy_wasm greeter 'Hello' other=1; } }",
+    );
+    assert!(!ok, "{output}");
+    assert!(output.contains("the third argument is root_id=ID"), "{output}");
 }

@@ -67,4 +67,4 @@ class Greeter extends Context {
   }
 }
 
-registerRootContext((context_id: u32): RootContext => new GreeterRoot(context_id), "");
+registerRootContext((context_id: u32): RootContext => new GreeterRoot(context_id), "greeter");

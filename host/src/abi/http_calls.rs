@@ -9,7 +9,7 @@ use super::abi_fn;
 use crate::embedding::HttpCallRequest;
 use crate::serialization::deserialize_map;
 use crate::session::{CallKind, HostState};
-use crate::types::Status;
+use crate::types::{Pairs, Status};
 
 const REQUIRED_HEADERS: [&[u8]; 3] = [b":method", b":path", b":authority"];
 
@@ -28,7 +28,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         // A bad token pointer must fail before the call starts, not orphan it.
         g.write_u32(ret_token, 0)?;
         let upstream = g.read_string(upstream_ptr, upstream_len)?;
-        let headers = deserialize_map(&g.read(headers_ptr, headers_len)?)?;
+        let headers = authority_from_host(deserialize_map(&g.read(headers_ptr, headers_len)?)?);
         let present = |name: &[u8]| headers.iter().any(|(k, _)| k.as_slice() == name);
         if timeout_ms < 0 || !REQUIRED_HEADERS.iter().all(|name| present(name)) {
             return Err(Status::BadArgument.into());
@@ -45,4 +45,14 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         g.write_u32(ret_token, token)
     });
     Ok(())
+}
+
+/// A call's `host` header as its `:authority` when it has none (as Envoy takes it).
+fn authority_from_host(mut headers: Pairs) -> Pairs {
+    if !headers.iter().any(|(k, _)| k == b":authority") {
+        if let Some(host) = headers.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(b"host")) {
+            host.0 = b":authority".to_vec();
+        }
+    }
+    headers
 }
