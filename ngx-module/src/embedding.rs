@@ -86,6 +86,7 @@ impl Exchange {
     /// first time (`None` when a file buffer cannot be read).
     pub fn response_body(&mut self) -> Option<&Vec<u8>> {
         let input = std::mem::replace(&mut self.response_input, ptr::null_mut());
+        // SAFETY: the input chain is the current body filter call's, valid while the filters run on it.
         unsafe { chain_bytes(input, &mut self.response_body)? };
         Some(&self.response_body)
     }
@@ -134,6 +135,7 @@ impl Drop for Exchange {
 
 fn post(event: &mut ngx_event_t) {
     if event.posted() == 0 {
+        // SAFETY: the exchange's events live as long as it does; its drop takes them off the queue.
         unsafe { ngx_post_event(event, ptr::addr_of_mut!(ngx_posted_events)) };
     }
 }
@@ -176,6 +178,7 @@ fn nginx_level(level: LogLevel) -> ngx_uint_t {
 
 /// The lowest proxy-wasm level the nginx log lets through.
 fn level_of(log: *mut ngx_log_t) -> LogLevel {
+    // SAFETY: a non-null log is live (see `ffi::log_error`).
     let level = if log.is_null() { 0 } else { unsafe { (*log).log_level } };
     match level as u32 {
         l if l >= NGX_LOG_DEBUG => LogLevel::Trace,
@@ -333,10 +336,12 @@ impl StreamEmbedding {
     }
 
     fn request_log(&self) -> *mut ngx_log_t {
+        // SAFETY: a stream's request outlives the stream (it ends in the log phase, or is marked gone).
         unsafe { (*(*self.r).connection).log }
     }
 
     fn conf(&self) -> &WasmConf {
+        // SAFETY: the worker's cycle, whose configuration the request's filters belong to.
         unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.expect("a request's filters belong to its cycle")
     }
 
@@ -394,7 +399,9 @@ impl HeaderMaps for StreamEmbedding {
     fn header_map(&mut self, map: MapType) -> HostResult<Pairs> {
         let r = self.request()?;
         Ok(match side(map) {
+            // SAFETY: `request()` gives the request only while it lives.
             Some(Side::Request) => unsafe { headers::request_headers(r) },
+            // SAFETY: as above.
             Some(Side::Response) => unsafe { headers::response_headers(r) },
             // nginx hands trailers to no filter yet.
             None => Vec::new(),
@@ -405,36 +412,43 @@ impl HeaderMaps for StreamEmbedding {
         let side = side(map).ok_or(Status::BadArgument)?;
         let r = self.request_for_write(side, None)?;
         match side {
+            // SAFETY: `request_for_write()` gives the request only while it lives.
             Side::Request => unsafe { headers::set_request_headers(r, &pairs) },
+            // SAFETY: as above.
             Side::Response => unsafe { headers::set_response_headers(r, &pairs) },
         }
     }
 
     fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
         let r = self.request()?;
+        // SAFETY: `request()` gives the request only while it lives.
         Ok(side(map).map_or(0, |side| unsafe { headers::count(r, side) }))
     }
 
     fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
         let r = self.request()?;
+        // SAFETY: as above.
         Ok(side(map).and_then(|side| unsafe { headers::value(r, side, key) }))
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
         let side = side(map).ok_or(Status::BadArgument)?;
         let r = self.request_for_write(side, Some(key))?;
+        // SAFETY: `request_for_write()` gives the request only while it lives.
         unsafe { headers::add(r, side, key, value) }
     }
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
         let side = side(map).ok_or(Status::BadArgument)?;
         let r = self.request_for_write(side, Some(key))?;
+        // SAFETY: as above.
         unsafe { headers::replace(r, side, key, value) }
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
         let side = side(map).ok_or(Status::BadArgument)?;
         let r = self.request_for_write(side, Some(key))?;
+        // SAFETY: as above.
         unsafe { headers::remove(r, side, key) }
     }
 }
@@ -469,11 +483,13 @@ impl Buffers for StreamEmbedding {
 impl Properties for StreamEmbedding {
     fn property(&mut self, path: &[&[u8]]) -> HostResult<Option<Vec<u8>>> {
         let r = self.request()?;
+        // SAFETY: `request()` gives the request only while it lives.
         Ok(unsafe { properties::get(r, path) })
     }
 
     fn set_property(&mut self, path: &[&[u8]], value: &[u8]) -> HostResult<()> {
         let r = self.request()?;
+        // SAFETY: as above.
         unsafe { properties::set(r, path, value) }.map_err(|()| Status::NotFound)
     }
 }
@@ -532,6 +548,7 @@ impl SharedData for StreamEmbedding {
 }
 
 fn kv_zone(key: &[u8]) -> HostResult<&'static KvZone> {
+    // SAFETY: the worker's cycle.
     let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or(Status::InternalFailure)?;
     shared_data::zone_for(&conf.kv_zones, key).ok_or(Status::InternalFailure)
 }
@@ -558,6 +575,7 @@ impl SharedQueues for StreamEmbedding {
 }
 
 fn queue_zones() -> HostResult<&'static [Box<QueueZone>]> {
+    // SAFETY: the worker's cycle.
     let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or(Status::InternalFailure)?;
     Ok(&conf.queue_zones)
 }

@@ -48,11 +48,14 @@ struct Call {
 /// `BAD_ARGUMENT`, as Envoy refuses an unknown cluster.
 pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> HostResult<()> {
     let log = link.log();
+    // SAFETY: the link's log is the cycle's.
     let pool = unsafe { ngx_create_pool(4096, log) };
     if pool.is_null() {
         return Err(Status::InternalFailure);
     }
+    // SAFETY: a new pool.
     let Some(address) = (unsafe { resolve(pool, &request.upstream) }) else {
+        // SAFETY: the pool just made, used by nothing else.
         unsafe { ngx_destroy_pool(pool) };
         return Err(Status::BadArgument);
     };
@@ -61,6 +64,7 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> HostR
         link: link.clone(),
         token,
         pool,
+        // SAFETY: an all-zero peer connection is nginx's empty one.
         peer: unsafe { std::mem::zeroed() },
         name: ngx_str_t { len: 0, data: ptr::null_mut() },
         request: request_bytes(&request),
@@ -68,8 +72,10 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> HostR
         received: Vec::new(),
         timeout,
         outcome: None,
+        // SAFETY: an all-zero event is nginx's idle event.
         done: unsafe { std::mem::zeroed() },
     }));
+    // SAFETY: the call is boxed until `deliver` takes it back; its pool is live.
     unsafe {
         (*call).done.handler = Some(deliver);
         (*call).done.data = call as *mut c_void;
@@ -82,158 +88,196 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> HostR
 /// An address for `upstream`: a server of the `upstream {}` block of that name (round
 /// robin), else `upstream` itself as `host:port` (a host name is resolved by the system,
 /// synchronously: prefer addresses or upstream blocks).
+///
+/// # Safety
+/// `pool` must be a live pool.
 unsafe fn resolve(pool: *mut ngx_pool_t, upstream: &str) -> Option<ngx_addr_t> {
-    if let Some(address) = upstream_block_address(upstream) {
-        return Some(address);
+    // SAFETY: a live pool (the caller's contract); nginx's URL parser allocates from it.
+    unsafe {
+        if let Some(address) = upstream_block_address(upstream) {
+            return Some(address);
+        }
+        if !upstream.contains(':') {
+            return None; // neither an upstream block nor host:port
+        }
+        let text = ngx_str_t { len: upstream.len(), data: ngx::ffi::ngx_pstrdup(pool, &mut str_of(upstream)) };
+        let mut url: ngx_url_t = std::mem::zeroed();
+        url.url = text;
+        url.default_port = 80;
+        if text.data.is_null() || ngx_parse_url(pool, &mut url) != NGX_OK as isize || url.naddrs == 0 {
+            return None;
+        }
+        Some(*url.addrs)
     }
-    if !upstream.contains(':') {
-        return None; // neither an upstream block nor host:port
-    }
-    let text = ngx_str_t { len: upstream.len(), data: ngx::ffi::ngx_pstrdup(pool, &mut str_of(upstream)) };
-    let mut url: ngx_url_t = std::mem::zeroed();
-    url.url = text;
-    url.default_port = 80;
-    if text.data.is_null() || ngx_parse_url(pool, &mut url) != NGX_OK as isize || url.naddrs == 0 {
-        return None;
-    }
-    Some(*url.addrs)
 }
 
 fn str_of(text: &str) -> ngx_str_t {
     ngx_str_t { len: text.len(), data: text.as_ptr() as *mut u8 }
 }
 
+/// # Safety
+/// Must run in a worker (the current cycle configured).
 unsafe fn upstream_block_address(name: &str) -> Option<ngx_addr_t> {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let umcf: *mut ngx_http_upstream_main_conf_t =
-        (*ngx::ffi::ngx_cycle).http_main_conf_unchecked(&*ptr::addr_of!(ngx_http_upstream_module))?.as_ptr();
-    let blocks = (*umcf).upstreams.as_slice::<*mut ngx_http_upstream_srv_conf_t>();
-    let block = blocks.iter().map(|b| &**b).find(|b| bytes(&b.host) == name.as_bytes() && !b.servers.is_null())?;
-    let servers = (*block.servers).as_slice::<ngx_http_upstream_server_t>();
-    let addresses: Vec<ngx_addr_t> = servers.iter().flat_map(|s| (0..s.naddrs).map(move |i| *s.addrs.add(i))).collect();
-    (!addresses.is_empty()).then(|| addresses[NEXT.fetch_add(1, Ordering::Relaxed) % addresses.len()])
+    // SAFETY: the current cycle's upstream main configuration and its blocks' servers live as long as
+    // the cycle.
+    unsafe {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let umcf: *mut ngx_http_upstream_main_conf_t =
+            (*ngx::ffi::ngx_cycle).http_main_conf_unchecked(&*ptr::addr_of!(ngx_http_upstream_module))?.as_ptr();
+        let blocks = (*umcf).upstreams.as_slice::<*mut ngx_http_upstream_srv_conf_t>();
+        let block = blocks.iter().map(|b| &**b).find(|b| bytes(&b.host) == name.as_bytes() && !b.servers.is_null())?;
+        let servers = (*block.servers).as_slice::<ngx_http_upstream_server_t>();
+        let addresses: Vec<ngx_addr_t> =
+            servers.iter().flat_map(|s| (0..s.naddrs).map(move |i| *s.addrs.add(i))).collect();
+        (!addresses.is_empty()).then(|| addresses[NEXT.fetch_add(1, Ordering::Relaxed) % addresses.len()])
+    }
 }
 
+/// # Safety
+/// `call` must be a live boxed call.
 unsafe fn connect(call: *mut Call, address: ngx_addr_t, upstream: &str, log: *mut ngx_log_t) {
-    let c = &mut *call;
-    c.name = ngx_str_t { len: upstream.len(), data: ngx::ffi::ngx_pstrdup(c.pool, &mut str_of(upstream)) };
-    c.peer.sockaddr = address.sockaddr;
-    c.peer.socklen = address.socklen;
-    c.peer.name = &mut c.name;
-    c.peer.get = Some(ngx_event_get_peer);
-    c.peer.log = log;
-    c.peer.set_log_error(1); // NGX_ERROR_ERR
-    let rc = ngx_event_connect_peer(&mut c.peer);
-    let connection = c.peer.connection;
-    if connection.is_null() || !(rc == NGX_OK as isize || rc == NGX_AGAIN as isize) {
-        return finish(call, Err("connection failed".into()));
-    }
-    (*connection).data = call as *mut c_void;
-    (*connection).log = log;
-    for event in [(*connection).read, (*connection).write] {
-        (*event).log = log;
-        (*event).set_cancelable(1);
-    }
-    (*(*connection).read).handler = Some(on_read);
-    (*(*connection).write).handler = Some(on_write);
-    ngx_add_timer((*connection).write, c.timeout);
-    ngx_add_timer((*connection).read, c.timeout);
-    if rc == NGX_OK as isize {
-        on_write((*connection).write);
+    // SAFETY: `call` is the live boxed call (the caller's contract); its pool and peer are its own.
+    unsafe {
+        let c = &mut *call;
+        c.name = ngx_str_t { len: upstream.len(), data: ngx::ffi::ngx_pstrdup(c.pool, &mut str_of(upstream)) };
+        c.peer.sockaddr = address.sockaddr;
+        c.peer.socklen = address.socklen;
+        c.peer.name = &mut c.name;
+        c.peer.get = Some(ngx_event_get_peer);
+        c.peer.log = log;
+        c.peer.set_log_error(1); // NGX_ERROR_ERR
+        let rc = ngx_event_connect_peer(&mut c.peer);
+        let connection = c.peer.connection;
+        if connection.is_null() || !(rc == NGX_OK as isize || rc == NGX_AGAIN as isize) {
+            return finish(call, Err("connection failed".into()));
+        }
+        (*connection).data = call as *mut c_void;
+        (*connection).log = log;
+        for event in [(*connection).read, (*connection).write] {
+            (*event).log = log;
+            (*event).set_cancelable(1);
+        }
+        (*(*connection).read).handler = Some(on_read);
+        (*(*connection).write).handler = Some(on_write);
+        ngx_add_timer((*connection).write, c.timeout);
+        ngx_add_timer((*connection).read, c.timeout);
+        if rc == NGX_OK as isize {
+            on_write((*connection).write);
+        }
     }
 }
 
+/// # Safety
+/// `event` must be a call connection's event.
 unsafe fn call_of(event: *mut ngx_event_t) -> (*mut ngx_connection_t, *mut Call) {
-    let connection = (*event).data as *mut ngx_connection_t;
-    (connection, (*connection).data as *mut Call)
+    // SAFETY: a call's connection events carry the connection, whose data is the call.
+    unsafe {
+        let connection = (*event).data as *mut ngx_connection_t;
+        (connection, (*connection).data as *mut Call)
+    }
 }
 
 unsafe extern "C" fn on_write(event: *mut ngx_event_t) {
-    let (connection, call) = call_of(event);
-    guard((*connection).log, (), || {
-        if (*event).timedout() != 0 {
-            return finish(call, Err("timeout".into()));
-        }
-        let c = &mut *call;
-        while c.sent < c.request.len() {
-            let rest = &c.request[c.sent..];
-            let n = (*connection).send.expect("send")(connection, rest.as_ptr() as *mut u8, rest.len());
-            if n == NGX_AGAIN as isize {
-                if ngx_handle_write_event(event, 0) != NGX_OK as isize {
-                    finish(call, Err("connection failed".into()));
-                }
-                return;
+    // SAFETY: nginx runs the connection's write handler with its event, while the call is live.
+    unsafe {
+        let (connection, call) = call_of(event);
+        guard((*connection).log, (), || {
+            if (*event).timedout() != 0 {
+                return finish(call, Err("timeout".into()));
             }
-            if n <= 0 {
+            let c = &mut *call;
+            while c.sent < c.request.len() {
+                let rest = &c.request[c.sent..];
+                let n = (*connection).send.expect("send")(connection, rest.as_ptr() as *mut u8, rest.len());
+                if n == NGX_AGAIN as isize {
+                    if ngx_handle_write_event(event, 0) != NGX_OK as isize {
+                        finish(call, Err("connection failed".into()));
+                    }
+                    return;
+                }
+                if n <= 0 {
+                    return finish(call, Err("connection failed".into()));
+                }
+                c.sent += n as usize;
+            }
+            if ngx_handle_read_event((*connection).read, 0) != NGX_OK as isize {
                 return finish(call, Err("connection failed".into()));
             }
-            c.sent += n as usize;
-        }
-        if ngx_handle_read_event((*connection).read, 0) != NGX_OK as isize {
-            return finish(call, Err("connection failed".into()));
-        }
-        if (*(*connection).read).ready() != 0 {
-            on_read((*connection).read);
-        }
-    })
+            if (*(*connection).read).ready() != 0 {
+                on_read((*connection).read);
+            }
+        })
+    }
 }
 
 unsafe extern "C" fn on_read(event: *mut ngx_event_t) {
-    let (connection, call) = call_of(event);
-    guard((*connection).log, (), || {
-        if (*event).timedout() != 0 {
-            return finish(call, Err("timeout".into()));
-        }
-        let c = &mut *call;
-        let mut closed = false;
-        loop {
-            let mut chunk = [0u8; 16384];
-            let n = (*connection).recv.expect("recv")(connection, chunk.as_mut_ptr(), chunk.len());
-            if n == NGX_AGAIN as isize {
-                break;
+    // SAFETY: nginx runs the connection's read handler with its event, while the call is live.
+    unsafe {
+        let (connection, call) = call_of(event);
+        guard((*connection).log, (), || {
+            if (*event).timedout() != 0 {
+                return finish(call, Err("timeout".into()));
             }
-            if n < 0 {
-                return finish(call, Err("connection failed".into()));
-            }
-            if n == 0 {
-                closed = true;
-                break;
-            }
-            c.received.extend_from_slice(&chunk[..n as usize]);
-            if c.received.len() > MAX_RESPONSE {
-                return finish(call, Err("response too large".into()));
-            }
-        }
-        match parse_response(&c.received, closed) {
-            Parsed::Complete(response) => finish(call, Ok(response)),
-            Parsed::Invalid(reason) => finish(call, Err(reason.into())),
-            Parsed::Incomplete => {
-                if ngx_handle_read_event(event, 0) != NGX_OK as isize {
-                    finish(call, Err("connection failed".into()));
+            let c = &mut *call;
+            let mut closed = false;
+            loop {
+                let mut chunk = [0u8; 16384];
+                let n = (*connection).recv.expect("recv")(connection, chunk.as_mut_ptr(), chunk.len());
+                if n == NGX_AGAIN as isize {
+                    break;
+                }
+                if n < 0 {
+                    return finish(call, Err("connection failed".into()));
+                }
+                if n == 0 {
+                    closed = true;
+                    break;
+                }
+                c.received.extend_from_slice(&chunk[..n as usize]);
+                if c.received.len() > MAX_RESPONSE {
+                    return finish(call, Err("response too large".into()));
                 }
             }
-        }
-    })
+            match parse_response(&c.received, closed) {
+                Parsed::Complete(response) => finish(call, Ok(response)),
+                Parsed::Invalid(reason) => finish(call, Err(reason.into())),
+                Parsed::Incomplete => {
+                    if ngx_handle_read_event(event, 0) != NGX_OK as isize {
+                        finish(call, Err("connection failed".into()));
+                    }
+                }
+            }
+        })
+    }
 }
 
 /// Ends the exchange and posts the outcome's delivery to the event loop.
+///
+/// # Safety
+/// `call` must be a live boxed call.
 unsafe fn finish(call: *mut Call, outcome: Result<HttpCallResponse, String>) {
-    let c = &mut *call;
-    if !c.peer.connection.is_null() {
-        ngx_close_connection(c.peer.connection);
-        c.peer.connection = ptr::null_mut();
+    // SAFETY: `call` is the live boxed call; its connection, if any, is closed once.
+    unsafe {
+        let c = &mut *call;
+        if !c.peer.connection.is_null() {
+            ngx_close_connection(c.peer.connection);
+            c.peer.connection = ptr::null_mut();
+        }
+        c.outcome = Some(outcome);
+        ngx_post_event(&mut c.done, ptr::addr_of_mut!(ngx_posted_events));
     }
-    c.outcome = Some(outcome);
-    ngx_post_event(&mut c.done, ptr::addr_of_mut!(ngx_posted_events));
 }
 
 unsafe extern "C" fn deliver(event: *mut ngx_event_t) {
-    let call = Box::from_raw((*event).data as *mut Call);
-    guard(call.link.log(), (), || {
-        let outcome = call.outcome.clone().unwrap_or_else(|| Err("lost".into()));
-        call.link.deliver(|vm, plugin| vm.on_http_call_response(plugin, call.token, outcome));
-    });
-    if !call.pool.is_null() {
-        ngx_destroy_pool(call.pool);
+    // SAFETY: the posted event carries the boxed call, taken back here once.
+    unsafe {
+        let call = Box::from_raw((*event).data as *mut Call);
+        guard(call.link.log(), (), || {
+            let outcome = call.outcome.clone().unwrap_or_else(|| Err("lost".into()));
+            call.link.deliver(|vm, plugin| vm.on_http_call_response(plugin, call.token, outcome));
+        });
+        if !call.pool.is_null() {
+            ngx_destroy_pool(call.pool);
+        }
     }
 }

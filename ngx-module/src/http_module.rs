@@ -32,9 +32,9 @@ use ngx::ffi::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::ngx_string;
 
-use crate::ffi::{bytes, guard_status, log_error};
+use crate::ffi::{args, bytes, directive, guard_status, log_error};
 use crate::http_call::LONGEST_CALL;
-use crate::wasm_block::{args, conf_error, FilterDecl, WasmConf};
+use crate::wasm_block::{FilterDecl, WasmConf};
 use crate::{metrics, request, response, validation};
 use ngx::ffi::{ngx_http_discard_request_body, ngx_http_request_t, NGX_CONF_NOARGS, NGX_OK};
 
@@ -92,41 +92,50 @@ pub struct Module;
 
 impl HttpModule for Module {
     fn module() -> &'static ngx_module_t {
+        // SAFETY: a static nginx writes only while it loads modules, before any of this runs.
         unsafe { &*ptr::addr_of!(ngx_http_inwasm_module) }
     }
 
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-        if !start_filters(cf) {
-            return Status::NGX_ERROR.into();
-        }
-        let Some(core) = NgxHttpCoreModule::main_conf_mut(&*cf) else {
-            return Status::NGX_ERROR.into();
-        };
-        let phases: [(usize, ngx_http_handler_pt); 2] = [
-            (ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize, Some(request::rewrite_handler)),
-            (ngx_http_phases_NGX_HTTP_LOG_PHASE as usize, Some(request::log_handler)),
-        ];
-        for (phase, handler) in phases {
-            let slot = ngx_array_push(&mut core.phases[phase].handlers) as *mut ngx_http_handler_pt;
-            if slot.is_null() {
+        // SAFETY: nginx calls it with the configuration it has just read.
+        let log = unsafe { (*cf).log };
+        // SAFETY: as above; the filter chains and phase arrays it edits are nginx's, and
+        // nginx runs no request while configuring.
+        guard_status(log, || unsafe {
+            if !start_filters(cf) {
                 return Status::NGX_ERROR.into();
             }
-            *slot = handler;
-        }
-        response::NEXT_HEADER_FILTER = ngx_http_top_header_filter;
-        ngx_http_top_header_filter = Some(response::header_filter as unsafe extern "C" fn(_) -> _);
-        request::NEXT_REQUEST_BODY_FILTER = ngx_http_top_request_body_filter;
-        ngx_http_top_request_body_filter = Some(request::request_body_filter as unsafe extern "C" fn(_, _) -> _);
-        response::NEXT_BODY_FILTER = ngx_http_top_body_filter;
-        ngx_http_top_body_filter = Some(response::body_filter as unsafe extern "C" fn(_, _) -> _);
-        Status::NGX_OK.into()
+            let Some(core) = NgxHttpCoreModule::main_conf_mut(&*cf) else {
+                return Status::NGX_ERROR.into();
+            };
+            let phases: [(usize, ngx_http_handler_pt); 2] = [
+                (ngx_http_phases_NGX_HTTP_REWRITE_PHASE as usize, Some(request::rewrite_handler)),
+                (ngx_http_phases_NGX_HTTP_LOG_PHASE as usize, Some(request::log_handler)),
+            ];
+            for (phase, handler) in phases {
+                let slot = ngx_array_push(&mut core.phases[phase].handlers) as *mut ngx_http_handler_pt;
+                if slot.is_null() {
+                    return Status::NGX_ERROR.into();
+                }
+                *slot = handler;
+            }
+            response::NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+            ngx_http_top_header_filter = Some(response::header_filter as unsafe extern "C" fn(_) -> _);
+            request::NEXT_REQUEST_BODY_FILTER = ngx_http_top_request_body_filter;
+            ngx_http_top_request_body_filter = Some(request::request_body_filter as unsafe extern "C" fn(_, _) -> _);
+            response::NEXT_BODY_FILTER = ngx_http_top_body_filter;
+            ngx_http_top_body_filter = Some(response::body_filter as unsafe extern "C" fn(_, _) -> _);
+            Status::NGX_OK.into()
+        })
     }
 }
 
+// SAFETY: the module's location configuration is a `LocConf` (its create_loc_conf makes one).
 unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocConf;
 }
 
+// SAFETY: the module has no main configuration of its own (no create_main_conf).
 unsafe impl HttpModuleMainConf for Module {
     type MainConf = ();
 }
@@ -145,7 +154,7 @@ static CONTEXT: ngx_http_module_t = ngx_http_module_t {
 const ANY_HTTP_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
 /// A directive allowed in http, server and location blocks, with `args` (NGX_CONF_TAKE*).
-const fn directive(name: ngx_str_t, args: u32, set: DirectiveHandler) -> ngx_command_t {
+const fn command(name: ngx_str_t, args: u32, set: DirectiveHandler) -> ngx_command_t {
     ngx_command_t {
         name,
         type_: (ANY_HTTP_LEVEL | args) as ngx_uint_t,
@@ -159,11 +168,11 @@ const fn directive(name: ngx_str_t, args: u32, set: DirectiveHandler) -> ngx_com
 type DirectiveHandler = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
 static mut COMMANDS: [ngx_command_t; 7] = [
-    directive(ngx_string!("proxy_wasm"), NGX_CONF_TAKE123, proxy_wasm),
-    directive(ngx_string!("proxy_wasm_isolation"), NGX_CONF_TAKE1, proxy_wasm_isolation),
-    directive(ngx_string!("proxy_wasm_timeout"), NGX_CONF_TAKE1, proxy_wasm_timeout),
-    directive(ngx_string!("proxy_wasm_pause_timeout"), NGX_CONF_TAKE1, proxy_wasm_pause_timeout),
-    directive(ngx_string!("proxy_wasm_fail_open"), NGX_CONF_TAKE1, proxy_wasm_fail_open),
+    command(ngx_string!("proxy_wasm"), NGX_CONF_TAKE123, proxy_wasm),
+    command(ngx_string!("proxy_wasm_isolation"), NGX_CONF_TAKE1, proxy_wasm_isolation),
+    command(ngx_string!("proxy_wasm_timeout"), NGX_CONF_TAKE1, proxy_wasm_timeout),
+    command(ngx_string!("proxy_wasm_pause_timeout"), NGX_CONF_TAKE1, proxy_wasm_pause_timeout),
+    command(ngx_string!("proxy_wasm_fail_open"), NGX_CONF_TAKE1, proxy_wasm_fail_open),
     ngx_command_t {
         name: ngx_string!("proxy_wasm_metrics"),
         type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
@@ -184,60 +193,82 @@ pub static mut ngx_http_inwasm_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
+/// A directive handler's location configuration.
+///
+/// # Safety
+/// `conf` must be the `LocConf` nginx passes to a handler of this module's directives.
+unsafe fn loc_conf<'a>(conf: *mut c_void) -> &'a mut LocConf {
+    // SAFETY: per the caller; nginx hands each handler the block's own configuration.
+    unsafe { &mut *(conf as *mut LocConf) }
+}
+
 /// `proxy_wasm NAME [CONFIG] [root_id=ID]`: CONFIG is the plugin configuration (Kong's
 /// syntax); `root_id=ID` names the root context, for filters that register theirs under an
 /// id (AssemblyScript's proxy-runtime). A second argument that starts with `root_id=` and no
 /// third is the root id.
-extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn proxy_wasm(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with the configuration being parsed and the
+    // block's configuration of this module.
     unsafe {
-        let loc = &mut *(conf as *mut LocConf);
-        let args = args(cf);
-        let name = String::from_utf8_lossy(args[1]).into_owned();
-        let Some(wasm) = WasmConf::of_cycle((*cf).cycle) else {
-            return conf_error(cf, "proxy_wasm: no wasm {} block");
-        };
-        let Some(module) = wasm.module_index(&name) else {
-            return conf_error(cf, &format!("proxy_wasm: no module \"{name}\" is declared in the wasm {{}} block"));
-        };
-        let (configuration, root_id) = match &args[2..] {
-            [] => (&b""[..], None),
-            [only] => match only.strip_prefix(b"root_id=") {
-                Some(root_id) => (&b""[..], Some(root_id)),
-                None => (*only, None),
-            },
-            [configuration, root_id, ..] => match root_id.strip_prefix(b"root_id=") {
-                Some(root_id) => (*configuration, Some(root_id)),
-                None => {
-                    let root_id = String::from_utf8_lossy(root_id);
-                    return conf_error(cf, &format!("proxy_wasm: \"{root_id}\": the third argument is root_id=ID"));
-                }
-            },
-        };
-        let plugin = PluginConfig {
-            name: name.clone(),
-            root_id: String::from_utf8_lossy(root_id.unwrap_or_default()).into_owned(),
-            configuration: configuration.to_vec(),
-            timeout: None,
-        };
-        // Started (and so checked) with every other filter once the http block is read.
-        wasm.filters.push(FilterDecl { module, plugin, position: position(cf), background: true });
-        loc.chain.get_or_insert_with(Vec::new).push(wasm.filters.len() - 1);
-        ptr::null_mut()
+        directive(cf, || {
+            let loc = loc_conf(conf);
+            let args = args(cf);
+            let name = String::from_utf8_lossy(args[1]).into_owned();
+            let wasm = WasmConf::of_cycle((*cf).cycle).ok_or("proxy_wasm: no wasm {} block")?;
+            let module = wasm
+                .module_index(&name)
+                .ok_or_else(|| format!("proxy_wasm: no module \"{name}\" is declared in the wasm {{}} block"))?;
+            let (configuration, root_id) = match &args[2..] {
+                [] => (&b""[..], None),
+                [only] => match only.strip_prefix(b"root_id=") {
+                    Some(root_id) => (&b""[..], Some(root_id)),
+                    None => (*only, None),
+                },
+                [configuration, root_id, ..] => match root_id.strip_prefix(b"root_id=") {
+                    Some(root_id) => (*configuration, Some(root_id)),
+                    None => {
+                        let root_id = String::from_utf8_lossy(root_id);
+                        return Err(format!("proxy_wasm: \"{root_id}\": the third argument is root_id=ID"));
+                    }
+                },
+            };
+            let plugin = PluginConfig {
+                name: name.clone(),
+                root_id: String::from_utf8_lossy(root_id.unwrap_or_default()).into_owned(),
+                configuration: configuration.to_vec(),
+                timeout: None,
+            };
+            // Started (and so checked) with every other filter once the http block is read.
+            wasm.filters.push(FilterDecl { module, plugin, position: position(cf), background: true });
+            loc.chain.get_or_insert_with(Vec::new).push(wasm.filters.len() - 1);
+            Ok(())
+        })
     }
 }
 
 /// Where the directive being parsed stands, as nginx names places: `/path/nginx.conf:12`.
+///
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
 unsafe fn position(cf: *mut ngx_conf_t) -> String {
-    let file = &*(*cf).conf_file;
-    format!("{}:{}", String::from_utf8_lossy(bytes(&file.file.name)), file.line)
+    // SAFETY: a configuration being parsed is in a file of its own.
+    let file = unsafe { &*(*cf).conf_file };
+    // SAFETY: as above; the file's name lives as long as the configuration.
+    format!("{}:{}", String::from_utf8_lossy(unsafe { bytes(&file.file.name) }), file.line)
 }
 
 /// Starts every declared filter once (in a child process): each one that fails is reported
 /// with its directive's place, and fails the configuration.
+///
+/// # Safety
+/// `cf` must be nginx's configuration, read whole.
 unsafe fn start_filters(cf: *mut ngx_conf_t) -> bool {
-    let Some(wasm) = WasmConf::of_cycle((*cf).cycle) else { return true };
+    // SAFETY: the configuration's cycle holds the wasm configuration, if any.
+    let Some(wasm) = (unsafe { WasmConf::of_cycle((*cf).cycle) }) else { return true };
+    // SAFETY: a configuration has a log.
+    let log = unsafe { (*cf).log };
     let filters: Vec<_> = wasm.filters.iter().map(|f| (&wasm.modules[f.module], &f.plugin)).collect();
-    let outcomes = validation::start_all(&filters, (*cf).log);
+    let outcomes = validation::start_all(&filters, log);
     let mut all_started = true;
     for (filter, outcome) in wasm.filters.iter_mut().zip(outcomes) {
         match outcome {
@@ -245,108 +276,137 @@ unsafe fn start_filters(cf: *mut ngx_conf_t) -> bool {
             Err(message) => {
                 all_started = false;
                 let line = format!("proxy_wasm \"{}\": {message} in {}", filter.plugin.name, filter.position);
-                log_error(NGX_LOG_EMERG as ngx_uint_t, (*cf).log, &line);
+                log_error(NGX_LOG_EMERG as ngx_uint_t, log, &line);
             }
         }
     }
     all_started
 }
 
-extern "C" fn proxy_wasm_isolation(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
-    unsafe {
-        let loc = &mut *(conf as *mut LocConf);
-        loc.isolation = Some(match args(cf)[1] {
-            b"none" => Isolation::None,
-            b"stream" => Isolation::Stream,
-            b"filter" => Isolation::Filter,
-            other => {
-                let other = String::from_utf8_lossy(other);
-                return conf_error(
-                    cf,
-                    &format!("invalid proxy_wasm_isolation \"{other}\": use none, stream or filter"),
-                );
-            }
-        });
-        ptr::null_mut()
-    }
+/// A directive's one word, as one of `choices` (`(word, value)`).
+///
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
+unsafe fn choice<T: Copy>(cf: *mut ngx_conf_t, choices: &[(&[u8], T)]) -> Result<T, String> {
+    // SAFETY: per the caller.
+    let args = unsafe { args(cf) };
+    choices.iter().find(|(word, _)| *word == args[1]).map(|(_, value)| *value).ok_or_else(|| {
+        let words: Vec<_> = choices.iter().map(|(word, _)| String::from_utf8_lossy(word)).collect();
+        let (directive, value) = (String::from_utf8_lossy(args[0]), String::from_utf8_lossy(args[1]));
+        format!("invalid {directive} \"{value}\": use {}", words.join(" or "))
+    })
 }
 
-/// A directive's time argument (nginx's syntax: `50ms`, `2s`, `1m`), at most `longest`.
-unsafe fn time_arg(cf: *mut ngx_conf_t, longest: Duration) -> Result<Duration, *mut c_char> {
-    let directive = String::from_utf8_lossy(args(cf)[0]).into_owned();
-    let value = args(cf)[1];
-    let mut text = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
-    let ms = ngx_parse_time(&mut text, 0);
-    let value = String::from_utf8_lossy(value);
-    if ms == NGX_ERROR as ngx_int_t || ms <= 0 {
-        return Err(conf_error(cf, &format!("invalid {directive} \"{value}\": use a time such as 50ms or 1s")));
-    }
-    let time = Duration::from_millis(ms as u64);
-    if time > longest {
-        return Err(conf_error(cf, &format!("invalid {directive} \"{value}\": at most {}s", longest.as_secs())));
-    }
-    Ok(time)
-}
-
-extern "C" fn proxy_wasm_timeout(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
-    unsafe {
-        let loc = &mut *(conf as *mut LocConf);
-        let timeout = match time_arg(cf, LONGEST_CALLBACK) {
-            Ok(timeout) => timeout,
-            Err(error) => return error,
-        };
-        loc.timeout = Some(timeout);
-        if let Some(wasm) = WasmConf::of_cycle((*cf).cycle) {
-            wasm.note_timeout(timeout);
-        }
-        ptr::null_mut()
-    }
-}
-
-extern "C" fn proxy_wasm_pause_timeout(
+unsafe extern "C" fn proxy_wasm_isolation(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
+    let choices: [(&[u8], _); 3] =
+        [(b"none", Isolation::None), (b"stream", Isolation::Stream), (b"filter", Isolation::Filter)];
+    // SAFETY: nginx calls directive handlers with the configuration being parsed and the
+    // block's configuration of this module.
     unsafe {
-        let loc = &mut *(conf as *mut LocConf);
-        match time_arg(cf, LONGEST_PAUSE) {
-            Ok(limit) => loc.pause_timeout = Some(limit),
-            Err(error) => return error,
-        }
-        ptr::null_mut()
+        directive(cf, || {
+            loc_conf(conf).isolation = Some(choice(cf, &choices)?);
+            Ok(())
+        })
     }
 }
 
-extern "C" fn proxy_wasm_fail_open(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+/// A directive's time argument (nginx's syntax: `50ms`, `2s`, `1m`), at most `longest`.
+///
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
+unsafe fn time_arg(cf: *mut ngx_conf_t, longest: Duration) -> Result<Duration, String> {
+    // SAFETY: per the caller.
+    let args = unsafe { args(cf) };
+    let (directive, value) = (String::from_utf8_lossy(args[0]), args[1]);
+    let mut text = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
+    // SAFETY: nginx's parser reads the `len` bytes of a live string.
+    let ms = unsafe { ngx_parse_time(&mut text, 0) };
+    let value = String::from_utf8_lossy(value);
+    if ms == NGX_ERROR as ngx_int_t || ms <= 0 {
+        return Err(format!("invalid {directive} \"{value}\": use a time such as 50ms or 1s"));
+    }
+    let time = Duration::from_millis(ms as u64);
+    if time > longest {
+        return Err(format!("invalid {directive} \"{value}\": at most {}s", longest.as_secs()));
+    }
+    Ok(time)
+}
+
+unsafe extern "C" fn proxy_wasm_timeout(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with the configuration being parsed and the
+    // block's configuration of this module.
     unsafe {
-        let loc = &mut *(conf as *mut LocConf);
-        loc.fail_open = Some(match args(cf)[1] {
-            b"on" => true,
-            b"off" => false,
-            other => {
-                let other = String::from_utf8_lossy(other);
-                return conf_error(cf, &format!("invalid proxy_wasm_fail_open \"{other}\": use on or off"));
+        directive(cf, || {
+            let timeout = time_arg(cf, LONGEST_CALLBACK)?;
+            loc_conf(conf).timeout = Some(timeout);
+            if let Some(wasm) = WasmConf::of_cycle((*cf).cycle) {
+                wasm.note_timeout(timeout);
             }
-        });
-        ptr::null_mut()
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn proxy_wasm_pause_timeout(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as `proxy_wasm_timeout`.
+    unsafe {
+        directive(cf, || {
+            loc_conf(conf).pause_timeout = Some(time_arg(cf, LONGEST_PAUSE)?);
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn proxy_wasm_fail_open(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let choices: [(&[u8], _); 2] = [(b"on", true), (b"off", false)];
+    // SAFETY: as `proxy_wasm_timeout`.
+    unsafe {
+        directive(cf, || {
+            loc_conf(conf).fail_open = Some(choice(cf, &choices)?);
+            Ok(())
+        })
     }
 }
 
 /// `proxy_wasm_metrics;` makes the location answer with every metric in Prometheus format.
-extern "C" fn proxy_wasm_metrics(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, _conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn proxy_wasm_metrics(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with the configuration being parsed, whose
+    // location configuration of the core module is the location's.
     unsafe {
-        let Some(core) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
-            return conf_error(cf, "proxy_wasm_metrics: no location");
-        };
-        core.handler = Some(metrics_handler);
-        ptr::null_mut()
+        directive(cf, || {
+            let core = NgxHttpCoreModule::location_conf_mut(&*cf).ok_or("proxy_wasm_metrics: no location")?;
+            core.handler = Some(metrics_handler);
+            Ok(())
+        })
     }
 }
 
 unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    guard_status((*(*r).connection).log, || {
-        let rc = ngx_http_discard_request_body(r);
+    // SAFETY: nginx calls content handlers with a live request.
+    let log = unsafe { (*(*r).connection).log };
+    guard_status(log, || {
+        // SAFETY: a live request.
+        let rc = unsafe { ngx_http_discard_request_body(r) };
         if rc != NGX_OK as ngx_int_t {
             return rc;
         }
@@ -356,6 +416,7 @@ unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             (b"content-type".to_vec(), b"text/plain; version=0.0.4".to_vec()),
             (b"content-length".to_vec(), text.len().to_string().into_bytes()),
         ];
-        response::send_response(r, &pairs, text.as_bytes())
+        // SAFETY: a live request, answered here.
+        unsafe { response::send_response(r, &pairs, text.as_bytes()) }
     })
 }

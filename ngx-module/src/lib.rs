@@ -4,6 +4,9 @@
 //! per-worker runtime) and `ngx_http_inwasm_module` (HTTP: `proxy_wasm` chains and the hooks
 //! that run them). Every entry point from nginx catches panics (`ffi::guard`).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod chains;
 mod embedding;
 mod ffi;

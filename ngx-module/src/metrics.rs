@@ -50,13 +50,20 @@ pub struct MetricStore {
 
 pub type MetricZone = ShmZone<MetricStore>;
 
+/// Declares the metrics zone.
+///
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
 pub unsafe fn declare(cf: *mut ngx_conf_t) -> Result<Box<MetricZone>, String> {
-    ShmZone::declare(cf, "metrics", "*", ZONE_SIZE, |pool| {
-        let mut metrics = SlabVec::new_in(pool.clone());
-        metrics.try_reserve_exact(CAPACITY).ok()?;
-        let table = metrics.as_ptr();
-        Some(MetricStore { ids: RbTreeMap::try_new_in(pool).ok()?, metrics, table, defined: AtomicU32::new(0) })
-    })
+    // SAFETY: per the caller.
+    unsafe {
+        ShmZone::declare(cf, "metrics", "*", ZONE_SIZE, |pool| {
+            let mut metrics = SlabVec::new_in(pool.clone());
+            metrics.try_reserve_exact(CAPACITY).ok()?;
+            let table = metrics.as_ptr();
+            Some(MetricStore { ids: RbTreeMap::try_new_in(pool).ok()?, metrics, table, defined: AtomicU32::new(0) })
+        })
+    }
 }
 
 /// The id of `filter`'s metric `name`, defining it on first use.
@@ -99,6 +106,7 @@ fn with_metric<R>(zone: &MetricZone, id: u32, f: impl FnOnce(&Metric) -> HostRes
     if id >= defined.load(Ordering::Acquire) {
         return Err(Status::NotFound);
     }
+    // SAFETY: as above: a published metric, in place for good.
     f(unsafe { &*table.add(id as usize) })
 }
 

@@ -128,6 +128,7 @@ impl RequestCtx {
 
     /// The name of the filter at `position` in the request's chain.
     pub fn filter_name(&self, position: usize) -> String {
+        // SAFETY: the worker's cycle, whose configuration the request's filters belong to.
         let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) };
         let index = self.filters.get(position).map(|f| f.index);
         conf.zip(index).map(|(conf, index)| conf.filters[index].plugin.name.clone()).unwrap_or_default()
@@ -265,20 +266,19 @@ fn instance_for(
     filter: usize,
     isolation: Isolation,
     per_request: &mut RequestInstances,
-    log: *mut ngx_log_t,
 ) -> Result<(SharedVm, PluginId), String> {
     let decl = &conf.filters[filter];
     match isolation {
         Isolation::None => shared_instance(filter).map_err(|e| format!("filter \"{}\": {e}", decl.plugin.name)),
         Isolation::Stream => match per_request.iter().find(|(module, _)| *module == decl.module) {
-            Some((_, vm)) => Ok((vm.clone(), start_plugin(vm, decl, log)?)),
+            Some((_, vm)) => Ok((vm.clone(), start_plugin(vm, decl)?)),
             None => {
-                let (vm, plugin) = fresh_instance(conf, decl, log)?;
+                let (vm, plugin) = fresh_instance(conf, decl)?;
                 per_request.push((decl.module, vm.clone()));
                 Ok((vm, plugin))
             }
         },
-        Isolation::Filter => fresh_instance(conf, decl, log),
+        Isolation::Filter => fresh_instance(conf, decl),
     }
 }
 
@@ -286,6 +286,7 @@ fn instance_for(
 /// sets the request side to run them from their request headers. A filter that cannot start
 /// fails the request, or is left out of it with fail-open.
 unsafe fn join(r: *mut ngx_http_request_t, ctx: &mut RequestCtx, loc: &LocConf) -> Result<(), String> {
+    // SAFETY: the worker's cycle.
     let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or("no wasm configuration")?;
     let chain = loc.chain.as_deref().unwrap_or_default();
     let first = ctx.filters.len();
@@ -294,7 +295,7 @@ unsafe fn join(r: *mut ngx_http_request_t, ctx: &mut RequestCtx, loc: &LocConf) 
         chain.iter().copied().filter(|&index| !ctx.filters.iter().any(|f| f.index == index)).collect();
     for index in joining {
         let isolation = loc.isolation.unwrap_or(Isolation::None);
-        let opened = instance_for(conf, index, isolation, &mut ctx.instances, log).and_then(|(vm, plugin)| {
+        let opened = instance_for(conf, index, isolation, &mut ctx.instances).and_then(|(vm, plugin)| {
             let embedding = Box::new(StreamEmbedding::new(r, index, ctx.exchange));
             let stream =
                 vm.borrow_mut().new_stream(plugin, embedding, Some(loc.timeout())).map_err(|e| e.to_string())?;
@@ -326,6 +327,7 @@ fn report(r: *mut ngx_http_request_t, error: &FilterError, fail_open: bool) {
     let counts = record_failure(error);
     let outcome = if fail_open { "skipped (fail-open)" } else { "request failed" };
     let message = format!("inwasm: {error}; {outcome}; this worker: {counts}");
+    // SAFETY: a live request (`step`'s callers run on one).
     unsafe { log_error(NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, &message) };
 }
 
@@ -424,8 +426,10 @@ unsafe fn advance(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Next {
             // SAFETY: a live request.
             Stage::Headers(_) if with_body && unsafe { body_was_read(r) } => {
                 // Filters that joined after the body was read see it whole.
+                // SAFETY: a live request whose body was read.
                 let Some(body) = (unsafe { request_body(r) }) else { return FAILED };
                 ctx.exchange.borrow_mut().request_body = body;
+                // SAFETY: a live request whose body was read.
                 if unsafe { replace_request_body(r, &[]) }.is_err() {
                     return FAILED;
                 }
@@ -456,6 +460,7 @@ unsafe fn advance(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Next {
                 // SAFETY: a live request whose body was read.
                 let Some(mut body) = (unsafe { request_body(r) }) else { return FAILED };
                 body.extend_from_slice(&tail);
+                // SAFETY: a live request whose body was read.
                 if unsafe { replace_request_body(r, &body) }.is_err() {
                     return FAILED;
                 }
@@ -549,6 +554,7 @@ unsafe fn proceed(r: *mut ngx_http_request_t, next: Next) -> ngx_int_t {
 pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls phase handlers with a live request.
     let log = unsafe { (*(*r).connection).log };
+    // SAFETY: a live main request: the context, its filters and nginx's calls all serve it.
     guard_status(log, || unsafe {
         if r != (*r).main {
             return NGX_DECLINED as ngx_int_t;
@@ -605,24 +611,30 @@ unsafe fn go_on(r: *mut ngx_http_request_t) {
 unsafe extern "C" fn request_body_read(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls it with the live request whose body it read.
     unsafe {
-        let Some(ctx) = ctx(r) else { return ngx_http_finalize_request(r, NGX_ERROR as ngx_int_t) };
-        (*r).set_preserve_body(1);
-        if let Some(position) = ctx.body_paused_at.take() {
-            // Wait for the pausing filter; then the rest of the chain runs over what it held.
-            ctx.stage = Stage::Body(position + 1);
-            if !std::mem::take(&mut ctx.exchange.borrow_mut().resume_requested) {
-                suspend(r, ctx, position);
-                return;
+        let failed = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        let finalize = guard((*(*r).connection).log, Some(failed), || {
+            let Some(ctx) = ctx(r) else { return Some(NGX_ERROR as ngx_int_t) };
+            (*r).set_preserve_body(1);
+            if let Some(position) = ctx.body_paused_at.take() {
+                // Wait for the pausing filter; then the rest of the chain runs over what it held.
+                ctx.stage = Stage::Body(position + 1);
+                if !std::mem::take(&mut ctx.exchange.borrow_mut().resume_requested) {
+                    suspend(r, ctx, position);
+                    return None;
+                }
+            } else {
+                ctx.stage = Stage::Done;
+                let size = (*r).request_body.as_ref().map_or(0, |body| chain_size(body.bufs));
+                if settle_framing(r, ctx, Some(size)).is_err() {
+                    return Some(failed);
+                }
             }
-        } else {
-            ctx.stage = Stage::Done;
-            let size = (*r).request_body.as_ref().map_or(0, |body| chain_size(body.bufs));
-            let settled = guard((*(*r).connection).log, Err(()), || settle_framing(r, ctx, Some(size)));
-            if settled.is_err() {
-                return ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-            }
+            go_on(r);
+            None
+        });
+        if let Some(rc) = finalize {
+            ngx_http_finalize_request(r, rc);
         }
-        go_on(r);
     }
 }
 
@@ -715,14 +727,16 @@ unsafe extern "C" fn resume(event: *mut ngx_event_t) {
     // SAFETY: the event's data is its live request (the event goes with the request's pool).
     unsafe {
         let r = (*event).data as *mut ngx_http_request_t;
-        let Some(ctx) = ctx(r) else { return };
-        ctx.exchange.borrow_mut().resume_requested = false;
-        if !unsuspend(r, ctx) {
-            return;
-        }
-        go_on(r);
-        // Drop the reference taken when the request was suspended.
-        ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+        guard((*(*r).connection).log, (), || {
+            let Some(ctx) = ctx(r) else { return };
+            ctx.exchange.borrow_mut().resume_requested = false;
+            if !unsuspend(r, ctx) {
+                return;
+            }
+            go_on(r);
+            // Drop the reference taken when the request was suspended.
+            ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+        })
     }
 }
 
@@ -731,23 +745,25 @@ unsafe extern "C" fn pause_expired(event: *mut ngx_event_t) {
     // SAFETY: the event's data is its live request (the timer goes with the request's pool).
     unsafe {
         let r = (*event).data as *mut ngx_http_request_t;
-        let Some(ctx) = ctx(r) else { return };
-        let name = ctx.paused_by.map(|position| ctx.filter_name(position)).unwrap_or_default();
-        let limit = ctx.pause_limit;
-        let message = format!(
-            "inwasm: filter \"{name}\" kept the request waiting longer than proxy_wasm_pause_timeout ({limit:?}); answered 504"
-        );
-        log_error(NGX_LOG_ERR as ngx_uint_t, ctx.log, &message);
-        if ctx.headers_held {
-            return crate::response::answer_held(r, NGX_HTTP_GATEWAY_TIME_OUT);
-        }
-        if !unsuspend(r, ctx) {
-            return;
-        }
-        ctx.failed = true;
-        ngx_http_finalize_request(r, NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t);
-        // Drop the reference taken when the request was suspended.
-        ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+        guard((*(*r).connection).log, (), || {
+            let Some(ctx) = ctx(r) else { return };
+            let name = ctx.paused_by.map(|position| ctx.filter_name(position)).unwrap_or_default();
+            let limit = ctx.pause_limit;
+            let message = format!(
+                "inwasm: filter \"{name}\" kept the request waiting longer than proxy_wasm_pause_timeout ({limit:?}); answered 504"
+            );
+            log_error(NGX_LOG_ERR as ngx_uint_t, ctx.log, &message);
+            if ctx.headers_held {
+                return crate::response::answer_held(r, NGX_HTTP_GATEWAY_TIME_OUT);
+            }
+            if !unsuspend(r, ctx) {
+                return;
+            }
+            ctx.failed = true;
+            ngx_http_finalize_request(r, NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t);
+            // Drop the reference taken when the request was suspended.
+            ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+        })
     }
 }
 

@@ -36,7 +36,9 @@ pub unsafe fn pseudo_header(r: *mut ngx_http_request_t, name: &[u8]) -> Option<V
     let r = unsafe { &*r };
     Some(match name {
         b":authority" => authority(r),
+        // SAFETY: a live request's strings.
         b":path" => unsafe { bytes(&r.unparsed_uri) }.to_vec(),
+        // SAFETY: as above.
         b":method" => unsafe { bytes(&r.method_name) }.to_vec(),
         b":scheme" => scheme(r).to_vec(),
         _ => return None,

@@ -37,6 +37,7 @@ struct Tick {
 impl Drop for Tick {
     fn drop(&mut self) {
         if self.event.timer_set() != 0 {
+            // SAFETY: our event, in nginx's timer tree while set.
             unsafe { ngx_del_timer(&mut self.event) };
         }
     }
@@ -123,7 +124,9 @@ impl RootLink {
         }
         let period = period.as_millis().max(1) as ngx_msec_t;
         let timer = tick.get_or_insert_with(|| {
-            let mut timer = Box::new(Tick { event: unsafe { std::mem::zeroed() }, period, link: Rc::downgrade(self) });
+            // SAFETY: an all-zero event is nginx's idle event.
+            let event = unsafe { std::mem::zeroed() };
+            let mut timer = Box::new(Tick { event, period, link: Rc::downgrade(self) });
             timer.event.handler = Some(on_tick);
             timer.event.log = self.log;
             timer.event.set_cancelable(1);
@@ -131,18 +134,21 @@ impl RootLink {
             timer
         });
         timer.period = period;
+        // SAFETY: the event is boxed (it does not move) and deletes its timer when dropped.
         unsafe { ngx_add_timer(&mut timer.event, period) };
     }
 }
 
 unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
-    let tick = &*((*event).data as *const Tick);
-    let Some(link) = tick.link.upgrade() else { return };
+    // SAFETY: a tick's event carries its `Tick`, alive while its timer is set (the drop of
+    // a `Tick` deletes its timer); the reference ends before the tick runs.
+    let Some(link) = (unsafe { (*((*event).data as *const Tick)).link.upgrade() }) else { return };
     guard(link.log, (), || {
         // `on_tick` may stop or change the timer (dropping this Tick): touch it no more.
         link.deliver(|vm, plugin| vm.on_tick(plugin));
         if let Some(timer) = link.tick.borrow_mut().as_mut() {
             if timer.event.timer_set() == 0 {
+                // SAFETY: as in `set_tick_period`.
                 unsafe { ngx_add_timer(&mut timer.event, timer.period) };
             }
         }

@@ -57,9 +57,15 @@ impl Default for KvOptions {
 }
 
 /// Declares a `shm_kv` zone.
+///
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
 pub unsafe fn declare(cf: *mut ngx_conf_t, name: &str, size: usize, options: KvOptions) -> Result<KvZone, String> {
-    let build = if options.evict { build_evicting } else { build_strict };
-    Ok(KvZone { store: ShmZone::declare(cf, "kv", name, size, build)?, per_module: options.per_module })
+    // SAFETY: per the caller.
+    unsafe {
+        let build = if options.evict { build_evicting } else { build_strict };
+        Ok(KvZone { store: ShmZone::declare(cf, "kv", name, size, build)?, per_module: options.per_module })
+    }
 }
 
 impl KvZone {

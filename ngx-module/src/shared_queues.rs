@@ -42,10 +42,17 @@ pub struct QueueStore {
 
 pub type QueueZone = ShmZone<QueueStore>;
 
+/// Declares a queue zone.
+///
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
 pub unsafe fn declare(cf: *mut ngx_conf_t, name: &str, size: usize) -> Result<Box<QueueZone>, String> {
-    ShmZone::declare(cf, "queue", name, size, |pool| {
-        Some(QueueStore { queues: RbTreeMap::try_new_in(pool).ok()?, next_id: 1 })
-    })
+    // SAFETY: per the caller.
+    unsafe {
+        ShmZone::declare(cf, "queue", name, size, |pool| {
+            Some(QueueStore { queues: RbTreeMap::try_new_in(pool).ok()?, next_id: 1 })
+        })
+    }
 }
 
 /// The zone of queue `name`, with its index.
@@ -63,6 +70,7 @@ fn key(vm_id: &[u8], name: &[u8]) -> Vec<u8> {
 pub fn register(zones: &[Box<QueueZone>], vm_id: &[u8], name: &[u8]) -> HostResult<u32> {
     let (index, zone) = zone_for(zones, name)?;
     let mut store = zone.write()?;
+    // SAFETY: nginx sets its process id before any worker runs a filter.
     let pid = unsafe { ngx_pid };
     let key = key(vm_id, name);
     if let Some(queue) = store.queues.get_mut(key.as_slice()) {
@@ -116,6 +124,7 @@ pub fn dequeue(zones: &[Box<QueueZone>], id: u32) -> HostResult<Option<Vec<u8>>>
 
 /// Whether this worker should hear about items in queue `id`.
 fn ready_here(zones: &[Box<QueueZone>], id: u32) -> bool {
+    // SAFETY: as in `register`.
     let pid = unsafe { ngx_pid };
     with_queue(zones, id, |queue| queue.registrant == pid && !queue.items.is_empty()).unwrap_or(false)
 }
@@ -135,10 +144,12 @@ pub fn watch(id: u32, link: &Rc<RootLink>) {
     WATCH.with(|watch| {
         let mut watch = watch.borrow_mut();
         let watch = watch.get_or_insert_with(|| {
+            // SAFETY: an all-zero event is nginx's idle event.
             let mut timer: Box<ngx_event_t> = Box::new(unsafe { std::mem::zeroed() });
             timer.handler = Some(poll);
             timer.log = link.log();
             timer.set_cancelable(1);
+            // SAFETY: the event is boxed in the worker's watch, which lives with the worker.
             unsafe { ngx_add_timer(&mut *timer, POLL) };
             Watch { queues: Vec::new(), timer }
         });
@@ -148,19 +159,22 @@ pub fn watch(id: u32, link: &Rc<RootLink>) {
 }
 
 unsafe extern "C" fn poll(event: *mut ngx_event_t) {
-    guard((*event).log, (), || {
-        let queues = WATCH.with(|w| w.borrow().as_ref().map(|w| w.queues.clone()).unwrap_or_default());
-        let Some(conf) = (unsafe { crate::wasm_block::WasmConf::of_cycle(ngx::ffi::ngx_cycle) }) else { return };
-        for (id, link) in queues {
-            let Some(link) = link.upgrade() else { continue };
-            if ready_here(&conf.queue_zones, id) {
-                link.deliver(|vm, plugin| vm.on_queue_ready(plugin, id));
+    // SAFETY: nginx runs timer handlers with their live event; the cycle is the worker's.
+    unsafe {
+        guard((*event).log, (), || {
+            let queues = WATCH.with(|w| w.borrow().as_ref().map(|w| w.queues.clone()).unwrap_or_default());
+            let Some(conf) = crate::wasm_block::WasmConf::of_cycle(ngx::ffi::ngx_cycle) else { return };
+            for (id, link) in queues {
+                let Some(link) = link.upgrade() else { continue };
+                if ready_here(&conf.queue_zones, id) {
+                    link.deliver(|vm, plugin| vm.on_queue_ready(plugin, id));
+                }
             }
-        }
-    });
-    WATCH.with(|watch| {
-        if let Some(watch) = watch.borrow_mut().as_mut() {
-            unsafe { ngx_add_timer(ptr::addr_of_mut!(*watch.timer), POLL) };
-        }
-    });
+        });
+        WATCH.with(|watch| {
+            if let Some(watch) = watch.borrow_mut().as_mut() {
+                ngx_add_timer(ptr::addr_of_mut!(*watch.timer), POLL);
+            }
+        });
+    }
 }

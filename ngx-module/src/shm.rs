@@ -73,6 +73,9 @@ pub struct ShmZone<T> {
 
 impl<T> ShmZone<T> {
     /// Declares zone `kind_name` of `size` bytes; `build` makes the store once it is mapped.
+    ///
+    /// # Safety
+    /// `cf` must be nginx's configuration being parsed.
     pub unsafe fn declare(
         cf: *mut ngx_conf_t,
         kind: &str,
@@ -80,24 +83,30 @@ impl<T> ShmZone<T> {
         size: usize,
         build: fn(SlabPool) -> Option<T>,
     ) -> Result<Box<ShmZone<T>>, String> {
-        let zone_name = format!("inwasm_{kind}_{name}");
-        let mut source = ngx_str_t { len: zone_name.len(), data: zone_name.as_ptr() as *mut u8 };
-        let mut text = ngx_str_t { len: zone_name.len(), data: ngx::ffi::ngx_pstrdup((*cf).pool, &mut source) };
-        let tag = ptr::addr_of_mut!(ngx_inwasm_module) as *mut c_void;
-        let zone = ngx_shared_memory_add(cf, &mut text, size, tag);
-        if zone.is_null() {
-            return Err(format!("cannot add shared memory zone \"{zone_name}\""));
+        // SAFETY: a configuration being parsed (per the caller) has a pool and takes shared
+        // zones; the zone's data is the boxed `ShmZone`, which lives with the configuration.
+        unsafe {
+            let zone_name = format!("inwasm_{kind}_{name}");
+            let mut source = ngx_str_t { len: zone_name.len(), data: zone_name.as_ptr() as *mut u8 };
+            let mut text = ngx_str_t { len: zone_name.len(), data: ngx::ffi::ngx_pstrdup((*cf).pool, &mut source) };
+            let tag = ptr::addr_of_mut!(ngx_inwasm_module) as *mut c_void;
+            let zone = ngx_shared_memory_add(cf, &mut text, size, tag);
+            if zone.is_null() {
+                return Err(format!("cannot add shared memory zone \"{zone_name}\""));
+            }
+            if !(*zone).data.is_null() {
+                return Err(format!("{kind} zone \"{name}\" is declared twice"));
+            }
+            let mut shm = Box::new(ShmZone { name: name.to_string(), store: Cell::new(ptr::null_mut()), build });
+            (*zone).init = Some(init_zone::<T>);
+            (*zone).data = ptr::addr_of_mut!(*shm) as *mut c_void;
+            Ok(shm)
         }
-        if !(*zone).data.is_null() {
-            return Err(format!("{kind} zone \"{name}\" is declared twice"));
-        }
-        let mut shm = Box::new(ShmZone { name: name.to_string(), store: Cell::new(ptr::null_mut()), build });
-        (*zone).init = Some(init_zone::<T>);
-        (*zone).data = ptr::addr_of_mut!(*shm) as *mut c_void;
-        Ok(shm)
     }
 
     fn store(&self) -> HostResult<&RwLock<T>> {
+        // SAFETY: null until nginx maps the zone, then the store built in it, which lives as
+        // long as the zone.
         unsafe { self.store.get().as_ref() }.ok_or(Status::InternalFailure)
     }
 
@@ -117,18 +126,22 @@ impl<T> ShmZone<T> {
 
 /// Maps the store into a zone: a new one, or the one a reload keeps.
 unsafe extern "C" fn init_zone<T>(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> ngx_int_t {
-    let shm = &*((*zone).data as *const ShmZone<T>);
-    if let Some(old) = (old as *const ShmZone<T>).as_ref() {
-        shm.store.set(old.store.get());
-        return NGX_OK as ngx_int_t;
-    }
-    let Some(pool) = SlabPool::from_shm_zone(&*zone) else { return NGX_ERROR as ngx_int_t };
-    let Some(store) = (shm.build)(pool.clone()) else { return NGX_ERROR as ngx_int_t };
-    match allocate(RwLock::new(store), &pool) {
-        Ok(store) => {
-            shm.store.set(NonNull::as_ptr(store));
-            NGX_OK as ngx_int_t
+    // SAFETY: nginx calls it with the mapped zone whose data `declare` set, and `old` the data
+    // of the same zone in the previous cycle (a `ShmZone<T>` too: the tag and name match).
+    unsafe {
+        let shm = &*((*zone).data as *const ShmZone<T>);
+        if let Some(old) = (old as *const ShmZone<T>).as_ref() {
+            shm.store.set(old.store.get());
+            return NGX_OK as ngx_int_t;
         }
-        Err(_) => NGX_ERROR as ngx_int_t,
+        let Some(pool) = SlabPool::from_shm_zone(&*zone) else { return NGX_ERROR as ngx_int_t };
+        let Some(store) = (shm.build)(pool.clone()) else { return NGX_ERROR as ngx_int_t };
+        match allocate(RwLock::new(store), &pool) {
+            Ok(store) => {
+                shm.store.set(NonNull::as_ptr(store));
+                NGX_OK as ngx_int_t
+            }
+            Err(_) => NGX_ERROR as ngx_int_t,
+        }
     }
 }

@@ -34,11 +34,14 @@ pub fn start_all(filters: &[(&ModuleDecl, &PluginConfig)], log: *mut ngx_log_t) 
         return Vec::new();
     }
     let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         let error = format!("cannot create a pipe: {}", std::io::Error::last_os_error());
         return vec![Err(error); filters.len()];
     }
+    // SAFETY: the pipe's two new descriptors, owned by nothing else.
     let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the master runs no thread (see the module doc), so the child may go on.
     match unsafe { libc::fork() } {
         -1 => vec![Err(format!("cannot fork: {}", std::io::Error::last_os_error())); filters.len()],
         0 => {
@@ -46,6 +49,7 @@ pub fn start_all(filters: &[(&ModuleDecl, &PluginConfig)], log: *mut ngx_log_t) 
             let mut out = std::fs::File::from(write_end);
             let ok = report_each(filters, log, &mut out).is_ok();
             // No atexit handlers, no flushing of the master's buffers: just leave.
+            // SAFETY: ends the child at once, as intended.
             unsafe { libc::_exit(!ok as i32) }
         }
         child => {
@@ -53,6 +57,7 @@ pub fn start_all(filters: &[(&ModuleDecl, &PluginConfig)], log: *mut ngx_log_t) 
             let limit = CHILD_LIMIT + CHILD_LIMIT_PER_FILTER * filters.len() as u32;
             let (report, timed_out) = read_with_limit(read_end, child, limit);
             let mut status = 0;
+            // SAFETY: reaps our own child.
             unsafe { libc::waitpid(child, &mut status, 0) };
             let mut outcomes = parse(&report);
             // The filter after the last reported one is the one that hung or crashed.
@@ -126,8 +131,10 @@ fn read_with_limit(read_end: OwnedFd, child: libc::pid_t, limit: Duration) -> (V
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if ready == 0 {
+            // SAFETY: signals our own child, not yet reaped.
             unsafe { libc::kill(child, libc::SIGKILL) };
             return (report, true);
         }

@@ -26,12 +26,11 @@ use inwasm_host::{
 use ngx::core::Pool;
 use ngx::ffi::{
     ngx_command_t, ngx_conf_parse, ngx_conf_t, ngx_core_module_t, ngx_cycle_t, ngx_module_t, ngx_parse_size, ngx_str_t,
-    ngx_uint_t, NGX_CONF_BLOCK, NGX_CONF_NOARGS, NGX_CORE_MODULE, NGX_DIRECT_CONF, NGX_ERROR, NGX_LOG_EMERG,
-    NGX_MAIN_CONF,
+    ngx_uint_t, NGX_CONF_BLOCK, NGX_CONF_NOARGS, NGX_CORE_MODULE, NGX_DIRECT_CONF, NGX_ERROR, NGX_MAIN_CONF,
 };
 use ngx::ngx_string;
 
-use crate::ffi::bytes;
+use crate::ffi::{args, bytes, directive};
 use crate::metrics::{self, MetricZone};
 use crate::modules;
 use crate::shared_data::{self, KvOptions, KvZone};
@@ -96,12 +95,16 @@ impl WasmConf {
     /// # Safety
     /// `cycle` must be a cycle whose configuration was created (after `create_conf`).
     pub unsafe fn of_cycle<'a>(cycle: *const ngx_cycle_t) -> Option<&'a mut WasmConf> {
-        let slots = (*cycle).conf_ctx as *mut *mut c_void;
-        if slots.is_null() {
-            return None;
+        // SAFETY: a cycle's `conf_ctx` is its modules' configurations by module index (once
+        // created); ours is the `WasmConf` `create_conf` made, in the cycle's pool.
+        unsafe {
+            let slots = (*cycle).conf_ctx as *mut *mut c_void;
+            if slots.is_null() {
+                return None;
+            }
+            let conf = *slots.add(ngx_inwasm_module.index);
+            (conf as *mut WasmConf).as_mut()
         }
-        let conf = *slots.add(ngx_inwasm_module.index);
-        (conf as *mut WasmConf).as_mut()
     }
 }
 
@@ -139,45 +142,38 @@ pub static mut ngx_inwasm_module: ngx_module_t = ngx_module_t {
 };
 
 unsafe extern "C" fn create_conf(cycle: *mut ngx_cycle_t) -> *mut c_void {
-    Pool::from_ngx_pool((*cycle).pool).allocate(WasmConf::default()) as *mut c_void
+    // SAFETY: nginx calls it with the cycle being configured; its pool outlives the cycle's
+    // configuration, and the pool runs the configuration's drop.
+    unsafe { Pool::from_ngx_pool((*cycle).pool).allocate(WasmConf::default()) as *mut c_void }
 }
 
-/// The arguments of the directive being parsed.
-pub unsafe fn args<'a>(cf: *mut ngx_conf_t) -> Vec<&'a [u8]> {
-    let args = &*(*cf).args;
-    args.as_slice::<ngx_str_t>().iter().map(|s| bytes(s)).collect()
-}
-
-/// Reports a configuration error at the current file and line and fails the directive.
-pub unsafe fn conf_error(cf: *mut ngx_conf_t, message: &str) -> *mut c_char {
-    let message = message.replace('\0', "\\0");
-    ngx::ffi::ngx_conf_log_error(NGX_LOG_EMERG as ngx_uint_t, cf, 0, c"%*s".as_ptr(), message.len(), message.as_ptr());
-    ngx::core::NGX_CONF_ERROR as *mut c_char
-}
-
-extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with the configuration being parsed; this one's
+    // `conf` is the cycle's `WasmConf` (from `create_conf`). The block's directives are parsed
+    // with `cf` pointing at this handler, then `cf` is restored.
     unsafe {
         let saved = *cf;
         (*cf).handler = Some(block_directive);
         (*cf).handler_conf = conf;
         let result = ngx_conf_parse(cf, ptr::null_mut());
         *cf = saved;
-        // The block's memory_limit applies to every module it declares, wherever it stands.
-        let conf = &mut *(conf as *mut WasmConf);
-        let default = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
-        conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = m.memory_limit.unwrap_or(default));
-        if let Some(m) = conf.modules.iter().find(|m| m.vm_config.memory_limit > DEFAULT_MEMORY_LIMIT) {
-            let message = format!(
-                "memory limit of module \"{}\" ({} bytes) is above what an instance can have ({} bytes)",
-                m.name, m.vm_config.memory_limit, DEFAULT_MEMORY_LIMIT
-            );
-            return conf_error(cf, &message);
+        if !result.is_null() {
+            return result;
         }
-        modules::keep_only(conf.modules.iter().map(|m| &m.module));
-        if let Err(message) = declare_default_zones(cf, conf) {
-            return conf_error(cf, &message);
-        }
-        result
+        directive(cf, || {
+            let conf = &mut *(conf as *mut WasmConf);
+            // The block's memory_limit applies to every module it declares, wherever it stands.
+            let default = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
+            conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = m.memory_limit.unwrap_or(default));
+            if let Some(m) = conf.modules.iter().find(|m| m.vm_config.memory_limit > DEFAULT_MEMORY_LIMIT) {
+                return Err(format!(
+                    "memory limit of module \"{}\" ({} bytes) is above what an instance can have ({} bytes)",
+                    m.name, m.vm_config.memory_limit, DEFAULT_MEMORY_LIMIT
+                ));
+            }
+            modules::keep_only(conf.modules.iter().map(|m| &m.module));
+            declare_default_zones(cf, conf)
+        })
     }
 }
 
@@ -187,63 +183,73 @@ unsafe extern "C" fn block_directive(
     _dummy: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    let conf = &mut *(conf as *mut WasmConf);
-    let args = args(cf);
+    // SAFETY: nginx calls the block's handler with the configuration being parsed and the
+    // `WasmConf` `wasm_block` gave it.
+    unsafe { directive(cf, || block_directive_in(cf, &mut *(conf as *mut WasmConf))) }
+}
+
+/// One directive of the `wasm {}` block into `conf`.
+///
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
+unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result<(), String> {
+    // SAFETY: per the caller.
+    let args = unsafe { args(cf) };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let result = match (args[0], args.len()) {
-        (b"module", 3 | 4) => declare_module(cf, conf, &text(args[1]), &text(args[2]), args.get(3).copied()),
-        (b"memory_limit", 2) => match parse_size(args[1]) {
-            Some(limit) => {
+    // SAFETY: the calls below take the configuration being parsed (the caller's contract).
+    unsafe {
+        match (args[0], args.len()) {
+            (b"module", 3 | 4) => declare_module(cf, conf, &text(args[1]), &text(args[2]), args.get(3).copied()),
+            (b"memory_limit", 2) => {
+                let limit = parse_size(args[1]).ok_or_else(|| format!("invalid memory_limit \"{}\"", text(args[1])))?;
                 conf.memory_limit = Some(limit);
                 Ok(())
             }
-            None => Err(format!("invalid memory_limit \"{}\"", text(args[1]))),
-        },
-        (b"module_memory_limit", 3) => declared(conf, args[1]).and_then(|module| {
-            let limit =
-                parse_size(args[2]).ok_or_else(|| format!("invalid module_memory_limit \"{}\"", text(args[2])))?;
-            module.memory_limit = Some(limit);
-            Ok(())
-        }),
-        (b"module_env", 3..) => declared(conf, args[1]).and_then(|module| {
-            for entry in &args[2..] {
-                module.vm_config.environment.push(environment_entry(entry)?);
-            }
-            Ok(())
-        }),
-        (b"shm_kv", 3..=5) => declare_kv_zone(cf, conf, &args),
-        (b"cache_dir", 2) if conf.cache.is_some() => {
-            Err("cache_dir must come before the first module (which is compiled where it stands)".to_string())
-        }
-        (b"cache_dir", 2) => match args[1] {
-            b"off" => {
-                conf.cache = Some(None);
+            (b"module_memory_limit", 3) => declared(conf, args[1]).and_then(|module| {
+                let limit =
+                    parse_size(args[2]).ok_or_else(|| format!("invalid module_memory_limit \"{}\"", text(args[2])))?;
+                module.memory_limit = Some(limit);
                 Ok(())
+            }),
+            (b"module_env", 3..) => declared(conf, args[1]).and_then(|module| {
+                for entry in &args[2..] {
+                    module.vm_config.environment.push(environment_entry(entry)?);
+                }
+                Ok(())
+            }),
+            (b"shm_kv", 3..=5) => declare_kv_zone(cf, conf, &args),
+            (b"cache_dir", 2) if conf.cache.is_some() => {
+                Err("cache_dir must come before the first module (which is compiled where it stands)".to_string())
             }
-            dir => modules::cache_in(resolve_path(cf, &text(dir))).map(|cache| conf.cache = Some(Some(cache))),
-        },
-        (b"shm_queue", 3) => match parse_size(args[2]) {
-            Some(size) => shared_queues::declare(cf, &text(args[1]), size).map(|zone| conf.queue_zones.push(zone)),
-            None => Err(format!("invalid shm_queue size \"{}\"", text(args[2]))),
-        },
-        (
-            b"module"
-            | b"memory_limit"
-            | b"module_memory_limit"
-            | b"module_env"
-            | b"shm_kv"
-            | b"shm_queue"
-            | b"cache_dir",
-            _,
-        ) => Err(format!("invalid number of arguments in \"{}\" directive", text(args[0]))),
-        (other, _) => Err(format!("unknown directive \"{}\" in wasm block", text(other))),
-    };
-    match result {
-        Ok(()) => ptr::null_mut(),
-        Err(message) => conf_error(cf, &message),
+            (b"cache_dir", 2) => match args[1] {
+                b"off" => {
+                    conf.cache = Some(None);
+                    Ok(())
+                }
+                dir => modules::cache_in(resolve_path(cf, &text(dir))).map(|cache| conf.cache = Some(Some(cache))),
+            },
+            (b"shm_queue", 3) => {
+                let size =
+                    parse_size(args[2]).ok_or_else(|| format!("invalid shm_queue size \"{}\"", text(args[2])))?;
+                shared_queues::declare(cf, &text(args[1]), size).map(|zone| conf.queue_zones.push(zone))
+            }
+            (
+                b"module"
+                | b"memory_limit"
+                | b"module_memory_limit"
+                | b"module_env"
+                | b"shm_kv"
+                | b"shm_queue"
+                | b"cache_dir",
+                _,
+            ) => Err(format!("invalid number of arguments in \"{}\" directive", text(args[0]))),
+            (other, _) => Err(format!("unknown directive \"{}\" in wasm block", text(other))),
+        }
     }
 }
 
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
 unsafe fn declare_module(
     cf: *mut ngx_conf_t,
     conf: &mut WasmConf,
@@ -254,8 +260,10 @@ unsafe fn declare_module(
     if conf.module_index(name).is_some() {
         return Err(format!("duplicate wasm module \"{name}\""));
     }
-    let path = resolve_path(cf, path);
-    let cache = conf.cache.get_or_insert_with(|| default_cache(cf));
+    // SAFETY: per the caller.
+    let path = unsafe { resolve_path(cf, path) };
+    // SAFETY: per the caller.
+    let cache = conf.cache.get_or_insert_with(|| unsafe { default_cache(cf) });
     let module = modules::load(&path, cache.as_ref())?;
     let vm_config = VmConfig {
         vm_id: name.to_string(),
@@ -269,32 +277,42 @@ unsafe fn declare_module(
 /// The compiled-code cache when `cache_dir` does not say: `wasm_cache` beside nginx's
 /// default client body temp directory (`/var/lib/nginx/wasm_cache` for Debian's nginx), if
 /// that can be written; else none, with a notice.
+///
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
 unsafe fn default_cache(cf: *mut ngx_conf_t) -> Option<CodeCache> {
     let body_temp = ngx::ffi::NGX_HTTP_CLIENT_TEMP_PATH.to_string_lossy();
     let parent = Path::new(body_temp.as_ref()).parent().map(|p| p.display().to_string()).unwrap_or_default();
-    let dir = resolve_path(cf, &parent).join("wasm_cache");
+    // SAFETY: per the caller.
+    let dir = unsafe { resolve_path(cf, &parent) }.join("wasm_cache");
     match modules::cache_in(dir) {
         Ok(cache) => Some(cache),
         Err(reason) => {
             let message = format!("inwasm: no compiled-code cache ({reason}); set one with cache_dir");
-            crate::ffi::log_error(ngx::ffi::NGX_LOG_NOTICE as ngx_uint_t, (*cf).log, &message);
+            // SAFETY: a configuration being parsed has a log.
+            crate::ffi::log_error(ngx::ffi::NGX_LOG_NOTICE as ngx_uint_t, unsafe { (*cf).log }, &message);
             None
         }
     }
 }
 
 /// Relative paths are relative to nginx's prefix, like other nginx file paths.
+///
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
 unsafe fn resolve_path(cf: *mut ngx_conf_t, path: &str) -> PathBuf {
     let path = PathBuf::from(path);
     if path.is_absolute() {
         return path;
     }
-    let prefix = String::from_utf8_lossy(bytes(&(*(*cf).cycle).prefix)).into_owned();
+    // SAFETY: a configuration's cycle and its prefix live while it is parsed.
+    let prefix = String::from_utf8_lossy(unsafe { bytes(&(*(*cf).cycle).prefix) }).into_owned();
     PathBuf::from(prefix).join(path)
 }
 
 fn parse_size(value: &[u8]) -> Option<usize> {
     let mut s = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
+    // SAFETY: nginx's parser reads the `len` bytes of a live string.
     let size = unsafe { ngx_parse_size(&mut s) };
     (size != NGX_ERROR as isize && size > 0).then_some(size as usize)
 }
@@ -315,6 +333,8 @@ fn environment_entry(entry: &[u8]) -> Result<(String, String), String> {
     })
 }
 
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
 unsafe fn declare_kv_zone(cf: *mut ngx_conf_t, conf: &mut WasmConf, args: &[&[u8]]) -> Result<(), String> {
     let name = String::from_utf8_lossy(args[1]).into_owned();
     let size =
@@ -334,26 +354,34 @@ unsafe fn declare_kv_zone(cf: *mut ngx_conf_t, conf: &mut WasmConf, args: &[&[u8
             }
         }
     }
-    conf.kv_zones.push(shared_data::declare(cf, &name, size, options)?);
+    // SAFETY: per the caller.
+    conf.kv_zones.push(unsafe { shared_data::declare(cf, &name, size, options) }?);
     Ok(())
 }
 
 /// The default shared data and queue zones (unless the block declared its own) and the
 /// metrics zone.
+///
+/// # Safety
+/// `cf` must be nginx's configuration being parsed.
 unsafe fn declare_default_zones(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result<(), String> {
-    if !conf.kv_zones.iter().any(|z| z.name() == "*") {
-        conf.kv_zones.push(shared_data::declare(cf, "*", shared_data::DEFAULT_ZONE_SIZE, KvOptions::default())?);
+    // SAFETY: per the caller.
+    unsafe {
+        if !conf.kv_zones.iter().any(|z| z.name() == "*") {
+            conf.kv_zones.push(shared_data::declare(cf, "*", shared_data::DEFAULT_ZONE_SIZE, KvOptions::default())?);
+        }
+        if !conf.queue_zones.iter().any(|z| z.name == "*") {
+            conf.queue_zones.push(shared_queues::declare(cf, "*", shared_queues::DEFAULT_ZONE_SIZE)?);
+        }
+        conf.metric_zone = Some(metrics::declare(cf)?);
     }
-    if !conf.queue_zones.iter().any(|z| z.name == "*") {
-        conf.queue_zones.push(shared_queues::declare(cf, "*", shared_queues::DEFAULT_ZONE_SIZE)?);
-    }
-    conf.metric_zone = Some(metrics::declare(cf)?);
     Ok(())
 }
 
 impl WasmConf {
     /// The current configuration's metrics zone (in a worker).
     pub fn metrics() -> Option<&'static MetricZone> {
+        // SAFETY: the current cycle's configuration, in a worker.
         unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }?.metric_zone.as_deref()
     }
 }

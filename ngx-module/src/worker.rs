@@ -15,10 +15,10 @@ use std::fmt;
 use std::rc::Rc;
 
 use inwasm_host::{EpochTicker, FailureKind, FilterError, PluginId, Vm};
-use ngx::ffi::{ngx_cycle_t, ngx_int_t, ngx_log_t, NGX_LOG_ERR, NGX_OK};
+use ngx::ffi::{ngx_cycle_t, ngx_int_t, NGX_LOG_ERR, NGX_OK};
 
 use crate::embedding::RootEmbedding;
-use crate::ffi::{guard_status, log_error};
+use crate::ffi::{cycle_log, guard_status, log_error};
 use crate::metrics;
 use crate::root_link::RootLink;
 use crate::wasm_block::{engine, FilterDecl, ModuleDecl, WasmConf};
@@ -130,51 +130,58 @@ pub fn record_failure(error: &FilterError) -> FailureCounts {
 }
 
 pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    let log = (*cycle).log;
-    guard_status(log, || {
-        let Some(conf) = WasmConf::of_cycle(cycle) else {
-            return NGX_OK as ngx_int_t;
-        };
-        if conf.modules.is_empty() {
-            return NGX_OK as ngx_int_t;
-        }
-        let ticker = match EpochTicker::start(engine(), conf.tick_period()) {
-            Ok(ticker) => ticker,
-            Err(error) => {
-                log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: cannot start the deadline ticker: {error}"));
-                return ngx::ffi::NGX_ERROR as ngx_int_t;
+    // SAFETY: nginx calls it in a new worker with the worker's cycle.
+    unsafe {
+        let log = (*cycle).log;
+        guard_status(log, || {
+            let Some(conf) = WasmConf::of_cycle(cycle) else {
+                return NGX_OK as ngx_int_t;
+            };
+            if conf.modules.is_empty() {
+                return NGX_OK as ngx_int_t;
             }
-        };
-        let worker = Worker::new(conf, ticker);
-        WORKER.with(|w| *w.borrow_mut() = Some(worker));
-        for (index, filter) in conf.filters.iter().enumerate().filter(|(_, f)| f.background) {
-            if let Err(message) = shared_instance(index) {
-                log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: filter \"{}\": {message}", filter.plugin.name));
+            let ticker = match EpochTicker::start(engine(), conf.tick_period()) {
+                Ok(ticker) => ticker,
+                Err(error) => {
+                    log_error(NGX_LOG_ERR as usize, log, &format!("inwasm: cannot start the deadline ticker: {error}"));
+                    return ngx::ffi::NGX_ERROR as ngx_int_t;
+                }
+            };
+            let worker = Worker::new(conf, ticker);
+            WORKER.with(|w| *w.borrow_mut() = Some(worker));
+            for (index, filter) in conf.filters.iter().enumerate().filter(|(_, f)| f.background) {
+                if let Err(message) = shared_instance(index) {
+                    log_error(
+                        NGX_LOG_ERR as usize,
+                        log,
+                        &format!("inwasm: filter \"{}\": {message}", filter.plugin.name),
+                    );
+                }
             }
-        }
-        NGX_OK as ngx_int_t
-    })
+            NGX_OK as ngx_int_t
+        })
+    }
 }
 
 pub unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
-    guard_status((*cycle).log, || {
+    // SAFETY: nginx calls it in an exiting worker with the worker's cycle.
+    let log = unsafe { (*cycle).log };
+    guard_status(log, || {
         WORKER.with(|w| w.borrow_mut().take());
         NGX_OK as ngx_int_t
     });
 }
 
 /// Starts `filter` as a plugin on `vm`, with its root linked to the VM for events.
-pub fn start_plugin(vm: &SharedVm, filter: &FilterDecl, log: *mut ngx_log_t) -> Result<PluginId, String> {
-    start_linked_plugin(vm, filter, log).map(|(plugin, _)| plugin)
+pub fn start_plugin(vm: &SharedVm, filter: &FilterDecl) -> Result<PluginId, String> {
+    start_linked_plugin(vm, filter).map(|(plugin, _)| plugin)
 }
 
 /// `start_plugin`, also returning the link (through which the worker sees the root's timer).
-fn start_linked_plugin(
-    vm: &SharedVm,
-    filter: &FilterDecl,
-    log: *mut ngx_log_t,
-) -> Result<(PluginId, Rc<RootLink>), String> {
-    let link = RootLink::new(log);
+/// A root logs to the cycle's log, never a request's: a per-request instance's root may have
+/// calls or timers that outlive the request.
+fn start_linked_plugin(vm: &SharedVm, filter: &FilterDecl) -> Result<(PluginId, Rc<RootLink>), String> {
+    let link = RootLink::new(cycle_log());
     let vm_id = vm.borrow().module_vm_id().to_string();
     let root = Box::new(RootEmbedding::new(&filter.plugin.name, &vm_id, &link));
     let plugin = vm.borrow_mut().add_plugin(filter.plugin.clone(), root).map_err(|e| e.to_string())?;
@@ -201,6 +208,7 @@ fn new_vm(conf: &WasmConf, decl: &ModuleDecl) -> Result<SharedVm, String> {
 
 /// The shared VM and plugin of a filter in this worker, started on first use.
 pub fn shared_instance(filter: usize) -> Result<(SharedVm, PluginId), String> {
+    // SAFETY: the worker's cycle.
     let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or("no wasm configuration")?;
     let decl = &conf.filters[filter];
     let (vm, plugin) = WORKER.with(|w| {
@@ -214,12 +222,11 @@ pub fn shared_instance(filter: usize) -> Result<(SharedVm, PluginId), String> {
         return Ok((vm.clone(), plugin));
     }
     // Started outside the worker's borrow: the guest runs (on_vm_start, on_configure).
-    let log = unsafe { (*ngx::ffi::ngx_cycle).log };
     let vm = match vm {
         Some(vm) => vm,
         None => new_vm(conf, &conf.modules[decl.module])?,
     };
-    let (plugin, link) = start_linked_plugin(&vm, decl, log)?;
+    let (plugin, link) = start_linked_plugin(&vm, decl)?;
     WORKER.with(|w| {
         if let Some(w) = w.borrow_mut().as_mut() {
             w.vms[decl.module] = Some(vm.clone());
@@ -230,12 +237,8 @@ pub fn shared_instance(filter: usize) -> Result<(SharedVm, PluginId), String> {
 }
 
 /// A fresh VM of `module` with the filter's plugin started on it (isolation stream/filter).
-pub fn fresh_instance(
-    conf: &WasmConf,
-    filter: &FilterDecl,
-    log: *mut ngx_log_t,
-) -> Result<(SharedVm, PluginId), String> {
+pub fn fresh_instance(conf: &WasmConf, filter: &FilterDecl) -> Result<(SharedVm, PluginId), String> {
     let vm = new_vm(conf, &conf.modules[filter.module])?;
-    let plugin = start_plugin(&vm, filter, log)?;
+    let plugin = start_plugin(&vm, filter)?;
     Ok((vm, plugin))
 }
