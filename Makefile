@@ -43,7 +43,7 @@ fuzz: setup
 soak: build
 	@INWASM_NGINX=$(NGINX) python3 ci/soak.py --seconds $${SOAK_SECONDS:-600}
 
-# The host's tests built with AddressSanitizer.
+# The host's tests, then the nginx suite (nginx 1.28 and the module), built with AddressSanitizer.
 asan: setup filters
 	@bash ci/asan.sh
 

@@ -5,6 +5,7 @@
 #                             the module loads into the stock /usr/sbin/nginx.
 #   ci/nginx-tree.sh 1.28     nginx 1.28 from the nginx-src crate, configured --with-compat
 #                             and built (objs/nginx is the binary the tests run).
+#   ci/nginx-tree.sh 1.28-asan  the same, built with AddressSanitizer (`make asan`).
 # Idempotent: a tree that is already configured (and built) is reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +27,15 @@ case "$flavor" in
       ) || { echo "nginx-tree: configuring Debian's nginx failed, see $tree/configure.log" >&2; exit 1; }
     fi
     ;;
-  1.28)
-    tree=$root/1.28
+  1.28 | 1.28-asan)
+    tree=$root/$flavor
+    cc_opt=-fPIC ld_opt=""
+    if [ "$flavor" = 1.28-asan ]; then
+      cc_opt="-fPIC -fsanitize=address -fno-omit-frame-pointer -g" ld_opt="-fsanitize=address"
+    fi
     # The modules the tests use besides the defaults (Debian's nginx has them too).
     flags=(--with-compat --with-threads --with-http_ssl_module --with-http_v2_module
-      --with-http_auth_request_module --with-cc-opt=-fPIC --prefix="$tree")
+      --with-http_auth_request_module --with-cc-opt="$cc_opt" --with-ld-opt="$ld_opt" --prefix="$tree")
     if [ ! -x "$tree/objs/nginx" ] || [ "$(cat "$tree/configured-with" 2>/dev/null)" != "${flags[*]}" ]; then
       src=$(cargo metadata --format-version 1 --locked 2>/dev/null |
         python3 -c 'import json,sys,os; m=json.load(sys.stdin); print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"]=="nginx-src"))')
@@ -40,12 +45,12 @@ case "$flavor" in
         cd "$tree"
         auto/configure "${flags[@]}" >configure.log 2>&1
         make -j2 >make.log 2>&1
-      ) || { echo "nginx-tree: building nginx 1.28 failed, see $tree/*.log" >&2; exit 1; }
+      ) || { echo "nginx-tree: building nginx $flavor failed, see $tree/*.log" >&2; exit 1; }
       echo "${flags[*]}" >"$tree/configured-with"
     fi
     ;;
   *)
-    echo "usage: $0 debian|1.28" >&2
+    echo "usage: $0 debian|1.28|1.28-asan" >&2
     exit 2
     ;;
 esac

@@ -2,6 +2,7 @@
 //! and every import are checked here, so a bad filter fails at configuration time with a
 //! precise reason, and each later instantiation starts from a pre-linked `InstancePre`.
 
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -52,9 +53,26 @@ impl Module {
 
     /// Reads and compiles a `.wasm` or `.wat` file; errors name the path.
     pub fn from_file(engine: &Engine, path: &Path, cache: Option<&CodeCache>) -> Result<Arc<Module>, LoadError> {
+        let bytes = Module::read_file(path)?;
+        Module::new(engine, &path.display().to_string(), &bytes, cache)
+    }
+
+    /// The bytes of a module file: a regular file of at most [`MAX_MODULE_FILE`] bytes (a
+    /// device or a pipe could be read forever).
+    pub fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
-        Module::new(engine, &shown, &bytes, cache)
+        let error = |reason: String| LoadError::new(&shown, reason);
+        let file = std::fs::File::open(path).map_err(|e| error(format!("cannot read: {e}")))?;
+        let metadata = file.metadata().map_err(|e| error(format!("cannot read: {e}")))?;
+        if !metadata.is_file() {
+            return Err(error("not a regular file".into()));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_MODULE_FILE + 1).read_to_end(&mut bytes).map_err(|e| error(format!("cannot read: {e}")))?;
+        if bytes.len() as u64 > MAX_MODULE_FILE {
+            return Err(error(format!("larger than {} MiB", MAX_MODULE_FILE >> 20)));
+        }
+        Ok(bytes)
     }
 
     pub fn name(&self) -> &str {
@@ -70,6 +88,10 @@ impl Module {
         &self.cache
     }
 }
+
+/// The largest module file read (real filters reach tens of MiB: a Go WAF with its rules is
+/// about 26 MiB).
+pub const MAX_MODULE_FILE: u64 = 256 << 20;
 
 fn looks_like_text(bytes: &[u8]) -> bool {
     std::str::from_utf8(bytes).is_ok_and(|text| text.trim_start().starts_with('('))

@@ -24,7 +24,12 @@ const CLOCK_REALTIME: i32 = 0;
 const FILETYPE_CHARACTER_DEVICE: u8 = 2;
 const STDIO: std::ops::Range<i32> = 0..3;
 /// A log line longer than this is split.
-const MAX_LINE: usize = 64 << 10;
+const MAX_LINE: usize = 16 << 10;
+/// What one callback may write to stdout and stderr together (bytes, and lines logged);
+/// the rest is dropped, and the drop logged once: the proxy's log is no place for megabytes,
+/// and writing them would hold the worker outside any deadline.
+const OUTPUT_BYTES: usize = 64 << 10;
+const OUTPUT_LINES: usize = 256;
 
 /// The error `proc_exit` ends a call with.
 #[derive(Debug)]
@@ -43,6 +48,10 @@ impl std::error::Error for ProcExit {}
 pub(crate) struct WasiState {
     /// Partial lines written to stdout (index 0) and stderr (index 1).
     pending: [Vec<u8>; 2],
+    /// What the current callback may still write (bytes, lines), and what it wrote beyond.
+    output_bytes_left: usize,
+    output_lines_left: usize,
+    output_dropped: usize,
     /// `KEY=VALUE` entries, each NUL-terminated.
     environment: Vec<Vec<u8>>,
     started: Instant,
@@ -51,18 +60,47 @@ pub(crate) struct WasiState {
 impl WasiState {
     pub fn new(environment: &[(String, String)]) -> WasiState {
         let environment = environment.iter().map(|(k, v)| format!("{k}={v}\0").into_bytes()).collect();
-        WasiState { environment, started: Instant::now(), pending: [Vec::new(), Vec::new()] }
+        WasiState {
+            pending: [Vec::new(), Vec::new()],
+            output_bytes_left: OUTPUT_BYTES,
+            output_lines_left: OUTPUT_LINES,
+            output_dropped: 0,
+            environment,
+            started: Instant::now(),
+        }
     }
 }
 
-/// Emits what stdout/stderr hold as log lines; called when a callback ends.
+/// Emits what stdout/stderr hold as log lines, and what was dropped; called when a callback
+/// ends (the next one has the whole output budget again).
 pub(crate) fn flush_output(state: &mut HostState) {
     for stream in 0..2 {
-        if !state.wasi.pending[stream].is_empty() {
-            let pending = std::mem::take(&mut state.wasi.pending[stream]);
-            state.log(output_level(stream), &String::from_utf8_lossy(&pending));
-        }
+        let pending = std::mem::take(&mut state.wasi.pending[stream]);
+        log_line(state, stream, &pending);
     }
+    let dropped = std::mem::take(&mut state.wasi.output_dropped);
+    if dropped > 0 {
+        let message = format!(
+            "{dropped} bytes of stdout/stderr output dropped (a callback may write {} KiB in {OUTPUT_LINES} lines)",
+            OUTPUT_BYTES >> 10
+        );
+        state.log(LogLevel::Warn, &message);
+    }
+    state.wasi.output_bytes_left = OUTPUT_BYTES;
+    state.wasi.output_lines_left = OUTPUT_LINES;
+}
+
+/// Logs one line of output (empty ones are not), within the callback's line budget.
+fn log_line(state: &mut HostState, stream: usize, line: &[u8]) {
+    if line.is_empty() {
+        return;
+    }
+    if state.wasi.output_lines_left == 0 {
+        state.wasi.output_dropped += line.len();
+        return;
+    }
+    state.wasi.output_lines_left -= 1;
+    state.log(output_level(stream), &String::from_utf8_lossy(line));
 }
 
 fn output_level(stream: usize) -> LogLevel {
@@ -73,21 +111,25 @@ fn output_level(stream: usize) -> LogLevel {
     }
 }
 
-fn write_output(state: &mut HostState, stream: usize, bytes: &[u8]) {
-    state.wasi.pending[stream].extend_from_slice(bytes);
+/// Adds `bytes` to a stream's output (`dropped` more were written beyond the budget): each
+/// complete line is logged, the rest waits for more (or the callback's end).
+fn write_output(state: &mut HostState, stream: usize, bytes: &[u8], dropped: usize) {
+    state.wasi.output_dropped += dropped;
+    let mut pending = std::mem::take(&mut state.wasi.pending[stream]);
+    pending.extend_from_slice(bytes);
+    let mut start = 0;
     loop {
-        let pending = &mut state.wasi.pending[stream];
-        let cut = match pending.iter().position(|b| *b == b'\n') {
-            Some(newline) => newline,
-            None if pending.len() > MAX_LINE => MAX_LINE,
-            None => return,
+        let rest = &pending[start..];
+        let (line, next) = match rest.iter().position(|b| *b == b'\n') {
+            Some(newline) => (&rest[..newline], start + newline + 1),
+            None if rest.len() > MAX_LINE => (&rest[..MAX_LINE], start + MAX_LINE),
+            None => break,
         };
-        let line: Vec<u8> = pending.drain(..cut).collect();
-        if pending.first() == Some(&b'\n') {
-            pending.remove(0);
-        }
-        state.log(output_level(stream), &String::from_utf8_lossy(&line));
+        log_line(state, stream, line);
+        start = next;
     }
+    pending.drain(..start);
+    state.wasi.pending[stream] = pending;
 }
 
 /// Runs a WASI function body: statuses for bad memory become EFAULT, traps end the call.
@@ -135,15 +177,18 @@ fn write_entries(g: &mut Guest<'_, '_>, entries: &[Vec<u8>], list: i32, buffer: 
 }
 
 /// Reads an iovec array: (pointer, length) pairs of u32.
-fn gather(g: &Guest<'_, '_>, iovs: i32, count: i32) -> AbiResult<Vec<u8>> {
+/// The bytes the `count` iovecs at `iovs` point at, at most `limit` of them copied; and how
+/// many there are in all.
+fn gather(g: &Guest<'_, '_>, iovs: i32, count: i32, limit: usize) -> AbiResult<(Vec<u8>, usize)> {
     let raw = g.read(iovs, (count as u32).checked_mul(8).ok_or(Status::InvalidMemoryAccess)? as i32)?;
-    let mut bytes = Vec::new();
+    let (mut bytes, mut total) = (Vec::new(), 0usize);
     for iov in raw.chunks_exact(8) {
         let ptr = u32::from_le_bytes(iov[..4].try_into().unwrap());
         let len = u32::from_le_bytes(iov[4..].try_into().unwrap());
-        bytes.extend_from_slice(&g.read(ptr as i32, len as i32)?);
+        bytes.extend_from_slice(&g.read_prefix(ptr as i32, len as i32, limit - bytes.len())?);
+        total = total.saturating_add(len as usize);
     }
-    Ok(bytes)
+    Ok((bytes, total))
 }
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -202,9 +247,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             if fd != 1 && fd != 2 {
                 return Ok(EBADF);
             }
-            let bytes = gather(g, iovs, count)?;
-            write_output(g.state(), (fd - 1) as usize, &bytes);
-            g.write_u32(ret, bytes.len() as u32)?;
+            let limit = g.state().wasi.output_bytes_left;
+            let (bytes, written) = gather(g, iovs, count, limit)?;
+            let state = g.state();
+            state.wasi.output_bytes_left -= bytes.len();
+            write_output(state, (fd - 1) as usize, &bytes, written - bytes.len());
+            g.write_u32(ret, written.min(u32::MAX as usize) as u32)?;
             Ok(SUCCESS)
         })
     })?;

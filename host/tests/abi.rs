@@ -356,3 +356,26 @@ fn successful_call_reports_ok_through_get_status() {
     h.vm.on_http_call_response(h.plugin, token, Ok(HttpCallResponse::default())).unwrap();
     assert!(h.logs().contains(&"00".to_string()), "{:?}", h.logs());
 }
+
+#[test]
+fn stdout_floods_are_cut_to_the_output_budget_quickly() {
+    // 200 iovecs at 3000, each the same 50,000 bytes at 8192: newlines, then a few letters.
+    let call = "(memory.fill (i32.const 8192) (i32.const 10) (i32.const 50000)) \
+                (memory.fill (i32.const 8192) (i32.const 120) (i32.const 8)) \
+                (i32.store (i32.const 2000) (i32.const 3000)) \
+                (block $done (loop $iovs \
+                  (i32.store (i32.load (i32.const 2000)) (i32.const 8192)) \
+                  (i32.store (i32.add (i32.load (i32.const 2000)) (i32.const 4)) (i32.const 50000)) \
+                  (i32.store (i32.const 2000) (i32.add (i32.load (i32.const 2000)) (i32.const 8))) \
+                  (br_if $iovs (i32.lt_u (i32.load (i32.const 2000)) (i32.const 4600))))) \
+                (drop (call $fd_write (i32.const 1) (i32.const 3000) (i32.const 200) (i32.const 2000))) \
+                (i32.ne (i32.load (i32.const 2000)) (i32.const 10000000))";
+    let started = std::time::Instant::now();
+    let (found, h) = statuses("0_2_1", BUMP, &[call]);
+    assert_eq!(found, vec![0], "fd_write reports every byte written");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let logs = h.logs();
+    assert!(logs.len() <= 260, "{} log lines", logs.len());
+    assert!(logs.iter().all(|line| !line.is_empty()));
+    assert!(logs.iter().any(|line| line.contains("bytes of stdout/stderr output dropped")), "{logs:?}");
+}

@@ -22,10 +22,10 @@ use crate::chains::chain_bytes;
 use crate::ffi::log_error;
 use crate::headers::Side;
 use crate::root_link::RootLink;
-use crate::shared_data::{self, KvZone};
-use crate::shared_queues::{self, QueueZone};
+use crate::shared_queues;
+use crate::tenant::Tenant;
 use crate::wasm_block::WasmConf;
-use crate::{framing, headers, http_call, metrics, properties};
+use crate::{framing, headers, http_call, properties};
 
 /// What a request's filters share with the request driver.
 pub struct Exchange {
@@ -242,28 +242,36 @@ impl Timers for RootEmbedding {
         Ok(())
     }
 }
+impl RootEmbedding {
+    fn tenant(&self) -> Tenant<'_> {
+        Tenant { filter: &self.filter, vm_id: &self.vm_id, log: self.link.log() }
+    }
+}
+
+/// In the configuration-time dry run, nothing reaches the live zones (see `RootEmbedding`).
 impl SharedData for RootEmbedding {
     fn get_shared_data(&mut self, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
         if self.link.in_dry_run(false) {
             return Ok(None);
         }
-        shared_data_get(&self.vm_id, key)
+        self.tenant().get_shared_data(key)
     }
 
     fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
         if self.link.in_dry_run(true) {
             return Ok(());
         }
-        shared_data_set(&self.vm_id, key, value, cas)
+        self.tenant().set_shared_data(key, value, cas)
     }
 }
+
 /// Queues a root registers are watched by this worker.
 impl SharedQueues for RootEmbedding {
     fn register_shared_queue(&mut self, name: &[u8]) -> HostResult<u32> {
         if self.link.in_dry_run(true) {
             return Ok(0);
         }
-        let id = shared_queues::register(queue_zones()?, self.vm_id.as_bytes(), name)?;
+        let id = self.tenant().register_shared_queue(name)?;
         shared_queues::watch(id, &self.link);
         Ok(id)
     }
@@ -272,50 +280,51 @@ impl SharedQueues for RootEmbedding {
         if self.link.in_dry_run(false) {
             return Ok(None);
         }
-        shared_queues::resolve(queue_zones()?, resolve_vm_id(vm_id, &self.vm_id), name)
+        self.tenant().resolve_shared_queue(vm_id, name)
     }
 
     fn enqueue_shared_queue(&mut self, queue_id: u32, value: &[u8]) -> HostResult<()> {
         if self.link.in_dry_run(true) {
             return Ok(());
         }
-        shared_queues::enqueue(queue_zones()?, queue_id, value)
+        self.tenant().enqueue_shared_queue(queue_id, value)
     }
 
     fn dequeue_shared_queue(&mut self, queue_id: u32) -> HostResult<Option<Vec<u8>>> {
         if self.link.in_dry_run(false) {
             return Err(Status::NotFound);
         }
-        shared_queues::dequeue(queue_zones()?, queue_id)
+        self.tenant().dequeue_shared_queue(queue_id)
     }
 }
+
 impl Metrics for RootEmbedding {
     fn define_metric(&mut self, kind: MetricType, name: &str) -> HostResult<u32> {
         if self.link.in_dry_run(false) {
             return Ok(0);
         }
-        metrics::define(metric_zone()?, &self.filter, kind, name)
+        self.tenant().define_metric(kind, name)
     }
 
     fn increment_metric(&mut self, metric_id: u32, offset: i64) -> HostResult<()> {
         if self.link.in_dry_run(false) {
             return Ok(());
         }
-        metrics::increment(metric_zone()?, metric_id, offset)
+        self.tenant().increment_metric(metric_id, offset)
     }
 
     fn record_metric(&mut self, metric_id: u32, value: u64) -> HostResult<()> {
         if self.link.in_dry_run(false) {
             return Ok(());
         }
-        metrics::record(metric_zone()?, metric_id, value)
+        self.tenant().record_metric(metric_id, value)
     }
 
     fn get_metric(&mut self, metric_id: u32) -> HostResult<u64> {
         if self.link.in_dry_run(false) {
             return Ok(0);
         }
-        metrics::get(metric_zone()?, metric_id)
+        self.tenant().get_metric(metric_id)
     }
 }
 impl ForeignFunctions for RootEmbedding {}
@@ -352,6 +361,10 @@ impl StreamEmbedding {
     fn vm_id(&self) -> &str {
         let conf = self.conf();
         &conf.modules[conf.filters[self.filter].module].vm_config.vm_id
+    }
+
+    fn tenant(&self) -> Tenant<'_> {
+        Tenant { filter: self.name(), vm_id: self.vm_id(), log: self.request_log() }
     }
 }
 
@@ -539,75 +552,44 @@ impl GrpcCalls for StreamEmbedding {}
 impl Timers for StreamEmbedding {}
 impl SharedData for StreamEmbedding {
     fn get_shared_data(&mut self, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
-        shared_data_get(self.vm_id(), key)
+        self.tenant().get_shared_data(key)
     }
 
     fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
-        shared_data_set(self.vm_id(), key, value, cas)
+        self.tenant().set_shared_data(key, value, cas)
     }
 }
 
-fn kv_zone(key: &[u8]) -> HostResult<&'static KvZone> {
-    // SAFETY: the worker's cycle.
-    let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or(Status::InternalFailure)?;
-    shared_data::zone_for(&conf.kv_zones, key).ok_or(Status::InternalFailure)
-}
-
-fn shared_data_get(vm_id: &str, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
-    shared_data::get(kv_zone(key)?, vm_id, key)
-}
-
-fn shared_data_set(vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
-    shared_data::set(kv_zone(key)?, vm_id, key, value, cas)
-}
 impl SharedQueues for StreamEmbedding {
     fn resolve_shared_queue(&mut self, vm_id: &[u8], name: &[u8]) -> HostResult<Option<u32>> {
-        shared_queues::resolve(queue_zones()?, resolve_vm_id(vm_id, self.vm_id()), name)
+        self.tenant().resolve_shared_queue(vm_id, name)
     }
 
     fn enqueue_shared_queue(&mut self, queue_id: u32, value: &[u8]) -> HostResult<()> {
-        shared_queues::enqueue(queue_zones()?, queue_id, value)
+        self.tenant().enqueue_shared_queue(queue_id, value)
     }
 
     fn dequeue_shared_queue(&mut self, queue_id: u32) -> HostResult<Option<Vec<u8>>> {
-        shared_queues::dequeue(queue_zones()?, queue_id)
+        self.tenant().dequeue_shared_queue(queue_id)
     }
 }
 
-fn queue_zones() -> HostResult<&'static [Box<QueueZone>]> {
-    // SAFETY: the worker's cycle.
-    let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or(Status::InternalFailure)?;
-    Ok(&conf.queue_zones)
-}
-
-/// An empty VM id names the caller's own module (as filters resolve their own queues).
-fn resolve_vm_id<'a>(asked: &'a [u8], own: &'a str) -> &'a [u8] {
-    if asked.is_empty() {
-        own.as_bytes()
-    } else {
-        asked
-    }
-}
 impl Metrics for StreamEmbedding {
     fn define_metric(&mut self, kind: MetricType, name: &str) -> HostResult<u32> {
-        metrics::define(metric_zone()?, self.name(), kind, name)
+        self.tenant().define_metric(kind, name)
     }
 
     fn increment_metric(&mut self, metric_id: u32, offset: i64) -> HostResult<()> {
-        metrics::increment(metric_zone()?, metric_id, offset)
+        self.tenant().increment_metric(metric_id, offset)
     }
 
     fn record_metric(&mut self, metric_id: u32, value: u64) -> HostResult<()> {
-        metrics::record(metric_zone()?, metric_id, value)
+        self.tenant().record_metric(metric_id, value)
     }
 
     fn get_metric(&mut self, metric_id: u32) -> HostResult<u64> {
-        metrics::get(metric_zone()?, metric_id)
+        self.tenant().get_metric(metric_id)
     }
-}
-
-fn metric_zone() -> HostResult<&'static metrics::MetricZone> {
-    WasmConf::metrics().ok_or(Status::InternalFailure)
 }
 impl ForeignFunctions for StreamEmbedding {}
 impl Embedding for StreamEmbedding {}

@@ -268,6 +268,11 @@ unsafe fn start_filters(cf: *mut ngx_conf_t) -> bool {
     // SAFETY: a configuration has a log.
     let log = unsafe { (*cf).log };
     let filters: Vec<_> = wasm.filters.iter().map(|f| (&wasm.modules[f.module], &f.plugin)).collect();
+    // Each filter (by name) gets an equal share of the metrics zone.
+    if let Some(zone) = &wasm.metric_zone {
+        let names: std::collections::HashSet<_> = wasm.filters.iter().map(|f| &f.plugin.name).collect();
+        zone.set_tenants(names.len());
+    }
     let outcomes = validation::start_all(&filters, log);
     let mut all_started = true;
     for (filter, outcome) in wasm.filters.iter_mut().zip(outcomes) {

@@ -26,6 +26,7 @@ mod shared_data;
 mod shared_queues;
 mod shm;
 mod shortcuts;
+mod tenant;
 mod validation;
 mod wasm_block;
 mod worker;

@@ -12,15 +12,21 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-use allocator_api2::vec::Vec as SlabVec;
+use allocator_api2::vec::Vec as ZoneVec;
 use inwasm_host::{HostResult, MetricType, Status};
 use ngx::collections::RbTreeMap;
-use ngx::core::SlabPool;
 use ngx::ffi::ngx_conf_t;
 
-use crate::shm::{copy_in, Bytes, Key, ShmZone};
+use crate::shm::{copy_in, Bytes, Key, ShmZone, ZoneAlloc};
 
-pub const ZONE_SIZE: usize = 1 << 20;
+/// Metrics the zone holds at most, and the longest name one may have; the zone has room for
+/// all of them with names that long.
+const CAPACITY: usize = 4096;
+pub const MAX_NAME: usize = 256;
+pub const ZONE_SIZE: usize = 4 << 20;
+const _: () = assert!(CAPACITY * (std::mem::size_of::<Metric>() + 2 * MAX_NAME + 128) < ZONE_SIZE);
+/// The host's own counters of each filter (requests, traps, timeouts, memory failures).
+const HOST_COUNTERS_PER_FILTER: usize = 4;
 /// Histogram bucket bounds (le), Prometheus style; `+Inf` is implied.
 const BUCKETS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
 
@@ -34,15 +40,14 @@ struct Metric {
     sum: AtomicU64,
 }
 
-/// Metrics a zone holds at most: half the zone, the rest is for their names.
-const CAPACITY: usize = ZONE_SIZE / 2 / std::mem::size_of::<Metric>();
-
 /// Defining a metric takes the zone's lock; updating or reading one does not (every request
 /// counts one, in every worker): the metrics live in a table allocated once, so a defined
 /// metric never moves, and `defined` publishes each new one after it is written.
 pub struct MetricStore {
-    ids: RbTreeMap<Key, u32, SlabPool>,
-    metrics: SlabVec<Metric, SlabPool>,
+    ids: RbTreeMap<Key, u32, ZoneAlloc>,
+    /// How many metrics each filter has defined (by filter name).
+    per_filter: RbTreeMap<Key, usize, ZoneAlloc>,
+    metrics: ZoneVec<Metric, ZoneAlloc>,
     /// `metrics`' elements, which never move (its capacity is reserved at once).
     table: *const Metric,
     defined: AtomicU32,
@@ -55,43 +60,69 @@ pub type MetricZone = ShmZone<MetricStore>;
 /// # Safety
 /// `cf` must be nginx's configuration being parsed.
 pub unsafe fn declare(cf: *mut ngx_conf_t) -> Result<Box<MetricZone>, String> {
+    let build = |alloc: ZoneAlloc| {
+        let mut metrics = ZoneVec::new_in(alloc);
+        metrics.try_reserve_exact(CAPACITY).ok()?;
+        let table = metrics.as_ptr();
+        let (ids, per_filter) = (RbTreeMap::try_new_in(alloc).ok()?, RbTreeMap::try_new_in(alloc).ok()?);
+        Some(MetricStore { ids, per_filter, metrics, table, defined: AtomicU32::new(0) })
+    };
     // SAFETY: per the caller.
-    unsafe {
-        ShmZone::declare(cf, "metrics", "*", ZONE_SIZE, |pool| {
-            let mut metrics = SlabVec::new_in(pool.clone());
-            metrics.try_reserve_exact(CAPACITY).ok()?;
-            let table = metrics.as_ptr();
-            Some(MetricStore { ids: RbTreeMap::try_new_in(pool).ok()?, metrics, table, defined: AtomicU32::new(0) })
-        })
-    }
+    unsafe { ShmZone::declare(cf, "metrics", "*", ZONE_SIZE, build) }
 }
 
-/// The id of `filter`'s metric `name`, defining it on first use.
+/// The most metrics one filter may define (its own, besides the host's counters): an equal
+/// share of the zone among the configuration's filters.
+pub fn filter_quota(zone: &MetricZone) -> usize {
+    let filters = zone.tenants();
+    (CAPACITY / filters).saturating_sub(HOST_COUNTERS_PER_FILTER).max(1)
+}
+
+/// The id of `filter`'s metric `name`, defining it on first use. A filter past its share of
+/// the zone, or a name longer than `MAX_NAME`, is refused (`INTERNAL_FAILURE`,
+/// `BAD_ARGUMENT`); the host's own counters (`own` false) use the room kept for them.
 pub fn define(zone: &MetricZone, filter: &str, kind: MetricType, name: &str) -> HostResult<u32> {
-    let key = [filter.as_bytes(), b"\0", name.as_bytes()].concat();
-    if let Some(id) = zone.read()?.ids.get(key.as_slice()) {
-        return Ok(*id);
+    define_counted(zone, filter, kind, name, true)
+}
+
+fn define_counted(zone: &MetricZone, filter: &str, kind: MetricType, name: &str, own: bool) -> HostResult<u32> {
+    if name.len() > MAX_NAME || filter.len() > MAX_NAME {
+        return Err(Status::BadArgument);
     }
-    let mut store = zone.write()?;
+    let key = [filter.as_bytes(), b"\0", name.as_bytes()].concat();
+    let quota = filter_quota(zone);
+    let mut store = zone.lock()?;
     if let Some(id) = store.ids.get(key.as_slice()) {
         return Ok(*id);
     }
-    let pool = store.ids.allocator().clone();
+    let alloc = *store.ids.allocator();
     let full = Status::InternalFailure;
+    let defined = store.per_filter.get(filter.as_bytes()).copied().unwrap_or(0);
+    if own && defined >= quota || store.metrics.len() == store.metrics.capacity() {
+        return Err(full);
+    }
     let metric = Metric {
         kind,
-        filter: copy_in(&pool, filter.as_bytes()).ok_or(full)?,
-        name: copy_in(&pool, name.as_bytes()).ok_or(full)?,
+        filter: copy_in(alloc, filter.as_bytes()).ok_or(full)?,
+        name: copy_in(alloc, name.as_bytes()).ok_or(full)?,
         value: AtomicI64::new(0),
         buckets: Default::default(),
         count: AtomicU64::new(0),
         sum: AtomicU64::new(0),
     };
     let id = store.metrics.len() as u32;
-    if store.metrics.len() == store.metrics.capacity() {
-        return Err(full);
+    store.ids.try_insert(Key(copy_in(alloc, &key).ok_or(full)?), id).map_err(|_| full)?;
+    if own {
+        match store.per_filter.get_mut(filter.as_bytes()) {
+            Some(count) => *count += 1,
+            None => drop(
+                store
+                    .per_filter
+                    .try_insert(Key(copy_in(alloc, filter.as_bytes()).ok_or(full)?), 1)
+                    .map_err(|_| full)?,
+            ),
+        }
     }
-    store.ids.try_insert(Key(copy_in(&pool, &key).ok_or(full)?), id).map_err(|_| full)?;
     store.metrics.push(metric);
     store.defined.store(id + 1, Ordering::Release);
     Ok(id)
@@ -162,7 +193,7 @@ pub fn count_request(zone: &MetricZone, index: usize, filter: &str) {
             ids.resize(index + 1, None);
         }
         if ids[index].is_none() {
-            ids[index] = define(zone, filter, MetricType::Counter, "inwasm_requests_total").ok();
+            ids[index] = define_counted(zone, filter, MetricType::Counter, "inwasm_requests_total", false).ok();
         }
         ids[index]
     });
@@ -179,7 +210,7 @@ pub fn count(zone: &MetricZone, filter: &str, name: &'static str) {
         if let Some(id) = by_filter.get(filter) {
             return Some(*id);
         }
-        let id = define(zone, filter, MetricType::Counter, name).ok()?;
+        let id = define_counted(zone, filter, MetricType::Counter, name, false).ok()?;
         by_filter.insert(filter.to_string(), id);
         Some(id)
     });
@@ -190,7 +221,7 @@ pub fn count(zone: &MetricZone, filter: &str, name: &'static str) {
 
 /// Every metric in Prometheus text format, labelled with its filter.
 pub fn prometheus(zone: &MetricZone) -> HostResult<String> {
-    let store = zone.read()?;
+    let store = zone.lock()?;
     let mut metrics: Vec<&Metric> = store.metrics.iter().collect();
     metrics.sort_by(|a, b| (&a.name[..], &a.filter[..]).cmp(&(&b.name[..], &b.filter[..])));
     let mut out = String::new();

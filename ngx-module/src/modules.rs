@@ -21,7 +21,7 @@ fn compiled() -> MutexGuard<'static, Option<HashMap<[u8; 32], Arc<Module>>>> {
 /// The compiled module of the file at `path`; errors name the path and the reason.
 pub fn load(path: &Path, cache: Option<&CodeCache>) -> Result<Arc<Module>, String> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| format!("wasm module \"{shown}\": cannot read: {e}"))?;
+    let bytes = Module::read_file(path).map_err(|e| e.to_string())?;
     let digest: [u8; 32] = Sha256::digest(&bytes).into();
     if let Some(module) = compiled().get_or_insert_with(HashMap::new).get(&digest) {
         return Ok(module.clone());

@@ -1,58 +1,93 @@
 //! Shared data (`proxy_get/set_shared_data`) in nginx shared memory, seen by every worker.
 //!
-//! `shm_kv NAME SIZE [eviction=lru|none] [namespace=module|shared]` in `wasm {}` declares a
-//! zone; keys `NAME/...` live in it, all others in the default zone (`shm_kv * SIZE`, or 1m
-//! when not declared). Keys are namespaced by the module (its VM id), so tenants never see
-//! each other's data, unless the zone says `namespace=shared`: then every module reads and
-//! writes the same keys (modules that cooperate, as filters sharing a VM id do in Envoy). Semantics are
-//! Envoy's: a write with cas 0 always succeeds, a write with another key's cas fails with
-//! `CasMismatch`, every write gives the key a new cas. When a zone is full the least recently
-//! used keys are evicted (or, with `eviction=none`, the write fails).
+//! `shm_kv NAME SIZE [eviction=lru|none] [namespace=module|shared] [quota=SIZE]` in `wasm {}`
+//! declares a zone; keys `NAME/...` live in it, all others in the default zone (`shm_kv *
+//! SIZE`, or 1m when not declared). Keys are namespaced by the module (its VM id), so tenants
+//! never see each other's data, unless the zone says `namespace=shared`: then every module
+//! reads and writes the same keys (modules that cooperate, as filters sharing a VM id do in
+//! Envoy). Semantics are Envoy's: a write with cas 0 always succeeds, a write with another
+//! key's cas fails with `CasMismatch`, every write gives the key a new cas.
+//!
+//! Each namespace may hold at most its quota (by default an equal share of the zone among the
+//! configuration's modules): past it, or when the zone is full, the namespace's own least
+//! recently used keys are evicted (never another's), or, with `eviction=none`, the write
+//! fails. Eviction is O(1): each namespace keeps its keys in a list by last use.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ptr::NonNull;
 
 use inwasm_host::{HostResult, Status};
+use ngx::collections::queue::{NgxQueue, NgxQueueEntry};
 use ngx::collections::RbTreeMap;
-use ngx::core::SlabPool;
-use ngx::ffi::ngx_conf_t;
+use ngx::ffi::{ngx_conf_t, ngx_queue_init, ngx_queue_remove, ngx_queue_t};
 
-use crate::shm::{copy_in, Bytes, Key, ShmZone};
+use crate::shm::{copy_in, Bytes, Key, ShmZone, ZoneAlloc};
 
 /// The default zone's size when no `shm_kv *` is declared.
 pub const DEFAULT_ZONE_SIZE: usize = 1 << 20;
+/// What an entry costs a namespace besides its key and value (map node, list links, sizes).
+const ENTRY_OVERHEAD: usize = 128;
 
+/// A key's value, in its namespace's list by last use (least recent first).
 struct Entry {
     value: Bytes,
     cas: u32,
-    /// Logical time of the last read or write, for LRU eviction.
-    used: AtomicU64,
+    /// The key (its bytes live in the map's key, which does not move while the entry exists).
+    key: (NonNull<u8>, usize),
+    namespace: NonNull<Namespace>,
+    lru: ngx_queue_t,
+}
+
+// SAFETY: `Entry` embeds the `ngx_queue_t` its namespace's list links through (`lru`).
+unsafe impl NgxQueueEntry for Entry {
+    fn from_queue(queue: NonNull<ngx_queue_t>) -> NonNull<Self> {
+        // SAFETY: every link in a namespace's list is the `lru` field of an `Entry`.
+        unsafe { nginx_sys::ngx_queue_data!(queue, Entry, lru) }
+    }
+    fn to_queue(&mut self) -> &mut ngx_queue_t {
+        &mut self.lru
+    }
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.key.1 + self.value.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// A module's keys (or, in a shared zone, everyone's).
+struct Namespace {
+    used: usize,
+    /// Sentinel of the list of its entries by last use.
+    lru: ngx_queue_t,
 }
 
 pub struct KvStore {
-    map: RbTreeMap<Key, Entry, SlabPool>,
+    map: RbTreeMap<Key, Entry, ZoneAlloc>,
+    namespaces: RbTreeMap<Key, Namespace, ZoneAlloc>,
     next_cas: u32,
-    clock: AtomicU64,
-    evict: bool,
 }
 
-/// A `shm_kv` zone: its store in shared memory, and whose keys it holds apart.
+/// A `shm_kv` zone: its store in shared memory, and how it is used.
 pub struct KvZone {
     /// Boxed: nginx's shared memory zone points at it.
     store: Box<ShmZone<KvStore>>,
-    per_module: bool,
+    options: KvOptions,
 }
 
 /// What a `shm_kv` line chose besides its name and size.
+#[derive(Clone, Copy)]
 pub struct KvOptions {
     /// Evict the least recently used keys when full (`eviction=lru`) or fail the write.
     pub evict: bool,
     /// Each module has its own keys (`namespace=module`) or all share them (`shared`).
     pub per_module: bool,
+    /// Bytes each namespace may hold (`quota=SIZE`); 0: an equal share of the zone.
+    pub quota: usize,
 }
 
 impl Default for KvOptions {
     fn default() -> Self {
-        KvOptions { evict: true, per_module: true }
+        KvOptions { evict: true, per_module: true, quota: 0 }
     }
 }
 
@@ -61,11 +96,16 @@ impl Default for KvOptions {
 /// # Safety
 /// `cf` must be nginx's configuration being parsed.
 pub unsafe fn declare(cf: *mut ngx_conf_t, name: &str, size: usize, options: KvOptions) -> Result<KvZone, String> {
-    // SAFETY: per the caller.
-    unsafe {
-        let build = if options.evict { build_evicting } else { build_strict };
-        Ok(KvZone { store: ShmZone::declare(cf, "kv", name, size, build)?, per_module: options.per_module })
+    if options.quota > size {
+        return Err(format!("shm_kv \"{name}\": quota={} is more than the zone ({size} bytes)", options.quota));
     }
+    let build = |alloc: ZoneAlloc| {
+        let (map, namespaces) = (RbTreeMap::try_new_in(alloc).ok()?, RbTreeMap::try_new_in(alloc).ok()?);
+        Some(KvStore { map, namespaces, next_cas: 0 })
+    };
+    // SAFETY: per the caller.
+    let store = unsafe { ShmZone::declare(cf, "shm_kv", name, size, build) }?;
+    Ok(KvZone { store, options })
 }
 
 impl KvZone {
@@ -73,79 +113,139 @@ impl KvZone {
         &self.store.name
     }
 
-    /// The key as stored: the module's VM id, a NUL, then the filter's key (in a zone that
-    /// holds modules apart).
-    fn stored_key(&self, vm_id: &str, key: &[u8]) -> Vec<u8> {
-        match self.per_module {
-            true => [vm_id.as_bytes(), b"\0", key].concat(),
-            false => key.to_vec(),
+    /// Notes how many modules the configuration has (each gets an equal share by default).
+    pub fn set_tenants(&self, modules: usize) {
+        self.store.set_tenants(if self.options.per_module { modules } else { 1 });
+    }
+
+    /// The namespace of a module's keys, and the key as stored: the module's VM id, a NUL,
+    /// then the filter's key (in a zone that holds modules apart).
+    fn stored_key<'k>(&self, vm_id: &'k str, key: &[u8]) -> (&'k [u8], Vec<u8>) {
+        match self.options.per_module {
+            true => (vm_id.as_bytes(), [vm_id.as_bytes(), b"\0", key].concat()),
+            false => (b"", key.to_vec()),
+        }
+    }
+
+    /// What a namespace may hold.
+    pub fn quota(&self) -> usize {
+        match self.options.quota {
+            0 => self.store.share(),
+            quota => quota,
         }
     }
 }
 
-fn build_evicting(pool: SlabPool) -> Option<KvStore> {
-    build(pool, true)
-}
-
-fn build_strict(pool: SlabPool) -> Option<KvStore> {
-    build(pool, false)
-}
-
-fn build(pool: SlabPool, evict: bool) -> Option<KvStore> {
-    let map = RbTreeMap::try_new_in(pool).ok()?;
-    Some(KvStore { map, next_cas: 0, clock: AtomicU64::new(0), evict })
-}
-
-/// Key `key` of module `vm_id`: its value and cas.
+/// Key `key` of module `vm_id`: its value and cas (the key becomes its namespace's most
+/// recently used).
 pub fn get(zone: &KvZone, vm_id: &str, key: &[u8]) -> HostResult<Option<(Vec<u8>, u32)>> {
-    let key = zone.stored_key(vm_id, key);
-    let key = key.as_slice();
-    let store = zone.store.read()?;
-    let now = store.clock.fetch_add(1, Ordering::Relaxed);
-    Ok(store.map.get(key).map(|entry| {
-        entry.used.store(now, Ordering::Relaxed);
+    let (_, key) = zone.stored_key(vm_id, key);
+    let mut store = zone.store.lock()?;
+    Ok(store.map.get_mut(key.as_slice()).map(|entry| {
+        entry.touch();
         (entry.value.to_vec(), entry.cas)
     }))
 }
 
 /// Writes key `key` of module `vm_id` if `cas` is 0 or the key's current cas.
 pub fn set(zone: &KvZone, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> HostResult<()> {
-    let key = zone.stored_key(vm_id, key);
-    let key = key.as_slice();
-    let mut store = zone.store.write()?;
-    if let Some(entry) = store.map.get(key) {
+    let (namespace, key) = zone.stored_key(vm_id, key);
+    let mut store = zone.store.lock()?;
+    if let Some(entry) = store.map.get(key.as_slice()) {
         if cas != 0 && cas != entry.cas {
             return Err(Status::CasMismatch);
         }
     }
+    let (cost, quota) = (key.len() + value.len() + ENTRY_OVERHEAD, zone.quota());
+    if cost > quota {
+        return Err(Status::InternalFailure);
+    }
+    let space = store.namespace(namespace).ok_or(Status::InternalFailure)?;
     loop {
-        match store.insert(key, value) {
-            Some(()) => return Ok(()),
-            None if store.evict && store.evict_one(key) => continue,
-            None => return Err(Status::InternalFailure),
+        // The key's old value goes with the write.
+        let old = store.map.get(key.as_slice()).map_or(0, Entry::cost);
+        // SAFETY: a namespace of this store, whose node never moves while it exists.
+        let used = unsafe { space.as_ref().used } - old;
+        if used + cost <= quota {
+            store.remove(&key);
+            if let Some(()) = store.insert(space, &key, value) {
+                return Ok(());
+            }
+        }
+        // Over its quota, or the zone is full: the namespace makes room from its own keys.
+        if !zone.options.evict || !store.evict_oldest(space) {
+            return Err(Status::InternalFailure);
+        }
+    }
+}
+
+impl Entry {
+    /// Makes the entry its namespace's most recently used.
+    fn touch(&mut self) {
+        // SAFETY: the entry is in its namespace's list; the namespace outlives its entries.
+        unsafe {
+            ngx_queue_remove(&mut self.lru);
+            NgxQueue::<Entry>::from_ptr_mut(&mut (*self.namespace.as_ptr()).lru).push_back(self);
         }
     }
 }
 
 impl KvStore {
-    /// Writes `key` with a new cas; `None` when the zone has no room.
-    fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<()> {
-        let pool = self.map.allocator().clone();
-        let (key, value) = (copy_in(&pool, key)?, copy_in(&pool, value)?);
-        self.next_cas = self.next_cas.wrapping_add(1).max(1);
-        let used = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
-        self.map.try_insert(Key(key), Entry { value, cas: self.next_cas, used }).ok().map(drop)
+    /// The namespace called `name`, made on first use.
+    fn namespace(&mut self, name: &[u8]) -> Option<NonNull<Namespace>> {
+        if let Some(space) = self.namespaces.get_mut(name) {
+            return Some(NonNull::from(space));
+        }
+        let key = Key(copy_in(*self.namespaces.allocator(), name)?);
+        // SAFETY: an all-zero sentinel, linked to itself below once the namespace sits in its
+        // map node (which does not move).
+        let lru = unsafe { std::mem::zeroed() };
+        let space = self.namespaces.try_insert(key, Namespace { used: 0, lru }).ok()?;
+        // SAFETY: the sentinel, in place for good.
+        unsafe { ngx_queue_init(&mut space.lru) };
+        Some(NonNull::from(space))
     }
 
-    /// Removes the least recently used key other than `keep`; false when there is none.
-    fn evict_one(&mut self, keep: &[u8]) -> bool {
-        let victim = self
-            .map
-            .iter()
-            .filter(|(key, _)| key.0[..] != *keep)
-            .min_by_key(|(_, entry)| entry.used.load(Ordering::Relaxed))
-            .map(|(key, _)| key.0.to_vec());
-        victim.is_some_and(|victim| self.map.remove(victim.as_slice()).is_some())
+    /// Stores `key` in `space` with a new cas; `None` when the zone has no room.
+    fn insert(&mut self, space: NonNull<Namespace>, key: &[u8], value: &[u8]) -> Option<()> {
+        let alloc = *self.map.allocator();
+        let (key, value) = (copy_in(alloc, key)?, copy_in(alloc, value)?);
+        let key_bytes = (NonNull::new(key.as_ptr() as *mut u8)?, key.len());
+        self.next_cas = self.next_cas.wrapping_add(1).max(1);
+        // SAFETY: an all-zero link, linked below once the entry sits in its map node.
+        let lru = unsafe { std::mem::zeroed() };
+        let entry = Entry { value, cas: self.next_cas, key: key_bytes, namespace: space, lru };
+        let entry = self.map.try_insert(Key(key), entry).ok()?;
+        let cost = entry.cost();
+        // SAFETY: the namespace outlives its entries; the entry's node does not move.
+        unsafe {
+            (*space.as_ptr()).used += cost;
+            NgxQueue::<Entry>::from_ptr_mut(&mut (*space.as_ptr()).lru).push_back(entry);
+        }
+        Some(())
+    }
+
+    /// Removes `key`, if stored, from its namespace too.
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(entry) = self.map.get_mut(key) {
+            // SAFETY: the entry is in its namespace's list; the namespace outlives it.
+            unsafe {
+                ngx_queue_remove(&mut entry.lru);
+                (*entry.namespace.as_ptr()).used -= entry.cost();
+            }
+            self.map.remove(key);
+        }
+    }
+
+    /// Evicts the least recently used key of `space`; false when it has none.
+    fn evict_oldest(&mut self, space: NonNull<Namespace>) -> bool {
+        // SAFETY: a namespace of this store; its list holds its live entries.
+        let oldest = unsafe { NgxQueue::<Entry>::from_ptr_mut(&mut (*space.as_ptr()).lru).iter_mut().next() };
+        let Some(oldest) = oldest else { return false };
+        // SAFETY: the entry's key bytes live in its map node until it is removed.
+        let key = unsafe { std::slice::from_raw_parts(oldest.key.0.as_ptr(), oldest.key.1) }.to_vec();
+        self.remove(&key);
+        true
     }
 }
 

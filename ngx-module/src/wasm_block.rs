@@ -172,7 +172,11 @@ unsafe extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, c
                 ));
             }
             modules::keep_only(conf.modules.iter().map(|m| &m.module));
-            declare_default_zones(cf, conf)
+            declare_default_zones(cf, conf)?;
+            // Each module gets an equal share of each shared zone by default.
+            conf.kv_zones.iter().for_each(|zone| zone.set_tenants(conf.modules.len()));
+            conf.queue_zones.iter().for_each(|zone| zone.set_tenants(conf.modules.len()));
+            Ok(())
         })
     }
 }
@@ -217,7 +221,7 @@ unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result
                 }
                 Ok(())
             }),
-            (b"shm_kv", 3..=5) => declare_kv_zone(cf, conf, &args),
+            (b"shm_kv", 3..=6) => declare_kv_zone(cf, conf, &args),
             (b"cache_dir", 2) if conf.cache.is_some() => {
                 Err("cache_dir must come before the first module (which is compiled where it stands)".to_string())
             }
@@ -346,9 +350,14 @@ unsafe fn declare_kv_zone(cf: *mut ngx_conf_t, conf: &mut WasmConf, args: &[&[u8
             b"eviction=none" => options.evict = false,
             b"namespace=module" => options.per_module = true,
             b"namespace=shared" => options.per_module = false,
+            other if other.starts_with(b"quota=") => {
+                let quota = parse_size(&other[6..]);
+                let invalid = || format!("invalid shm_kv {}", String::from_utf8_lossy(other));
+                options.quota = quota.ok_or_else(invalid)?;
+            }
             other => {
                 return Err(format!(
-                    "invalid shm_kv option \"{}\": use eviction=lru|none or namespace=module|shared",
+                    "invalid shm_kv option \"{}\": use eviction=lru|none, namespace=module|shared or quota=SIZE",
                     String::from_utf8_lossy(other)
                 ))
             }

@@ -68,7 +68,7 @@ fn memory_hog_is_stopped_at_its_module_limit() {
     let rss_kib: u64 =
         status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
     println!("worker RSS after 10 memory-limit failures: {} MiB", rss_kib / 1024);
-    assert!(rss_kib < 100 * 1024, "worker RSS {rss_kib} KiB");
+    assert!(rss_kib < 100 * 1024 || under_asan(), "worker RSS {rss_kib} KiB");
 }
 
 #[test]

@@ -400,6 +400,21 @@ fn config_errors_name_the_file_and_reason() {
             String::new(),
             "invalid shm_kv option \"namespace=global\"".to_string(),
         ),
+        (
+            "wasm { module zero /dev/zero; }".to_string(),
+            String::new(),
+            "wasm module \"/dev/zero\": not a regular file".to_string(),
+        ),
+        (
+            wasm_block(&["headers"]),
+            "server { location / { proxy_wasm_timeout 999999999999; } }".to_string(),
+            "invalid proxy_wasm_timeout \"999999999999\"".to_string(),
+        ),
+        (
+            wasm_block(&["headers"]),
+            "server { location / { proxy_wasm headers cfg nonsense; } }".to_string(),
+            "the third argument is root_id=ID".to_string(),
+        ),
     ];
     for (main, http, expected) in cases {
         let (ok, output) = nginx_test(&main, &http);

@@ -140,6 +140,17 @@ impl Nginx {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    /// Rewrites the configuration and reloads, expecting nginx to refuse the new one: waits
+    /// for the master's "reconfiguring" line and returns once the old workers serve on.
+    pub fn reload_expecting_failure(&self, main: &str, server: &str) {
+        let http = format!("server {{ listen 127.0.0.1:{}; {server} }}", self.port);
+        std::fs::write(self.dir.join("nginx.conf"), config(&self.dir, 1, main, &http)).unwrap();
+        let before = self.error_log().matches("reconfiguring").count();
+        Command::new("kill").arg("-HUP").arg(self.master_pid().to_string()).status().unwrap();
+        assert!(self.wait_log("reconfiguring", before + 1) > before, "no reload: {}", self.error_log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     pub fn master_pid(&self) -> u32 {
         self.child.as_ref().expect("nginx runs").id()
     }

@@ -7,23 +7,29 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Which nginx the module was built for: `debian` (default) or `1.28`.
+/// Which nginx the module was built for: `debian` (default), `1.28` or `1.28-asan`.
 fn flavor() -> String {
     std::env::var("INWASM_NGINX").unwrap_or_else(|_| "debian".into())
+}
+
+/// Whether nginx and the module under test are built with AddressSanitizer, whose shadow
+/// memory and quarantine make a process's RSS say nothing about the module.
+pub fn under_asan() -> bool {
+    flavor().ends_with("-asan")
 }
 
 /// The nginx under test: Debian's by default, or the nginx 1.28 build.
 pub fn nginx_binary() -> PathBuf {
     match flavor().as_str() {
-        "1.28" => root().join("target/nginx/1.28/objs/nginx"),
-        _ => PathBuf::from("/usr/sbin/nginx"),
+        "debian" => PathBuf::from("/usr/sbin/nginx"),
+        built => root().join(format!("target/nginx/{built}/objs/nginx")),
     }
 }
 
 pub fn module_path() -> PathBuf {
     let name = match flavor().as_str() {
-        "1.28" => "ngx_http_inwasm_module-1.28.so",
-        _ => "ngx_http_inwasm_module.so",
+        "debian" => "ngx_http_inwasm_module.so".to_string(),
+        built => format!("ngx_http_inwasm_module-{built}.so"),
     };
     let path = root().join("build").join(name);
     assert!(path.exists(), "{} is missing: run `make build`", path.display());

@@ -10,7 +10,8 @@
 //!
 //! Verbs:
 //! - `get-header MAP NAME`, `set-header MAP NAME VALUE`, `add-header MAP NAME VALUE`,
-//!   `remove-header MAP NAME`, `get-headers MAP` (MAP: `request`, `response`, `call`);
+//!   `remove-header MAP NAME`, `get-headers MAP` (MAP: `request`, `response`, `call`),
+//!   `bulk-header request NAME SIZE` (adds NAME with SIZE bytes of `y`);
 //!   reads are logged as `NAME=VALUE` (or `NAME absent`). `try-set-header MAP NAME VALUE`
 //!   and `try-add-header ...` log the host's status (`status N`) where the SDK would panic.
 //! - `property a.b.c` (logged as `a.b.c=VALUE`, `a.b.c absent`), `set-property a.b.c VALUE`.
@@ -22,6 +23,13 @@
 //!   `GET` and `:authority` UPSTREAM unless given; `timeout=MS` sets the timeout, 5 s).
 //! - `tick MS` (in `configure`): the tick period.
 //! - `stdout N`: writes N bytes of `x` to standard output.
+//! - `spin-ms N`: keeps the CPU busy for N ms.
+//! - Floods, each logging how many succeeded and the first failure's status (where an SDK
+//!   would panic): `shared-fill PREFIX COUNT SIZE` (keys PREFIX0.. of SIZE bytes),
+//!   `shared-get KEY` (logged as `shared KEY=SIZE bytes` or `shared KEY absent`),
+//!   `queue-fill PREFIX COUNT` (registers queues), `enqueue-fill NAME COUNT SIZE` (items into
+//!   the module's own queue NAME), `metric-fill PREFIX COUNT` (counters), `call-fill COUNT
+//!   UPSTREAM PATH [timeout=MS]` (http calls).
 use std::io::Write;
 use std::time::Duration;
 
@@ -91,6 +99,10 @@ fn arg(step: &Step, index: usize) -> &str {
 
 #[link(wasm_import_module = "env")]
 extern "C" {
+    fn proxy_set_shared_data(key: *const u8, key_size: usize, value: *const u8, size: usize, cas: u32) -> u32;
+    fn proxy_register_shared_queue(name: *const u8, size: usize, id: *mut u32) -> u32;
+    fn proxy_enqueue_shared_queue(id: u32, value: *const u8, size: usize) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, size: usize, id: *mut u32) -> u32;
     fn proxy_replace_header_map_value(map: u32, key: *const u8, key_size: usize, value: *const u8, size: usize) -> u32;
     fn proxy_add_header_map_value(map: u32, key: *const u8, key_size: usize, value: *const u8, size: usize) -> u32;
 }
@@ -140,9 +152,83 @@ fn common(context: &dyn Context, step: &Step) -> bool {
             let size = arg(step, 0).parse().unwrap_or(0);
             let _ = std::io::stdout().write_all(&vec![b'x'; size]);
         }
+        "spin-ms" => {
+            let until = std::time::Instant::now() + Duration::from_millis(arg(step, 0).parse().unwrap_or(0));
+            while std::time::Instant::now() < until {
+                std::hint::black_box(());
+            }
+        }
+        "shared-get" => match context.get_shared_data(arg(step, 0)) {
+            (Some(value), _) => log::info!("{}: shared {}={} bytes", step.callback, arg(step, 0), value.len()),
+            _ => log::info!("{}: shared {} absent", step.callback, arg(step, 0)),
+        },
+        "shared-fill" | "queue-fill" | "enqueue-fill" | "metric-fill" => fill(step),
+        "call" => call(context, step),
+        "call-fill" => {
+            let count: usize = arg(step, 0).parse().unwrap_or(0);
+            let one = Step { args: step.args[1..].to_vec(), ..step.clone() };
+            (0..count).for_each(|_| call(context, &one));
+        }
         _ => return false,
     }
     true
+}
+
+/// An http call as `call` describes it.
+fn call(context: &dyn Context, step: &Step) {
+    let upstream = arg(step, 0);
+    let mut headers: Vec<(String, String)> = vec![(":path".into(), arg(step, 1).into())];
+    let mut timeout = Duration::from_secs(5);
+    for pair in step.args.iter().skip(2) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "timeout" => timeout = Duration::from_millis(value.parse().unwrap_or(5000)),
+            _ => headers.push((name.into(), value.into())),
+        }
+    }
+    for (name, default) in [(":method", "GET"), (":authority", upstream)] {
+        if !headers.iter().any(|(k, _)| k == name || (name == ":authority" && k == "host")) {
+            headers.push((name.into(), default.into()));
+        }
+    }
+    let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    match context.dispatch_http_call(upstream, pairs, None, vec![], timeout) {
+        Ok(token) => log::info!("{}: call {token} dispatched", step.callback),
+        Err(status) => log::info!("{}: call refused: {status:?}", step.callback),
+    }
+}
+
+/// Runs a flood verb: `count` host calls, logging how many succeeded and the first failure.
+fn fill(step: &Step) {
+    let (prefix, count) = (arg(step, 0), arg(step, 1).parse::<usize>().unwrap_or(0));
+    let value = vec![b'v'; arg(step, 2).parse().unwrap_or(0)];
+    let mut queue = 0;
+    if step.verb == "enqueue-fill" {
+        // SAFETY: the host's ABI function, with a live name and out-pointer.
+        unsafe { proxy_register_shared_queue(prefix.as_ptr(), prefix.len(), &mut queue) };
+    }
+    let (mut done, mut failure) = (0, None);
+    for i in 0..count {
+        let name = format!("{prefix}{i}");
+        let mut id = 0;
+        // SAFETY: the host's ABI functions, with live buffers and out-pointers.
+        let status = unsafe {
+            match step.verb.as_str() {
+                "shared-fill" => proxy_set_shared_data(name.as_ptr(), name.len(), value.as_ptr(), value.len(), 0),
+                "queue-fill" => proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id),
+                "enqueue-fill" => proxy_enqueue_shared_queue(queue, value.as_ptr(), value.len()),
+                _ => proxy_define_metric(0, name.as_ptr(), name.len(), &mut id),
+            }
+        };
+        match status {
+            0 => done += 1,
+            status => failure = failure.or(Some(status)),
+        }
+    }
+    match failure {
+        Some(status) => log::info!("{}: {} {done} of {count}, then status {status}", step.callback, step.verb),
+        None => log::info!("{}: {} {done} of {count}", step.callback, step.verb),
+    }
 }
 
 impl Context for Root {}
@@ -195,7 +281,7 @@ impl Stream {
                     self.send_http_response(status, vec![], body);
                     return Outcome::Pause;
                 }
-                "call" => self.call(step),
+
                 _ => {
                     if !common(self, step) && !self.header_step(step) {
                         self.body_step(step);
@@ -236,6 +322,9 @@ impl Stream {
             ("add-header", "request") => self.add_http_request_header(name, value),
             ("add-header", _) => self.add_http_response_header(name, value),
             ("remove-header", "request") => self.set_http_request_header(name, None),
+            ("bulk-header", "request") => {
+                self.add_http_request_header(name, &"y".repeat(value.parse().unwrap_or(0)));
+            }
             ("remove-header", _) => self.set_http_response_header(name, None),
             ("try-set-header" | "try-add-header", _) => {
                 let map = match map {
@@ -273,29 +362,6 @@ impl Stream {
             ("set-body", "request") => self.set_http_request_body(0, usize::MAX, arg(step, 1).as_bytes()),
             ("set-body", _) => self.set_http_response_body(0, usize::MAX, arg(step, 1).as_bytes()),
             (verb, _) => log::error!("{callback}: unknown verb {verb}"),
-        }
-    }
-
-    fn call(&mut self, step: &Step) {
-        let upstream = arg(step, 0);
-        let mut headers: Vec<(String, String)> = vec![(":path".into(), arg(step, 1).into())];
-        let mut timeout = Duration::from_secs(5);
-        for pair in step.args.iter().skip(2) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match name {
-                "timeout" => timeout = Duration::from_millis(value.parse().unwrap_or(5000)),
-                _ => headers.push((name.into(), value.into())),
-            }
-        }
-        for (name, default) in [(":method", "GET"), (":authority", upstream)] {
-            if !headers.iter().any(|(k, _)| k == name || (name == ":authority" && k == "host")) {
-                headers.push((name.into(), default.into()));
-            }
-        }
-        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        match self.dispatch_http_call(upstream, pairs, None, vec![], timeout) {
-            Ok(token) => log::info!("{}: call {token} dispatched", step.callback),
-            Err(status) => log::info!("{}: call refused: {status:?}", step.callback),
         }
     }
 }

@@ -1,0 +1,162 @@
+//! What a filter makes the host do outside its own memory stays bounded: output, shared
+//! data, queues, metrics, calls, CPU in host calls and in the background. Hostile filters are
+//! played by the `script` test filter.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// Two tenants: modules `a` and `b`, the same `script` file under two names (two VM ids).
+fn two_tenants(extra: &str) -> String {
+    let script = filter("script");
+    format!("wasm {{ module a {script}; module b {script}; {extra} }}")
+}
+
+fn script(module: &str, lines: &[&str]) -> String {
+    format!("proxy_wasm {module} '{}';", lines.join("\n"))
+}
+
+/// The worker's resident memory, in KiB.
+fn worker_rss_kib(nginx: &Nginx) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", nginx.worker_pids()[0])).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+}
+
+#[test]
+fn a_flood_of_output_logs_a_bounded_amount() {
+    let nginx = Nginx::start(
+        &two_tenants(""),
+        &format!(
+            "location / {{ {} return 200 'served\n'; }}",
+            script("a", &["request_headers stdout 16777216", "response_headers stdout 1048576"])
+        ),
+    );
+    for _ in 0..3 {
+        assert_eq!(nginx.get("/").text(), "served\n", "{}", nginx.error_log());
+    }
+    let log = nginx.error_log();
+    assert_eq!(log.matches("bytes of stdout/stderr output dropped").count(), 6, "{}", &log[..log.len().min(4000)]);
+    assert!(log.len() < 2 << 20, "{} bytes of error log", log.len());
+}
+
+#[test]
+fn zones_too_small_for_nginx_are_refused_with_the_reason() {
+    for (block, expected) in [
+        ("shm_kv * 1;", "shm_kv \"*\": 1 bytes is too small (at least 32k)"),
+        ("shm_kv * 100;", "shm_kv \"*\": 100 bytes is too small (at least 32k)"),
+        ("shm_kv * 1k;", "shm_kv \"*\": 1024 bytes is too small (at least 32k)"),
+        ("shm_queue * 1;", "shm_queue \"*\": 1 bytes is too small (at least 32k)"),
+        ("shm_kv * 64k quota=1m;", "quota=1048576 is more than the zone"),
+    ] {
+        let (ok, output) = nginx_test(&two_tenants(block), "");
+        assert!(!ok, "{block}: {output}");
+        assert!(output.contains(expected), "{block}: expected {expected:?} in {output}");
+        assert!(!output.contains("signal"), "{output}");
+    }
+    // A reload onto a zone too small is refused; the master and its workers serve on.
+    let nginx = Nginx::start(&two_tenants(""), "location / { return 200 'up\n'; }");
+    let master = nginx.master_pid();
+    nginx.reload_expecting_failure(&two_tenants("shm_kv * 100;"), "location / { return 200 'up\n'; }");
+    assert_eq!(nginx.get("/").text(), "up\n");
+    assert!(std::path::Path::new(&format!("/proc/{master}")).exists());
+    assert!(nginx.error_log().contains("100 bytes is too small"), "{}", nginx.error_log());
+}
+
+#[test]
+fn one_tenant_cannot_evict_or_starve_another() {
+    let nginx = Nginx::start(
+        &two_tenants("shm_kv * 256k;"),
+        &format!(
+            "location /a/keep {{ {} return 200; }}
+             location /a/read {{ {} return 200; }}
+             location /b/flood {{ {} return 200; }}
+             location /a/metrics {{ {} return 200; }}",
+            script("a", &["request_headers shared-fill keep 8 1000"]),
+            script("a", &["request_headers shared-get keep0", "request_headers shared-get keep7"]),
+            script("b", &["request_headers shared-fill flood 2000 1000", "request_headers metric-fill m 6000"]),
+            script("a", &["request_headers metric-fill mine 3"]),
+        ),
+    );
+    assert_eq!(nginx.get("/a/keep").status, 200);
+    assert_eq!(nginx.get("/b/flood").status, 200);
+    assert_eq!(nginx.get("/a/read").status, 200);
+    assert_eq!(nginx.get("/a/metrics").status, 200);
+    let log = nginx.error_log();
+    assert!(log.contains("shared keep0=1000 bytes") && log.contains("shared keep7=1000 bytes"), "{log}");
+    // The flood evicted only b's own keys, and b's metrics stopped at its share of the zone.
+    assert!(log.contains("shared-fill 2000 of 2000"), "{log}");
+    assert!(log.contains("metric-fill 2044 of 6000, then status 10"), "{log}");
+    assert!(log.contains("metric-fill 3 of 3"), "{log}");
+    assert_eq!(log.matches("filter \"b\": cannot define metric \"m2044\": a filter may define 2044 metrics").count(), 1);
+    assert!(!log.contains("ngx_slab_alloc() failed"), "{log}");
+}
+
+#[test]
+fn a_value_as_large_as_the_zone_allows_is_written_within_the_deadline() {
+    let nginx = Nginx::start(
+        &two_tenants("shm_kv * 8m;"),
+        &format!(
+            "location / {{ proxy_wasm_timeout 100ms; {} return 200; }}",
+            script("a", &["request_headers shared-fill small 500 1000", "request_headers shared-fill big 1 3145728"])
+        ),
+    );
+    for _ in 0..3 {
+        assert_eq!(nginx.get("/").status, 200, "{}", nginx.error_log());
+    }
+    assert_eq!(nginx.error_log().matches("shared-fill 1 of 1").count(), 3, "{}", nginx.error_log());
+}
+
+#[test]
+fn a_module_cannot_register_queues_without_end_or_overflow_a_zone() {
+    let nginx = Nginx::start(
+        &two_tenants(""),
+        &format!(
+            "location /queues {{ {} return 200; }}
+             location /items {{ {} return 200; }}
+             location / {{ return 200 'fine\n'; }}",
+            script("a", &["request_headers queue-fill q 5000"]),
+            script("b", &["request_headers enqueue-fill items 20000 1000"]),
+        ),
+    );
+    assert_eq!(nginx.get("/queues").status, 200);
+    assert_eq!(nginx.get("/items").status, 200);
+    let log = nginx.error_log();
+    assert!(log.contains("queue-fill 1024 of 5000, then status 10"), "{log}");
+    assert!(log.contains("cannot register queue \"q1024\": a module may have 1024 queues in a zone"), "{log}");
+    assert!(log.contains("enqueue-fill 20000 of 20000"), "{log}");
+    // An idle worker with a thousand queues looks at one word per zone: it stays idle.
+    let worker = nginx.worker_pids()[0];
+    let cpu = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = cpu(worker);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(cpu(worker) - before < 20, "an idle worker used {} ticks in 2 s", cpu(worker) - before);
+    assert_eq!(nginx.get("/").text(), "fine\n");
+}
+
+#[test]
+fn requests_whose_clients_left_free_what_their_filters_held() {
+    let nginx = Nginx::start(
+        &two_tenants(""),
+        &format!(
+            "location / {{ {} return 200; }}",
+            script(
+                "a",
+                &["request_headers bulk-header request x-big 4194304", "request_headers pause", "log log ended"]
+            )
+        ),
+    );
+    for _ in 0..12 {
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+        std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(nginx.wait_log("log: ended", 12), 12, "{}", nginx.error_log());
+    let rss = worker_rss_kib(&nginx);
+    assert!(rss < 150 * 1024 || under_asan(), "worker RSS {rss} KiB after 12 abandoned 4 MiB requests");
+}
