@@ -91,7 +91,7 @@ fn started(module: &Arc<Module>) -> (Vm, PluginId, Node) {
 fn request(vm: &mut Vm, plugin: PluginId, node: &Node) {
     let exchange = Exchange::default();
     exchange.borrow_mut().request_headers = request_headers();
-    let stream = vm.new_stream(plugin, MemoryEmbedding::stream(node, &exchange), None).unwrap();
+    let stream = vm.new_stream(plugin, MemoryEmbedding::stream(node, &exchange), StreamLimits::default()).unwrap();
     vm.on_request_headers(stream, true).unwrap();
     {
         let mut e = exchange.borrow_mut();
@@ -137,7 +137,7 @@ fn callback_cost(module: &Arc<Module>) -> Duration {
     let (mut vm, plugin, node) = started(module);
     let exchange = Exchange::default();
     exchange.borrow_mut().request_headers = request_headers();
-    let stream = vm.new_stream(plugin, MemoryEmbedding::stream(&node, &exchange), None).unwrap();
+    let stream = vm.new_stream(plugin, MemoryEmbedding::stream(&node, &exchange), StreamLimits::default()).unwrap();
     per_run(20_000, || {
         vm.on_request_headers(stream, true).unwrap();
     })

@@ -158,6 +158,8 @@ pub trait HttpCalls {
     fn http_call(&mut self, _token: u32, _request: HttpCallRequest) -> HostResult<()> {
         Err(Status::Unimplemented)
     }
+    /// The stream that made call `token` is gone: its answer is not wanted (stop the call).
+    fn cancel_http_call(&mut self, _token: u32) {}
 }
 
 /// A gRPC call or stream (`proxy_grpc_call` / `proxy_grpc_stream`).

@@ -36,6 +36,8 @@ pub enum FailureKind {
     Trap(String),
     /// The callback ran past its budget and was interrupted.
     Deadline(Duration),
+    /// The stream's callbacks together ran past its request's budget.
+    RequestBudget(Duration),
     /// The guest tried to grow its memory past the limit (in bytes).
     MemoryLimit(usize),
     /// The guest called WASI `proc_exit`.
@@ -62,7 +64,7 @@ pub struct FilterError {
 
 impl FilterError {
     pub fn is_timeout(&self) -> bool {
-        matches!(self.kind, FailureKind::Deadline(_))
+        matches!(self.kind, FailureKind::Deadline(_) | FailureKind::RequestBudget(_))
     }
     pub fn is_memory_limit(&self) -> bool {
         matches!(self.kind, FailureKind::MemoryLimit(_))
@@ -77,6 +79,12 @@ impl fmt::Display for FilterError {
             FailureKind::Deadline(limit) => {
                 write!(f, "exceeded its deadline of {} ms in {}", limit.as_millis(), self.callback)
             }
+            FailureKind::RequestBudget(limit) => write!(
+                f,
+                "exceeded its request budget of {} ms (all its callbacks for one request) in {}",
+                limit.as_millis(),
+                self.callback
+            ),
             FailureKind::MemoryLimit(limit) => {
                 write!(f, "exceeded its memory limit of {} bytes in {}", limit, self.callback)
             }

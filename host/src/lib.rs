@@ -40,7 +40,9 @@ with_runtime! {
 }
 
 pub use embedding::*;
-pub use plugin::{PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT};
+pub use plugin::{
+    PluginConfig, VmConfig, DEFAULT_BACKGROUND_TIMEOUT, DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT,
+};
 pub use types::*;
 
 with_runtime! {
@@ -49,5 +51,5 @@ with_runtime! {
     pub use error::{FailureKind, FilterError, LoadError};
     pub use ticker::EpochTicker;
     pub use module::Module;
-    pub use vm::{PluginId, StreamId, Vm, VmStats};
+    pub use vm::{PluginId, StreamId, StreamLimits, Vm, VmStats};
 }

@@ -81,6 +81,18 @@ impl Deadline {
     pub fn budget(timeout: Option<Duration>) -> Deadline {
         timeout.map_or(Deadline::None, Deadline::Budget)
     }
+
+    /// About how long a callback that ran under `timeout` took, ticks `period` apart: a
+    /// callback that saw no tick is counted as nothing (it took less than a period), one that
+    /// did from a period before its first tick (so no clock is read for fast callbacks).
+    pub fn spent(&self, timeout: Option<Duration>, period: Duration) -> Duration {
+        match (self, timeout) {
+            (Deadline::At(at), Some(timeout)) => at
+                .checked_sub(timeout)
+                .map_or(Duration::ZERO, |start| (Instant::now() + period).saturating_duration_since(start)),
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 /// Runs on every epoch tick that reaches a running callback: starts its budget's clock at

@@ -19,6 +19,10 @@ pub struct VmConfig {
     /// The budget of each start-up step (`_initialize`, `on_vm_start`, `on_configure`), where
     /// filters parse configuration and build tables.
     pub start_timeout: Option<Duration>,
+    /// The budget of each callback a root context runs on its own (`on_tick`,
+    /// `on_queue_ready`, the answer to a call it made), where no request waits but every
+    /// request of the worker does.
+    pub background_timeout: Option<Duration>,
 }
 
 impl Default for VmConfig {
@@ -30,6 +34,7 @@ impl Default for VmConfig {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             timeout: Some(DEFAULT_TIMEOUT),
             start_timeout: Some(DEFAULT_START_TIMEOUT),
+            background_timeout: Some(DEFAULT_BACKGROUND_TIMEOUT),
         }
     }
 }
@@ -40,6 +45,8 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 128 << 20;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
 /// The default budget of one start-up step.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default budget of one callback a root context runs on its own.
+pub const DEFAULT_BACKGROUND_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// One filter configuration: a root context on the VM.
 #[derive(Clone, Debug, Default)]

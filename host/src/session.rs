@@ -50,11 +50,15 @@ pub(crate) struct Context {
     pub properties: HashMap<Vec<u8>, Vec<u8>, BuildHasherDefault<DefaultHasher>>,
     /// This context's callback budget, when it differs from its plugin's.
     pub timeout: Option<Duration>,
+    /// A stream's budget across all its callbacks (its request's), and what is left of it.
+    pub request_budget: Option<Duration>,
+    pub budget_left: Option<Duration>,
 }
 
 impl Context {
     pub fn new(root_id: u32, embedding: Box<dyn Embedding>) -> Context {
-        Context { root_id, embedding, properties: HashMap::default(), timeout: None }
+        let (timeout, request_budget, budget_left) = (None, None, None);
+        Context { root_id, embedding, properties: HashMap::default(), timeout, request_budget, budget_left }
     }
 }
 

@@ -27,16 +27,23 @@ const IDLE_AFTER: Duration = Duration::from_millis(100);
 const FINEST_PERIOD: Duration = Duration::from_millis(1);
 const COARSEST_PERIOD: Duration = Duration::from_millis(5);
 
-/// Whether callbacks ran since the ticker last looked, and the ticker's sleep.
+/// Whether callbacks ran since the ticker last looked, the ticker's sleep, and its period.
 #[derive(Default)]
 pub(crate) struct Activity {
     marked: AtomicBool,
     sleeping: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
+    /// The tick period in nanoseconds (read at each tick, so it can be tightened).
+    period: AtomicU64,
 }
 
 impl Activity {
+    /// The tick period: how far apart the ticks a callback sees are.
+    pub fn period(&self) -> Duration {
+        Duration::from_nanos(self.period.load(Relaxed))
+    }
+
     /// Called as a callback starts and at each tick it sees. Once marked, a load and no
     /// write, so threads running callbacks do not contend for the line.
     pub fn mark(&self) {
@@ -73,22 +80,20 @@ impl Activity {
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
     activity: Arc<Activity>,
-    /// The period in nanoseconds (read at each tick, so it can be tightened).
-    period: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
     pub fn start(engine: &crate::Engine, period: Duration) -> std::io::Result<EpochTicker> {
         let (stop, activity) = (Arc::new(AtomicBool::new(false)), engine.activity().clone());
-        let period = Arc::new(AtomicU64::new(period.as_nanos() as u64));
+        activity.period.store(period.as_nanos() as u64, SeqCst);
         let wasmtime = engine.wasmtime().clone();
         let thread = std::thread::Builder::new().name("inwasm-epoch".into()).spawn({
-            let (stop, activity, period) = (stop.clone(), activity.clone(), period.clone());
+            let (stop, activity) = (stop.clone(), activity.clone());
             move || {
                 let mut idle = Duration::ZERO;
                 while !stop.load(SeqCst) {
-                    let tick = Duration::from_nanos(period.load(SeqCst));
+                    let tick = Duration::from_nanos(activity.period.load(SeqCst));
                     std::thread::sleep(tick);
                     wasmtime.increment_epoch();
                     idle = if activity.marked.swap(false, SeqCst) { Duration::ZERO } else { idle + tick };
@@ -99,7 +104,7 @@ impl EpochTicker {
                 }
             }
         })?;
-        Ok(EpochTicker { stop, activity, period, thread: Some(thread) })
+        Ok(EpochTicker { stop, activity, thread: Some(thread) })
     }
 
     /// The period for callbacks whose shortest budget is `shortest`: a twentieth of it,
@@ -110,7 +115,7 @@ impl EpochTicker {
 
     /// Ticks at least as often as `period` from now on (for budgets configured later).
     pub fn tighten(&self, period: Duration) {
-        self.period.fetch_min(period.as_nanos() as u64, SeqCst);
+        self.activity.period.fetch_min(period.as_nanos() as u64, SeqCst);
     }
 
     /// Whether the ticker is asleep for want of callbacks.

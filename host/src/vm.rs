@@ -34,6 +34,14 @@ pub struct StreamId {
     plugin: usize,
 }
 
+/// What a stream may spend: its callback budget (`None`: its plugin's), and its budget
+/// across all its callbacks (its request's; `None`: no such budget).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamLimits {
+    pub timeout: Option<Duration>,
+    pub request_budget: Option<Duration>,
+}
+
 /// Failures this VM has seen, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmStats {
@@ -132,19 +140,20 @@ impl Vm {
         Ok(PluginId(index))
     }
 
-    /// Creates a stream context under `plugin` (rebuilding the instance if it failed).
-    /// `timeout` is the stream's own callback budget (e.g. its location's); `None` leaves it
-    /// its plugin's.
+    /// Creates a stream context under `plugin` (rebuilding the instance if it failed), with
+    /// the stream's own `limits` (e.g. its location's).
     pub fn new_stream(
         &mut self,
         plugin: PluginId,
         embedding: Box<dyn Embedding>,
-        timeout: Option<Duration>,
+        limits: StreamLimits,
     ) -> Result<StreamId, FilterError> {
         self.ensure_live()?;
         let root_id = self.plugins[plugin.0].root_id;
         let id = self.new_context_id();
-        self.state().contexts.insert(id, Context { timeout, ..Context::new(root_id, embedding) });
+        let StreamLimits { timeout, request_budget } = limits;
+        let context = Context { timeout, request_budget, budget_left: request_budget, ..Context::new(root_id, embedding) };
+        self.state().contexts.insert(id, context);
         let budget = self.budget(plugin.0, timeout);
         self.call_within(plugin.0, Callback::ContextCreate, id, &[id, root_id], budget)?;
         Ok(StreamId { generation: self.generation, context_id: id, plugin: plugin.0 })
@@ -200,10 +209,22 @@ impl Vm {
         if let Some(live) = &mut self.live {
             let state = live.store.data_mut();
             state.contexts.remove(&id);
-            // Calls the stream made are cancelled with it: their answers will not be delivered.
-            // (Retaining scans the map's whole capacity, so an empty map is left alone.)
+            // Calls the stream made are cancelled with it: their answers will not be delivered,
+            // and the proxy stops them. (Retaining scans the map's whole capacity, so an empty
+            // map is left alone.)
             if !state.pending_calls.is_empty() {
-                state.pending_calls.retain(|_, context| *context != id);
+                let mut cancelled = Vec::new();
+                state.pending_calls.retain(|token, context| {
+                    let theirs = *context == id;
+                    if theirs {
+                        cancelled.push(*token);
+                    }
+                    !theirs
+                });
+                let root = self.plugins[stream.plugin].root_id;
+                if let Some(root) = state.contexts.get_mut(&root) {
+                    cancelled.into_iter().for_each(|token| root.embedding.cancel_http_call(token));
+                }
             }
         }
         result
@@ -224,9 +245,7 @@ impl Vm {
         token: u32,
         response: Result<HttpCallResponse, String>,
     ) -> Result<(), FilterError> {
-        if !self.take_pending_call(token) {
-            return Ok(());
-        }
+        let Some(caller) = self.take_pending_call(token) else { return Ok(()) };
         let (response, status) = match response {
             Ok(response) => (response, (Status::Ok, Vec::new())),
             Err(reason) => (HttpCallResponse::default(), (Status::BrokenConnection, reason.into_bytes())),
@@ -239,7 +258,7 @@ impl Vm {
             http_response_trailers: response.trailers,
             ..CallData::default()
         };
-        self.root_call(plugin, Callback::HttpCallResponse, &args, call).map(drop)
+        self.root_call_for(plugin, Callback::HttpCallResponse, &args, call, caller).map(drop)
     }
 
     /// Delivers gRPC initial (`trailing == false`) or trailing metadata.
@@ -271,14 +290,12 @@ impl Vm {
 
     /// Ends a gRPC call or stream with its gRPC status code and message.
     pub fn on_grpc_close(&mut self, plugin: PluginId, token: u32, code: u32, message: &str) -> Result<(), FilterError> {
-        if !self.take_pending_call(token) {
-            return Ok(());
-        }
+        let Some(caller) = self.take_pending_call(token) else { return Ok(()) };
         self.set_status((Status::Ok, message.as_bytes().to_vec()));
         if let Some(live) = &mut self.live {
             live.store.data_mut().status.code = code;
         }
-        self.root_call(plugin, Callback::GrpcClose, &[token, code], CallData::default()).map(drop)
+        self.root_call_for(plugin, Callback::GrpcClose, &[token, code], CallData::default(), caller).map(drop)
     }
 
     /// Tells the plugin that a queue it registered has items.
@@ -356,7 +373,8 @@ impl Vm {
         self.live.is_some() && stream.generation == self.generation
     }
 
-    /// Calls a root-context callback (with the root id first), with `call` data in place.
+    /// Calls a root-context callback (with the root id first), with `call` data in place,
+    /// under the background budget.
     fn root_call(
         &mut self,
         plugin: PluginId,
@@ -366,8 +384,29 @@ impl Vm {
     ) -> Result<Option<i32>, FilterError> {
         self.ensure_live()?;
         let root_id = self.plugins[plugin.0].root_id;
+        self.root_call_for(plugin, callback, args, call, root_id)
+    }
+
+    /// `root_call` for what context `caller` asked (the answer to a call it made): a stream's
+    /// answer runs under the stream's budgets, a root's under the background budget.
+    fn root_call_for(
+        &mut self,
+        plugin: PluginId,
+        callback: Callback,
+        args: &[u32],
+        call: CallData,
+        caller: u32,
+    ) -> Result<Option<i32>, FilterError> {
+        self.ensure_live()?;
+        let root_id = self.plugins[plugin.0].root_id;
+        let own = self.state().contexts.get(&caller).filter(|_| caller != root_id).map(|context| context.timeout);
+        let timeout = match own {
+            Some(own) => self.budget(plugin.0, own),
+            None if self.starting => self.config.start_timeout,
+            None => self.config.background_timeout,
+        };
         self.state().call = call;
-        let result = self.call(plugin.0, callback, root_id, &with_context(root_id, args));
+        let result = self.call_charged(plugin.0, callback, root_id, &with_context(root_id, args), timeout, caller);
         if let Some(live) = &mut self.live {
             live.store.data_mut().call = CallData::default();
         }
@@ -386,8 +425,9 @@ impl Vm {
         self.live.as_ref().is_some_and(|live| live.store.data().pending_calls.contains_key(&token))
     }
 
-    fn take_pending_call(&mut self, token: u32) -> bool {
-        self.live.as_mut().is_some_and(|live| live.store.data_mut().pending_calls.remove(&token).is_some())
+    /// Forgets a pending call; returns the context that made it.
+    fn take_pending_call(&mut self, token: u32) -> Option<u32> {
+        self.live.as_mut().and_then(|live| live.store.data_mut().pending_calls.remove(&token))
     }
 
     fn state(&mut self) -> &mut HostState {
@@ -433,8 +473,8 @@ impl Vm {
         self.call_within(plugin, callback, context_id, args, self.budget(plugin, None))
     }
 
-    /// Calls into the guest with `timeout` as the deadline. On failure the instance is
-    /// discarded.
+    /// Calls into `context_id` with `timeout` as the deadline, charging its time to that
+    /// context's request budget (a stream's). On failure the instance is discarded.
     fn call_within(
         &mut self,
         plugin: usize,
@@ -443,6 +483,32 @@ impl Vm {
         args: &[u32],
         timeout: Option<Duration>,
     ) -> Result<Option<i32>, FilterError> {
+        self.call_charged(plugin, callback, context_id, args, timeout, context_id)
+    }
+
+    /// `call_within`, charging `charged`'s request budget: the callback's deadline is what is
+    /// left of it when that is less than `timeout`.
+    fn call_charged(
+        &mut self,
+        plugin: usize,
+        callback: Callback,
+        context_id: u32,
+        args: &[u32],
+        timeout: Option<Duration>,
+        charged: u32,
+    ) -> Result<Option<i32>, FilterError> {
+        let live = self.live.as_mut().expect("a live instance");
+        let state = live.store.data_mut();
+        let request = state.contexts.get(&charged).and_then(|c| Some((c.request_budget?, c.budget_left?)));
+        let (timeout, capped) = match (timeout, request) {
+            (Some(timeout), Some((_, left))) if left < timeout => (Some(left), true),
+            (None, Some((_, left))) => (Some(left), true),
+            _ => (timeout, false),
+        };
+        if capped && timeout == Some(Duration::ZERO) {
+            let budget = request.unwrap_or_default().0;
+            return Err(self.fail(plugin, callback.export_name(), FailureKind::RequestBudget(budget)));
+        }
         let live = self.live.as_mut().expect("a live instance");
         let state = live.store.data_mut();
         state.current_context = context_id;
@@ -457,11 +523,20 @@ impl Vm {
         let result = live.callbacks.call(&mut live.store, &self.module.callbacks, callback, args);
         let state = live.store.data_mut();
         flush_output(state);
+        if let (Some((_, left)), Some(activity)) = (request, &self.activity) {
+            let spent = state.deadline.spent(timeout, activity.period());
+            if let Some(context) = state.contexts.get_mut(&charged) {
+                context.budget_left = Some(left.saturating_sub(spent));
+            }
+        }
         state.deadline = Deadline::None;
         let refused = state.limiter.refused;
         result.map_err(|error| {
             let memory = refused.then_some(self.config.memory_limit);
-            let kind = classify(&error, timeout.unwrap_or_default(), memory);
+            let kind = match classify(&error, timeout.unwrap_or_default(), memory) {
+                FailureKind::Deadline(_) if capped => FailureKind::RequestBudget(request.unwrap_or_default().0),
+                kind => kind,
+            };
             self.fail(plugin, callback.export_name(), kind)
         })
     }
@@ -469,7 +544,7 @@ impl Vm {
     /// Records a failure and discards the instance, keeping the root embeddings for the rebuild.
     fn fail(&mut self, plugin: usize, callback: &'static str, kind: FailureKind) -> FilterError {
         match kind {
-            FailureKind::Deadline(_) => self.stats.timeouts += 1,
+            FailureKind::Deadline(_) | FailureKind::RequestBudget(_) => self.stats.timeouts += 1,
             FailureKind::MemoryLimit(_) => self.stats.memory_failures += 1,
             _ => self.stats.traps += 1,
         }

@@ -48,7 +48,8 @@ fn plugin_timeout_overrides_vm_timeout() {
     let short = PluginConfig { timeout: Some(Duration::from_millis(20)), ..plugin_config("short", "spin") };
     let plugin = h.vm.add_plugin(short, testing::MemoryEmbedding::root(&h.node)).unwrap();
     let exchange = testing::Exchange::default();
-    let stream = h.vm.new_stream(plugin, testing::MemoryEmbedding::stream(&h.node, &exchange), None).unwrap();
+    let stream =
+        h.vm.new_stream(plugin, testing::MemoryEmbedding::stream(&h.node, &exchange), StreamLimits::default()).unwrap();
     let error = h.vm.on_request_headers(stream, true).unwrap_err();
     assert_eq!((error.filter.as_str(), error.kind), ("short", FailureKind::Deadline(Duration::from_millis(20))));
 }
@@ -127,7 +128,13 @@ fn stream_timeout_overrides_plugin_timeout() {
     let exchange = testing::Exchange::default();
     exchange.borrow_mut().request_headers = testing::pairs(&headers);
     let embedding = testing::MemoryEmbedding::stream(&h.node, &exchange);
-    let stream = h.vm.new_stream(h.plugin, embedding, Some(Duration::from_millis(15))).unwrap();
+    let stream =
+        h.vm.new_stream(
+            h.plugin,
+            embedding,
+            StreamLimits { timeout: Some(Duration::from_millis(15)), ..StreamLimits::default() },
+        )
+        .unwrap();
     let started = Instant::now();
     let error = h.vm.on_request_headers(stream, true).unwrap_err();
     assert_eq!(error.kind, FailureKind::Deadline(Duration::from_millis(15)));

@@ -216,7 +216,9 @@ fn shared_counter_uses_cas_across_vms() {
         for h in &mut vms {
             let exchange = testing::Exchange::default();
             exchange.borrow_mut().request_headers = pairs(&get_request_headers());
-            let stream = h.vm.new_stream(h.plugin, testing::MemoryEmbedding::stream(&node, &exchange), None).unwrap();
+            let stream =
+                h.vm.new_stream(h.plugin, testing::MemoryEmbedding::stream(&node, &exchange), StreamLimits::default())
+                    .unwrap();
             h.vm.on_request_headers(stream, true).unwrap();
             h.vm.on_response_headers(stream, true).unwrap();
             last = response_header(&exchange, "x-hits").unwrap().parse::<u32>().unwrap();

@@ -88,6 +88,14 @@ pub fn log_error(level: ngx_uint_t, log: *mut ngx_log_t, message: &str) {
     unsafe { ngx_log_error_core(level, log, 0, c"%*s".as_ptr(), line.len(), line.as_ptr()) };
 }
 
+/// A time in nginx's syntax (`50ms`, `2s`, `1m`), more than zero.
+pub fn parse_time(value: &[u8]) -> Option<std::time::Duration> {
+    let mut s = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
+    // SAFETY: nginx's parser reads the `len` bytes of a live string.
+    let ms = unsafe { ngx::ffi::ngx_parse_time(&mut s, 0) };
+    (ms != NGX_ERROR as ngx_int_t && ms > 0).then(|| std::time::Duration::from_millis(ms as u64))
+}
+
 /// The arguments of the directive being parsed (the directive's name first).
 ///
 /// # Safety

@@ -15,7 +15,7 @@ use std::ptr;
 
 use std::time::Duration;
 
-use inwasm_host::{PluginConfig, DEFAULT_TIMEOUT};
+use inwasm_host::{PluginConfig, StreamLimits, DEFAULT_TIMEOUT};
 
 /// The longest budget a callback may be given (`proxy_wasm_timeout`).
 const LONGEST_CALLBACK: Duration = Duration::from_secs(60);
@@ -25,14 +25,14 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
     ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_REWRITE_PHASE, ngx_http_top_body_filter,
-    ngx_http_top_header_filter, ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_parse_time, ngx_str_t,
-    ngx_uint_t, NGX_CONF_TAKE1, NGX_CONF_TAKE123, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_http_top_header_filter, ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
+    NGX_CONF_TAKE1, NGX_CONF_TAKE123, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
+    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::ngx_string;
 
-use crate::ffi::{args, bytes, directive, guard_status, log_error};
+use crate::ffi::{args, bytes, directive, guard_status, log_error, parse_time};
 use crate::http_call::LONGEST_CALL;
 use crate::wasm_block::{FilterDecl, WasmConf};
 use crate::{metrics, request, response, validation};
@@ -55,6 +55,7 @@ pub struct LocConf {
     pub chain: Option<Vec<usize>>,
     pub isolation: Option<Isolation>,
     pub timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
     pub pause_timeout: Option<Duration>,
     pub fail_open: Option<bool>,
 }
@@ -62,6 +63,13 @@ pub struct LocConf {
 impl LocConf {
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// What each filter of a request may spend: `proxy_wasm_timeout` a callback, and
+    /// `proxy_wasm_request_timeout` (by default five callbacks' worth) all its callbacks.
+    pub fn stream_limits(&self) -> StreamLimits {
+        let request_budget = self.request_timeout.unwrap_or(self.timeout() * 5);
+        StreamLimits { timeout: Some(self.timeout()), request_budget: Some(request_budget) }
     }
 
     /// How long a filter may keep a request waiting: by default, the longest an http call
@@ -82,6 +90,7 @@ impl Merge for LocConf {
         }
         self.isolation = self.isolation.or(prev.isolation);
         self.timeout = self.timeout.or(prev.timeout);
+        self.request_timeout = self.request_timeout.or(prev.request_timeout);
         self.pause_timeout = self.pause_timeout.or(prev.pause_timeout);
         self.fail_open = self.fail_open.or(prev.fail_open);
         Ok(())
@@ -167,10 +176,11 @@ const fn command(name: ngx_str_t, args: u32, set: DirectiveHandler) -> ngx_comma
 
 type DirectiveHandler = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-static mut COMMANDS: [ngx_command_t; 7] = [
+static mut COMMANDS: [ngx_command_t; 8] = [
     command(ngx_string!("proxy_wasm"), NGX_CONF_TAKE123, proxy_wasm),
     command(ngx_string!("proxy_wasm_isolation"), NGX_CONF_TAKE1, proxy_wasm_isolation),
     command(ngx_string!("proxy_wasm_timeout"), NGX_CONF_TAKE1, proxy_wasm_timeout),
+    command(ngx_string!("proxy_wasm_request_timeout"), NGX_CONF_TAKE1, proxy_wasm_request_timeout),
     command(ngx_string!("proxy_wasm_pause_timeout"), NGX_CONF_TAKE1, proxy_wasm_pause_timeout),
     command(ngx_string!("proxy_wasm_fail_open"), NGX_CONF_TAKE1, proxy_wasm_fail_open),
     ngx_command_t {
@@ -326,15 +336,9 @@ unsafe extern "C" fn proxy_wasm_isolation(
 unsafe fn time_arg(cf: *mut ngx_conf_t, longest: Duration) -> Result<Duration, String> {
     // SAFETY: per the caller.
     let args = unsafe { args(cf) };
-    let (directive, value) = (String::from_utf8_lossy(args[0]), args[1]);
-    let mut text = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
-    // SAFETY: nginx's parser reads the `len` bytes of a live string.
-    let ms = unsafe { ngx_parse_time(&mut text, 0) };
-    let value = String::from_utf8_lossy(value);
-    if ms == NGX_ERROR as ngx_int_t || ms <= 0 {
-        return Err(format!("invalid {directive} \"{value}\": use a time such as 50ms or 1s"));
-    }
-    let time = Duration::from_millis(ms as u64);
+    let (directive, value) = (String::from_utf8_lossy(args[0]), String::from_utf8_lossy(args[1]));
+    let time =
+        parse_time(args[1]).ok_or_else(|| format!("invalid {directive} \"{value}\": use a time such as 50ms or 1s"))?;
     if time > longest {
         return Err(format!("invalid {directive} \"{value}\": at most {}s", longest.as_secs()));
     }
@@ -355,6 +359,20 @@ unsafe extern "C" fn proxy_wasm_timeout(
             if let Some(wasm) = WasmConf::of_cycle((*cf).cycle) {
                 wasm.note_timeout(timeout);
             }
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn proxy_wasm_request_timeout(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as `proxy_wasm_timeout`.
+    unsafe {
+        directive(cf, || {
+            loc_conf(conf).request_timeout = Some(time_arg(cf, LONGEST_PAUSE)?);
             Ok(())
         })
     }

@@ -298,7 +298,7 @@ unsafe fn join(r: *mut ngx_http_request_t, ctx: &mut RequestCtx, loc: &LocConf) 
         let opened = instance_for(conf, index, isolation, &mut ctx.instances).and_then(|(vm, plugin)| {
             let embedding = Box::new(StreamEmbedding::new(r, index, ctx.exchange));
             let stream =
-                vm.borrow_mut().new_stream(plugin, embedding, Some(loc.timeout())).map_err(|e| e.to_string())?;
+                vm.borrow_mut().new_stream(plugin, embedding, loc.stream_limits()).map_err(|e| e.to_string())?;
             Ok(ActiveFilter { index, vm, stream, skipped: false })
         });
         match opened {

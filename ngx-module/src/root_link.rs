@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::ptr;
 use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inwasm_host::{FilterError, PluginId, Vm};
 use ngx::ffi::{ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_log_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ERR};
@@ -139,17 +139,24 @@ impl RootLink {
     }
 }
 
+/// A root's ticks may take a tenth of the worker's time: after a tick that ran for `d`, the
+/// next comes no sooner than `BUSY_SHARE_INVERSE - 1` times `d` later (and its period).
+const BUSY_SHARE_INVERSE: u32 = 10;
+
 unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
     // SAFETY: a tick's event carries its `Tick`, alive while its timer is set (the drop of
     // a `Tick` deletes its timer); the reference ends before the tick runs.
     let Some(link) = (unsafe { (*((*event).data as *const Tick)).link.upgrade() }) else { return };
     guard(link.log, (), || {
+        let started = Instant::now();
         // `on_tick` may stop or change the timer (dropping this Tick): touch it no more.
         link.deliver(|vm, plugin| vm.on_tick(plugin));
+        let rest = started.elapsed() * (BUSY_SHARE_INVERSE - 1);
         if let Some(timer) = link.tick.borrow_mut().as_mut() {
             if timer.event.timer_set() == 0 {
+                let wait = timer.period.max(rest.as_millis().min(ngx_msec_t::MAX as u128) as ngx_msec_t);
                 // SAFETY: as in `set_tick_period`.
-                unsafe { ngx_add_timer(&mut timer.event, timer.period) };
+                unsafe { ngx_add_timer(&mut timer.event, wait) };
             }
         }
     });

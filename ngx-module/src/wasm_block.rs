@@ -11,6 +11,7 @@
 //!                                             # shared data zone (default: `*`, 1m, lru, module)
 //!     shm_queue NAME|* SIZE;                  # shared queue zone (default: `*`, 1m)
 //!     cache_dir PATH|off;                     # compiled-code cache (before the modules)
+//!     background_timeout TIME;                # budget of a root's own callbacks (20ms)
 //! }
 //! ```
 
@@ -21,7 +22,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use inwasm_host::{
-    CodeCache, Engine, EngineConfig, EpochTicker, Module, PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT,
+    CodeCache, Engine, EngineConfig, EpochTicker, Module, PluginConfig, VmConfig, DEFAULT_BACKGROUND_TIMEOUT,
+    DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT,
 };
 use ngx::core::Pool;
 use ngx::ffi::{
@@ -30,7 +32,7 @@ use ngx::ffi::{
 };
 use ngx::ngx_string;
 
-use crate::ffi::{args, bytes, directive};
+use crate::ffi::{args, bytes, directive, parse_time};
 use crate::metrics::{self, MetricZone};
 use crate::modules;
 use crate::shared_data::{self, KvOptions, KvZone};
@@ -69,6 +71,7 @@ pub struct WasmConf {
     pub queue_zones: Vec<Box<QueueZone>>,
     pub metric_zone: Option<Box<MetricZone>>,
     memory_limit: Option<usize>,
+    background_timeout: Option<Duration>,
     /// Where compiled code is kept between runs (`cache_dir`); chosen at the first module.
     cache: Option<Option<CodeCache>>,
     /// The shortest `proxy_wasm_timeout` configured, which sets the deadlines' precision.
@@ -165,6 +168,8 @@ unsafe extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, c
             // The block's memory_limit applies to every module it declares, wherever it stands.
             let default = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
             conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = m.memory_limit.unwrap_or(default));
+            let background = conf.background_timeout.unwrap_or(DEFAULT_BACKGROUND_TIMEOUT);
+            conf.modules.iter_mut().for_each(|m| m.vm_config.background_timeout = Some(background));
             if let Some(m) = conf.modules.iter().find(|m| m.vm_config.memory_limit > DEFAULT_MEMORY_LIMIT) {
                 return Err(format!(
                     "memory limit of module \"{}\" ({} bytes) is above what an instance can have ({} bytes)",
@@ -204,6 +209,13 @@ unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result
     unsafe {
         match (args[0], args.len()) {
             (b"module", 3 | 4) => declare_module(cf, conf, &text(args[1]), &text(args[2]), args.get(3).copied()),
+            (b"background_timeout", 2) => {
+                let timeout = parse_time(args[1]).filter(|t| *t <= Duration::from_secs(60)).ok_or_else(|| {
+                    format!("invalid background_timeout \"{}\": a time of at most 60s", text(args[1]))
+                })?;
+                conf.background_timeout = Some(timeout);
+                Ok(())
+            }
             (b"memory_limit", 2) => {
                 let limit = parse_size(args[1]).ok_or_else(|| format!("invalid memory_limit \"{}\"", text(args[1])))?;
                 conf.memory_limit = Some(limit);
@@ -240,6 +252,7 @@ unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result
             (
                 b"module"
                 | b"memory_limit"
+                | b"background_timeout"
                 | b"module_memory_limit"
                 | b"module_env"
                 | b"shm_kv"

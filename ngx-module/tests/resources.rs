@@ -89,7 +89,10 @@ fn one_tenant_cannot_evict_or_starve_another() {
     assert!(log.contains("shared-fill 2000 of 2000"), "{log}");
     assert!(log.contains("metric-fill 2044 of 6000, then status 10"), "{log}");
     assert!(log.contains("metric-fill 3 of 3"), "{log}");
-    assert_eq!(log.matches("filter \"b\": cannot define metric \"m2044\": a filter may define 2044 metrics").count(), 1);
+    assert_eq!(
+        log.matches("filter \"b\": cannot define metric \"m2044\": a filter may define 2044 metrics").count(),
+        1
+    );
     assert!(!log.contains("ngx_slab_alloc() failed"), "{log}");
 }
 
@@ -159,4 +162,45 @@ fn requests_whose_clients_left_free_what_their_filters_held() {
     assert_eq!(nginx.wait_log("log: ended", 12), 12, "{}", nginx.error_log());
     let rss = worker_rss_kib(&nginx);
     assert!(rss < 150 * 1024 || under_asan(), "worker RSS {rss} KiB after 12 abandoned 4 MiB requests");
+}
+
+#[test]
+fn a_request_budget_bounds_a_filter_across_its_callbacks() {
+    let nginx = Nginx::start(
+        &two_tenants(""),
+        &format!(
+            "proxy_wasm_request_timeout 150ms;
+             location /spread {{ {} return 200 'never\n'; }}
+             location /fits {{ {} return 200 'fits\n'; }}",
+            script("a", &["request_headers spin-ms 80", "response_headers spin-ms 80"]),
+            script("b", &["request_headers spin-ms 40", "response_headers spin-ms 40"]),
+        ),
+    );
+    assert_eq!(nginx.get("/spread").status, 500);
+    assert_eq!(nginx.get("/fits").text(), "fits\n");
+    let log = nginx.error_log();
+    assert!(
+        log.contains("filter \"a\" exceeded its request budget of 150 ms (all its callbacks for one request) in proxy_on_response_headers"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_root_in_the_background_gets_a_short_budget_and_a_tenth_of_the_worker() {
+    let nginx = Nginx::start(
+        &two_tenants(""),
+        &format!(
+            "location /busy {{ {} return 200; }}
+             location /slow {{ {} return 200; }}
+             location / {{ return 200 'fine\n'; }}",
+            script("a", &["configure tick 1", "tick log tick", "tick spin-ms 15"]),
+            script("b", &["configure tick 100", "tick spin-ms 50"]),
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let log = nginx.error_log();
+    let ticks = log.matches("tick: tick").count();
+    assert!((2..=30).contains(&ticks), "{ticks} ticks of 15 ms in 2 s");
+    assert!(log.contains("filter \"b\" exceeded its deadline of 20 ms in proxy_on_tick"), "{log}");
+    assert_eq!(nginx.get("/").text(), "fine\n");
 }

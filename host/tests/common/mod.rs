@@ -70,8 +70,10 @@ impl Harness {
     pub fn stream(&mut self, headers: &[(&str, &str)]) -> (StreamId, Exchange) {
         let exchange = Exchange::default();
         exchange.borrow_mut().request_headers = pairs(headers);
-        let stream =
-            self.vm.new_stream(self.plugin, MemoryEmbedding::stream(&self.node, &exchange), None).expect("stream");
+        let stream = self
+            .vm
+            .new_stream(self.plugin, MemoryEmbedding::stream(&self.node, &exchange), StreamLimits::default())
+            .expect("stream");
         (stream, exchange)
     }
 
