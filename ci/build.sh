@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Builds the host, the nginx module (against the nginx chosen by $INWASM_NGINX) and the Envoy
 # module, and leaves build/ngx_http_inwasm_module.so (NGINX=1.28:
-# build/ngx_http_inwasm_module-1.28.so) and build/libinwasm.so, with the `dist` profile
-# (whole-program optimisation; see Cargo.toml).
+# build/ngx_http_inwasm_module-1.28.so) and build/libinwasm.so. With the `dist` profile
+# (whole-program optimisation, what is shipped and benchmarked; see Cargo.toml) unless
+# INWASM_PROFILE says another (`make test` and `make demo` use `release`, minutes faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=ci/nginx-env.sh
 . ci/nginx-env.sh
-cargo build --profile dist --quiet --locked -p ngx-http-inwasm -p inwasm-envoy
+profile=${INWASM_PROFILE:-dist}
+cargo build --profile "$profile" --quiet --locked -p ngx-http-inwasm -p inwasm-envoy
 mkdir -p build
 suffix=""
 [ "$flavor" = debian ] || suffix="-$flavor"
-install -m 0644 target/dist/libngx_http_inwasm_module.so "build/ngx_http_inwasm_module$suffix.so"
-install -m 0644 target/dist/libinwasm.so build/libinwasm.so
+install -m 0644 "target/$profile/libngx_http_inwasm_module.so" "build/ngx_http_inwasm_module$suffix.so"
+install -m 0644 "target/$profile/libinwasm.so" build/libinwasm.so

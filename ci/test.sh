@@ -2,8 +2,8 @@
 # Runs every test: the host's unit and integration tests (real SDK-built filters), the nginx
 # integration tests (a real nginx with load_module), the Envoy tests (a real Envoy 1.40 with
 # the module) and the conformance suite (Envoy's V8 vs Envoy and nginx with inwasm), in one
-# cargo invocation. The proxies load the modules `make build` made (build/, the shipped
-# `dist` profile); the test binaries themselves build with `release`.
+# cargo invocation. The proxies load the modules in build/ (`make test` builds them with the
+# `release` profile, as the test binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=ci/nginx-env.sh

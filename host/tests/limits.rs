@@ -57,7 +57,9 @@ fn plugin_timeout_overrides_vm_timeout() {
 #[test]
 fn memory_hog_hits_the_limit() {
     let limit = 24 << 20;
-    let (mut h, result) = misbehaving("hog", VmConfig { memory_limit: limit, ..VmConfig::default() });
+    // No deadline: a test of the memory limit must not race one, however busy the machine.
+    let config = VmConfig { memory_limit: limit, timeout: None, ..VmConfig::default() };
+    let (mut h, result) = misbehaving("hog", config);
     let error = result.unwrap_err();
     assert_eq!(error.kind, FailureKind::MemoryLimit(limit));
     assert!(error.is_memory_limit());

@@ -122,7 +122,8 @@ impl Envoy {
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: a busy machine compiles modules slowly.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if let Some(_status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return Err(self.log());
@@ -133,7 +134,7 @@ impl Envoy {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(format!("not ready in 20 s:\n{}", self.log()))
+        Err(format!("not ready in 90 s:\n{}", self.log()))
     }
 
     pub fn log(&self) -> String {
@@ -142,7 +143,7 @@ impl Envoy {
 
     /// Waits until the log holds `needle` at least `count` times; returns the final count.
     pub fn wait_log(&self, needle: &str, count: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let seen = self.log().matches(needle).count();
             if seen >= count || Instant::now() >= deadline {

@@ -78,8 +78,10 @@ impl Nginx {
         nginx
     }
 
+    /// Waits until nginx answers on its port: generously (a busy machine compiles slowly),
+    /// failing with its logs.
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
@@ -99,7 +101,7 @@ impl Nginx {
     /// Waits until the error log holds `needle` at least `count` times (log-phase lines may
     /// land just after the client has its response); returns the final count.
     pub fn wait_log(&self, needle: &str, count: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let seen = self.error_log().matches(needle).count();
             if seen >= count || Instant::now() >= deadline {
@@ -132,7 +134,7 @@ impl Nginx {
         std::fs::write(self.dir.join("nginx.conf"), config(&self.dir, workers, main, &http)).unwrap();
         let before = self.error_log().matches("start worker process").count();
         Command::new("kill").arg("-HUP").arg(self.master_pid().to_string()).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while self.error_log().matches("start worker process").count() < before + workers as usize {
             assert!(Instant::now() < deadline, "no reload: {}", self.error_log());
             std::thread::sleep(Duration::from_millis(20));
