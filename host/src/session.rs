@@ -99,6 +99,8 @@ pub(crate) struct HostState {
     pub effective_context: u32,
     /// The running callback answered with a local response (the stream must stop).
     pub local_response_sent: bool,
+    /// A call was refused for too many in flight, and said so, in the running callback.
+    pub call_refusal_logged: bool,
     /// When the running callback must stop; checked on each epoch tick.
     pub deadline: Deadline,
     pub limiter: MemoryLimiter,
@@ -141,6 +143,7 @@ impl HostState {
             limiter,
             deadline: Deadline::None,
             wasi,
+            call_refusal_logged: false,
             unimplemented_reported: HashSet::new(),
             local_response_sent: false,
             startup_log: Vec::new(),

@@ -516,6 +516,7 @@ impl Vm {
         state.deadline = Deadline::budget(timeout);
         state.limiter.refused = false;
         state.local_response_sent = false;
+        state.call_refusal_logged = false;
         if let Some(activity) = &self.activity {
             live.store.set_epoch_deadline(1);
             activity.mark();

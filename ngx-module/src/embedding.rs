@@ -230,7 +230,18 @@ impl HttpCalls for RootEmbedding {
         if self.link.in_dry_run(true) {
             return Ok(());
         }
+        if http_call::in_flight() >= http_call::worker_limit() {
+            self.tenant().limit_hit("calls", || {
+                let limit = http_call::worker_limit();
+                format!("http call refused: this worker has {limit} calls in flight (half its worker_connections)")
+            });
+            return Err(Status::InternalFailure);
+        }
         http_call::start(&self.link, token, request)
+    }
+
+    fn cancel_http_call(&mut self, token: u32) {
+        http_call::cancel(&self.link, token);
     }
 }
 

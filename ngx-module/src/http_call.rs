@@ -1,8 +1,14 @@
 //! `proxy_http_call` through nginx's event loop: a non-blocking HTTP/1.1 exchange with an
 //! `upstream {}` block's server (round robin) or a `host:port`. Once started, the outcome
 //! always reaches the filter later, from the event loop: a response, or a failure
-//! ("connection failed", "timeout", ...) that arrives with no headers.
+//! ("connection failed", "timeout", ...) that arrives with no headers; unless the stream
+//! that made it ends first, which cancels it (connection closed, memory freed at once).
+//!
+//! A worker has at most half its `worker_connections` in calls at once (the rest are its
+//! clients'), and a call's response at most [`MAX_RESPONSE`] bytes.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::ptr;
 use std::rc::Rc;
@@ -26,7 +32,40 @@ use crate::root_link::RootLink;
 /// A call without a timeout (0) still ends after this long.
 pub const LONGEST_CALL: Duration = Duration::from_secs(60);
 /// The largest response a call accepts.
-const MAX_RESPONSE: usize = 16 << 20;
+pub const MAX_RESPONSE: usize = 4 << 20;
+
+thread_local! {
+    /// The calls in flight in this worker, by their root's link and token.
+    static CALLS: RefCell<HashMap<(*const RootLink, u32), *mut Call>> = RefCell::new(HashMap::new());
+}
+
+/// How many calls this worker may have in flight: half its connections.
+pub fn worker_limit() -> usize {
+    // SAFETY: the worker's current cycle.
+    unsafe { (*ngx::ffi::ngx_cycle).connection_n / 2 }
+}
+
+/// How many calls this worker has in flight.
+pub fn in_flight() -> usize {
+    CALLS.with(|calls| calls.borrow().len())
+}
+
+/// Stops call `token` of the root behind `link`, if still in flight: its answer is not wanted.
+pub fn cancel(link: &Rc<RootLink>, token: u32) {
+    let Some(call) = CALLS.with(|calls| calls.borrow_mut().remove(&(Rc::as_ptr(link), token))) else { return };
+    // SAFETY: a live boxed call, just taken out of the registry (so nothing else frees it):
+    // its connection (and with it the connection's timers) is closed, its delivery unposted.
+    unsafe {
+        let mut call = Box::from_raw(call);
+        if !call.peer.connection.is_null() {
+            ngx_close_connection(call.peer.connection);
+        }
+        if call.done.posted() != 0 {
+            ngx::ffi::ngx_delete_posted_event(&mut call.done);
+        }
+        ngx_destroy_pool(call.pool);
+    }
+}
 
 struct Call {
     link: Rc<RootLink>,
@@ -80,6 +119,7 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> HostR
         (*call).done.handler = Some(deliver);
         (*call).done.data = call as *mut c_void;
         (*call).done.log = log;
+        CALLS.with(|calls| calls.borrow_mut().insert((Rc::as_ptr(link), token), call));
         connect(call, address, &request.upstream, log);
     }
     Ok(())
@@ -272,6 +312,7 @@ unsafe extern "C" fn deliver(event: *mut ngx_event_t) {
     // SAFETY: the posted event carries the boxed call, taken back here once.
     unsafe {
         let call = Box::from_raw((*event).data as *mut Call);
+        CALLS.with(|calls| calls.borrow_mut().remove(&(Rc::as_ptr(&call.link), call.token)));
         guard(call.link.log(), (), || {
             let outcome = call.outcome.clone().unwrap_or_else(|| Err("lost".into()));
             call.link.deliver(|vm, plugin| vm.on_http_call_response(plugin, call.token, outcome));

@@ -30,7 +30,7 @@ thread_local! {
 
 impl Tenant<'_> {
     /// Logs that `limit` stopped a call, unless it was logged for this filter in the last second.
-    fn limit_hit(&self, limit: &'static str, message: impl FnOnce() -> String) {
+    pub fn limit_hit(&self, limit: &'static str, message: impl FnOnce() -> String) {
         let due = LOGGED.with(|logged| {
             let mut logged = logged.borrow_mut();
             let now = Instant::now();

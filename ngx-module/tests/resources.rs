@@ -120,7 +120,7 @@ fn a_module_cannot_register_queues_without_end_or_overflow_a_zone() {
              location /items {{ {} return 200; }}
              location / {{ return 200 'fine\n'; }}",
             script("a", &["request_headers queue-fill q 5000"]),
-            script("b", &["request_headers enqueue-fill items 20000 1000"]),
+            script("b", &["request_headers enqueue-fill items 3000 1000"]),
         ),
     );
     assert_eq!(nginx.get("/queues").status, 200);
@@ -128,7 +128,7 @@ fn a_module_cannot_register_queues_without_end_or_overflow_a_zone() {
     let log = nginx.error_log();
     assert!(log.contains("queue-fill 1024 of 5000, then status 10"), "{log}");
     assert!(log.contains("cannot register queue \"q1024\": a module may have 1024 queues in a zone"), "{log}");
-    assert!(log.contains("enqueue-fill 20000 of 20000"), "{log}");
+    assert!(log.contains("enqueue-fill 3000 of 3000"), "{log}");
     // An idle worker with a thousand queues looks at one word per zone: it stays idle.
     let worker = nginx.worker_pids()[0];
     let cpu = |pid: u32| -> u64 {
@@ -202,5 +202,45 @@ fn a_root_in_the_background_gets_a_short_budget_and_a_tenth_of_the_worker() {
     let ticks = log.matches("tick: tick").count();
     assert!((2..=30).contains(&ticks), "{ticks} ticks of 15 ms in 2 s");
     assert!(log.contains("filter \"b\" exceeded its deadline of 20 ms in proxy_on_tick"), "{log}");
+    assert_eq!(nginx.get("/").text(), "fine\n");
+}
+
+/// Waits until `done` holds (polling), for at most 20 s; returns whether it did.
+fn eventually(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn http_calls_are_bounded_per_context_and_cancelled_with_their_request() {
+    let silent = SilentUpstream::start();
+    let target = format!("127.0.0.1:{}", silent.port);
+    let nginx = Nginx::start(
+        &two_tenants(""),
+        &format!(
+            "location /flood {{ {} return 200 'answered\n'; }}
+             location /tick {{ {} return 200; }}
+             location / {{ return 200 'fine\n'; }}",
+            script("a", &[&format!("request_headers call-fill 200 {target} /never timeout=60000")]),
+            script("b", &["configure tick 1", &format!("tick call-fill 50 {target} /never timeout=60000")]),
+        ),
+    );
+    // b's root keeps at most 64 calls in flight, whatever its ticks ask.
+    assert!(eventually(|| silent.open() >= 64), "{} open", silent.open());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(silent.open(), 64, "{}", nginx.error_log());
+    // A request's calls are cut at 64 too, and go when the request does.
+    assert_eq!(nginx.get("/flood").text(), "answered\n");
+    assert!(eventually(|| silent.open() == 64), "{} open after the request ended", silent.open());
+    let log = nginx.error_log();
+    assert!(log.contains("filter \"a\": http call refused: a context may have 64 calls in flight"));
+    let dispatched = log.lines().filter(|l| l.contains("request_headers: call ") && l.contains(" dispatched")).count();
+    assert_eq!(dispatched, 64);
     assert_eq!(nginx.get("/").text(), "fine\n");
 }

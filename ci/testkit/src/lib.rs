@@ -16,4 +16,4 @@ pub use http::*;
 pub use nginx::*;
 pub use paths::*;
 pub use ports::free_port;
-pub use upstream::{AuthService, EchoUpstream, Received};
+pub use upstream::{AuthService, EchoUpstream, Received, SilentUpstream};

@@ -66,6 +66,39 @@ fn echo(received: &Received) -> Vec<u8> {
     payload
 }
 
+/// An upstream that accepts connections and never answers; it counts the connections open.
+pub struct SilentUpstream {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SilentUpstream {
+    pub fn start() -> SilentUpstream {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = open.clone();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let open = counted.clone();
+                open.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut sink = [0u8; 4096];
+                    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        SilentUpstream { port, open }
+    }
+
+    /// How many connections are open to it now.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// An authorization service: `x-token: Bearer good` gets 200 with body `alice`, anything
 /// else 401.
 pub struct AuthService {
