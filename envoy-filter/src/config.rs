@@ -13,6 +13,9 @@
 //!     root_id: ""                   # plugin_root_id
 //!     vm_id: ""                     # namespace of shared data and queues (default: the module path)
 //!     timeout: 50ms                 # budget of each callback (default 100ms)
+//!     request_timeout: 250ms        # budget of all of a request's callbacks (default 5 x timeout)
+//!     background_timeout: 20ms      # budget of each callback a root runs on its own (20ms)
+//!     start_timeout: 10s            # budget of each start-up step (default 10s)
 //!     memory_limit: 16m             # cap on the instance's linear memory (default and most: 128m)
 //!     isolation: none               # none: one instance per worker; stream: one per request
 //!     fail_open: false              # true: a failed filter is skipped instead of answering 500
@@ -22,13 +25,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use inwasm_host::{PluginConfig, VmConfig, DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT};
+use inwasm_host::{
+    PluginConfig, StreamLimits, VmConfig, DEFAULT_BACKGROUND_TIMEOUT, DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT,
+    DEFAULT_TIMEOUT,
+};
 use serde_json::{Map, Value};
 
 /// The only filter this module provides.
 pub const FILTER_NAME: &str = "proxy_wasm";
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 14] = [
     "module",
     "configuration",
     "vm_configuration",
@@ -36,6 +42,9 @@ const KEYS: [&str; 11] = [
     "root_id",
     "vm_id",
     "timeout",
+    "request_timeout",
+    "background_timeout",
+    "start_timeout",
     "memory_limit",
     "isolation",
     "fail_open",
@@ -56,6 +65,8 @@ pub struct FilterSettings {
     pub module: PathBuf,
     pub vm: VmConfig,
     pub plugin: PluginConfig,
+    /// What each request's stream may spend.
+    pub stream: StreamLimits,
     pub isolation: Isolation,
     pub fail_open: bool,
 }
@@ -88,16 +99,17 @@ pub fn parse(filter_name: &[u8], config: &[u8]) -> Result<FilterSettings, String
                 .filter(|&bytes| bytes <= DEFAULT_MEMORY_LIMIT)
                 .ok_or_else(|| invalid("memory_limit", value, "a size such as 16m, at most 128m"))?,
         },
+        background_timeout: Some(time(&map, "background_timeout", DEFAULT_BACKGROUND_TIMEOUT)?),
+        start_timeout: Some(time(&map, "start_timeout", DEFAULT_START_TIMEOUT)?),
         ..VmConfig::default()
     };
+    let timeout = time(&map, "timeout", DEFAULT_TIMEOUT)?;
+    let stream = StreamLimits { timeout: None, request_budget: Some(time(&map, "request_timeout", timeout * 5)?) };
     let plugin = PluginConfig {
         name: string(&map, "name")?.unwrap_or(stem),
         root_id: string(&map, "root_id")?.unwrap_or_default(),
         configuration: text(&map, "configuration")?,
-        timeout: Some(match map.get("timeout") {
-            None => DEFAULT_TIMEOUT,
-            Some(value) => duration(value).ok_or_else(|| invalid("timeout", value, "a time such as 50ms or 1s"))?,
-        }),
+        timeout: Some(timeout),
     };
     let isolation = match string(&map, "isolation")?.as_deref() {
         None | Some("none") => Isolation::None,
@@ -109,7 +121,17 @@ pub fn parse(filter_name: &[u8], config: &[u8]) -> Result<FilterSettings, String
         Some(Value::Bool(on)) => *on,
         Some(other) => return Err(invalid("fail_open", other, "true or false")),
     };
-    Ok(FilterSettings { module, vm, plugin, isolation, fail_open })
+    Ok(FilterSettings { module, vm, plugin, stream, isolation, fail_open })
+}
+
+/// The time at `key` (`default` when absent), at most an hour.
+fn time(map: &Map<String, Value>, key: &str, default: Duration) -> Result<Duration, String> {
+    match map.get(key) {
+        None => Ok(default),
+        Some(value) => duration(value)
+            .filter(|time| *time <= Duration::from_secs(3600))
+            .ok_or_else(|| invalid(key, value, "a time such as 50ms or 1s, at most 1h")),
+    }
 }
 
 fn invalid(key: &str, value: &Value, expected: &str) -> String {

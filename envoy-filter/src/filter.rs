@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use inwasm_host::{Action, FilterError, HttpCallResponse, LocalResponse, StreamId, StreamLimits, Vm};
+use inwasm_host::{Action, FilterError, HttpCallResponse, LocalResponse, StreamId, Vm};
 
 use crate::abi::{self, callout_result, status, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr};
 use crate::body::{self, Direction};
@@ -54,7 +54,7 @@ impl HttpFilter {
         }
         .and_then(|instance| {
             let embedding = Box::new(StreamEmbedding::new(&self.config, &self.state));
-            let stream = instance.vm.borrow_mut().new_stream(instance.plugin, embedding, StreamLimits::default())?;
+            let stream = instance.vm.borrow_mut().new_stream(instance.plugin, embedding, instance.stream_limits())?;
             Ok((instance, stream))
         });
         stream::run_deferred();

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use inwasm_host::{FilterError, PluginId, Vm};
+use inwasm_host::{FilterError, PluginId, StreamLimits, Vm};
 
 use crate::embedding::{RootEmbedding, RootLink};
 use crate::filter_config::FilterConfig;
@@ -42,6 +42,11 @@ impl Instance {
         let vm = Rc::new(RefCell::new(vm));
         link.bind(&vm, plugin);
         Ok(Instance { vm, plugin, mailbox, config: config.clone() })
+    }
+
+    /// What each request's stream on this instance may spend.
+    pub fn stream_limits(&self) -> StreamLimits {
+        self.config.settings.stream
     }
 
     /// Runs what the root context has pending: a tick, queues with new items.

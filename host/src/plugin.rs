@@ -43,8 +43,9 @@ impl Default for VmConfig {
 pub const DEFAULT_MEMORY_LIMIT: usize = 128 << 20;
 /// The default budget of one callback.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
-/// The default budget of one start-up step.
-pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default budget of one start-up step: room for filters that build large tables there
+/// (a WAF parsing its rule set takes about a second), and still an end for one that loops.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default budget of one callback a root context runs on its own.
 pub const DEFAULT_BACKGROUND_TIMEOUT: Duration = Duration::from_millis(20);
 

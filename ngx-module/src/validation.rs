@@ -20,10 +20,12 @@ use crate::embedding::RootEmbedding;
 use crate::root_link::RootLink;
 use crate::wasm_block::{engine, ModuleDecl};
 
-/// How long the master waits for the child: a base, plus a little per filter (each filter's
-/// steps have budgets of their own; this only guards against the unforeseen).
+/// How long the master waits for the child: a base, plus each filter's start-up budgets (its
+/// steps are cut at theirs; this only guards against the unforeseen).
 const CHILD_LIMIT: Duration = Duration::from_secs(30);
 const CHILD_LIMIT_PER_FILTER: Duration = Duration::from_millis(100);
+/// The start-up steps a filter's budget applies to (`_initialize`, `on_vm_start`, `on_configure`).
+const START_STEPS: u32 = 3;
 
 /// A filter that started: whether it does work of its own (see the module doc).
 pub type Started = Result<bool, String>;
@@ -54,7 +56,9 @@ pub fn start_all(filters: &[(&ModuleDecl, &PluginConfig)], log: *mut ngx_log_t) 
         }
         child => {
             drop(write_end);
-            let limit = CHILD_LIMIT + CHILD_LIMIT_PER_FILTER * filters.len() as u32;
+            let budgets =
+                filters.iter().map(|(module, _)| module.vm_config.start_timeout.unwrap_or_default() * START_STEPS);
+            let limit = CHILD_LIMIT + budgets.map(|budget| budget + CHILD_LIMIT_PER_FILTER).sum::<Duration>();
             let (report, timed_out) = read_with_limit(read_end, child, limit);
             let mut status = 0;
             // SAFETY: reaps our own child.

@@ -12,6 +12,7 @@
 //!     shm_queue NAME|* SIZE;                  # shared queue zone (default: `*`, 1m)
 //!     cache_dir PATH|off;                     # compiled-code cache (before the modules)
 //!     background_timeout TIME;                # budget of a root's own callbacks (20ms)
+//!     start_timeout TIME;                     # budget of each start-up step (10s)
 //! }
 //! ```
 
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use inwasm_host::{
     CodeCache, Engine, EngineConfig, EpochTicker, Module, PluginConfig, VmConfig, DEFAULT_BACKGROUND_TIMEOUT,
-    DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT,
+    DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT,
 };
 use ngx::core::Pool;
 use ngx::ffi::{
@@ -72,6 +73,7 @@ pub struct WasmConf {
     pub metric_zone: Option<Box<MetricZone>>,
     memory_limit: Option<usize>,
     background_timeout: Option<Duration>,
+    start_timeout: Option<Duration>,
     /// Where compiled code is kept between runs (`cache_dir`); chosen at the first module.
     cache: Option<Option<CodeCache>>,
     /// The shortest `proxy_wasm_timeout` configured, which sets the deadlines' precision.
@@ -169,7 +171,11 @@ unsafe extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, c
             let default = conf.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
             conf.modules.iter_mut().for_each(|m| m.vm_config.memory_limit = m.memory_limit.unwrap_or(default));
             let background = conf.background_timeout.unwrap_or(DEFAULT_BACKGROUND_TIMEOUT);
-            conf.modules.iter_mut().for_each(|m| m.vm_config.background_timeout = Some(background));
+            let start = conf.start_timeout.unwrap_or(DEFAULT_START_TIMEOUT);
+            for module in conf.modules.iter_mut() {
+                module.vm_config.background_timeout = Some(background);
+                module.vm_config.start_timeout = Some(start);
+            }
             if let Some(m) = conf.modules.iter().find(|m| m.vm_config.memory_limit > DEFAULT_MEMORY_LIMIT) {
                 return Err(format!(
                     "memory limit of module \"{}\" ({} bytes) is above what an instance can have ({} bytes)",
@@ -210,10 +216,11 @@ unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result
         match (args[0], args.len()) {
             (b"module", 3 | 4) => declare_module(cf, conf, &text(args[1]), &text(args[2]), args.get(3).copied()),
             (b"background_timeout", 2) => {
-                let timeout = parse_time(args[1]).filter(|t| *t <= Duration::from_secs(60)).ok_or_else(|| {
-                    format!("invalid background_timeout \"{}\": a time of at most 60s", text(args[1]))
-                })?;
-                conf.background_timeout = Some(timeout);
+                conf.background_timeout = Some(block_time(args[0], args[1])?);
+                Ok(())
+            }
+            (b"start_timeout", 2) => {
+                conf.start_timeout = Some(block_time(args[0], args[1])?);
                 Ok(())
             }
             (b"memory_limit", 2) => {
@@ -253,6 +260,7 @@ unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result
                 b"module"
                 | b"memory_limit"
                 | b"background_timeout"
+                | b"start_timeout"
                 | b"module_memory_limit"
                 | b"module_env"
                 | b"shm_kv"
@@ -332,6 +340,14 @@ fn parse_size(value: &[u8]) -> Option<usize> {
     // SAFETY: nginx's parser reads the `len` bytes of a live string.
     let size = unsafe { ngx_parse_size(&mut s) };
     (size != NGX_ERROR as isize && size > 0).then_some(size as usize)
+}
+
+/// A `wasm {}` directive's time, at most 10 minutes.
+fn block_time(directive: &[u8], value: &[u8]) -> Result<Duration, String> {
+    parse_time(value).filter(|time| *time <= Duration::from_secs(600)).ok_or_else(|| {
+        let (directive, value) = (String::from_utf8_lossy(directive), String::from_utf8_lossy(value));
+        format!("invalid {directive} \"{value}\": a time such as 20ms or 10s, at most 10m")
+    })
 }
 
 /// A module declared earlier in the block (module-scoped directives follow `module`).

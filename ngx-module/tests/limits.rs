@@ -187,7 +187,7 @@ fn filter_spinning_at_configuration_fails_nginx_t_quickly() {
     .unwrap();
     let started = Instant::now();
     let (ok, output) = nginx_test(
-        &format!("wasm {{ module spinner {}; }}", spinner.display()),
+        &format!("wasm {{ start_timeout 1s; module spinner {}; }}", spinner.display()),
         "server { location / { proxy_wasm spinner; } }",
     );
     assert!(!ok);
