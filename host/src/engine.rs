@@ -33,11 +33,29 @@ pub struct PoolingConfig {
     /// `madvise` (whose TLB flush reaches every thread). Only dirty pages are reset where
     /// the kernel can tell them apart (Linux 6.7's PAGEMAP_SCAN).
     pub keep_resident: usize,
+    /// The most elements a module's table may have (upstream Go puts nearly every function
+    /// in table 0: a WAF with its rule engine has 20,114), and the most tables.
+    pub max_table_elements: usize,
+    pub max_tables: u32,
+    /// The most an instance's own state (globals, function references) may take.
+    pub max_instance_size: usize,
 }
+
+/// Default pool limits, sized for real modules (large Go, .NET, Python-in-wasm filters):
+/// they only reserve address space, which is plentiful.
+pub const DEFAULT_MAX_TABLE_ELEMENTS: usize = 1 << 18;
+pub const DEFAULT_MAX_INSTANCE_SIZE: usize = 16 << 20;
 
 impl Default for PoolingConfig {
     fn default() -> Self {
-        PoolingConfig { max_instances: 1000, max_memory: DEFAULT_MEMORY_LIMIT, keep_resident: 1 << 20 }
+        PoolingConfig {
+            max_instances: 1000,
+            max_memory: DEFAULT_MEMORY_LIMIT,
+            keep_resident: 1 << 20,
+            max_table_elements: DEFAULT_MAX_TABLE_ELEMENTS,
+            max_tables: 4,
+            max_instance_size: DEFAULT_MAX_INSTANCE_SIZE,
+        }
     }
 }
 
@@ -79,6 +97,9 @@ impl Engine {
                 .total_memories(pooling.max_instances)
                 .total_tables(pooling.max_instances)
                 .max_memory_size(pooling.max_memory)
+                .table_elements(pooling.max_table_elements)
+                .max_tables_per_module(pooling.max_tables)
+                .max_core_instance_size(pooling.max_instance_size)
                 .linear_memory_keep_resident(pooling.keep_resident)
                 .table_keep_resident(pooling.keep_resident)
                 .pagemap_scan(Enabled::Auto);

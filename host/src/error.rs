@@ -8,16 +8,28 @@ use wasmtime::{FrameInfo, Trap, WasmBacktrace};
 use crate::limits::DeadlineExceeded;
 use crate::wasi::ProcExit;
 
-/// Why a module could not be compiled or accepted. `module` names the file or module.
+/// Why a module could not be compiled or accepted. `module` names the file or module;
+/// `limit` the instance limit it does not fit in, when that is why (the proxy names the
+/// setting that raises it).
 #[derive(Debug)]
 pub struct LoadError {
     pub module: String,
     pub reason: String,
+    pub limit: Option<InstanceLimit>,
+}
+
+/// An engine-wide limit on instances (see [`PoolingConfig`](crate::PoolingConfig)), or a
+/// VM's memory limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceLimit {
+    TableElements,
+    Tables,
+    Memory,
 }
 
 impl LoadError {
     pub(crate) fn new(module: &str, reason: impl Into<String>) -> LoadError {
-        LoadError { module: module.to_string(), reason: reason.into() }
+        LoadError { module: module.to_string(), reason: reason.into(), limit: None }
     }
 }
 

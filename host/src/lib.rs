@@ -47,8 +47,10 @@ pub use types::*;
 
 with_runtime! {
     pub use cache::{CacheOutcome, CodeCache};
-    pub use engine::{Engine, EngineConfig, HostFunction, PoolingConfig};
-    pub use error::{FailureKind, FilterError, LoadError};
+    pub use engine::{
+        Engine, EngineConfig, HostFunction, PoolingConfig, DEFAULT_MAX_INSTANCE_SIZE, DEFAULT_MAX_TABLE_ELEMENTS,
+    };
+    pub use error::{FailureKind, FilterError, InstanceLimit, LoadError};
     pub use ticker::EpochTicker;
     pub use module::Module;
     pub use vm::{PluginId, StreamId, StreamLimits, Vm, VmStats};

@@ -11,7 +11,8 @@ use wasmtime::{ExternType, InstancePre, Store, ValType};
 use crate::cache::{CacheOutcome, CodeCache};
 use crate::callbacks::CallbackIndex;
 use crate::engine::Engine;
-use crate::error::{describe, LoadError};
+use crate::engine::PoolingConfig;
+use crate::error::{describe, InstanceLimit, LoadError};
 use crate::limits::MemoryLimiter;
 use crate::plugin::VmConfig;
 use crate::session::HostState;
@@ -35,6 +36,9 @@ impl Module {
     pub fn new(engine: &Engine, name: &str, bytes: &[u8], cache: Option<&CodeCache>) -> Result<Arc<Module>, LoadError> {
         if !bytes.starts_with(b"\0asm") && !looks_like_text(bytes) {
             return Err(LoadError::new(name, "not a WebAssembly module (no \\0asm magic and not text format)"));
+        }
+        if let Some(pooling) = &engine.config().pooling {
+            vet_limits(bytes, pooling).map_err(|(reason, limit)| LoadError { limit: Some(limit), ..LoadError::new(name, reason) })?;
         }
         let compiled = match cache {
             Some(cache) => cache.load_or_compile(engine.wasmtime(), bytes),
@@ -92,6 +96,53 @@ impl Module {
 /// The largest module file read (real filters reach tens of MiB: a Go WAF with its rules is
 /// about 26 MiB).
 pub const MAX_MODULE_FILE: u64 = 256 << 20;
+
+/// Refuses, before the (long) compilation, a binary module no instance of which fits the
+/// pool's limits: which limit, and what the module needs. A module wasmparser cannot read
+/// is left to wasmtime, whose message is the better one.
+fn vet_limits(bytes: &[u8], pooling: &PoolingConfig) -> Result<(), (String, InstanceLimit)> {
+    use wasmparser::{Parser, Payload};
+    let mut tables = 0u32;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { return Ok(()) };
+        match payload {
+            Payload::TableSection(section) => {
+                for (index, table) in section.into_iter().enumerate() {
+                    let Ok(table) = table else { return Ok(()) };
+                    tables += 1;
+                    let elements = table.ty.initial;
+                    if elements > pooling.max_table_elements as u64 {
+                        let reason = format!(
+                            "table {index} has at least {elements} elements, more than an instance may have ({})",
+                            pooling.max_table_elements
+                        );
+                        return Err((reason, InstanceLimit::TableElements));
+                    }
+                }
+            }
+            Payload::MemorySection(section) => {
+                for memory in section {
+                    let Ok(memory) = memory else { return Ok(()) };
+                    let bytes = memory.initial.saturating_mul(1 << 16);
+                    if bytes > pooling.max_memory as u64 {
+                        let reason = format!(
+                            "its memory starts at {bytes} bytes, more than an instance may have ({})",
+                            pooling.max_memory
+                        );
+                        return Err((reason, InstanceLimit::Memory));
+                    }
+                }
+            }
+            Payload::CodeSectionStart { .. } => break,
+            _ => {}
+        }
+    }
+    if tables > pooling.max_tables {
+        let reason = format!("it has {tables} tables, more than an instance may have ({})", pooling.max_tables);
+        return Err((reason, InstanceLimit::Tables));
+    }
+    Ok(())
+}
 
 fn looks_like_text(bytes: &[u8]) -> bool {
     std::str::from_utf8(bytes).is_ok_and(|text| text.trim_start().starts_with('('))

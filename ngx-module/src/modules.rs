@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use inwasm_host::{CodeCache, Module};
 use sha2::{Digest, Sha256};
 
-use crate::wasm_block::engine;
+use crate::wasm_block::{engine, limit_directive};
 
 /// Compiled modules by content digest (only ever used in the master, while configuring).
 static COMPILED: Mutex<Option<HashMap<[u8; 32], Arc<Module>>>> = Mutex::new(None);
@@ -26,7 +26,10 @@ pub fn load(path: &Path, cache: Option<&CodeCache>) -> Result<Arc<Module>, Strin
     if let Some(module) = compiled().get_or_insert_with(HashMap::new).get(&digest) {
         return Ok(module.clone());
     }
-    let module = Module::new(engine(), &shown, &bytes, cache).map_err(|e| e.to_string())?;
+    let module = Module::new(engine(), &shown, &bytes, cache).map_err(|e| match e.limit {
+        Some(limit) => format!("{e}: raise {} in wasm {{}}", limit_directive(limit)),
+        None => e.to_string(),
+    })?;
     compiled().get_or_insert_with(HashMap::new).insert(digest, module.clone());
     Ok(module)
 }

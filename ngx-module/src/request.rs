@@ -41,7 +41,7 @@ use crate::http_module::{ngx_http_inwasm_module, Isolation, LocConf, Module};
 use crate::metrics;
 use crate::response::send_local_response;
 use crate::wasm_block::WasmConf;
-use crate::worker::{fresh_instance, record_failure, shared_instance, start_plugin, SharedVm};
+use crate::worker::{failure_text, fresh_instance, record_failure, shared_instance, start_plugin, SharedVm};
 
 pub struct ActiveFilter {
     /// The filter's index in the configuration.
@@ -326,7 +326,7 @@ unsafe fn join(r: *mut ngx_http_request_t, ctx: &mut RequestCtx, loc: &LocConf) 
 fn report(r: *mut ngx_http_request_t, error: &FilterError, fail_open: bool) {
     let counts = record_failure(error);
     let outcome = if fail_open { "skipped (fail-open)" } else { "request failed" };
-    let message = format!("inwasm: {error}; {outcome}; this worker: {counts}");
+    let message = format!("inwasm: {}; {outcome}; this worker: {counts}", failure_text(error));
     // SAFETY: a live request (`step`'s callers run on one).
     unsafe { log_error(NGX_LOG_ERR as ngx_uint_t, (*(*r).connection).log, &message) };
 }

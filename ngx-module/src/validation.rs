@@ -6,8 +6,9 @@
 //! reports each outcome through a pipe and exits. A child that outlives its limit is killed.
 //!
 //! Besides refusing bad filters, the dry run tells which filters start work of their own
-//! (a timer, a call, a queue, shared data): those run in each worker from its start, the
-//! others only from their first request, so idle filters cost no instance.
+//! (a timer, a call, a queue, shared data) or start slowly (over 20 ms): those run in each
+//! worker from its start, so no request waits for their start-up; the others only from their
+//! first request, so idle filters cost no instance.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -19,6 +20,7 @@ use ngx::ffi::ngx_log_t;
 use crate::embedding::RootEmbedding;
 use crate::root_link::RootLink;
 use crate::wasm_block::{engine, ModuleDecl};
+use crate::worker::failure_text;
 
 /// How long the master waits for the child: a base, plus each filter's start-up budgets (its
 /// steps are cut at theirs; this only guards against the unforeseen).
@@ -103,12 +105,19 @@ fn report_each(
     out.flush()
 }
 
+/// A filter whose start-up takes longer than this starts with each worker too, so no request
+/// waits for it (a WAF parsing its rule set takes about a second).
+const SLOW_START: Duration = Duration::from_millis(20);
+
+/// Starts a filter; whether it must start with each worker: it does work of its own, or its
+/// start-up is slow.
 fn start(decl: &ModuleDecl, plugin: &PluginConfig, log: *mut ngx_log_t) -> Started {
-    let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| failure_text(&e))?;
     let link = RootLink::dry_run(log);
     let root = Box::new(RootEmbedding::new(&plugin.name, &decl.vm_config.vm_id, &link));
-    vm.add_plugin(plugin.clone(), root).map_err(|e| e.to_string())?;
-    Ok(link.did_background_work())
+    vm.add_plugin(plugin.clone(), root).map_err(|e| failure_text(&e))?;
+    Ok(link.did_background_work() || started.elapsed() > SLOW_START)
 }
 
 fn parse(mut report: &[u8]) -> Vec<Started> {

@@ -13,18 +13,20 @@
 //!     cache_dir PATH|off;                     # compiled-code cache (before the modules)
 //!     background_timeout TIME;                # budget of a root's own callbacks (20ms)
 //!     start_timeout TIME;                     # budget of each start-up step (10s)
+//!     max_table_elements N; max_tables N; max_instance_size SIZE;
+//!                                             # instance limits (before the first module)
 //! }
 //! ```
 
 use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::ptr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use inwasm_host::{
-    CodeCache, Engine, EngineConfig, EpochTicker, Module, PluginConfig, VmConfig, DEFAULT_BACKGROUND_TIMEOUT,
-    DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT,
+    CodeCache, Engine, EngineConfig, EpochTicker, InstanceLimit, Module, PluginConfig, PoolingConfig, VmConfig,
+    DEFAULT_BACKGROUND_TIMEOUT, DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT,
 };
 use ngx::core::Pool;
 use ngx::ffi::{
@@ -55,8 +57,8 @@ pub struct FilterDecl {
     pub plugin: PluginConfig,
     /// The directive's place in the configuration, for messages.
     pub position: String,
-    /// It does work of its own from the start (see `validation`), so each worker starts it
-    /// at once rather than at its first request.
+    /// It does work of its own from the start, or starts slowly (see `validation`), so each
+    /// worker starts it at once rather than at its first request, and keeps it.
     pub background: bool,
 }
 
@@ -113,11 +115,49 @@ impl WasmConf {
     }
 }
 
+static ENGINE: OnceLock<Engine> = OnceLock::new();
+
+/// The instance limits the engine is made with (`max_table_elements`, `max_instance_size`
+/// before the first module), while it is not made yet.
+static POOL: Mutex<Option<PoolingConfig>> = Mutex::new(None);
+
 /// The process-wide engine, created on first use (in the master, before any fork; it starts
 /// no thread). Reloads reuse it, so compiled code stays compatible across cycles.
 pub fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::new(EngineConfig::default()).expect("wasmtime engine configuration is valid"))
+    ENGINE.get_or_init(|| {
+        let pooling = POOL.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+        let config = EngineConfig { pooling: Some(pooling), ..EngineConfig::default() };
+        Engine::new(config).expect("wasmtime engine configuration is valid")
+    })
+}
+
+/// Sets an instance limit of the engine to come; refused once the engine runs with another.
+fn set_pool_limit(
+    directive: &str,
+    set: impl FnOnce(&mut PoolingConfig),
+    current: impl Fn(&PoolingConfig) -> usize,
+) -> Result<(), String> {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut wanted = pool.clone().unwrap_or_default();
+    set(&mut wanted);
+    if let Some(engine) = ENGINE.get() {
+        let running = engine.config().pooling.as_ref().map(&current).unwrap_or_default();
+        if running != current(&wanted) {
+            return Err(format!("{directive} cannot change while nginx runs ({running} now): restart nginx"));
+        }
+        return Ok(());
+    }
+    *pool = Some(wanted);
+    Ok(())
+}
+
+/// The directive that raises an instance limit.
+pub fn limit_directive(limit: InstanceLimit) -> &'static str {
+    match limit {
+        InstanceLimit::TableElements => "max_table_elements",
+        InstanceLimit::Tables => "max_tables",
+        InstanceLimit::Memory => "memory_limit",
+    }
 }
 
 static mut COMMANDS: [ngx_command_t; 2] = [
@@ -215,6 +255,23 @@ unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result
     unsafe {
         match (args[0], args.len()) {
             (b"module", 3 | 4) => declare_module(cf, conf, &text(args[1]), &text(args[2]), args.get(3).copied()),
+            (b"max_table_elements" | b"max_tables" | b"max_instance_size", 2) if !conf.modules.is_empty() => {
+                Err(format!("{} must come before the first module (which is compiled where it stands)", text(args[0])))
+            }
+            (b"max_table_elements", 2) => {
+                let elements =
+                    parse_size(args[1]).ok_or_else(|| format!("invalid max_table_elements \"{}\"", text(args[1])))?;
+                set_pool_limit("max_table_elements", |p| p.max_table_elements = elements, |p| p.max_table_elements)
+            }
+            (b"max_tables", 2) => {
+                let tables = parse_size(args[1]).ok_or_else(|| format!("invalid max_tables \"{}\"", text(args[1])))?;
+                set_pool_limit("max_tables", |p| p.max_tables = tables as u32, |p| p.max_tables as usize)
+            }
+            (b"max_instance_size", 2) => {
+                let size =
+                    parse_size(args[1]).ok_or_else(|| format!("invalid max_instance_size \"{}\"", text(args[1])))?;
+                set_pool_limit("max_instance_size", |p| p.max_instance_size = size, |p| p.max_instance_size)
+            }
             (b"background_timeout", 2) => {
                 conf.background_timeout = Some(block_time(args[0], args[1])?);
                 Ok(())
@@ -260,6 +317,9 @@ unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result
                 b"module"
                 | b"memory_limit"
                 | b"background_timeout"
+                | b"max_table_elements"
+                | b"max_tables"
+                | b"max_instance_size"
                 | b"start_timeout"
                 | b"module_memory_limit"
                 | b"module_env"

@@ -101,6 +101,25 @@ impl fmt::Display for FailureCounts {
     }
 }
 
+/// A filter failure as the log tells it: what happened and, when a limit stopped the filter,
+/// the setting that gives it more room (filters that inspect bodies, like WAFs, often need
+/// more time than the defaults).
+pub fn failure_text(error: &FilterError) -> String {
+    let setting = match error.kind {
+        FailureKind::Deadline(_) if START_STEPS.contains(&error.callback) => "start_timeout",
+        FailureKind::Deadline(_) if BACKGROUND_CALLBACKS.contains(&error.callback) => "background_timeout",
+        FailureKind::Deadline(_) => "proxy_wasm_timeout",
+        FailureKind::RequestBudget(_) => "proxy_wasm_request_timeout",
+        FailureKind::MemoryLimit(_) => "memory_limit",
+        _ => return error.to_string(),
+    };
+    format!("{error} (raise {setting} if the filter needs more)")
+}
+
+/// Callbacks that run the filter's start-up, and those its root runs on its own.
+const START_STEPS: [&str; 5] = ["_initialize", "_start", "main", "proxy_on_vm_start", "proxy_on_configure"];
+const BACKGROUND_CALLBACKS: [&str; 3] = ["proxy_on_tick", "proxy_on_queue_ready", "proxy_on_http_call_response"];
+
 /// Counts a filter failure in this worker; returns the filter's counts so far. Failures
 /// that only follow from an earlier one (a lost instance) are not counted again.
 pub fn record_failure(error: &FilterError) -> FailureCounts {
