@@ -29,7 +29,7 @@ fn limits_endless_loop_gets_500_at_the_deadline() {
         assert_eq!(instance_requests(&example, "/ok"), 1, "the instance was rebuilt");
     }
     let log = example.nginx.error_log();
-    let line = "inwasm: filter \"limits\" exceeded its deadline of 20 ms in proxy_on_request_headers; request failed";
+    let line = "inwasm: filter \"limits\" exceeded its deadline of 20 ms in proxy_on_request_headers (raise proxy_wasm_timeout if the filter needs more); request failed";
     assert_eq!(log.matches(line).count(), 5, "{log}");
     assert!(log.contains("this worker: 0 traps, 5 timeouts, 0 memory failures"), "{log}");
 }
