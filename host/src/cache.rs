@@ -1,18 +1,21 @@
 //! The compiled-code cache: compiled modules serialized to a directory, keyed by the module's
 //! content hash and the engine's compilation settings.
 //!
-//! An entry is `MAGIC`, the SHA-256 of its payload, then the payload (wasmtime's serialized
-//! module). The digest is checked before wasmtime sees the bytes, so a truncated or corrupted
-//! file is recompiled rather than trusted; a stale one (other wasmtime or settings) has another
-//! key, and wasmtime's own header check rejects anything left.
+//! An entry is two files: `KEY.cwasm`, wasmtime's serialized module as is, and `KEY.sum`,
+//! `MAGIC` then the SHA-256 of the `.cwasm`. The digest is checked (streaming, without keeping
+//! the bytes) before wasmtime sees the code, so a truncated or corrupted entry is recompiled
+//! rather than trusted; a stale one (other wasmtime or settings) has another key, and
+//! wasmtime's own header check rejects anything left. A valid entry is mapped, not read: its
+//! code is shared by every process that maps it and resident only where it runs.
 
+use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-const MAGIC: &[u8; 8] = b"INWASM1\n";
+const MAGIC: &[u8; 8] = b"INWASM2\n";
 
 /// What the cache did for one module.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,26 +43,46 @@ impl CodeCache {
         &self.dir
     }
 
+    /// Where the entry of `wasm` lives: its code and its digest.
+    fn entry(&self, engine: &wasmtime::Engine, wasm: &[u8]) -> (PathBuf, PathBuf) {
+        let key = key(engine, wasm);
+        (self.dir.join(format!("{key}.cwasm")), self.dir.join(format!("{key}.sum")))
+    }
+
+    /// Whether the cache holds a valid entry for `wasm` (without loading it).
+    pub fn holds(&self, engine: &wasmtime::Engine, wasm: &[u8]) -> bool {
+        let (code, sum) = self.entry(engine, wasm);
+        verify(&code, &sum).is_ok()
+    }
+
     /// Loads the compiled form of `wasm` from the cache, or compiles and stores it.
     pub(crate) fn load_or_compile(
         &self,
         engine: &wasmtime::Engine,
         wasm: &[u8],
     ) -> wasmtime::Result<(wasmtime::Module, CacheOutcome)> {
-        let path = self.dir.join(format!("{}.cwasm", key(engine, wasm)));
-        let rejected = match std::fs::read(&path) {
-            Ok(entry) => match deserialize(engine, &entry) {
+        let (code, sum) = self.entry(engine, wasm);
+        let rejected = match verify(&code, &sum) {
+            Ok(()) => match load(engine, &code) {
                 Ok(module) => return Ok((module, CacheOutcome::Hit)),
                 Err(reason) => Some(reason),
             },
-            Err(_) => None,
+            Err(Absent) => None,
+            Err(Rejected(reason)) => Some(reason),
         };
         let module = wasmtime::Module::new(engine, wasm)?;
         // A cache that cannot be written is not an error: the module is compiled all the same.
-        let _ = store(&path, &module.serialize()?);
+        let _ = store(&code, &sum, &module.serialize()?);
         Ok((module, rejected.map_or(CacheOutcome::Miss, CacheOutcome::Replaced)))
     }
 }
+
+/// Why an entry was not used.
+enum Unusable {
+    Absent,
+    Rejected(String),
+}
+use Unusable::{Absent, Rejected};
 
 /// Hex SHA-256 over the module bytes and the engine's compatibility hash.
 fn key(engine: &wasmtime::Engine, wasm: &[u8]) -> String {
@@ -69,31 +92,49 @@ fn key(engine: &wasmtime::Engine, wasm: &[u8]) -> String {
     hex(&hasher.0.finalize())
 }
 
-fn deserialize(engine: &wasmtime::Engine, entry: &[u8]) -> Result<wasmtime::Module, String> {
-    let rest = entry.strip_prefix(MAGIC).ok_or("not a cache entry")?;
-    if rest.len() < 32 {
-        return Err("truncated".into());
+/// Checks an entry's code against its digest.
+fn verify(code: &Path, sum: &Path) -> Result<(), Unusable> {
+    let Ok(sum) = std::fs::read(sum) else { return Err(Absent) };
+    let expected = sum.strip_prefix(MAGIC).filter(|digest| digest.len() == 32).ok_or(Rejected("not a cache entry".into()))?;
+    let mut file = File::open(code).map_err(|_| Absent)?;
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&chunk[..n]),
+            Err(error) => return Err(Rejected(error.to_string())),
+        }
     }
-    let (digest, payload) = rest.split_at(32);
-    if Sha256::digest(payload).as_slice() != digest {
-        return Err("checksum mismatch".into());
+    if hasher.finalize().as_slice() != expected {
+        return Err(Rejected("checksum mismatch".into()));
     }
-    // SAFETY: the payload is byte-for-byte what `Module::serialize` wrote into this cache
-    // (its digest matches), and wasmtime checks that it was produced by a compatible engine.
-    unsafe { wasmtime::Module::deserialize(engine, payload) }.map_err(|e| e.to_string())
+    Ok(())
 }
 
-/// Writes an entry atomically (temporary file, then rename).
-fn store(path: &Path, payload: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("cache entries live in a directory");
+fn load(engine: &wasmtime::Engine, code: &Path) -> Result<wasmtime::Module, String> {
+    // SAFETY: the file is byte-for-byte what `Module::serialize` wrote into this cache (its
+    // digest matches), wasmtime checks that it was produced by a compatible engine, and
+    // entries are only ever replaced whole (a rename), never changed in place, so the mapping
+    // stays what was checked.
+    unsafe { wasmtime::Module::deserialize_file(engine, code) }.map_err(|e| e.to_string())
+}
+
+/// Writes an entry atomically: each file through a temporary one and a rename, the digest
+/// last (an entry without one is absent).
+fn store(code: &Path, sum: &Path, payload: &[u8]) -> std::io::Result<()> {
+    let dir = code.parent().expect("cache entries live in a directory");
     std::fs::create_dir_all(dir)?;
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(MAGIC)?;
-    file.write_all(&Sha256::digest(payload))?;
-    file.write_all(payload)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    let mut digest = MAGIC.to_vec();
+    digest.extend_from_slice(&Sha256::digest(payload));
+    for (path, bytes) in [(code, payload), (sum, digest.as_slice())] {
+        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut file = File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -122,7 +122,11 @@ fn code_cache_hits_and_replaces_corrupt_entries() {
     assert_eq!(load().cache_outcome(), &CacheOutcome::Miss);
     assert_eq!(load().cache_outcome(), &CacheOutcome::Hit);
 
-    let entry = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let entry = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .unwrap();
     let mut corrupted = std::fs::read(&entry).unwrap();
     let middle = corrupted.len() / 2;
     corrupted[middle] ^= 0xff;

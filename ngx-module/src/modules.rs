@@ -1,14 +1,25 @@
 //! Compiling the modules a configuration declares: each distinct file content once per nginx
 //! master, so a module declared many times (one per tenant, say) is compiled once and a
 //! reload recompiles only what changed; through the on-disk code cache when there is one.
+//!
+//! With a cache, modules it does not hold yet are compiled in child processes, one per CPU,
+//! which store them there, and the master then maps them from the cache: a cold start uses
+//! every core (the master itself never runs a thread), says how far it has got, and
+//! compiling leaves no memory behind in the master (and in the workers it forks). Without a
+//! cache they are compiled in the master, one after the other.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use inwasm_host::{CodeCache, Module};
+use ngx::ffi::{ngx_log_t, ngx_uint_t, NGX_LOG_NOTICE};
 use sha2::{Digest, Sha256};
 
+use crate::ffi::log_error;
 use crate::wasm_block::{engine, limit_directive};
 
 /// Compiled modules by content digest (only ever used in the master, while configuring).
@@ -18,20 +29,129 @@ fn compiled() -> MutexGuard<'static, Option<HashMap<[u8; 32], Arc<Module>>>> {
     COMPILED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The compiled module of the file at `path`; errors name the path and the reason.
-pub fn load(path: &Path, cache: Option<&CodeCache>) -> Result<Arc<Module>, String> {
-    let shown = path.display().to_string();
-    let bytes = Module::read_file(path).map_err(|e| e.to_string())?;
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
-    if let Some(module) = compiled().get_or_insert_with(HashMap::new).get(&digest) {
+/// A module file to compile, and what it holds.
+pub struct Source {
+    pub path: PathBuf,
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+}
+
+impl Source {
+    /// Reads the module file at `path`; errors name the path and the reason.
+    pub fn read(path: PathBuf) -> Result<Source, String> {
+        let bytes = Module::read_file(&path).map_err(|e| e.to_string())?;
+        let digest = Sha256::digest(&bytes).into();
+        Ok(Source { path, bytes, digest })
+    }
+}
+
+/// How often a long compilation says how far it has got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// The compiled modules of `sources`, in order (each distinct content compiled once); errors
+/// name the module's path and the reason (and the setting to raise, for a limit).
+pub fn load_all(
+    sources: &[Source],
+    cache: Option<&CodeCache>,
+    log: *mut ngx_log_t,
+) -> Result<Vec<Arc<Module>>, String> {
+    if let Some(cache) = cache {
+        let known = compiled().get_or_insert_with(HashMap::new).keys().copied().collect::<Vec<_>>();
+        let mut missing: Vec<&Source> = Vec::new();
+        for source in sources {
+            let new = !known.contains(&source.digest) && !missing.iter().any(|m| m.digest == source.digest);
+            if new && !cache.holds(engine().wasmtime(), &source.bytes) {
+                missing.push(source);
+            }
+        }
+        compile_in_children(&missing, cache, log)?;
+    }
+    sources.iter().map(|source| load(source, cache)).collect()
+}
+
+/// The compiled module of `source` (from the cache when it holds it).
+fn load(source: &Source, cache: Option<&CodeCache>) -> Result<Arc<Module>, String> {
+    if let Some(module) = compiled().get_or_insert_with(HashMap::new).get(&source.digest) {
         return Ok(module.clone());
     }
-    let module = Module::new(engine(), &shown, &bytes, cache).map_err(|e| match e.limit {
+    let shown = source.path.display().to_string();
+    let module = Module::new(engine(), &shown, &source.bytes, cache).map_err(|e| match e.limit {
         Some(limit) => format!("{e}: raise {} in wasm {{}}", limit_directive(limit)),
         None => e.to_string(),
     })?;
-    compiled().get_or_insert_with(HashMap::new).insert(digest, module.clone());
+    compiled().get_or_insert_with(HashMap::new).insert(source.digest, module.clone());
     Ok(module)
+}
+
+/// Compiles `sources` into `cache` in child processes, one per CPU. A module a child could
+/// not compile is left to the master, whose error is then the one reported.
+fn compile_in_children(sources: &[&Source], cache: &CodeCache, log: *mut ngx_log_t) -> Result<(), String> {
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let processes = std::thread::available_parallelism().map_or(1, |n| n.get()).min(sources.len());
+    if sources.len() > 1 {
+        let message = format!("inwasm: compiling {} modules in {processes} processes", sources.len());
+        log_error(NGX_LOG_NOTICE as ngx_uint_t, log, &message);
+    }
+    let mut children = Vec::new();
+    for share in 0..processes {
+        let mine: Vec<&Source> = sources.iter().skip(share).step_by(processes).copied().collect();
+        children.push(spawn_compiler(&mine, cache)?);
+    }
+    let (started, mut reported) = (Instant::now(), Instant::now());
+    let mut done = 0;
+    let mut buffer = [0u8; 256];
+    for (child, output) in children.iter_mut() {
+        // Each byte a child writes is one module done.
+        loop {
+            match output.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => done += n,
+            }
+            if reported.elapsed() >= PROGRESS_EVERY {
+                reported = Instant::now();
+                let message =
+                    format!("inwasm: compiled {done} of {} modules ({:.0?})", sources.len(), started.elapsed());
+                log_error(NGX_LOG_NOTICE as ngx_uint_t, log, &message);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: reaps our own child.
+        unsafe { libc::waitpid(*child, &mut status, 0) };
+    }
+    Ok(())
+}
+
+/// Forks a child that compiles `sources` into `cache`, writing a byte for each one done;
+/// returns its pid and the read end of its pipe.
+fn spawn_compiler(sources: &[&Source], cache: &CodeCache) -> Result<(libc::pid_t, std::fs::File), String> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(format!("cannot create a pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the pipe's two new descriptors, owned by nothing else.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the master runs no thread, so the child may go on; it only compiles, writes to
+    // its pipe and leaves with _exit (no atexit handlers, no flushing of the master's buffers).
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("cannot fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            drop(read_end);
+            let mut out = std::fs::File::from(write_end);
+            for source in sources {
+                let _ = Module::new(engine(), &source.path.display().to_string(), &source.bytes, Some(cache));
+                let _ = out.write_all(b".");
+            }
+            // SAFETY: ends the child at once, as intended.
+            unsafe { libc::_exit(0) }
+        }
+        child => {
+            drop(write_end);
+            Ok((child, std::fs::File::from(read_end)))
+        }
+    }
 }
 
 /// Forgets compiled modules the configuration just read does not use (an older one that

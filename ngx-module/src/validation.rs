@@ -113,7 +113,7 @@ const SLOW_START: Duration = Duration::from_millis(20);
 /// start-up is slow.
 fn start(decl: &ModuleDecl, plugin: &PluginConfig, log: *mut ngx_log_t) -> Started {
     let started = Instant::now();
-    let mut vm = Vm::new(decl.module.clone(), decl.vm_config.clone()).map_err(|e| failure_text(&e))?;
+    let mut vm = Vm::new(decl.module().clone(), decl.vm_config.clone()).map_err(|e| failure_text(&e))?;
     let link = RootLink::dry_run(log);
     let root = Box::new(RootEmbedding::new(&plugin.name, &decl.vm_config.vm_id, &link));
     vm.add_plugin(plugin.clone(), root).map_err(|e| failure_text(&e))?;

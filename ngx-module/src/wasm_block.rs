@@ -14,7 +14,7 @@
 //!     background_timeout TIME;                # budget of a root's own callbacks (20ms)
 //!     start_timeout TIME;                     # budget of each start-up step (10s)
 //!     max_table_elements N; max_tables N; max_instance_size SIZE;
-//!                                             # instance limits (before the first module)
+//!                                             # instance limits (set at nginx's start)
 //! }
 //! ```
 
@@ -45,10 +45,18 @@ use crate::worker;
 /// A module declared with `module NAME PATH`.
 pub struct ModuleDecl {
     pub name: String,
-    pub module: Arc<Module>,
+    /// Compiled when the `wasm {}` block ends (all its modules together).
+    module: Option<Arc<Module>>,
     pub vm_config: VmConfig,
     /// Set by `module_memory_limit`; otherwise the block's `memory_limit` applies.
     memory_limit: Option<usize>,
+}
+
+impl ModuleDecl {
+    /// The compiled module (a configuration whose modules did not all compile is refused).
+    pub fn module(&self) -> &Arc<Module> {
+        self.module.as_ref().expect("modules are compiled when the wasm block ends")
+    }
 }
 
 /// A filter: one `proxy_wasm NAME [config]` directive, i.e. one root context.
@@ -78,6 +86,8 @@ pub struct WasmConf {
     start_timeout: Option<Duration>,
     /// Where compiled code is kept between runs (`cache_dir`); chosen at the first module.
     cache: Option<Option<CodeCache>>,
+    /// The files of `modules`, in order, compiled when the block ends.
+    sources: Vec<modules::Source>,
     /// The shortest `proxy_wasm_timeout` configured, which sets the deadlines' precision.
     shortest_timeout: Option<Duration>,
 }
@@ -117,8 +127,9 @@ impl WasmConf {
 
 static ENGINE: OnceLock<Engine> = OnceLock::new();
 
-/// The instance limits the engine is made with (`max_table_elements`, `max_instance_size`
-/// before the first module), while it is not made yet.
+/// The instance limits the engine is made with (`max_table_elements`, `max_tables`,
+/// `max_instance_size`), while it is not made yet (it is made when the first `wasm {}` block
+/// ends, once its modules are all declared).
 static POOL: Mutex<Option<PoolingConfig>> = Mutex::new(None);
 
 /// The process-wide engine, created on first use (in the master, before any fork; it starts
@@ -222,7 +233,11 @@ unsafe extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, c
                     m.name, m.vm_config.memory_limit, DEFAULT_MEMORY_LIMIT
                 ));
             }
-            modules::keep_only(conf.modules.iter().map(|m| &m.module));
+            let cache = conf.cache.clone().flatten();
+            let compiled = modules::load_all(&conf.sources, cache.as_ref(), (*cf).log)?;
+            conf.modules.iter_mut().zip(compiled).for_each(|(decl, module)| decl.module = Some(module));
+            conf.sources.clear();
+            modules::keep_only(conf.modules.iter().map(ModuleDecl::module));
             declare_default_zones(cf, conf)?;
             // Each module gets an equal share of each shared zone by default.
             conf.kv_zones.iter().for_each(|zone| zone.set_tenants(conf.modules.len()));
@@ -255,9 +270,6 @@ unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result
     unsafe {
         match (args[0], args.len()) {
             (b"module", 3 | 4) => declare_module(cf, conf, &text(args[1]), &text(args[2]), args.get(3).copied()),
-            (b"max_table_elements" | b"max_tables" | b"max_instance_size", 2) if !conf.modules.is_empty() => {
-                Err(format!("{} must come before the first module (which is compiled where it stands)", text(args[0])))
-            }
             (b"max_table_elements", 2) => {
                 let elements =
                     parse_size(args[1]).ok_or_else(|| format!("invalid max_table_elements \"{}\"", text(args[1])))?;
@@ -348,14 +360,14 @@ unsafe fn declare_module(
     // SAFETY: per the caller.
     let path = unsafe { resolve_path(cf, path) };
     // SAFETY: per the caller.
-    let cache = conf.cache.get_or_insert_with(|| unsafe { default_cache(cf) });
-    let module = modules::load(&path, cache.as_ref())?;
+    conf.cache.get_or_insert_with(|| unsafe { default_cache(cf) });
+    conf.sources.push(modules::Source::read(path)?);
     let vm_config = VmConfig {
         vm_id: name.to_string(),
         configuration: vm_config.unwrap_or_default().to_vec(),
         ..VmConfig::default()
     };
-    conf.modules.push(ModuleDecl { name: name.to_string(), module, vm_config, memory_limit: None });
+    conf.modules.push(ModuleDecl { name: name.to_string(), module: None, vm_config, memory_limit: None });
     Ok(())
 }
 

@@ -212,7 +212,7 @@ fn start_linked_plugin(vm: &SharedVm, filter: &FilterDecl) -> Result<(PluginId, 
 /// recently used first) until it fits.
 fn new_vm(conf: &WasmConf, decl: &ModuleDecl) -> Result<SharedVm, String> {
     loop {
-        match Vm::new(decl.module.clone(), decl.vm_config.clone()) {
+        match Vm::new(decl.module().clone(), decl.vm_config.clone()) {
             Ok(vm) => return Ok(Rc::new(RefCell::new(vm))),
             Err(error) if matches!(error.kind, FailureKind::NoFreeSlot(_)) => {
                 let released = WORKER.with(|w| w.borrow_mut().as_mut().is_some_and(|w| w.release_idle_vm(conf)));
