@@ -20,6 +20,7 @@
 //!     isolation: none               # none: one instance per worker; stream: one per request
 //!     fail_open: false              # true: a failed filter is skipped instead of answering 500
 //!     environment: {TENANT: acme}   # environment variables the module sees (default: none)
+//!     cache_dir: /var/cache/inwasm  # compiled-code cache, or "off" (default: see `default_cache_dir`)
 //! ```
 
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ use serde_json::{Map, Value};
 /// The only filter this module provides.
 pub const FILTER_NAME: &str = "proxy_wasm";
 
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
     "module",
     "configuration",
     "vm_configuration",
@@ -49,6 +50,7 @@ const KEYS: [&str; 14] = [
     "isolation",
     "fail_open",
     "environment",
+    "cache_dir",
 ];
 
 /// How instances are shared among requests.
@@ -67,6 +69,8 @@ pub struct FilterSettings {
     pub plugin: PluginConfig,
     /// What each request's stream may spend.
     pub stream: StreamLimits,
+    /// Where compiled code is kept between starts; `None`: nowhere.
+    pub cache_dir: Option<PathBuf>,
     pub isolation: Isolation,
     pub fail_open: bool,
 }
@@ -121,7 +125,21 @@ pub fn parse(filter_name: &[u8], config: &[u8]) -> Result<FilterSettings, String
         Some(Value::Bool(on)) => *on,
         Some(other) => return Err(invalid("fail_open", other, "true or false")),
     };
-    Ok(FilterSettings { module, vm, plugin, stream, isolation, fail_open })
+    let cache_dir = match string(&map, "cache_dir")?.as_deref() {
+        Some("off") => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => default_cache_dir(),
+    };
+    Ok(FilterSettings { module, vm, plugin, stream, cache_dir, isolation, fail_open })
+}
+
+/// The compiled-code cache when `cache_dir` does not say: `$XDG_CACHE_HOME/inwasm`, else
+/// `$HOME/.cache/inwasm`, else none.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("inwasm"))
 }
 
 /// The time at `key` (`default` when absent), at most an hour.

@@ -44,7 +44,7 @@ impl FilterConfig {
     pub fn load(envoy: ConfigEnvoyPtr, filter_name: &[u8], json: &[u8]) -> Result<Arc<FilterConfig>, String> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let settings = config::parse(filter_name, json)?;
-        let module = runtime::compile(&settings.module)?;
+        let module = runtime::compile(&settings.module, settings.cache_dir.as_deref())?;
         runtime::keep_deadlines_for(settings.plugin.timeout.or(settings.vm.timeout));
         let scheduler = unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(envoy) };
         let config = Arc::new(FilterConfig {

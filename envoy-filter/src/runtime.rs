@@ -4,12 +4,17 @@
 //! Envoy is one process with worker threads, so unlike nginx there is no fork to fear: the
 //! ticker thread starts with the first filter configuration and runs for the process's life.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use inwasm_host::stores::{QueueStore, SharedDataStore};
-use inwasm_host::{Engine, EngineConfig, EpochTicker, LoadError, Module, DEFAULT_TIMEOUT};
+use inwasm_host::{
+    CacheOutcome, CodeCache, Engine, EngineConfig, EpochTicker, LoadError, LogLevel, Module, DEFAULT_TIMEOUT,
+};
+use sha2::{Digest, Sha256};
 
+use crate::log;
 use crate::mailbox::Mailbox;
 
 struct Runtime {
@@ -33,10 +38,36 @@ fn runtime() -> Result<&'static Runtime, String> {
         .map_err(Clone::clone)
 }
 
-/// Compiles a `.wasm` or `.wat` file once (on Envoy's main thread, at config load).
-pub fn compile(path: &std::path::Path) -> Result<Arc<Module>, String> {
+/// The compiled module of a `.wasm` or `.wat` file (on Envoy's main thread, at config load):
+/// each distinct content compiled once in the process, whatever the filter configurations
+/// naming it, and through the compiled-code cache in `cache_dir` (an unusable directory only
+/// costs the cache, with a warning).
+pub fn compile(path: &Path, cache_dir: Option<&Path>) -> Result<Arc<Module>, String> {
+    static COMPILED: Mutex<Vec<([u8; 32], Arc<Module>)>> = Mutex::new(Vec::new());
     let engine = &runtime()?.engine;
-    Module::from_file(engine, path, None).map_err(|e: LoadError| e.to_string())
+    let bytes = Module::read_file(path).map_err(|e: LoadError| e.to_string())?;
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let mut compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, module)) = compiled.iter().find(|(known, _)| *known == digest) {
+        return Ok(module.clone());
+    }
+    let cache = cache_dir.and_then(|dir| match std::fs::create_dir_all(dir) {
+        Ok(()) => Some(CodeCache::new(dir)),
+        Err(error) => {
+            log::line(LogLevel::Warn, &format!("inwasm: no compiled-code cache in {}: {error}", dir.display()));
+            None
+        }
+    });
+    let started = Instant::now();
+    let module = Module::new(engine, &path.display().to_string(), &bytes, cache.as_ref()).map_err(|e| e.to_string())?;
+    let how = match module.cache_outcome() {
+        CacheOutcome::Hit => "loaded from the compiled-code cache",
+        CacheOutcome::Disabled => "compiled",
+        CacheOutcome::Miss | CacheOutcome::Replaced(_) => "compiled and cached",
+    };
+    log::line(LogLevel::Info, &format!("inwasm: module {}: {how} in {:.2?}", path.display(), started.elapsed()));
+    compiled.push((digest, module.clone()));
+    Ok(module)
 }
 
 /// Makes deadlines precise enough for a filter whose callbacks have `budget`.

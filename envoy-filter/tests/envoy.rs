@@ -271,3 +271,15 @@ fn hostile_filter_calls_leave_envoy_serving() {
     let normal = with_mode("none");
     assert_eq!((normal.status, normal.header("x-hostile")), (200, Some("none")), "{}", envoy.log());
 }
+
+#[test]
+fn compiled_code_is_cached_between_starts() {
+    let cache = scratch_dir().join("cache");
+    let more = format!(r#""cache_dir": "{}""#, cache.display());
+    let (first, _upstream) = envoy("headers", &more);
+    assert!(first.wait_log("compiled and cached", 1) >= 1, "{}", first.log());
+    drop(first);
+    let (second, _upstream) = envoy("headers", &more);
+    assert!(second.wait_log("loaded from the compiled-code cache", 1) >= 1, "{}", second.log());
+    assert_eq!(second.get("/").status, 200);
+}

@@ -106,6 +106,19 @@ impl Vm {
         self.stats
     }
 
+    /// Whether an instance is live (none after a failure, until the next use or [`revive`]).
+    ///
+    /// [`revive`]: Vm::revive
+    pub fn has_instance(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Builds the instance again after a failure (start-up and every plugin's root context),
+    /// so that the next use does not wait for it.
+    pub fn revive(&mut self) -> Result<(), FilterError> {
+        self.ensure_live()
+    }
+
     /// Whether a stream is open on the instance or a call it made awaits its answer: until
     /// neither is true, dropping the VM would lose work in progress.
     pub fn has_work_in_flight(&self) -> bool {

@@ -41,7 +41,9 @@ use crate::http_module::{ngx_http_inwasm_module, Isolation, LocConf, Module};
 use crate::metrics;
 use crate::response::send_local_response;
 use crate::wasm_block::WasmConf;
-use crate::worker::{failure_text, fresh_instance, record_failure, shared_instance, start_plugin, SharedVm};
+use crate::worker::{
+    failure_text, fresh_instance, record_failure, revive_later, shared_instance, start_plugin, SharedVm,
+};
 
 pub struct ActiveFilter {
     /// The filter's index in the configuration.
@@ -325,6 +327,7 @@ unsafe fn join(r: *mut ngx_http_request_t, ctx: &mut RequestCtx, loc: &LocConf) 
 /// Logs a filter failure with the filter's failure counts in this worker.
 fn report(r: *mut ngx_http_request_t, error: &FilterError, fail_open: bool) {
     let counts = record_failure(error);
+    revive_later();
     let outcome = if fail_open { "skipped (fail-open)" } else { "request failed" };
     let message = format!("inwasm: {}; {outcome}; this worker: {counts}", failure_text(error));
     // SAFETY: a live request (`step`'s callers run on one).

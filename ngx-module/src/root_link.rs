@@ -11,7 +11,7 @@ use inwasm_host::{FilterError, PluginId, Vm};
 use ngx::ffi::{ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_log_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ERR};
 
 use crate::ffi::{guard, log_error};
-use crate::worker::{failure_text, record_failure, SharedVm};
+use crate::worker::{failure_text, record_failure, revive_later, SharedVm};
 
 pub struct RootLink {
     /// False for the configuration-time dry run (in the master's child), where there is no
@@ -99,6 +99,7 @@ impl RootLink {
         };
         if let Err(error) = event(&mut vm, plugin) {
             let counts = record_failure(&error);
+            revive_later();
             let message = format!("inwasm: {}; this worker: {counts}", failure_text(&error));
             log_error(NGX_LOG_ERR as ngx_uint_t, self.log, &message);
         }

@@ -12,13 +12,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::ptr;
 use std::rc::Rc;
 
 use inwasm_host::{EpochTicker, FailureKind, FilterError, PluginId, Vm};
-use ngx::ffi::{ngx_cycle_t, ngx_int_t, NGX_LOG_ERR, NGX_OK};
+use ngx::ffi::{ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_post_event, ngx_posted_events, NGX_LOG_ERR, NGX_OK};
 
 use crate::embedding::RootEmbedding;
-use crate::ffi::{cycle_log, guard_status, log_error};
+use crate::ffi::{cycle_log, guard, guard_status, log_error};
 use crate::metrics;
 use crate::root_link::RootLink;
 use crate::wasm_block::{engine, FilterDecl, ModuleDecl, WasmConf};
@@ -84,6 +85,8 @@ impl Worker {
 
 thread_local! {
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+    /// Posted after a shared instance failed, to build it again from the event loop.
+    static REVIVAL: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
     static FAILURES: RefCell<HashMap<String, FailureCounts>> = RefCell::new(HashMap::new());
 }
 
@@ -119,6 +122,44 @@ pub fn failure_text(error: &FilterError) -> String {
 /// Callbacks that run the filter's start-up, and those its root runs on its own.
 const START_STEPS: [&str; 5] = ["_initialize", "_start", "main", "proxy_on_vm_start", "proxy_on_configure"];
 const BACKGROUND_CALLBACKS: [&str; 3] = ["proxy_on_tick", "proxy_on_queue_ready", "proxy_on_http_call_response"];
+
+/// Has the event loop build again, as soon as it can, the shared instances that failed, so
+/// no request pays for a start-up (a WAF's rule set takes about a second to parse).
+pub fn revive_later() {
+    REVIVAL.with(|revival| {
+        let mut revival = revival.borrow_mut();
+        let event = revival.get_or_insert_with(|| {
+            // SAFETY: an all-zero event is nginx's idle event.
+            let mut event: Box<ngx_event_t> = Box::new(unsafe { std::mem::zeroed() });
+            event.handler = Some(revive);
+            event.log = cycle_log();
+            event
+        });
+        if event.posted() == 0 {
+            // SAFETY: the event is boxed in this worker's thread-local, which outlives it.
+            unsafe { ngx_post_event(&mut **event, ptr::addr_of_mut!(ngx_posted_events)) };
+        }
+    });
+}
+
+/// The revival event: every shared instance without a live instance starts again.
+unsafe extern "C" fn revive(_event: *mut ngx_event_t) {
+    guard(cycle_log(), (), || {
+        let vms: Vec<SharedVm> =
+            WORKER.with(|w| w.borrow().as_ref().map(|w| w.vms.iter().flatten().cloned().collect()).unwrap_or_default());
+        for vm in vms.iter().filter(|vm| !vm.borrow().has_instance()) {
+            let Ok(mut vm) = vm.try_borrow_mut() else { continue };
+            if let Err(error) = vm.revive() {
+                let counts = record_failure(&error);
+                log_error(
+                    NGX_LOG_ERR as usize,
+                    cycle_log(),
+                    &format!("inwasm: {}; this worker: {counts}", failure_text(&error)),
+                );
+            }
+        }
+    });
+}
 
 /// Counts a filter failure in this worker; returns the filter's counts so far. Failures
 /// that only follow from an earlier one (a lost instance) are not counted again.
@@ -187,6 +228,12 @@ pub unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
     let log = unsafe { (*cycle).log };
     guard_status(log, || {
         WORKER.with(|w| w.borrow_mut().take());
+        REVIVAL.with(|revival| {
+            if let Some(event) = revival.borrow_mut().as_mut().filter(|event| event.posted() != 0) {
+                // SAFETY: our event, posted.
+                unsafe { ngx::ffi::ngx_delete_posted_event(&mut **event) };
+            }
+        });
         NGX_OK as ngx_int_t
     });
 }

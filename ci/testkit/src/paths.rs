@@ -100,3 +100,26 @@ impl Drop for BadModules {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A proxy-wasm module that does nothing, in the binary format, with `functions` functions
+/// in its table (as upstream Go builds have) and a table of `elements`: large modules for tests.
+pub fn large_module(functions: usize, elements: usize) -> Vec<u8> {
+    let bodies: String = (0..functions)
+        .map(|i| {
+            format!("(func $f{i} (result i32) (i32.add (i32.const {i}) (i32.mul (i32.const 3) (i32.const {i}))))\n")
+        })
+        .collect();
+    let names: String = (0..functions).map(|i| format!("$f{i} ")).collect();
+    let text = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (table {elements} funcref)
+  (elem (i32.const 0) func {names})
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  {bodies})"#
+    );
+    wat::parse_str(text).expect("a valid module")
+}
