@@ -9,7 +9,7 @@ panicking and recursing ones, in two phases of equal length:
    while the old configuration keeps serving. The master's RSS and open files must stay flat.
 
 In both phases every normal request must succeed (no non-2xx answer, no socket error), every
-misbehaving one must get its 500, and the error log must show no crash. During reloads the
+misbehaving one must get its 503, and the error log must show no crash. During reloads the
 normal requests each use their own connection (`Connection: close`): a worker that shuts
 down closes its idle keep-alive connections, which races with a client sending its next
 request on one, and wrk counts that as an error even against bare nginx; HTTP clients retry
@@ -180,8 +180,8 @@ def check_traffic(results, failures):
                                 f"{r['requests']}\n{r['output']}")
         else:
             print(f"  {name}: {r['requests']} requests, statuses {r['statuses']}")
-            if set(r["statuses"]) != {500}:
-                failures.append(f"{name}: expected only 500s, got {r['statuses']}")
+            if set(r["statuses"]) != {503}:
+                failures.append(f"{name}: expected only 503s, got {r['statuses']}")
 
 
 def check_flat(label, before, after, failures):

@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use inwasm_host::{Action, FilterError, HttpCallResponse, LocalResponse, StreamId, Vm};
+use inwasm_host::{Action, FilterError, HttpCallResponse, LocalResponse, StreamId, Vm, FILTER_FAILED_STATUS};
 
 use crate::abi::{self, callout_result, status, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr};
 use crate::body::{self, Direction};
@@ -30,6 +30,8 @@ pub struct HttpFilter {
     /// Failed (or could not start): no more callbacks for this stream.
     out: Cell<bool>,
     finished: Cell<bool>,
+    /// Paused: its scheduler wakes the instance's root context while it waits.
+    waiting: Cell<bool>,
 }
 
 impl HttpFilter {
@@ -41,6 +43,7 @@ impl HttpFilter {
             stream: Cell::new(None),
             out: Cell::new(false),
             finished: Cell::new(false),
+            waiting: Cell::new(false),
         }
     }
 
@@ -154,6 +157,33 @@ impl HttpFilter {
         }
     }
 
+    /// The stream waits on its filter (a root context may resume it from a tick, a queue
+    /// item or a call's answer): the root is woken through this stream's scheduler.
+    fn wait(&self, instance: &Instance) {
+        if self.waiting.replace(true) {
+            return;
+        }
+        let envoy = self.state.borrow().envoy;
+        // SAFETY: `envoy` is this live stream; the scheduler goes to the mailbox, which deletes it.
+        let scheduler = unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_new(envoy) };
+        if !scheduler.is_null() {
+            instance.mailbox.wait_with(self.key(), scheduler);
+        }
+    }
+
+    fn key(&self) -> usize {
+        self as *const HttpFilter as usize
+    }
+
+    /// Envoy runs an event committed to this stream's scheduler: the root context's pending
+    /// events (which may resume this stream or others).
+    pub fn on_scheduled(&self) {
+        let Some(instance) = self.instance.borrow().clone() else { return };
+        let _entered = stream::enter(&self.state);
+        instance.deliver_pending();
+        stream::run_deferred();
+    }
+
     /// Runs a body callback with the size of the body so far; a pause makes Envoy buffer.
     fn body_event(
         &self,
@@ -194,6 +224,7 @@ impl HttpFilter {
         let status = match result {
             Ok(Action::Pause) if !stream::take_continue(&self.state, direction) => {
                 self.state.borrow_mut().paused[direction.index()] = true;
+                self.wait(&instance);
                 stop
             }
             Ok(_) => status::CONTINUE,
@@ -237,7 +268,7 @@ impl HttpFilter {
         stream::defer(&self.state, stream::Action::Respond(response));
     }
 
-    /// Reports a failure and answers 500 (or, once the response has begun, resets the
+    /// Reports a failure and answers 503 (or, once the response has begun, resets the
     /// stream); with fail-open the filter is skipped instead. Returns the hook's status.
     fn fail(&self, error: &FilterError) -> u32 {
         self.out.set(true);
@@ -250,11 +281,9 @@ impl HttpFilter {
             stream::Action::Reset
         } else {
             stream::Action::Respond(LocalResponse {
-                status: 500,
+                status: FILTER_FAILED_STATUS,
                 details: b"inwasm_filter_failed".to_vec(),
-                body: Vec::new(),
-                headers: Vec::new(),
-                grpc_status: -1,
+                ..LocalResponse::default()
             })
         };
         stream::defer(&self.state, action);
@@ -267,6 +296,9 @@ impl HttpFilter {
             return;
         }
         let (Some(instance), Some(stream_id)) = (self.instance.borrow().clone(), self.stream.get()) else { return };
+        if self.waiting.get() {
+            instance.mailbox.stop_waiting(self.key());
+        }
         let Ok(mut vm) = instance.vm.try_borrow_mut() else { return };
         if let Err(error) = vm.finish_stream(stream_id) {
             drop(vm);

@@ -11,10 +11,11 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 
-use inwasm_host::{LocalResponse, Pairs, PluginId, Vm};
+use inwasm_host::{grpc, LocalResponse, Pairs, PluginId, Vm};
 
-use crate::abi::{self, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
+use crate::abi::{self, header_type, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
 use crate::body::Direction;
+use crate::headers;
 
 /// An http call issued through this stream on behalf of a root context.
 pub struct Callout {
@@ -135,11 +136,17 @@ impl Action {
 unsafe fn perform(envoy: FilterEnvoyPtr, action: Action) {
     match action {
         Action::Respond(response) => {
+            // Envoy makes a local reply to a gRPC request a gRPC one (HTTP 200, the body as
+            // `grpc-message`); the status it takes from a `grpc-status` header, if any.
+            let grpc_status = is_grpc_request(envoy)
+                .then(|| response.grpc_status_code().to_string().into_bytes())
+                .filter(|_| !response.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"grpc-status")));
             let mut headers: Vec<ModuleHeader> = response
                 .headers
                 .iter()
                 .filter(|(k, _)| k.first() != Some(&b':'))
                 .map(|(k, v)| ModuleHeader::of(k, v))
+                .chain(grpc_status.as_ref().map(|status| ModuleHeader::of(b"grpc-status", status)))
                 .collect();
             abi::envoy_dynamic_module_callback_http_send_response(
                 envoy,
@@ -155,6 +162,16 @@ unsafe fn perform(envoy: FilterEnvoyPtr, action: Action) {
         Action::Reset => abi::envoy_dynamic_module_callback_http_filter_reset_stream(envoy, 0, ModuleBuffer::of(b"")),
         Action::Call(call) => call(),
     }
+}
+
+/// Whether the stream's request is gRPC (by its `content-type`).
+///
+/// # Safety
+/// `envoy` must be a live stream of this thread.
+unsafe fn is_grpc_request(envoy: FilterEnvoyPtr) -> bool {
+    // SAFETY: per the caller.
+    let content_type = unsafe { headers::value(envoy, header_type::REQUEST_HEADERS, b"content-type") };
+    content_type.is_some_and(|value| grpc::is_grpc_content_type(&value))
 }
 
 /// Marks `stream` as the one this thread's hook serves while the guard lives: root contexts

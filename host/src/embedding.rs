@@ -111,6 +111,18 @@ pub struct LocalResponse {
     pub grpc_status: i32,
 }
 
+/// The HTTP status of a request one of whose filters failed (trapped, ran out of time or
+/// memory) without fail-open: 503, as from Envoy's Wasm filter. A gRPC request gets it as gRPC
+/// status 14, unavailable (`LocalResponse::into_grpc`).
+pub const FILTER_FAILED_STATUS: u32 = 503;
+
+impl Default for LocalResponse {
+    /// An empty 200 with no gRPC status.
+    fn default() -> Self {
+        LocalResponse { status: 200, details: Vec::new(), body: Vec::new(), headers: Vec::new(), grpc_status: -1 }
+    }
+}
+
 /// Flow control of the current stream.
 pub trait StreamControl {
     fn send_local_response(&mut self, _response: LocalResponse) -> HostResult<()> {

@@ -13,6 +13,7 @@
 //! configuration and embedding traits, with no wasmtime (for fuzzing them alone).
 
 mod embedding;
+pub mod grpc;
 mod plugin;
 pub mod serialization;
 pub mod stores;
@@ -41,7 +42,8 @@ with_runtime! {
 
 pub use embedding::*;
 pub use plugin::{
-    PluginConfig, VmConfig, DEFAULT_BACKGROUND_TIMEOUT, DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT,
+    PluginConfig, StreamLimits, VmConfig, DEFAULT_BACKGROUND_TIMEOUT, DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT,
+    DEFAULT_TIMEOUT,
 };
 pub use types::*;
 
@@ -53,5 +55,5 @@ with_runtime! {
     pub use error::{FailureKind, FilterError, InstanceLimit, LoadError};
     pub use ticker::EpochTicker;
     pub use module::Module;
-    pub use vm::{PluginId, StreamId, StreamLimits, Vm, VmStats};
+    pub use vm::{PluginId, StreamId, Vm, VmStats};
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// How a module is instantiated and limited. Shared by every plugin running on the VM.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
     /// The VM id: the namespace of shared data and queues (`plugin_vm_id`).
     pub vm_id: String,
@@ -60,4 +60,12 @@ pub struct PluginConfig {
     pub configuration: Vec<u8>,
     /// Overrides the VM's callback budget for this plugin's contexts.
     pub timeout: Option<Duration>,
+}
+
+/// What a stream may spend: its callback budget (`None`: its plugin's), and its budget
+/// across all its callbacks (its request's; `None`: no such budget).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamLimits {
+    pub timeout: Option<Duration>,
+    pub request_budget: Option<Duration>,
 }

@@ -16,7 +16,7 @@ use crate::embedding::{Embedding, HttpCallResponse};
 use crate::error::{classify, describe, FailureKind, FilterError};
 use crate::limits::{on_epoch_tick, Deadline, MemoryLimiter};
 use crate::module::Module;
-use crate::plugin::{PluginConfig, VmConfig};
+use crate::plugin::{PluginConfig, StreamLimits, VmConfig};
 use crate::session::{CallData, Context, HostState};
 use crate::ticker::Activity;
 use crate::types::{Action, MapType, Pairs, Status};
@@ -34,14 +34,6 @@ pub struct StreamId {
     plugin: usize,
 }
 
-/// What a stream may spend: its callback budget (`None`: its plugin's), and its budget
-/// across all its callbacks (its request's; `None`: no such budget).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct StreamLimits {
-    pub timeout: Option<Duration>,
-    pub request_budget: Option<Duration>,
-}
-
 /// Failures this VM has seen, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmStats {
@@ -57,6 +49,8 @@ struct Plugin {
     root_id: u32,
     /// Held here while no instance is live (between a failure and the rebuild).
     parked: Option<Box<dyn Embedding>>,
+    /// Taken off the VM (`remove_plugin`): its slot stays, so other ids keep their meaning.
+    removed: bool,
 }
 
 struct Live {
@@ -124,7 +118,7 @@ impl Vm {
     pub fn has_work_in_flight(&self) -> bool {
         self.live.as_ref().is_some_and(|live| {
             let state = live.store.data();
-            !state.pending_calls.is_empty() || state.contexts.len() > self.plugins.len()
+            !state.pending_calls.is_empty() || state.contexts.len() > self.plugins.iter().filter(|p| !p.removed).count()
         })
     }
 
@@ -142,7 +136,7 @@ impl Vm {
     pub fn add_plugin(&mut self, config: PluginConfig, embedding: Box<dyn Embedding>) -> Result<PluginId, FilterError> {
         self.ensure_live()?;
         let index = self.plugins.len();
-        self.plugins.push(Plugin { config: Arc::new(config), root_id: 0, parked: Some(embedding) });
+        self.plugins.push(Plugin { config: Arc::new(config), root_id: 0, parked: Some(embedding), removed: false });
         self.starting = true;
         let started = self.start_plugin(index);
         self.starting = false;
@@ -151,6 +145,30 @@ impl Vm {
             return Err(error);
         }
         Ok(PluginId(index))
+    }
+
+    /// Takes a plugin off the VM (its configuration is gone): its root context gets `on_done`
+    /// and `on_delete` and is dropped with its embedding; the other plugins go on. No stream of
+    /// the plugin may be left. A failure of those last callbacks is returned, the plugin
+    /// removed all the same.
+    pub fn remove_plugin(&mut self, plugin: PluginId) -> Result<(), FilterError> {
+        let Some(entry) = self.plugins.get_mut(plugin.0).filter(|p| !p.removed) else { return Ok(()) };
+        entry.removed = true;
+        entry.parked = None;
+        let root_id = std::mem::take(&mut entry.root_id);
+        if !self.live.as_ref().is_some_and(|live| live.store.data().contexts.contains_key(&root_id)) {
+            return Ok(());
+        }
+        let timeout = self.config.background_timeout;
+        let result = [Callback::Done, Callback::Delete]
+            .into_iter()
+            .try_for_each(|callback| self.call_within(plugin.0, callback, root_id, &[root_id], timeout).map(drop));
+        if let Some(live) = &mut self.live {
+            let state = live.store.data_mut();
+            state.contexts.remove(&root_id);
+            state.plugins.remove(&root_id);
+        }
+        result
     }
 
     /// Creates a stream context under `plugin` (rebuilding the instance if it failed), with
@@ -162,6 +180,10 @@ impl Vm {
         limits: StreamLimits,
     ) -> Result<StreamId, FilterError> {
         self.ensure_live()?;
+        if self.plugins[plugin.0].removed {
+            let gone = FailureKind::Instantiation("the filter was removed from its VM".into());
+            return Err(self.failure(plugin.0, Callback::ContextCreate, gone));
+        }
         let root_id = self.plugins[plugin.0].root_id;
         let id = self.new_context_id();
         let StreamLimits { timeout, request_budget } = limits;
@@ -411,6 +433,9 @@ impl Vm {
         caller: u32,
     ) -> Result<Option<i32>, FilterError> {
         self.ensure_live()?;
+        if self.plugins[plugin.0].removed {
+            return Ok(None);
+        }
         let root_id = self.plugins[plugin.0].root_id;
         let own = self.state().contexts.get(&caller).filter(|_| caller != root_id).map(|context| context.timeout);
         let timeout = match own {
@@ -589,7 +614,8 @@ impl Vm {
         let started = self.instantiate().and_then(|live| {
             self.live = Some(live);
             self.stats.instances_created += 1;
-            (0..self.plugins.len()).try_for_each(|index| self.start_plugin(index))
+            let kept: Vec<usize> = (0..self.plugins.len()).filter(|&i| !self.plugins[i].removed).collect();
+            kept.into_iter().try_for_each(|index| self.start_plugin(index))
         });
         self.starting = false;
         started

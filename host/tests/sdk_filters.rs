@@ -304,3 +304,20 @@ fn context_ids_are_never_reused() {
     h.vm.on_request_headers(second, true).unwrap();
     assert!(h.logs().contains(&"request_headers 3 eos=true".to_string()), "{:?}", h.logs());
 }
+
+#[test]
+fn a_removed_plugin_ends_and_the_others_on_its_vm_go_on() {
+    let mut h = Harness::new(filter("lifecycle"), "");
+    let second = h.vm.add_plugin(plugin_config("second", ""), testing::MemoryEmbedding::root(&h.node)).unwrap();
+    h.vm.remove_plugin(h.plugin).unwrap();
+    assert!(h.logs().contains(&"root on_done 1".to_string()), "{:?}", h.logs());
+    let exchange = testing::Exchange::default();
+    let refused =
+        h.vm.new_stream(h.plugin, testing::MemoryEmbedding::stream(&h.node, &exchange), StreamLimits::default());
+    assert!(refused.is_err(), "no stream on a removed plugin");
+    let stream =
+        h.vm.new_stream(second, testing::MemoryEmbedding::stream(&h.node, &exchange), StreamLimits::default()).unwrap();
+    h.vm.on_request_headers(stream, true).unwrap();
+    assert!(h.logs().contains(&"request_headers 3 eos=true".to_string()), "{:?}", h.logs());
+    assert!(h.vm.remove_plugin(h.plugin).is_ok(), "removing twice is harmless");
+}

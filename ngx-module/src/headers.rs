@@ -13,9 +13,11 @@ use std::ptr;
 
 use inwasm_host::{HostResult, Pairs, Status};
 use ngx::ffi::{
-    ngx_hash_key, ngx_http_request_t, ngx_list_init, ngx_list_part_t, ngx_list_push, ngx_list_t, ngx_pool_t,
-    ngx_table_elt_t, ngx_uint_t,
+    ngx_cached_http_time, ngx_hash_key, ngx_http_request_t, ngx_list_init, ngx_list_part_t, ngx_list_push, ngx_list_t,
+    ngx_pool_t, ngx_table_elt_t, ngx_uint_t, NGINX_VER, NGINX_VER_BUILD, NGX_HTTP_SERVER_TOKENS_BUILD,
+    NGX_HTTP_SERVER_TOKENS_OFF, NGX_HTTP_SERVER_TOKENS_ON,
 };
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
 use crate::ffi::{bytes, pool_str};
 use crate::request_line;
@@ -176,10 +178,13 @@ pub unsafe fn response_headers(r: *mut ngx_http_request_t) -> Pairs {
     // SAFETY: a live request (per the caller).
     let out = unsafe { &(*r).headers_out };
     let mut pairs = vec![(b":status".to_vec(), out.status.to_string().into_bytes())];
+    // SAFETY: a live request.
+    pairs.extend(unsafe { added_by_nginx(r) });
     if out.content_type.len > 0 {
         // SAFETY: nginx's strings of a live request.
         let mut value = unsafe { bytes(&out.content_type) }.to_vec();
-        if out.charset.len > 0 {
+        // As nginx's header filter: the charset goes on unless the type already carries it.
+        if out.charset.len > 0 && out.content_type_len == out.content_type.len {
             value.extend_from_slice(b"; charset=");
             // SAFETY: as above.
             value.extend_from_slice(unsafe { bytes(&out.charset) });
@@ -192,6 +197,45 @@ pub unsafe fn response_headers(r: *mut ngx_http_request_t) -> Pairs {
     // SAFETY: the response's list is valid.
     pairs.extend(unsafe { pairs_of(&out.headers) });
     pairs
+}
+
+/// Whether the request is gRPC (by its `content-type`).
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn is_grpc_request(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: a live request's `Content-Type` shortcut is null or a live element.
+    unsafe {
+        (*r).headers_in.content_type.as_ref().is_some_and(|h| inwasm_host::grpc::is_grpc_content_type(bytes(&h.value)))
+    }
+}
+
+/// `server` and `date` as nginx's header filter will add them (unless the response has its
+/// own), so filters see the response as the client will. Set back through the map, they
+/// become the response's own and nginx adds none.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn added_by_nginx(r: *mut ngx_http_request_t) -> Pairs {
+    // SAFETY: a live request (per the caller); nginx's cached time is valid in a worker.
+    unsafe {
+        let out = &(*r).headers_out;
+        let mut pairs = Vec::new();
+        if out.server.is_null() {
+            let tokens = NgxHttpCoreModule::location_conf(&*r)
+                .map_or(NGX_HTTP_SERVER_TOKENS_ON as ngx_uint_t, |c| c.server_tokens);
+            let server = match tokens as u32 {
+                NGX_HTTP_SERVER_TOKENS_OFF => &b"nginx"[..],
+                NGX_HTTP_SERVER_TOKENS_BUILD => NGINX_VER_BUILD.to_bytes(),
+                _ => NGINX_VER.to_bytes(),
+            };
+            pairs.push((b"server".to_vec(), server.to_vec()));
+        }
+        if out.date.is_null() {
+            pairs.push((b"date".to_vec(), bytes(&*ptr::addr_of!(ngx_cached_http_time)).to_vec()));
+        }
+        pairs
+    }
 }
 
 /// Sets the response's headers, routing `:status`, `content-type` and `content-length` to the

@@ -45,6 +45,9 @@ use crate::worker::{
     failure_text, fresh_instance, record_failure, revive_later, shared_instance, start_plugin, SharedVm,
 };
 
+/// A request whose filter failed (see `inwasm_host::FILTER_FAILED_STATUS`).
+pub const FILTER_FAILED: ngx_int_t = inwasm_host::FILTER_FAILED_STATUS as ngx_int_t;
+
 pub struct ActiveFilter {
     /// The filter's index in the configuration.
     index: usize,
@@ -409,7 +412,7 @@ enum Next {
 /// Runs the request side from where it stands until it is done, waits, or ends the request.
 unsafe fn advance(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Next {
     use Next::Status;
-    const FAILED: Next = Next::Status(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    const FAILED: Next = Next::Status(FILTER_FAILED);
     loop {
         if !check_lost(ctx) {
             return FAILED;
@@ -567,7 +570,7 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
         };
         let has_chain = loc.chain.as_ref().is_some_and(|c| !c.is_empty());
         let ctx = match ctx(r) {
-            Some(ctx) if ctx.failed => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+            Some(ctx) if ctx.failed => return FILTER_FAILED,
             Some(ctx) if ctx.suspended => return NGX_DONE as ngx_int_t,
             Some(ctx) => ctx,
             None if !has_chain => return NGX_DECLINED as ngx_int_t,
@@ -575,7 +578,7 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
                 Ok(ctx) => ctx,
                 Err(message) => {
                     log_error(NGX_LOG_ERR as ngx_uint_t, log, &format!("inwasm: {message}"));
-                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                    return FILTER_FAILED;
                 }
             },
         };
@@ -583,7 +586,7 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
             if let Err(message) = join(r, ctx, loc) {
                 log_error(NGX_LOG_ERR as ngx_uint_t, log, &format!("inwasm: {message}"));
                 ctx.failed = true;
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                return FILTER_FAILED;
             }
         }
         let next = advance(r, ctx);
@@ -704,7 +707,7 @@ unsafe fn stream_piece(
         let result = step(r, ctx, index, |f| f.vm.borrow_mut().on_request_body(f.stream, size, end));
         let resumed = std::mem::take(&mut ctx.exchange.borrow_mut().resume_requested);
         match result {
-            Step::Failed => return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t),
+            Step::Failed => return Err(FILTER_FAILED),
             Step::Responded => {
                 ctx.body_stopped = true;
                 return Ok(Vec::new());

@@ -15,13 +15,15 @@ use crate::chains::{chain_bytes, chain_size, consume, memory_chain};
 use crate::ffi::{guard, guard_status};
 use crate::headers;
 use crate::http_module::ngx_http_inwasm_module;
-use crate::request::{check_lost, ctx, step, ActiveFilter, RequestCtx, Step};
+use crate::request::{check_lost, ctx, step, ActiveFilter, RequestCtx, Step, FILTER_FAILED};
 
 pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
 pub static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 
-/// A local response's status and headers (with its own Content-Length), and its body.
-fn local_response_parts(response: LocalResponse) -> (Pairs, Vec<u8>) {
+/// A local response's status and headers (with its own Content-Length), and its body; to a
+/// gRPC request, in gRPC's form (as Envoy answers one).
+fn local_response_parts(response: LocalResponse, grpc: bool) -> (Pairs, Vec<u8>) {
+    let response = if grpc { response.into_grpc() } else { response };
     let LocalResponse { status, body, headers: extra, .. } = response;
     let mut pairs = vec![(b":status".to_vec(), status.to_string().into_bytes())];
     pairs.extend(extra);
@@ -41,7 +43,8 @@ fn local_response_parts(response: LocalResponse) -> (Pairs, Vec<u8>) {
 unsafe fn apply_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
     // SAFETY: a live request (the caller's contract), whose response headers are not sent yet.
     unsafe {
-        let (pairs, body) = local_response_parts(ctx.exchange.borrow_mut().local_response.take()?);
+        let response = ctx.exchange.borrow_mut().local_response.take()?;
+        let (pairs, body) = local_response_parts(response, headers::is_grpc_request(r));
         headers::set_response_headers(r, &pairs).ok()?;
         Some(body)
     }
@@ -55,7 +58,7 @@ unsafe fn apply_local_response(r: *mut ngx_http_request_t, ctx: &mut RequestCtx)
 pub unsafe fn send_local_response(r: *mut ngx_http_request_t, response: LocalResponse) -> ngx_int_t {
     // SAFETY: a live request, answered here.
     unsafe {
-        let (pairs, body) = local_response_parts(response);
+        let (pairs, body) = local_response_parts(response, headers::is_grpc_request(r));
         send_response(r, &pairs, &body)
     }
 }
@@ -115,15 +118,18 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
             let Some(ctx) = ctx(r) else {
                 return NGX_DECLINED as ngx_int_t;
             };
-            if ctx.failed || r != (*r).main {
+            if r != (*r).main {
                 return NGX_DECLINED as ngx_int_t;
+            }
+            if ctx.failed {
+                return answer_failure_as_grpc(r);
             }
             let end_of_stream = (*r).header_only() != 0;
             let mut paused = None;
             match run_response_chain(r, ctx, &mut paused, |f| {
                 f.vm.borrow_mut().on_response_headers(f.stream, end_of_stream)
             }) {
-                Err(()) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+                Err(()) => return FILTER_FAILED,
                 // A local response instead of the upstream's: its headers now, its body in place
                 // of the original one (which the body filter swallows).
                 Ok(true) => match apply_local_response(r, ctx) {
@@ -161,6 +167,28 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
             }
             rc => rc,
         }
+    }
+}
+
+/// nginx's answer to a request whose filter failed, on its way out: to a gRPC request, made
+/// a gRPC status instead (14, unavailable, with no body), as Envoy's Wasm filter answers.
+///
+/// # Safety
+/// `r` must be a live request whose response headers are not sent.
+unsafe fn answer_failure_as_grpc(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: a live request (per the caller).
+    unsafe {
+        if (*r).headers_out.status != FILTER_FAILED as ngx_uint_t || !headers::is_grpc_request(r) {
+            return NGX_DECLINED as ngx_int_t;
+        }
+        let failed = LocalResponse { status: FILTER_FAILED as u32, ..LocalResponse::default() };
+        let (pairs, _) = local_response_parts(failed, true);
+        if headers::set_response_headers(r, &pairs).is_err() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        // nginx's error page body is not sent after headers alone.
+        (*r).set_header_only(1);
+        NGX_DECLINED as ngx_int_t
     }
 }
 
@@ -361,7 +389,7 @@ pub unsafe extern "C" fn resume_response(event: *mut ngx_event_t) {
             let Some(ctx) = ctx(r) else { return };
             ctx.exchange.borrow_mut().response_resume_requested = false;
             if ctx.headers_held && !check_lost(ctx) {
-                return answer_held(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+                return answer_held(r, FILTER_FAILED as u32);
             }
             release_held(r);
         })

@@ -16,7 +16,9 @@ use std::ptr;
 use std::rc::Rc;
 
 use inwasm_host::{EpochTicker, FailureKind, FilterError, PluginId, Vm};
-use ngx::ffi::{ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_post_event, ngx_posted_events, NGX_LOG_ERR, NGX_OK};
+use ngx::ffi::{
+    ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_post_event, ngx_posted_events, ngx_uint_t, NGX_LOG_ERR, NGX_OK,
+};
 
 use crate::embedding::RootEmbedding;
 use crate::ffi::{cycle_log, guard, guard_status, log_error};
@@ -272,7 +274,9 @@ fn new_vm(conf: &WasmConf, decl: &ModuleDecl) -> Result<SharedVm, String> {
     }
 }
 
-/// The shared VM and plugin of a filter in this worker, started on first use.
+/// The shared VM and plugin of a filter in this worker, started on first use. A VM new to the
+/// worker starts the root contexts of all its module's filters, in configuration order (as
+/// Envoy's Wasm filter starts a worker's), so their context ids are the same as there.
 pub fn shared_instance(filter: usize) -> Result<(SharedVm, PluginId), String> {
     // SAFETY: the worker's cycle.
     let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }.ok_or("no wasm configuration")?;
@@ -288,18 +292,38 @@ pub fn shared_instance(filter: usize) -> Result<(SharedVm, PluginId), String> {
         return Ok((vm.clone(), plugin));
     }
     // Started outside the worker's borrow: the guest runs (on_vm_start, on_configure).
-    let vm = match vm {
-        Some(vm) => vm,
-        None => new_vm(conf, &conf.modules[decl.module])?,
-    };
-    let (plugin, link) = start_linked_plugin(&vm, decl)?;
-    WORKER.with(|w| {
-        if let Some(w) = w.borrow_mut().as_mut() {
-            w.vms[decl.module] = Some(vm.clone());
-            w.plugins[filter] = Some((plugin, link));
+    let (vm, siblings) = match vm {
+        Some(vm) => (vm, Vec::new()),
+        None => {
+            let siblings = (0..conf.filters.len()).filter(|&i| i != filter && conf.filters[i].module == decl.module);
+            (new_vm(conf, &conf.modules[decl.module])?, siblings.collect())
         }
-    });
+    };
+    let start = |index: usize| -> Result<PluginId, String> {
+        let (plugin, link) = start_linked_plugin(&vm, &conf.filters[index])?;
+        WORKER.with(|w| {
+            if let Some(w) = w.borrow_mut().as_mut() {
+                w.vms[decl.module] = Some(vm.clone());
+                w.plugins[index] = Some((plugin, link));
+            }
+        });
+        Ok(plugin)
+    };
+    for &sibling in siblings.iter().filter(|&&i| i < filter) {
+        report_sibling(start(sibling));
+    }
+    let plugin = start(filter)?;
+    for &sibling in siblings.iter().filter(|&&i| i > filter) {
+        report_sibling(start(sibling));
+    }
     Ok((vm, plugin))
+}
+
+/// A sibling's failure to start is its own (logged; it is tried again at its first use).
+fn report_sibling(started: Result<PluginId, String>) {
+    if let Err(message) = started {
+        log_error(NGX_LOG_ERR as ngx_uint_t, cycle_log(), &format!("inwasm: {message}"));
+    }
 }
 
 /// A fresh VM of `module` with the filter's plugin started on it (isolation stream/filter).

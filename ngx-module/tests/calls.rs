@@ -296,7 +296,7 @@ fn metrics_are_aggregated_across_workers_and_scraped() {
         seen.push(response.header("x-requests-total").unwrap().parse::<u64>().unwrap());
     }
     assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "one counter for both workers");
-    assert_eq!(nginx.get("/bad").status, 500);
+    assert_eq!(nginx.get("/bad").status, 503);
     let scrape = nginx.get("/metrics");
     assert_eq!(scrape.header("content-type"), Some("text/plain; version=0.0.4"));
     let text = scrape.text();
@@ -332,5 +332,5 @@ fn full_shared_data_zone_evicts_least_recently_used_or_fails() {
         &format!("{module} shm_kv * 64k eviction=none;"),
         "location / { proxy_wasm shared; proxy_pass UPSTREAM; }",
     );
-    assert_eq!(strict.request("GET", "/", &[("x-fill", "300")], b"").status, 500, "a full zone refuses the write");
+    assert_eq!(strict.request("GET", "/", &[("x-fill", "300")], b"").status, 503, "a full zone refuses the write");
 }

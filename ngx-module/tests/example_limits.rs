@@ -23,7 +23,7 @@ fn limits_endless_loop_gets_500_at_the_deadline() {
     let example = Example::start("limits", 8080);
     for _ in 0..5 {
         let started = Instant::now();
-        assert_eq!(get(&example, "/loop").status, 500);
+        assert_eq!(get(&example, "/loop").status, 503);
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(20) && elapsed < Duration::from_secs(1), "{elapsed:?}");
         assert_eq!(instance_requests(&example, "/ok"), 1, "the instance was rebuilt");
@@ -39,7 +39,7 @@ fn limits_memory_hog_is_stopped_at_the_module_limit() {
     let example = Example::start("limits", 8080);
     assert_eq!(instance_requests(&example, "/ok"), 1);
     assert_eq!(instance_requests(&example, "/ok"), 2, "one shared instance");
-    assert_eq!(get(&example, "/hog").status, 500);
+    assert_eq!(get(&example, "/hog").status, 503);
     assert_eq!(instance_requests(&example, "/ok"), 1, "the instance was rebuilt");
     let log = example.nginx.error_log();
     assert!(
@@ -52,8 +52,8 @@ fn limits_memory_hog_is_stopped_at_the_module_limit() {
 #[test]
 fn limits_panic_and_endless_recursion_trap() {
     let example = Example::start("limits", 8080);
-    assert_eq!(get(&example, "/panic").status, 500);
-    assert_eq!(get(&example, "/recurse").status, 500);
+    assert_eq!(get(&example, "/panic").status, 503);
+    assert_eq!(get(&example, "/recurse").status, 503);
     assert_eq!(instance_requests(&example, "/ok"), 1);
     let log = example.nginx.error_log();
     assert!(log.contains("[wasm] filter \"limits\": panicked at"), "the panic message is logged: {log}");
@@ -113,7 +113,7 @@ fn limits_stream_isolation_serves_concurrent_requests_through_failures() {
         modes.map(|mode| request(port, "GET", &format!("/isolated/{mode}"), &[], b"").status).collect::<Vec<_>>()
     });
     let served: Vec<_> = normal.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    assert_eq!(failing.join().unwrap(), [500; 12]);
+    assert_eq!(failing.join().unwrap(), [503; 12]);
     assert_eq!(served.len(), 100);
     for (status, instance_requests) in served {
         assert_eq!(status, 200, "{}", example.nginx.error_log());

@@ -59,10 +59,10 @@ fn multi_tenant_limits_are_per_tenant() {
     let port = example.port(8080);
     for (tenant, budget) in [("sandbox", 50), ("acme", 100)] {
         let started = Instant::now();
-        assert_eq!(at(port, tenant, "GET", "/_misbehave/loop", b"").status, 500);
+        assert_eq!(at(port, tenant, "GET", "/_misbehave/loop", b"").status, 503);
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(budget) && elapsed < Duration::from_secs(2), "{tenant}: {elapsed:?}");
-        assert_eq!(at(port, tenant, "GET", "/_misbehave/hog", b"").status, 500);
+        assert_eq!(at(port, tenant, "GET", "/_misbehave/hog", b"").status, 503);
     }
     let log = example.nginx.error_log();
     for line in [
@@ -84,7 +84,7 @@ fn multi_tenant_failing_tenant_leaves_the_others_serving() {
         .map(|tenant| {
             std::thread::spawn(move || {
                 let modes = ["panic", "loop", "hog"].iter().cycle().take(9);
-                modes.filter(|mode| at(port, tenant, "GET", &format!("/_misbehave/{mode}"), b"").status == 500).count()
+                modes.filter(|mode| at(port, tenant, "GET", &format!("/_misbehave/{mode}"), b"").status == 503).count()
             })
         })
         .collect();
@@ -162,7 +162,7 @@ fn multi_tenant_two_hundred_tenants_start_and_serve() {
     assert_eq!(at(port, "t058", "GET", "/kv/k", b"").status, 404);
     assert_eq!(at(port, "t057", "GET", "/kv/k", b"").text(), "57");
     // t150 is untrusted (every tenth): 50 ms per callback, a fresh instance per request.
-    assert_eq!(at(port, "t150", "GET", "/_misbehave/loop", b"").status, 500);
+    assert_eq!(at(port, "t150", "GET", "/_misbehave/loop", b"").status, 503);
     assert!(nginx.error_log().contains("filter \"t150\" exceeded its deadline of 50 ms"), "{}", nginx.error_log());
     assert_eq!(at(port, "t150", "GET", "/", b"").status, 200);
     assert_eq!(at(port, "t151", "GET", "/", b"").status, 200);

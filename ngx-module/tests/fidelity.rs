@@ -342,7 +342,7 @@ fn a_call_may_name_its_authority_with_a_host_header() {
 }
 
 #[test]
-fn a_filter_failing_while_a_request_waits_answers_500_at_once() {
+fn a_filter_failing_while_a_request_waits_answers_503_at_once() {
     let upstream = EchoUpstream::start();
     let call = format!("call 127.0.0.1:{} /check", upstream.port);
     let nginx = Nginx::start(
@@ -359,7 +359,7 @@ fn a_filter_failing_while_a_request_waits_answers_500_at_once() {
     for path in ["/request", "/response"] {
         let started = std::time::Instant::now();
         let response = nginx.get(path);
-        assert_eq!(response.status, 500, "{path}: {}", nginx.error_log());
+        assert_eq!(response.status, 503, "{path}: {}", nginx.error_log());
         assert!(started.elapsed() < Duration::from_secs(5), "{path}");
     }
     assert_eq!(nginx.get("/open").text(), "served\n");

@@ -68,7 +68,7 @@ fn a_slow_starting_filter_starts_with_the_worker_and_is_rebuilt_after_a_failure_
     );
     // Started with the worker, not at the first request.
     assert_eq!(nginx.wait_log("configure: configured", 1), 1, "{}", nginx.error_log());
-    assert_eq!(nginx.get("/").status, 500);
+    assert_eq!(nginx.get("/").status, 503);
     // Rebuilt right after the failure: the next request finds it ready.
     assert_eq!(nginx.wait_log("configure: configured", 2), 2, "{}", nginx.error_log());
     std::thread::sleep(Duration::from_millis(200));
@@ -85,7 +85,7 @@ fn a_body_inspection_past_its_budget_names_the_setting_to_raise() {
             script = script(&["request_body buffer", "request_body spin-ms 300"])
         ),
     );
-    assert_eq!(nginx.request("POST", "/strict", &[], b"a=b").status, 500);
+    assert_eq!(nginx.request("POST", "/strict", &[], b"a=b").status, 503);
     assert_eq!(nginx.request("POST", "/roomy", &[], b"a=b").text(), "checked\n");
     let log = nginx.error_log();
     let line =

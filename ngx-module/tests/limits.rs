@@ -41,7 +41,7 @@ fn location_timeout_cuts_a_spinning_filter_precisely() {
     let mut overshoots = Vec::new();
     for _ in 0..20 {
         let started = Instant::now();
-        assert_eq!(misbehave(&nginx, "spin").status, 500);
+        assert_eq!(misbehave(&nginx, "spin").status, 503);
         let elapsed = started.elapsed();
         assert!(elapsed >= limit, "cut before the limit: {elapsed:?}");
         overshoots.push(elapsed - limit);
@@ -49,7 +49,7 @@ fn location_timeout_cuts_a_spinning_filter_precisely() {
     }
     overshoots.sort();
     let (median, worst) = (overshoots[overshoots.len() / 2], overshoots[overshoots.len() - 1]);
-    println!("deadline 20 ms: time past the limit to the 500: median {median:?}, max {worst:?}");
+    println!("deadline 20 ms: time past the limit to the 503: median {median:?}, max {worst:?}");
     assert!(median < Duration::from_millis(10), "median overshoot {median:?}");
     assert!(worst < Duration::from_millis(200), "worst overshoot {worst:?}");
     let log = nginx.error_log();
@@ -62,7 +62,7 @@ fn memory_hog_is_stopped_at_its_module_limit() {
     // A budget far beyond the hog's time: a test of the memory limit must not race a deadline.
     let nginx = misbehave_server_with("module_memory_limit misbehave 16m;", "proxy_wasm_timeout 10s;");
     for _ in 0..10 {
-        assert_eq!(misbehave(&nginx, "hog").status, 500);
+        assert_eq!(misbehave(&nginx, "hog").status, 503);
         assert_eq!(misbehave(&nginx, "ok").status, 200);
     }
     let log = nginx.error_log();
@@ -80,7 +80,7 @@ fn memory_hog_is_stopped_at_its_module_limit() {
 #[test]
 fn stack_overflow_is_caught() {
     let nginx = misbehave_server("");
-    assert_eq!(misbehave(&nginx, "recurse").status, 500);
+    assert_eq!(misbehave(&nginx, "recurse").status, 503);
     assert!(nginx.error_log().contains("trapped in proxy_on_request_headers"), "{}", nginx.error_log());
     assert_eq!(misbehave(&nginx, "ok").status, 200);
 }
@@ -118,13 +118,13 @@ fn environment_is_empty_unless_passed() {
 }
 
 /// Sends 4 x 50 normal requests and 24 misbehaving ones at once; returns how many of each
-/// got the expected status (200 and 500). A closed or reset connection counts as neither.
+/// got the expected status (200 and 503). A closed or reset connection counts as neither.
 fn storm(port: u16) -> (usize, usize) {
     let status = move |mode: &str| try_request(port, "GET", "/", &[("x-misbehave", mode)], b"").map(|r| r.status).ok();
     let normal: Vec<_> =
         (0..4).map(|_| std::thread::spawn(move || (0..50).filter(|_| status("ok") == Some(200)).count())).collect();
     let attack = std::thread::spawn(move || {
-        ["panic", "spin", "hog", "recurse"].iter().cycle().take(24).filter(|mode| status(mode) == Some(500)).count()
+        ["panic", "spin", "hog", "recurse"].iter().cycle().take(24).filter(|mode| status(mode) == Some(503)).count()
     });
     let served = normal.into_iter().map(|t| t.join().unwrap()).sum();
     (served, attack.join().unwrap())
@@ -154,7 +154,7 @@ fn per_request_isolation_keeps_concurrent_traffic_whole() {
 }
 
 /// With one shared instance per worker (isolation none), a failure discards that instance,
-/// and requests in flight on it fail too: 500 before their response has begun, a closed
+/// and requests in flight on it fail too: 503 before their response has begun, a closed
 /// connection after (as streams of a failed VM in Envoy get a 503 or a reset). The worker
 /// itself keeps serving.
 #[test]

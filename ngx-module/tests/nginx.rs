@@ -254,11 +254,11 @@ fn same_module_twice_in_one_chain_with_different_configs() {
 }
 
 #[test]
-fn trap_answers_500_and_worker_keeps_serving() {
+fn trap_answers_503_and_worker_keeps_serving() {
     let nginx =
         Nginx::start(&wasm_block(&["misbehave"]), "location / { proxy_wasm misbehave ok; return 200 'fine\n'; }");
     let failed = nginx.request("GET", "/", &[("x-misbehave", "panic")], b"");
-    assert_eq!(failed.status, 500);
+    assert_eq!(failed.status, 503);
     let log = nginx.error_log();
     assert!(log.contains("filter \"misbehave\" trapped in proxy_on_request_headers"), "{log}");
     assert!(log.contains("misbehave: panic requested"), "{log}");
@@ -275,7 +275,7 @@ fn spinning_filter_is_cut_at_the_deadline() {
     let started = Instant::now();
     let response = nginx.request("GET", "/", &[("x-misbehave", "spin")], b"");
     let elapsed = started.elapsed();
-    assert_eq!(response.status, 500);
+    assert_eq!(response.status, 503);
     assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
     assert!(nginx.error_log().contains("exceeded its deadline of 100 ms"), "{}", nginx.error_log());
     assert_eq!(nginx.get("/").text(), "fine\n");

@@ -182,7 +182,7 @@ fn a_request_budget_bounds_a_filter_across_its_callbacks() {
             script("b", &["request_headers spin-ms 40", "response_headers spin-ms 40"]),
         ),
     );
-    assert_eq!(nginx.get("/spread").status, 500);
+    assert_eq!(nginx.get("/spread").status, 503);
     assert_eq!(nginx.get("/fits").text(), "fits\n");
     let log = nginx.error_log();
     assert!(

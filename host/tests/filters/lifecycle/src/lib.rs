@@ -10,7 +10,12 @@ proxy_wasm::main! {{
 
 struct Root(u32);
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        log::info!("root on_done {}", self.0);
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {

@@ -4,9 +4,9 @@
 //! The configuration is a script, one step a line: `CALLBACK VERB ARGS...`. Arguments are
 //! separated by spaces and percent-decoded (`%20` is a space). A callback runs its lines in
 //! order; `pause` ends it with `Action::Pause`, else it continues. Callbacks:
-//! `configure` and `tick` (the root context), `request_headers`, `request_body`,
-//! `response_headers`, `response_body`, `log`, `call_response` (a stream's http call
-//! answered; `call_failed` when it failed).
+//! `configure`, `tick` and `queue_ready` (the root context), `request_headers`,
+//! `request_body`, `response_headers`, `response_body`, `log`, `call_response` (a stream's
+//! http call answered; `call_failed` when it failed).
 //!
 //! Verbs:
 //! - `get-header MAP NAME`, `set-header MAP NAME VALUE`, `add-header MAP NAME VALUE`,
@@ -22,6 +22,16 @@
 //! - `call UPSTREAM PATH [NAME=VALUE ...]`: an http call with those headers (`:method`
 //!   `GET` and `:authority` UPSTREAM unless given; `timeout=MS` sets the timeout, 5 s).
 //! - `tick MS` (in `configure`): the tick period.
+//! - `postpone` (a stream): pause, and wait for `resume-postponed` (a root context), which
+//!   resumes every postponed stream of the module (as the Go SDK's postpone_requests).
+//! - `global-count`: adds one to a counter of the whole module (its globals are shared by
+//!   every root context on its VM) and adds request header `x-global: root<ID>:<COUNT>`.
+//! - `register-queue NAME` (a root context), `dequeue` (in `queue_ready`: one item, logged
+//!   as `dequeued N bytes`, or `queue empty`).
+//! - `count NAME`: adds one to counter NAME, defining it first if needed.
+//! - `enqueue VM_ID NAME COUNT`: COUNT one-byte items into queue NAME of VM VM_ID.
+//! - `zlib-round-trip TEXT`: TEXT through the host's `compress` and `uncompress` foreign
+//!   functions, logged as `zlib HEADER round trip ok` (or the failing status).
 //! - `stdout N`: writes N bytes of `x` to standard output.
 //! - `spin-ms N`: keeps the CPU busy for N ms.
 //! - Floods, each logging how many succeeded and the first failure's status (where an SDK
@@ -30,7 +40,9 @@
 //!   `queue-fill PREFIX COUNT` (registers queues), `enqueue-fill NAME COUNT SIZE` (items into
 //!   the module's own queue NAME), `metric-fill PREFIX COUNT` (counters), `call-fill COUNT
 //!   UPSTREAM PATH [timeout=MS]` (http calls).
+use std::cell::RefCell;
 use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -38,8 +50,16 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| Box::<Root>::default());
+    proxy_wasm::set_root_context(|id| Box::new(Root { id, ..Root::default() }));
 }}
+
+/// Counts `global-count` steps across the module's root contexts.
+static GLOBAL_COUNT: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    /// Streams waiting for `resume-postponed`, by context id.
+    static POSTPONED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// One line of the script.
 #[derive(Clone, Debug)]
@@ -103,13 +123,17 @@ extern "C" {
     fn proxy_register_shared_queue(name: *const u8, size: usize, id: *mut u32) -> u32;
     fn proxy_enqueue_shared_queue(id: u32, value: *const u8, size: usize) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, size: usize, id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_replace_header_map_value(map: u32, key: *const u8, key_size: usize, value: *const u8, size: usize) -> u32;
     fn proxy_add_header_map_value(map: u32, key: *const u8, key_size: usize, value: *const u8, size: usize) -> u32;
 }
 
 #[derive(Default)]
 struct Root {
+    id: u32,
     script: Vec<Step>,
+    /// The queue `register-queue` registered (0: none).
+    queue: u32,
 }
 
 impl Root {
@@ -117,6 +141,19 @@ impl Root {
         for step in self.script.clone().iter().filter(|s| s.callback == callback) {
             match step.verb.as_str() {
                 "tick" => self.set_tick_period(Duration::from_millis(arg(step, 0).parse().unwrap_or(0))),
+                "register-queue" => self.queue = self.register_shared_queue(arg(step, 0)),
+                "dequeue" => match self.dequeue_shared_queue(self.queue) {
+                    Ok(Some(item)) => log::info!("{callback}: dequeued {} bytes", item.len()),
+                    Ok(None) => log::info!("{callback}: queue empty"),
+                    Err(status) => log::info!("{callback}: dequeue failed: {status:?}"),
+                },
+                "resume-postponed" => {
+                    for id in POSTPONED.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+                        let resumed = proxy_wasm::hostcalls::set_effective_context(id)
+                            .and_then(|()| proxy_wasm::hostcalls::resume_http_request());
+                        log::info!("{callback}: resumed a postponed stream: {}", resumed.is_ok());
+                    }
+                }
                 _ => {
                     common(self, step);
                 }
@@ -163,6 +200,39 @@ fn common(context: &dyn Context, step: &Step) -> bool {
             _ => log::info!("{}: shared {} absent", step.callback, arg(step, 0)),
         },
         "shared-fill" | "queue-fill" | "enqueue-fill" | "metric-fill" => fill(step),
+        "enqueue" => match context.resolve_shared_queue(arg(step, 0), arg(step, 1)) {
+            Some(queue) => {
+                for _ in 0..arg(step, 2).parse().unwrap_or(0) {
+                    let _ = context.enqueue_shared_queue(queue, Some(b"i"));
+                }
+            }
+            None => log::info!("{}: queue {} unknown", step.callback, arg(step, 1)),
+        },
+        "zlib-round-trip" => {
+            let text = arg(step, 0).as_bytes();
+            let round = proxy_wasm::hostcalls::call_foreign_function("compress", Some(text)).and_then(|packed| {
+                let packed = packed.unwrap_or_default();
+                let back = proxy_wasm::hostcalls::call_foreign_function("uncompress", Some(&packed))?;
+                Ok((packed, back.unwrap_or_default()))
+            });
+            match round {
+                Ok((packed, back)) if back == text => {
+                    log::info!("{}: zlib {} round trip ok", step.callback, shown(&packed[..2.min(packed.len())]))
+                }
+                Ok(_) => log::info!("{}: zlib round trip changed the text", step.callback),
+                Err(status) => log::info!("{}: zlib failed: {status:?}", step.callback),
+            }
+        }
+        "count" => {
+            let name = arg(step, 0);
+            let mut id = 0;
+            // SAFETY: the host's ABI functions, with a live name and out-pointer.
+            unsafe {
+                if proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) == 0 {
+                    proxy_increment_metric(id, 1);
+                }
+            }
+        }
         "call" => call(context, step),
         "call-fill" => {
             let count: usize = arg(step, 0).parse().unwrap_or(0);
@@ -245,8 +315,12 @@ impl RootContext for Root {
         self.run_root("tick");
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { script: self.script.clone(), response_started: false }))
+    fn on_queue_ready(&mut self, _: u32) {
+        self.run_root("queue_ready");
+    }
+
+    fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream { id, root: self.id, script: self.script.clone(), response_started: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -255,6 +329,9 @@ impl RootContext for Root {
 }
 
 struct Stream {
+    id: u32,
+    /// Its root context's id.
+    root: u32,
     script: Vec<Step>,
     /// The response headers have run: `resume` resumes the response.
     response_started: bool,
@@ -271,6 +348,14 @@ impl Stream {
         for step in self.script.clone().iter().filter(|s| s.callback == callback) {
             match step.verb.as_str() {
                 "pause" => return Outcome::Pause,
+                "postpone" => {
+                    POSTPONED.with(|p| p.borrow_mut().push(self.id));
+                    return Outcome::Pause;
+                }
+                "global-count" => {
+                    let count = GLOBAL_COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.add_http_request_header("x-global", &format!("root{}:{count}", self.root));
+                }
                 "buffer" if !end_of_stream => return Outcome::Pause,
                 "buffer" => {}
                 "resume" if self.response_started => self.resume_http_response(),
