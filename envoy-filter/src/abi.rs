@@ -278,6 +278,85 @@ extern "C" {
     pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config: ConfigEnvoyPtr) -> SchedulerPtr;
     pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: SchedulerPtr, event: u64);
     pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: SchedulerPtr);
+    pub fn envoy_dynamic_module_callback_http_get_metadata_string(
+        filter: FilterEnvoyPtr,
+        source: u32,
+        namespace: ModuleBuffer,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_metadata_number(
+        filter: FilterEnvoyPtr,
+        source: u32,
+        namespace: ModuleBuffer,
+        key: ModuleBuffer,
+        result: *mut f64,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_metadata_bool(
+        filter: FilterEnvoyPtr,
+        source: u32,
+        namespace: ModuleBuffer,
+        key: ModuleBuffer,
+        result: *mut bool,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_metadata_keys_count(
+        filter: FilterEnvoyPtr,
+        source: u32,
+        namespace: ModuleBuffer,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_metadata_keys(
+        filter: FilterEnvoyPtr,
+        source: u32,
+        namespace: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_metadata_namespaces_count(
+        filter: FilterEnvoyPtr,
+        source: u32,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_metadata_namespaces(
+        filter: FilterEnvoyPtr,
+        source: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_metadata_list_size(
+        filter: FilterEnvoyPtr,
+        source: u32,
+        namespace: ModuleBuffer,
+        key: ModuleBuffer,
+        result: *mut usize,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_metadata_list_number(
+        filter: FilterEnvoyPtr,
+        source: u32,
+        namespace: ModuleBuffer,
+        key: ModuleBuffer,
+        index: usize,
+        result: *mut f64,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_metadata_list_string(
+        filter: FilterEnvoyPtr,
+        source: u32,
+        namespace: ModuleBuffer,
+        key: ModuleBuffer,
+        index: usize,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_metadata_list_bool(
+        filter: FilterEnvoyPtr,
+        source: u32,
+        namespace: ModuleBuffer,
+        key: ModuleBuffer,
+        index: usize,
+        result: *mut bool,
+    ) -> bool;
+
+    /// A scheduler that runs events on the stream's worker thread (through
+    /// `envoy_dynamic_module_on_http_filter_scheduled`); committing from any thread is safe and
+    /// does nothing once the stream is gone.
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: FilterEnvoyPtr) -> SchedulerPtr;
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler: SchedulerPtr, event: u64);
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: SchedulerPtr);
 
     pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: ConfigEnvoyPtr,
@@ -321,4 +400,12 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+}
+
+/// `envoy_dynamic_module_type_metadata_source`.
+pub mod metadata_source {
+    pub const DYNAMIC: u32 = 0;
+    pub const ROUTE: u32 = 1;
+    pub const CLUSTER: u32 = 2;
+    pub const HOST: u32 = 3;
 }

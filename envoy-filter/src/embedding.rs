@@ -62,7 +62,7 @@ macro_rules! common_capabilities {
 
         impl Metrics for $embedding {
             fn define_metric(&mut self, kind: MetricType, name: &str) -> HostResult<u32> {
-                Ok(self.config.metrics.define(kind, name))
+                self.config.metrics.define(kind, name)
             }
             fn increment_metric(&mut self, id: u32, offset: i64) -> HostResult<()> {
                 self.config.metrics.increment(id, offset)
@@ -259,6 +259,21 @@ impl StreamEmbedding {
     }
 }
 
+impl StreamEmbedding {
+    /// Runs `edit` on Envoy's map behind `map`. A change to the request headers clears the
+    /// stream's route cache, as Envoy's Wasm filter does, so a rewritten `:authority`,
+    /// `:path` or routing header picks the route again.
+    fn edit_envoy_map(&self, map: MapType, edit: impl FnOnce(abi::FilterEnvoyPtr, u32) -> bool) -> HostResult<()> {
+        let envoy = self.envoy();
+        let edited = edit(envoy, envoy_map(map).ok_or(Status::BadArgument)?);
+        if edited && map == MapType::HttpRequestHeaders {
+            // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
+            unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(envoy) };
+        }
+        edited.then_some(()).ok_or(Status::NotFound)
+    }
+}
+
 impl HeaderMaps for StreamEmbedding {
     fn header_map(&mut self, map: MapType) -> HostResult<Pairs> {
         if let Some(pairs) = self.local_headers(map, |h| h.clone()) {
@@ -268,11 +283,10 @@ impl HeaderMaps for StreamEmbedding {
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> HostResult<()> {
-        let Some(()) = self.local_headers(map, |h| *h = pairs.clone()) else {
-            let map = envoy_map(map).ok_or(Status::BadArgument)?;
-            return unsafe { headers::replace_all(self.envoy(), map, &pairs) }.then_some(()).ok_or(Status::NotFound);
-        };
-        Ok(())
+        if let Some(()) = self.local_headers(map, |h| *h = pairs.clone()) {
+            return Ok(());
+        }
+        self.edit_envoy_map(map, |envoy, map| unsafe { headers::replace_all(envoy, map, &pairs) })
     }
 
     fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
@@ -293,8 +307,7 @@ impl HeaderMaps for StreamEmbedding {
         if let Some(()) = self.local_headers(map, |h| h.push((key.to_vec(), value.to_vec()))) {
             return Ok(());
         }
-        let map = envoy_map(map).ok_or(Status::BadArgument)?;
-        unsafe { headers::add(self.envoy(), map, key, value) }.then_some(()).ok_or(Status::NotFound)
+        self.edit_envoy_map(map, |envoy, map| unsafe { headers::add(envoy, map, key, value) })
     }
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
@@ -305,16 +318,14 @@ impl HeaderMaps for StreamEmbedding {
         if replaced.is_some() {
             return Ok(());
         }
-        let map = envoy_map(map).ok_or(Status::BadArgument)?;
-        unsafe { headers::set(self.envoy(), map, key, Some(value)) }.then_some(()).ok_or(Status::NotFound)
+        self.edit_envoy_map(map, |envoy, map| unsafe { headers::set(envoy, map, key, Some(value)) })
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
         if let Some(()) = self.local_headers(map, |h| h.retain(|(k, _)| !k.eq_ignore_ascii_case(key))) {
             return Ok(());
         }
-        let map = envoy_map(map).ok_or(Status::BadArgument)?;
-        unsafe { headers::set(self.envoy(), map, key, None) }.then_some(()).ok_or(Status::NotFound)
+        self.edit_envoy_map(map, |envoy, map| unsafe { headers::set(envoy, map, key, None) })
     }
 }
 

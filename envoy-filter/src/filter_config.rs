@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use inwasm_host::{MetricType, Module};
 
@@ -33,6 +33,9 @@ pub struct FilterConfig {
     pub host_counters: [u32; 4],
 }
 
+/// Every configuration Envoy has loaded and not yet destroyed, in load order.
+static LOADED: Mutex<Vec<Weak<FilterConfig>>> = Mutex::new(Vec::new());
+
 // Envoy's worker threads share a configuration.
 const _: () = {
     const fn shared_across_threads<T: Send + Sync>() {}
@@ -47,11 +50,12 @@ impl FilterConfig {
         let module = runtime::compile(&settings.module, settings.cache_dir.as_deref())?;
         runtime::keep_deadlines_for(settings.plugin.timeout.or(settings.vm.timeout));
         let scheduler = unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(envoy) };
+        let metrics = MetricRegistry::new(ConfigHandle(envoy), &settings.plugin.name);
         let config = Arc::new(FilterConfig {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             settings,
             module,
-            metrics: MetricRegistry::new(ConfigHandle(envoy)),
+            metrics,
             envoy: ConfigHandle(envoy),
             main_mailbox: Arc::new(Mailbox::on_main_thread(scheduler)),
             config_callouts: Mutex::new(HashMap::new()),
@@ -60,12 +64,17 @@ impl FilterConfig {
         });
         // Envoy takes metric definitions only now, while the configuration loads.
         let mut config = config;
-        let counters = report::HOST_COUNTERS
-            .map(|name| config.metrics.define(MetricType::Counter, &report::host_metric(&config, name)));
+        let counters = report::HOST_COUNTERS.map(|name| {
+            config.metrics.define(MetricType::Counter, &report::host_metric(&config, name)).unwrap_or(u32::MAX)
+        });
         Arc::get_mut(&mut config).expect("not shared yet").host_counters = counters;
         match Instance::start(&config, config.main_mailbox.clone()) {
             Ok(instance) => {
+                config.metrics.mark_loaded();
                 instances::install(&config, instance);
+                let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+                loaded.retain(|c| c.strong_count() > 0);
+                loaded.push(Arc::downgrade(&config));
                 Ok(config)
             }
             Err(error) => {
@@ -92,5 +101,11 @@ impl FilterConfig {
 
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
+    }
+
+    /// The live configurations for which `belongs` holds, in load order.
+    pub fn loaded(belongs: impl Fn(&FilterConfig) -> bool) -> Vec<Arc<FilterConfig>> {
+        let loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+        loaded.iter().filter_map(Weak::upgrade).filter(|c| !c.is_retired() && belongs(c)).collect()
     }
 }

@@ -1,6 +1,6 @@
 //! The event hooks Envoy calls (`envoy_dynamic_module_on_*`). Envoy refuses a module that
 //! lacks any of its HTTP hooks, so the ones this module has no use for (streamed callouts,
-//! filter schedulers, watermarks) exist and do nothing.
+//! watermarks) exist and do nothing.
 //!
 //! Every hook catches panics: none crosses into Envoy.
 
@@ -210,8 +210,25 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     )
 }
 
-// Required by Envoy, unused: this module starts no streamed callouts, uses no per-stream
-// scheduler and is never a terminal filter.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    event: u64,
+) {
+    guard(
+        "filter scheduled",
+        || (),
+        || {
+            if event == WAKE_EVENT {
+                filter(ptr).on_scheduled();
+            }
+        },
+    )
+}
+
+// Required by Envoy, unused: this module starts no streamed callouts and is never a terminal
+// filter.
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
@@ -259,14 +276,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
     _ptr: *const c_void,
     _stream_id: u64,
     _reason: u32,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _envoy: FilterEnvoyPtr,
-    _ptr: *const c_void,
-    _event: u64,
 ) {
 }
 

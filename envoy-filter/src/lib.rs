@@ -6,7 +6,7 @@
 //! configuration; `filter_config.rs` a loaded configuration; `instances.rs` the per-thread
 //! and per-request instances; `filter.rs` one stream's callbacks; `embedding.rs` what a filter
 //! reaches; `stream.rs` per-stream state and the actions run after each guest call;
-//! `headers.rs`, `body.rs`, `properties.rs`, `metrics.rs` the Envoy side of each; `mailbox.rs`
+//! `headers.rs`, `body.rs`, `properties.rs` (and `metadata.rs`), `metrics.rs` the Envoy side of each; `mailbox.rs`
 //! and `ticks.rs` how root contexts get ticks and queue notifications; `abi.rs` the C ABI.
 
 mod abi;
@@ -20,6 +20,7 @@ mod hooks;
 mod instances;
 mod log;
 mod mailbox;
+mod metadata;
 mod metrics;
 mod properties;
 mod report;

@@ -1,33 +1,48 @@
 //! Events for one root context, posted from any thread and run on the root's own thread.
 //!
-//! Envoy's dynamic-module ABI gives no timer on a worker thread and no way to run code there
-//! except inside one of its requests. So a root context on a worker gets its ticks and queue
-//! notifications at the start of that worker's next request through the filter; a root on
-//! Envoy's main thread (each filter configuration has one) is woken at once through the
-//! configuration's scheduler.
+//! Envoy's dynamic-module ABI has no timer on a worker thread, so a root context is woken
+//! through a scheduler Envoy offers: the configuration's for the root on Envoy's main thread
+//! (each filter configuration has one), woken at once; a waiting stream's for a root on a
+//! worker. A stream the filter paused registers its scheduler here while it waits, so a tick,
+//! a queue item or a call's answer that should resume it runs when it is due; with no stream
+//! waiting, the worker's root gets its events at the start of the worker's next request.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::abi::{self, SchedulerPtr};
 
-/// The configuration scheduler that wakes the main thread; deleted when the configuration is.
-struct Scheduler(SchedulerPtr);
-
-// SAFETY: Envoy's scheduler commit may be called from any thread; the pointer is only used
-// under the mailbox's lock and deleted once, under it too.
-unsafe impl Send for Scheduler {}
-
-/// The event id committed to the configuration scheduler.
+/// The event id committed to a scheduler to wake the root.
 pub const WAKE_EVENT: u64 = 1;
 
-#[derive(Default)]
+/// Queue notifications a root may have waiting before they merge.
+const MAX_NOTIFICATIONS: usize = 1024;
+
+/// How the root is woken.
+enum Waker {
+    /// On a worker: the schedulers of its waiting streams (keyed by their filter), if any.
+    Streams(Vec<(usize, SchedulerPtr)>),
+    /// On the main thread: the configuration's scheduler (owned; deleted when it closes).
+    Config(SchedulerPtr),
+    Closed,
+}
+
+// SAFETY: Envoy's schedulers may be committed from any thread; each pointer is only used
+// under the mailbox's lock (never committed and deleted at once) and deleted once, under it.
+unsafe impl Send for Waker {}
+
 pub struct Mailbox {
     /// Something was posted since the last `take` (checked first: requests look every time).
     posted: AtomicBool,
     tick_due: AtomicBool,
     ready_queues: Mutex<Vec<u32>>,
-    wake: Mutex<Option<Scheduler>>,
+    waker: Mutex<Waker>,
+}
+
+impl Default for Mailbox {
+    fn default() -> Mailbox {
+        Mailbox::with(Waker::Streams(Vec::new()))
+    }
 }
 
 /// What a root context has to run.
@@ -38,13 +53,22 @@ pub struct Pending {
 }
 
 impl Mailbox {
+    fn with(waker: Waker) -> Mailbox {
+        Mailbox {
+            posted: AtomicBool::new(false),
+            tick_due: AtomicBool::new(false),
+            ready_queues: Mutex::new(Vec::new()),
+            waker: Mutex::new(waker),
+        }
+    }
+
     /// A mailbox on Envoy's main thread, woken through `scheduler` (which it now owns).
     pub fn on_main_thread(scheduler: SchedulerPtr) -> Mailbox {
-        Mailbox { wake: Mutex::new((!scheduler.is_null()).then_some(Scheduler(scheduler))), ..Mailbox::default() }
+        Mailbox::with(if scheduler.is_null() { Waker::Closed } else { Waker::Config(scheduler) })
     }
 
     pub fn is_main_thread(&self) -> bool {
-        self.lock_wake().is_some()
+        matches!(*self.lock_waker(), Waker::Config(_))
     }
 
     /// The root's tick period has passed (several unanswered ticks make one).
@@ -55,15 +79,17 @@ impl Mailbox {
         }
     }
 
-    /// A queue the root registered has items.
+    /// A queue the root registered has a new item: one notification per item, as in Envoy's
+    /// Wasm filter (past `MAX_NOTIFICATIONS` waiting, one per queue: they only say "look").
     pub fn post_queue_ready(&self, queue_id: u32) {
         let mut ready = self.ready_queues.lock().unwrap_or_else(|p| p.into_inner());
-        if !ready.contains(&queue_id) {
-            ready.push(queue_id);
-            drop(ready);
-            self.posted.store(true, Ordering::Release);
-            self.wake();
+        if ready.len() >= MAX_NOTIFICATIONS && ready.contains(&queue_id) {
+            return;
         }
+        ready.push(queue_id);
+        drop(ready);
+        self.posted.store(true, Ordering::Release);
+        self.wake();
     }
 
     /// Takes what is pending.
@@ -76,20 +102,72 @@ impl Mailbox {
         Pending { tick, ready_queues }
     }
 
+    /// A stream of this (worker's) root waits: it wakes the root through `scheduler` (which the
+    /// mailbox now owns) until `stop_waiting(stream)`. Events posted before it came are run now.
+    pub fn wait_with(&self, stream: usize, scheduler: SchedulerPtr) {
+        let mut waker = self.lock_waker();
+        let Waker::Streams(streams) = &mut *waker else {
+            // SAFETY: a scheduler Envoy made for the caller, not used anywhere else.
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler) };
+            return;
+        };
+        streams.push((stream, scheduler));
+        if self.posted.load(Ordering::Acquire) {
+            // SAFETY: a live scheduler, used under the lock.
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler, WAKE_EVENT) };
+        }
+    }
+
+    /// The stream no longer waits (it ended): its scheduler is deleted.
+    pub fn stop_waiting(&self, stream: usize) {
+        if let Waker::Streams(streams) = &mut *self.lock_waker() {
+            if let Some(index) = streams.iter().position(|(s, _)| *s == stream) {
+                let (_, scheduler) = streams.swap_remove(index);
+                // SAFETY: a scheduler this mailbox owned, removed from it under the lock.
+                unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler) };
+            }
+        }
+    }
+
     /// Stops waking the main thread and deletes the scheduler (the configuration is going).
     pub fn close(&self) {
-        if let Some(scheduler) = self.lock_wake().take() {
-            unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler.0) };
+        let mut waker = self.lock_waker();
+        if let Waker::Config(scheduler) = std::mem::replace(&mut *waker, Waker::Closed) {
+            // SAFETY: the configuration's scheduler, owned here and now forgotten.
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler) };
         }
     }
 
     fn wake(&self) {
-        if let Some(scheduler) = self.lock_wake().as_ref() {
-            unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler.0, WAKE_EVENT) };
+        match &*self.lock_waker() {
+            // SAFETY: a live scheduler, used under the lock.
+            Waker::Config(scheduler) => unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(*scheduler, WAKE_EVENT)
+            },
+            // One waiting stream is enough: the root runs everything pending when woken.
+            Waker::Streams(streams) => {
+                if let Some((_, scheduler)) = streams.last() {
+                    // SAFETY: as above.
+                    unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_commit(*scheduler, WAKE_EVENT) };
+                }
+            }
+            Waker::Closed => {}
         }
     }
 
-    fn lock_wake(&self) -> std::sync::MutexGuard<'_, Option<Scheduler>> {
-        self.wake.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_waker(&self) -> MutexGuard<'_, Waker> {
+        self.waker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        let waker = std::mem::replace(self.waker.get_mut().unwrap_or_else(|p| p.into_inner()), Waker::Closed);
+        if let Waker::Streams(streams) = waker {
+            for (_, scheduler) in streams {
+                // SAFETY: schedulers this mailbox owned; nothing can commit them any more.
+                unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler) };
+            }
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! Envoy's attribute names (`request.path`, `source.address`, ...) answered through the
 //! dynamic-module attribute callbacks, in proxy-wasm's encodings: strings raw, integers
-//! 8-byte little endian, booleans one byte, header maps in pair serialization.
+//! 8-byte little endian, booleans one byte, header maps in pair serialization; metadata
+//! properties through `metadata.rs`.
 
 use inwasm_host::serialization::property;
 
 use crate::abi::{self, attribute::*, header_type, EnvoyBuffer, FilterEnvoyPtr};
-use crate::headers;
+use crate::{headers, metadata};
 
 enum Kind {
     Text(u32),
@@ -67,6 +68,9 @@ fn kind(path: &[&[u8]]) -> Option<Kind> {
 /// # Safety
 /// `filter` must be a live stream of this thread.
 pub unsafe fn get(filter: FilterEnvoyPtr, path: &[&[u8]]) -> Option<Vec<u8>> {
+    if metadata::is_metadata(path) {
+        return metadata::get(filter, path);
+    }
     match kind(path)? {
         Kind::Text(id) => {
             let mut result = EnvoyBuffer::EMPTY;

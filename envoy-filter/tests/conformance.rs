@@ -47,6 +47,40 @@ struct Case {
     check: fn(&Observed),
     /// Send one request before the one compared, so every host's worker is running.
     warm_up: bool,
+    /// How many times the filter stands in the chain (each with the case's configuration).
+    chain: usize,
+    /// Envoy routes tried before the default one (YAML route entries; clusters `upstream`
+    /// and `auth`).
+    envoy_routes: &'static [&'static str],
+    /// The default Envoy route's metadata (YAML flow mapping).
+    route_metadata: Option<&'static str>,
+    /// nginx's `location /` in place of the default one: `FILTERS` stands for the filter
+    /// directives, `ECHO` and `AUTH` for the upstreams' addresses.
+    nginx_location: Option<&'static str>,
+    /// More of nginx's `http {}` block.
+    nginx_http: &'static str,
+}
+
+impl Case {
+    /// What a case has unless it says otherwise.
+    const PLAIN: Case = Case {
+        name: "",
+        filter: "filter_script",
+        config: "",
+        method: "GET",
+        path: "/",
+        headers: &[],
+        body: b"",
+        differs: NO_DIFFERENCE,
+        no_reference: None,
+        check: |_| {},
+        warm_up: true,
+        chain: 1,
+        envoy_routes: &[],
+        route_metadata: None,
+        nginx_location: None,
+        nginx_http: "",
+    };
 }
 
 /// What a host did with a request, normalized for comparison.
@@ -139,34 +173,44 @@ fn run(case: &Case, host: Host) -> Observed {
         settle();
         observe(response, messages(&log()[before..], host))
     };
+    // Each filter of a chain has a configuration of its own (the script ignores `#` lines).
+    let configs: Vec<String> = (0..case.chain)
+        .map(|i| if i == 0 { case.config.to_string() } else { format!("{}\n# filter {i}", case.config) })
+        .collect();
     match host {
         Host::V8 | Host::EnvoyInwasm => {
-            let filter = match host {
-                Host::V8 => v8_filter(name, &wasm(case.filter), case.config),
+            let filter = |config: &String| match host {
+                Host::V8 => v8_filter(name, &wasm(case.filter), config),
                 _ => inwasm_filter(&format!(
                     r#"{{"module": "{}", "name": "{name}", "vm_id": "{name}", "configuration": {}}}"#,
                     wasm(case.filter),
-                    json_string(case.config)
+                    json_string(config)
                 )),
             };
             let setup = EnvoySetup {
-                filters: vec![filter],
+                filters: configs.iter().map(filter).collect(),
                 upstream: Some(upstream.port),
                 clusters: vec![("auth".into(), auth.port)],
                 workers: 1,
+                routes: case.envoy_routes.iter().map(|r| r.to_string()).collect(),
+                route_metadata: case.route_metadata.map(str::to_string),
             };
             let envoy = Envoy::start(&setup);
             exchange(envoy.port, &|| envoy.log())
         }
         Host::NginxInwasm => {
+            let filters: String = configs.iter().map(|config| format!("proxy_wasm {name} '{config}';")).collect();
+            let placeholders = |text: &str| {
+                text.replace("FILTERS", &filters)
+                    .replace("ECHO", &format!("http://127.0.0.1:{}", upstream.port))
+                    .replace("AUTH", &format!("http://127.0.0.1:{}", auth.port))
+            };
+            let location = placeholders(case.nginx_location.unwrap_or("location / { FILTERS proxy_pass ECHO; }"));
             let nginx = Nginx::start_with(
                 1,
                 &format!("wasm {{ module {name} {}; }}", wasm(case.filter)),
-                &format!(
-                    "location / {{ proxy_wasm {name} '{}'; proxy_pass http://127.0.0.1:{}; }}",
-                    case.config, upstream.port
-                ),
-                &format!("upstream auth {{ server 127.0.0.1:{}; }}", auth.port),
+                &location,
+                &format!("upstream auth {{ server 127.0.0.1:{}; }} {}", auth.port, placeholders(case.nginx_http)),
             );
             // Workers start after nginx accepts connections: the settling lets their start-up
             // log first.
@@ -176,7 +220,7 @@ fn run(case: &Case, host: Host) -> Observed {
 }
 
 fn json_string(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
 }
 
 /// A row of the table: how each inwasm host compared with the reference.
@@ -190,6 +234,7 @@ fn compare(case: &Case) -> String {
     let mut observed_inwasm = Vec::new();
     for host in [Host::EnvoyInwasm, Host::NginxInwasm] {
         let observed = run(case, host);
+        eprintln!("{}: {}: {observed:?}", case.name, host.label());
         (case.check)(&observed);
         let expected_difference = case.differs.iter().find(|(h, _)| *h == host).map(|(_, why)| *why);
         let cell = match (&reference, expected_difference) {
@@ -220,134 +265,88 @@ fn cases() -> Vec<Case> {
             name: "request and response headers rewritten",
             filter: "filter_headers",
             config: "from-config",
-            method: "GET",
             path: "/path?x=1",
             headers: &[("X-Remove-Me", "yes"), ("X-Keep", "kept")],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| {
                 assert_eq!(o.status, 200);
                 assert!(o.body.contains("x-inwasm-config: from-config") && !o.body.contains("x-remove-me"), "{}", o.body);
                 assert!(o.headers.contains(&("x-request-path".into(), "/path?x=1".into())), "{:?}", o.headers);
             },
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "local response from request headers",
             filter: "filter_headers",
-            config: "",
-            method: "GET",
-            path: "/",
             headers: &[("x-deny", "1")],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert_eq!((o.status, o.body.as_str()), (403, "denied\n")),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "local response from response headers",
             filter: "filter_headers",
-            config: "",
-            method: "GET",
-            path: "/",
             headers: &[("x-deny-response", "1")],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert_eq!((o.status, o.body.as_str()), (451, "blocked late\n")),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "request body buffered and rewritten, response body transformed",
             filter: "filter_body",
-            config: "",
             method: "POST",
             path: "/upload",
-            headers: &[],
             body: b"hello",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert!(o.body.ends_with("\n\nOLLEH!"), "{}", o.body),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "response headers held for an http call",
             filter: "filter_httpcall",
             config: "auth",
-            method: "GET",
             path: "/resource",
             headers: &[("authorization", "Bearer good"), ("x-call-at", "response")],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert!(o.headers.contains(&("x-auth-user".into(), "alice".into())), "{:?}", o.headers),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "local response in place of a held response",
             filter: "filter_httpcall",
             config: "auth",
-            method: "GET",
             path: "/resource",
             headers: &[("authorization", "Bearer bad"), ("x-call-at", "response")],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert_eq!((o.status, o.body.as_str()), (403, "forbidden\n")),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "bad request body rejected",
             filter: "filter_body",
-            config: "",
             method: "POST",
             path: "/upload",
-            headers: &[],
             body: b"a bad one",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert_eq!(o.status, 400),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "properties",
             filter: "filter_properties",
             config: "request.path,request.url_path,request.method,request.scheme,request.query,request.protocol,plugin_name,plugin_root_id,response.code",
-            method: "GET",
             path: "/props?q=1",
-            headers: &[],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert!(o.headers.contains(&("x-prop-request-path".into(), "/props?q=1".into())), "{:?}", o.headers),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "callback order and arguments",
             filter: "filter_lifecycle",
-            config: "",
             method: "POST",
-            path: "/",
-            headers: &[],
             body: b"hello",
-                        no_reference: None,
             check: |o| assert!(o.log.contains(&"request_headers 3 eos=false".to_string()), "{:?}", o.log),
             differs: &[(
                 Host::NginxInwasm,
                 "nginx hands a body that arrives whole to on_request_body at once with end_of_stream; Envoy sends the end of stream as a second, empty piece",
             )],
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "first request on a worker",
             filter: "filter_lifecycle",
-            config: "",
-            method: "GET",
-            path: "/",
-            headers: &[],
-            body: b"",
             differs: &[
                 (
                     Host::EnvoyInwasm,
@@ -358,35 +357,27 @@ fn cases() -> Vec<Case> {
                     "a filter that starts no work of its own at configuration time (timers, calls, queues, shared data) starts at its worker's first request, so idle filters cost no instance",
                 ),
             ],
-            no_reference: None,
             check: |o| assert!(o.log.contains(&"request_headers 2 eos=true".to_string()), "{:?}", o.log),
             warm_up: false,
+            ..Case::PLAIN
         },
         Case {
             name: "http call allows the request",
             filter: "filter_httpcall",
             config: "auth",
-            method: "GET",
             path: "/resource",
             headers: &[("authorization", "Bearer good")],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert!(o.body.contains("x-auth-user: alice"), "{}", o.body),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "http call denies the request",
             filter: "filter_httpcall",
             config: "auth",
-            method: "GET",
             path: "/resource",
             headers: &[("authorization", "Bearer bad")],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert_eq!(o.status, 403),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "http call in flight while the request body arrives",
@@ -396,94 +387,126 @@ fn cases() -> Vec<Case> {
             path: "/resource",
             headers: &[("authorization", "Bearer bad")],
             body: b"payload",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |_| {},
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "http call to an unknown upstream",
             filter: "filter_httpcall",
             config: "nosuch",
-            method: "GET",
-            path: "/",
-            headers: &[],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert!(o.headers.contains(&("x-call-error".into(), "BadArgument".into())), "{:?}", o.headers),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "shared data",
             filter: "filter_shared",
-            config: "",
-            method: "GET",
-            path: "/",
-            headers: &[],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert!(o.headers.contains(&("x-hits".into(), "2".into())), "{:?}", o.headers),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "metrics",
             filter: "filter_metrics",
-            config: "",
-            method: "GET",
-            path: "/",
-            headers: &[],
-            body: b"",
-            differs: NO_DIFFERENCE,
-            no_reference: None,
             check: |o| assert!(o.headers.contains(&("x-requests-total".into(), "2".into())), "{:?}", o.headers),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "sandbox: an empty environment",
             filter: "filter_misbehave",
             config: "env",
-            method: "GET",
-            path: "/",
-            headers: &[],
-            body: b"",
             differs: &[(
                 Host::EnvoyInwasm,
                 "the filter reports its (empty) environment in a header with an empty value, which Envoy's dynamic-module ABI cannot store: the header is dropped",
             )],
-            no_reference: None,
             check: |o| assert!(o.body.contains("x-misbehave-config: env"), "{}", o.body),
-            warm_up: true,
+            ..Case::PLAIN
         },
         Case {
             name: "panic in request headers",
             filter: "filter_misbehave",
             config: "panic",
-            method: "GET",
-            path: "/",
-            headers: &[],
-            body: b"",
-            differs: &[
-                (Host::EnvoyInwasm, "a failed filter answers 500 (Envoy's Wasm filter answers 503) and logs the trap"),
-                (Host::NginxInwasm, "a failed filter answers 500 (Envoy's Wasm filter answers 503) and logs the trap"),
-            ],
-            no_reference: None,
-            check: |o| assert!(o.status >= 500),
-            warm_up: true,
+            differs: &[(
+                Host::NginxInwasm,
+                "nginx answers an error status with its own error page (HTML; `error_page` changes it), Envoy with an empty body",
+            )],
+            check: |o| assert_eq!(o.status, 503),
+            // Not warmed up: Envoy's Wasm filter keeps a failed VM failed (inwasm rebuilds it).
+            warm_up: false,
+            ..Case::PLAIN
+        },
+        Case {
+            name: "panic on a gRPC request",
+            filter: "filter_misbehave",
+            config: "panic",
+            method: "POST",
+            path: "/pkg.Service/Method",
+            headers: &[("content-type", "application/grpc"), ("te", "trailers")],
+            body: b"\0\0\0\0\0",
+            check: |o| {
+                assert_eq!(o.status, 200, "a gRPC failure is a gRPC status");
+                assert!(o.headers.contains(&("grpc-status".into(), "14".into())), "{:?}", o.headers);
+            },
+            // Not warmed up: Envoy's Wasm filter keeps a failed VM failed (inwasm rebuilds it).
+            warm_up: false,
+            ..Case::PLAIN
         },
         Case {
             name: "infinite loop in request headers",
             filter: "filter_misbehave",
             config: "spin",
-            method: "GET",
-            path: "/",
-            headers: &[],
-            body: b"",
-            differs: NO_DIFFERENCE,
             no_reference: Some("V8 has no deadline: the worker would spin forever"),
-            check: |o| assert_eq!(o.status, 500),
-            warm_up: true,
+            check: |o| assert_eq!(o.status, 503),
+            ..Case::PLAIN
+        },
+        Case {
+            name: "a request-header edit re-routes (the route cache is cleared)",
+            config: "request_headers set-header request x-route canary",
+            envoy_routes: &[r#"- match: {prefix: "/", headers: [{name: x-route, string_match: {exact: canary}}]}
+  route: {cluster: auth}"#],
+            nginx_http: "map $http_x_route $routed { canary AUTH; default ECHO; }",
+            nginx_location: Some("location / { FILTERS proxy_pass $routed; }"),
+            check: |o| assert_eq!(o.status, 401, "the canary route's service answered: {}", o.body),
+            ..Case::PLAIN
+        },
+        Case {
+            name: "filters with the same code share one VM (globals, distinct root contexts)",
+            config: "request_headers global-count",
+            chain: 2,
+            check: |o| assert!(o.body.contains("x-global: root1:3\nx-global: root2:4\n"), "{}", o.body),
+            ..Case::PLAIN
+        },
+        Case {
+            name: "a paused request is resumed by the root context's tick, with no other traffic",
+            config: "configure tick 100\ntick resume-postponed\nrequest_headers postpone",
+            check: |o| {
+                assert_eq!(o.status, 200);
+                assert_eq!(o.log, ["tick: resumed a postponed stream: true"]);
+            },
+            ..Case::PLAIN
+        },
+        Case {
+            name: "route metadata properties",
+            config: "request_headers property xds.route_metadata.filter_metadata.tenancy.tenant
+                     request_headers property xds.route_metadata.filter_metadata.tenancy.tier
+                     request_headers property xds.route_metadata.filter_metadata.tenancy.beta
+                     request_headers property xds.route_metadata.filter_metadata.tenancy.regions
+                     request_headers property xds.route_metadata.filter_metadata.tenancy.regions.1
+                     request_headers property xds.route_metadata.filter_metadata.tenancy.missing",
+            route_metadata: Some("{filter_metadata: {tenancy: {tenant: acme, tier: 3, beta: true, regions: [eu, us]}}}"),
+            differs: &[(Host::NginxInwasm, "nginx has no xDS route metadata: the properties are absent")],
+            check: |o| assert_eq!(o.status, 200),
+            ..Case::PLAIN
+        },
+        Case {
+            name: "each queued item notifies the registering root context",
+            config: "configure register-queue q\nqueue_ready dequeue\nrequest_headers enqueue script q 3",
+            check: |o| assert_eq!(o.log, ["queue_ready: dequeued 1 bytes"; 3]),
+            ..Case::PLAIN
+        },
+        Case {
+            name: "compress and uncompress foreign functions (zlib)",
+            config: "request_headers zlib-round-trip hello%20hello%20hello",
+            check: |o| assert_eq!(o.log, ["request_headers: zlib 789c round trip ok"]),
+            ..Case::PLAIN
         },
     ]
 }

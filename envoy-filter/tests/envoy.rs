@@ -76,7 +76,7 @@ fn spinning_filter_is_cut_at_its_deadline_and_the_worker_serves_on() {
     let limit = Duration::from_millis(20);
     for _ in 0..5 {
         let started = Instant::now();
-        assert_eq!(misbehave(&envoy, "spin").status, 500);
+        assert_eq!(misbehave(&envoy, "spin").status, 503);
         let elapsed = started.elapsed();
         assert!(elapsed >= limit && elapsed < limit * 10, "cut after {elapsed:?}");
         assert_eq!(misbehave(&envoy, "ok").status, 200, "the worker serves the next request");
@@ -90,7 +90,7 @@ fn spinning_filter_is_cut_at_its_deadline_and_the_worker_serves_on() {
 fn memory_hog_is_stopped_at_its_limit() {
     let (envoy, _upstream) = envoy("misbehave", r#""configuration": "ok", "memory_limit": "16m""#);
     for _ in 0..3 {
-        assert_eq!(misbehave(&envoy, "hog").status, 500);
+        assert_eq!(misbehave(&envoy, "hog").status, 503);
         assert_eq!(misbehave(&envoy, "ok").status, 200);
     }
     assert!(envoy.log().contains("exceeded its memory limit of 16777216 bytes"), "{}", envoy.log());
@@ -98,10 +98,10 @@ fn memory_hog_is_stopped_at_its_limit() {
 }
 
 #[test]
-fn panic_answers_500_and_the_instance_is_rebuilt() {
+fn panic_answers_503_and_the_instance_is_rebuilt() {
     let (envoy, _upstream) = envoy("misbehave", r#""configuration": "ok""#);
-    assert_eq!(misbehave(&envoy, "panic").status, 500);
-    assert_eq!(misbehave(&envoy, "recurse").status, 500);
+    assert_eq!(misbehave(&envoy, "panic").status, 503);
+    assert_eq!(misbehave(&envoy, "recurse").status, 503);
     let response = misbehave(&envoy, "ok");
     assert!(response.text().contains("x-misbehave-ok: 1"), "{}", response.text());
     let log = envoy.log();
@@ -153,7 +153,7 @@ fn http_call_to_a_cluster_resumes_or_denies_the_request() {
         filters: vec![inwasm_filter(&settings("httpcall", r#""configuration": "auth""#))],
         upstream: Some(upstream.port),
         clusters: vec![("auth".into(), auth.port), ("dead".into(), dead)],
-        workers: 1,
+        ..EnvoySetup::default()
     };
     let envoy = Envoy::start(&setup);
     let allowed = envoy.request("GET", "/resource", &[("authorization", "Bearer good")], b"");
@@ -176,7 +176,7 @@ fn failed_call_reaches_the_filter() {
         filters: vec![inwasm_filter(&settings("httpcall", r#""configuration": "dead""#))],
         upstream: Some(upstream.port),
         clusters: vec![("dead".into(), free_port())],
-        workers: 1,
+        ..EnvoySetup::default()
     };
     let envoy = Envoy::start(&setup);
     // Envoy answers a call to a dead upstream itself, with 503.
@@ -254,6 +254,18 @@ fn metrics_reach_envoy_stats() {
     assert!(stats.contains("dynamicmodulescustom.requests_total: 4"), "{stats}");
     assert!(stats.contains("dynamicmodulescustom.inflight: 0"), "{stats}");
     assert!(stats.contains("inwasm.metrics.requests_total: 4"), "{stats}");
+}
+
+#[test]
+fn metrics_first_defined_by_a_request_reach_envoy_stats_under_a_label() {
+    let (envoy, _upstream) = envoy("script", r#""configuration": "request_headers count late_total""#);
+    for _ in 0..3 {
+        envoy.get("/");
+    }
+    let stats = envoy.stats();
+    assert!(stats.contains("dynamicmodulescustom.counter.name.late_total: 3"), "{stats}");
+    let log = envoy.log();
+    assert_eq!(log.matches("defined metric \"late_total\" after its configuration loaded").count(), 1, "{log}");
 }
 
 #[test]

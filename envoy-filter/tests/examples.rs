@@ -56,10 +56,10 @@ fn rate_limit_example_answers_429_past_the_burst() {
 fn limits_example_cuts_a_loop_at_its_deadline_and_serves_on() {
     let example = EnvoyExample::start("limits", 8080, 9901);
     let started = Instant::now();
-    assert_eq!(example.request(8080, "GET", "/loop", &[], b"").status, 500);
+    assert_eq!(example.request(8080, "GET", "/loop", &[], b"").status, 503);
     assert!(started.elapsed() < Duration::from_millis(500), "cut at the deadline: {:?}", started.elapsed());
-    assert_eq!(example.request(8080, "GET", "/hog", &[], b"").status, 500);
-    assert_eq!(example.request(8080, "GET", "/panic", &[], b"").status, 500);
+    assert_eq!(example.request(8080, "GET", "/hog", &[], b"").status, 503);
+    assert_eq!(example.request(8080, "GET", "/panic", &[], b"").status, 503);
     assert_eq!(example.request(8080, "GET", "/ok", &[], b"").status, 200);
     let stats = request(example.port(9901), "GET", "/stats", &[], b"").text();
     for counter in ["timeouts_total: 1", "memory_failures_total: 1", "traps_total: 1"] {

@@ -73,6 +73,10 @@ pub struct EnvoySetup {
     pub clusters: Vec<(String, u16)>,
     /// Worker threads (default 1).
     pub workers: u32,
+    /// Routes tried before the default one, each a YAML route entry (`- match: ...`).
+    pub routes: Vec<String>,
+    /// The default route's metadata, a YAML flow mapping (`{filter_metadata: {...}}`).
+    pub route_metadata: Option<String>,
 }
 
 pub struct Envoy {
@@ -180,10 +184,14 @@ impl Drop for Envoy {
 }
 
 fn config(setup: &EnvoySetup, port: u16, admin: u16) -> String {
-    let route = match setup.upstream {
+    let mut route = match setup.upstream {
         Some(_) => "route: {cluster: upstream, timeout: 30s}".to_string(),
         None => r#"direct_response: {status: 200, body: {inline_string: "direct\n"}}"#.to_string(),
     };
+    if let Some(metadata) = &setup.route_metadata {
+        route.push_str(&format!("\n                metadata: {metadata}"));
+    }
+    let routes: String = setup.routes.iter().map(|r| indent(r, "              ")).collect();
     let mut clusters: Vec<(String, u16)> = setup.upstream.map(|p| ("upstream".to_string(), p)).into_iter().collect();
     clusters.extend(setup.clusters.iter().cloned());
     let clusters: String = clusters
@@ -205,6 +213,7 @@ fn config(setup: &EnvoySetup, port: u16, admin: u16) -> String {
         ("ADMIN", admin.to_string()),
         ("PORT", port.to_string()),
         ("STAT_PREFIX", "ingress".to_string()),
+        ("ROUTES", routes),
         ("ROUTE", route),
         ("FILTERS", filters),
         ("CLUSTERS", clusters),
