@@ -63,14 +63,24 @@ def inwasm_filter(value):
                 value: {value}"""
 
 
-def envoy_yaml(port, admin, body, http_filters, stat_prefix):
-    """Envoy answering every request with `body` itself, through `http_filters` (entries as
-    `inwasm_filter` makes them; the router is appended)."""
+def envoy_yaml(port, admin, body, http_filters, stat_prefix, upstream=None):
+    """Envoy answering every request with `body` itself (or, given an `upstream` port, passing
+    it to 127.0.0.1:`upstream`), through `http_filters` (entries as `inwasm_filter` makes
+    them; the router is appended)."""
     with open(os.path.join(ROOT, "ci", "envoy-listener.yaml")) as f:
         template = f.read()
-    values = {"ADMIN": str(admin), "PORT": str(port), "STAT_PREFIX": stat_prefix,
-              "ROUTE": f'direct_response: {{status: 200, body: {{inline_string: "{body}"}}}}',
-              "FILTERS": "".join(f + "\n" for f in http_filters), "CLUSTERS": ""}
+    route, clusters = f'direct_response: {{status: 200, body: {{inline_string: "{body}"}}}}', ""
+    if upstream is not None:
+        route = "route: {cluster: upstream, timeout: 30s}"
+        clusters = f"""  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
+"""
+    values = {"ADMIN": str(admin), "PORT": str(port), "STAT_PREFIX": stat_prefix, "ROUTES": "", "ROUTE": route,
+              "FILTERS": "".join(f + "\n" for f in http_filters), "CLUSTERS": clusters}
     for name, value in values.items():
         template = template.replace(f"@{name}@", value)
     return template
@@ -84,3 +94,57 @@ def start_envoy(config, log_path, log_level, cpu=None):
     log = open(log_path, "w")
     return subprocess.Popen(pin + [ENVOY, "-c", config, "--concurrency", "1", "--disable-hot-restart",
                                    "--log-level", log_level], env=env, stdout=log, stderr=log)
+
+
+def start_nginx(work, name, cpu, http, wasm=None, wait=(), wait_limit=30):
+    """An nginx with one worker pinned to CPU `cpu`, its files named `name` in `work`, the
+    `http {}` block's contents `http` and, given `wasm` (a `wasm {}` block's contents), this
+    project's module. Waits for the `wait` ports; returns (worker pid, stop)."""
+    conf = os.path.join(work, f"{name}.conf")
+    module = f"load_module {NGINX_MODULE};\n" if wasm is not None else ""
+    wasm_block = f"wasm {{ {wasm} }}\n" if wasm is not None else ""
+    with open(conf, "w") as f:
+        f.write(f"""{module}worker_processes 1;
+worker_cpu_affinity {1 << cpu:b};
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log warn;
+events {{ worker_connections 1024; }}
+{wasm_block}http {{
+    access_log off;
+{http}
+}}
+""")
+    subprocess.run([NGINX, "-p", work, "-c", conf], check=True)
+    for port in wait:
+        wait_port(port, wait_limit)
+    with open(f"{work}/{name}.pid") as f:
+        master = int(f.read().strip())
+    # The listening sockets open before the worker starts (after the modules are compiled).
+    deadline = time.monotonic() + wait_limit
+    while not children(master) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not children(master):
+        sys.exit(f"nginx {work}/{name}.conf has no worker after {wait_limit} s")
+    return children(master)[0], lambda: subprocess.run([NGINX, "-p", work, "-c", conf, "-s", "stop"],
+                                                        capture_output=True)
+
+
+def start_envoys(work, variants, body, stat_prefix, upstream=None, wait_limit=30):
+    """One Envoy on CPU 0 per `variants` entry (name: its `http_filters`), as `envoy_yaml`
+    makes them. Returns ({name: (port, pid)}, stop)."""
+    servers, processes = {}, []
+    for name, http_filters in variants.items():
+        port, admin = free_port(), free_port()
+        path = os.path.join(work, f"envoy-{len(servers)}.yaml")
+        with open(path, "w") as f:
+            f.write(envoy_yaml(port, admin, body, http_filters, stat_prefix, upstream=upstream))
+        processes.append(start_envoy(path, os.path.join(work, f"envoy-{len(servers)}.log"), "warn", cpu=0))
+        servers[name] = (port, processes[-1].pid)
+    for port, _ in servers.values():
+        wait_port(port, wait_limit)
+
+    def stop():
+        for p in processes:
+            p.terminate()
+            p.wait()
+    return servers, stop

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Deadline precision: the time from a spinning filter's limit to its 500, through nginx and
+"""Deadline precision: the time from a spinning filter's limit to its 503, through nginx and
 through Envoy (both with this project's module), over many requests.
 
 The filter loops forever in `on_request_headers`; the limit is 20 ms. Each request's total
@@ -93,15 +93,15 @@ def main():
             late = []
             for _ in range(args.requests):
                 elapsed, status = timed_request(port, "spin")
-                if status != 500:
-                    sys.exit(f"{name}: a spinning filter answered {status}, not 500")
+                if status != 503:
+                    sys.exit(f"{name}: a spinning filter answered {status}, not 503")
                 late.append(elapsed - LIMIT_MS)
                 timed_request(port, "ok")  # the worker serves on
         finally:
             stop()
         results[name] = {"late_ms": late, "normal_ms": statistics.median(normal)}
     print(f"{args.requests} requests to a filter that loops forever, limit {LIMIT_MS} ms: "
-          "time from the limit to the 500.\n")
+          "time from the limit to the 503.\n")
     print("| host | min | median | p90 | p99 | max | a normal request (median) |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():

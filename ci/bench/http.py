@@ -17,49 +17,29 @@ Prints a markdown table; `--json FILE` also writes the numbers.
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from servers import FILTERS, NGINX, NGINX_MODULE, envoy_yaml, free_port, inwasm_filter, start_envoy, wait_port  # noqa: E402
+from load import wrk  # noqa: E402
+from servers import FILTERS, free_port, inwasm_filter, start_envoys, start_nginx  # noqa: E402
 
 FILTER = os.path.join(FILTERS, "filter_one_header.wasm")
 BODY = "hello\\n"
 
 
 def nginx_servers(work):
-    """One nginx (one worker on CPU 0) with a server per variant; returns {name: port}."""
+    """One nginx (one worker on CPU 0) with a server per variant; returns {name: (port, worker)}."""
     variants = {"nginx": "", "nginx + filter (isolation none)": "proxy_wasm one;",
                 "nginx + filter (isolation stream)": "proxy_wasm one; proxy_wasm_isolation stream;",
                 "nginx + filter (isolation filter)": "proxy_wasm one; proxy_wasm_isolation filter;"}
     ports = {name: free_port() for name in variants}
     servers = "\n".join(f"    server {{ listen 127.0.0.1:{ports[n]}; location / {{ {v} return 200 \"{BODY}\"; }} }}"
                         for n, v in variants.items())
-    conf = os.path.join(work, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""load_module {NGINX_MODULE};
-worker_processes 1;
-worker_cpu_affinity 01;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-wasm {{ module one {FILTER}; }}
-http {{
-    access_log off;
-{servers}
-}}
-""")
-    subprocess.run([NGINX, "-p", work, "-c", conf], check=True)
-    for port in ports.values():
-        wait_port(port)
-    with open(f"{work}/nginx.pid") as f:
-        master = f.read().strip()
-    with open(f"/proc/{master}/task/{master}/children") as f:
-        worker = int(f.read().split()[0])
-    return {name: (port, worker) for name, port in ports.items()}, lambda: subprocess.run([NGINX, "-p", work, "-c", conf, "-s", "stop"], capture_output=True)
+    worker, stop = start_nginx(work, "nginx", 0, servers, wasm=f"module one {FILTER};", wait=ports.values())
+    return {name: (port, worker) for name, port in ports.items()}, stop
 
 
 V8_FILTER = f"""          - name: envoy.filters.http.wasm
@@ -74,58 +54,7 @@ INWASM_FILTER = inwasm_filter(f"{{module: {FILTER}}}")
 
 def envoy_servers(work):
     variants = {"Envoy": [], "Envoy + filter (V8)": [V8_FILTER], "Envoy + filter (inwasm)": [INWASM_FILTER]}
-    ports, processes = {}, []
-    for name, http_filters in variants.items():
-        port, admin = free_port(), free_port()
-        path = os.path.join(work, f"envoy-{len(ports)}.yaml")
-        with open(path, "w") as f:
-            f.write(envoy_yaml(port, admin, BODY, http_filters, "bench"))
-        processes.append(start_envoy(path, os.path.join(work, f"envoy-{len(ports)}.log"), "warn", cpu=0))
-        ports[name] = (port, processes[-1].pid)
-    for port, _ in ports.values():
-        wait_port(port)
-
-    def stop():
-        for p in processes:
-            p.terminate()
-            p.wait()
-    return ports, stop
-
-
-def cpu_ns(pid):
-    """CPU time all of a process's threads have run, in nanoseconds."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-            total += int(f.read().split()[0])
-    return total
-
-
-def cpu_ticks():
-    """All CPUs' time so far, and the part the hypervisor gave to other machines (steal)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return sum(fields[:8]), fields[7]
-
-
-def wrk(port, seconds, server_pid):
-    """A wrk run against `port`: throughput, latency, the server process's CPU time per
-    request (less sensitive than throughput to what else the machine runs), and the share of
-    the CPUs' time stolen by the hypervisor meanwhile."""
-    total, stolen = cpu_ticks()
-    before = cpu_ns(server_pid)
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "--latency",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
-    cpu = cpu_ns(server_pid) - before
-    total_after, stolen_after = cpu_ticks()
-    steal = (stolen_after - stolen) / max(total_after - total, 1)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-
-    def latency(percent):
-        value, unit = re.search(rf"\s{percent}%\s+([\d.]+)(us|ms|s)", out).groups()
-        return float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
-    return {"rps": rps, "cpu_us": cpu / 1e3 / requests, "p50_us": latency(50), "p99_us": latency(99), "steal": steal}
+    return start_envoys(work, variants, BODY, "bench")
 
 
 # A round in which the hypervisor took more than this share of the CPUs is measured again

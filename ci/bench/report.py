@@ -70,11 +70,11 @@ def main():
          [(f"{r['modules']} modules", r["worker_rss_kib"] / 1024) for r in density], "MiB")
     for name, result in deadline.items():
         slug = "nginx" if name.startswith("nginx") else "envoy"
-        histogram(os.path.join(DOCS, f"deadline-{slug}.svg"), f"{name}: time from the limit to the 500",
+        histogram(os.path.join(DOCS, f"deadline-{slug}.svg"), f"{name}: time from the limit to the 503",
                   result["late_ms"], "ms")
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     machine = f"{cpu or platform.processor()}, {os.cpu_count()} CPUs, Linux {platform.release()}"
-    sections = {name: open(os.path.join(work, f"{name}.md")).read().strip() for name in ("micro", "http", "density", "deadline")}
+    sections = {name: open(os.path.join(work, f"{name}.md")).read().strip() for name in ("micro", "http", "heavy", "density", "deadline")}
     template = read("TEMPLATE.md")
     text = template.format(date=time.strftime("%Y-%m-%d"), machine=machine, **sections)
     with open(os.path.join(DOCS, "README.md"), "w") as f:
