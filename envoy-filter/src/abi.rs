@@ -82,6 +82,41 @@ pub struct EnvoyHeader {
     pub value: EnvoyBuffer,
 }
 
+/// Envoy's array of `count` entries at `ptr` (null when empty).
+///
+/// # Safety
+/// `ptr` must be null or point at `count` entries that stay valid for `'a`.
+pub unsafe fn envoy_array<'a, T>(ptr: *const T, count: usize) -> &'a [T] {
+    if ptr.is_null() || count == 0 {
+        &[]
+    } else {
+        // SAFETY: per the caller.
+        unsafe { std::slice::from_raw_parts(ptr, count) }
+    }
+}
+
+/// Envoy's headers as pairs.
+///
+/// # Safety
+/// As `envoy_array`, and each header's buffers valid.
+pub unsafe fn envoy_pairs(headers: *const EnvoyHeader, count: usize) -> inwasm_host::Pairs {
+    // SAFETY: per the caller.
+    let headers = unsafe { envoy_array(headers, count) };
+    // SAFETY: per the caller.
+    headers.iter().map(|h| unsafe { (h.key.as_slice().to_vec(), h.value.as_slice().to_vec()) }).collect()
+}
+
+/// Envoy's chunks of bytes, joined.
+///
+/// # Safety
+/// As `envoy_array`, and each chunk valid.
+pub unsafe fn envoy_bytes(chunks: *const EnvoyBuffer, count: usize) -> Vec<u8> {
+    // SAFETY: per the caller.
+    let chunks = unsafe { envoy_array(chunks, count) };
+    // SAFETY: per the caller.
+    chunks.iter().flat_map(|c| unsafe { c.as_slice() }.iter().copied()).collect()
+}
+
 /// `envoy_dynamic_module_type_http_header_type`.
 pub mod header_type {
     pub const REQUEST_HEADERS: u32 = 0;
@@ -274,6 +309,41 @@ extern "C" {
         body: ModuleBuffer,
         timeout_ms: u64,
     ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_start_http_stream(
+        filter: FilterEnvoyPtr,
+        stream_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *mut ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        end_stream: bool,
+        timeout_ms: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_stream_send_data(
+        filter: FilterEnvoyPtr,
+        stream_id: u64,
+        data: ModuleBuffer,
+        end_stream: bool,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_filter_reset_http_stream(filter: FilterEnvoyPtr, stream_id: u64);
+    pub fn envoy_dynamic_module_callback_http_filter_config_start_http_stream(
+        config: ConfigEnvoyPtr,
+        stream_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *mut ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        end_stream: bool,
+        timeout_ms: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_stream_send_data(
+        config: ConfigEnvoyPtr,
+        stream_id: u64,
+        data: ModuleBuffer,
+        end_stream: bool,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_filter_config_reset_http_stream(config: ConfigEnvoyPtr, stream_id: u64);
 
     pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config: ConfigEnvoyPtr) -> SchedulerPtr;
     pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: SchedulerPtr, event: u64);

@@ -15,6 +15,7 @@ use inwasm_host::*;
 use crate::abi::{self, callout_init, ModuleBuffer, ModuleHeader};
 use crate::body::{self, Direction};
 use crate::filter_config::FilterConfig;
+use crate::grpc_calls::{self, Caller, Carrier};
 use crate::headers::{self, envoy_map};
 use crate::mailbox::Mailbox;
 use crate::stream::{self, Action, Callout, SharedStream};
@@ -93,7 +94,6 @@ macro_rules! common_capabilities {
             }
         }
 
-        impl GrpcCalls for $embedding {}
         impl ForeignFunctions for $embedding {}
         impl Embedding for $embedding {}
     };
@@ -135,46 +135,52 @@ impl RootEmbedding {
         Ok(runtime::queues().register(self.config.vm_id().as_bytes(), name, self.mailbox.clone(), take))
     }
 
-    /// A call made while a stream's hook runs goes through that stream (its answer comes
-    /// back on this thread); a call of the main thread's root with no stream goes through
-    /// the configuration.
+    /// What carries a call made now: the stream whose hook runs (the answer comes back on
+    /// this thread), else, on the main thread, the configuration.
+    fn carrier(&self) -> HostResult<Carrier> {
+        match stream::current() {
+            Some(current) => Ok(Carrier::Filter(current.borrow().envoy)),
+            None if self.mailbox.is_main_thread() => Ok(Carrier::Config(self.config.envoy.0)),
+            None => Err(Status::InternalFailure),
+        }
+    }
+
+    /// This root context, as its calls' answers find it.
+    fn caller(&self) -> HostResult<Caller> {
+        let (vm, plugin) = self.link.target().ok_or(Status::InternalFailure)?;
+        Ok(Caller { vm, plugin })
+    }
+
     fn start_call(&self, token: u32, request: &HttpCallRequest) -> HostResult<()> {
         let mut headers: Vec<ModuleHeader> = request.headers.iter().map(|(k, v)| ModuleHeader::of(k, v)).collect();
         let cluster = ModuleBuffer::of(request.upstream.as_bytes());
         let body = ModuleBuffer::of(&request.body);
         let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64);
         let mut id = 0u64;
-        let (result, current) = match stream::current() {
-            Some(current) => {
-                let envoy = current.borrow().envoy;
-                let result = unsafe {
-                    abi::envoy_dynamic_module_callback_http_filter_http_callout(
-                        envoy,
-                        &mut id,
-                        cluster,
-                        headers.as_mut_ptr(),
-                        headers.len(),
-                        body,
-                        timeout,
-                    )
-                };
-                (result, Some(current))
+        let carrier = self.carrier()?;
+        // SAFETY: the carrier is live (a stream whose hook runs now, or the main thread's
+        // configuration); the headers and body outlive the call, which copies them.
+        let result = unsafe {
+            match carrier {
+                Carrier::Filter(envoy) => abi::envoy_dynamic_module_callback_http_filter_http_callout(
+                    envoy,
+                    &mut id,
+                    cluster,
+                    headers.as_mut_ptr(),
+                    headers.len(),
+                    body,
+                    timeout,
+                ),
+                Carrier::Config(envoy) => abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
+                    envoy,
+                    &mut id,
+                    cluster,
+                    headers.as_mut_ptr(),
+                    headers.len(),
+                    body,
+                    timeout,
+                ),
             }
-            None if self.mailbox.is_main_thread() => {
-                let result = unsafe {
-                    abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
-                        self.config.envoy.0,
-                        &mut id,
-                        cluster,
-                        headers.as_mut_ptr(),
-                        headers.len(),
-                        body,
-                        timeout,
-                    )
-                };
-                (result, None)
-            }
-            None => return Err(Status::InternalFailure),
         };
         match result {
             callout_init::SUCCESS => {}
@@ -183,9 +189,9 @@ impl RootEmbedding {
             }
             _ => return Err(Status::InternalFailure),
         }
-        match current {
+        match stream::current() {
             Some(current) => {
-                let (vm, plugin) = self.link.target().ok_or(Status::InternalFailure)?;
+                let Caller { vm, plugin } = self.caller()?;
                 current.borrow_mut().callouts.insert(id, Callout { vm, plugin, token });
             }
             None => {
@@ -206,6 +212,25 @@ impl StreamControl for RootEmbedding {}
 impl HttpCalls for RootEmbedding {
     fn http_call(&mut self, token: u32, request: HttpCallRequest) -> HostResult<()> {
         self.start_call(token, &request)
+    }
+}
+
+impl GrpcCalls for RootEmbedding {
+    fn grpc_call(&mut self, token: u32, request: GrpcCallRequest) -> HostResult<()> {
+        grpc_calls::start(self.carrier()?, self.caller()?, token, request)
+    }
+
+    fn grpc_send(&mut self, token: u32, message: &[u8], end_of_stream: bool) -> HostResult<()> {
+        grpc_calls::send(&self.caller()?, token, Some(message), end_of_stream)
+    }
+
+    fn grpc_close(&mut self, token: u32) -> HostResult<()> {
+        grpc_calls::send(&self.caller()?, token, None, true)
+    }
+
+    fn grpc_cancel(&mut self, token: u32) -> HostResult<()> {
+        grpc_calls::cancel(&self.caller()?, token);
+        Ok(())
     }
 }
 
@@ -388,4 +413,5 @@ impl StreamControl for StreamEmbedding {
 }
 
 impl HttpCalls for StreamEmbedding {}
+impl GrpcCalls for StreamEmbedding {}
 impl Timers for StreamEmbedding {}

@@ -17,10 +17,14 @@ use crate::body::{self, Direction};
 use crate::config::Isolation;
 use crate::embedding::StreamEmbedding;
 use crate::filter_config::FilterConfig;
+use crate::grpc_calls::{self, Carrier, Delivery};
 use crate::instances::{self, Instance};
 use crate::mailbox::Mailbox;
 use crate::report;
 use crate::stream::{self, SharedStream, StreamState};
+
+/// The outcome of a call, to run on its root context's VM.
+type RootDelivery = Box<dyn FnOnce(&mut Vm) -> Result<(), FilterError>>;
 
 pub struct HttpFilter {
     config: Arc<FilterConfig>,
@@ -121,21 +125,33 @@ impl HttpFilter {
         let Some(callout) = self.state.borrow_mut().callouts.remove(&callout_id) else { return };
         let Some(vm) = callout.vm.upgrade() else { return };
         let response = callout_response(result, headers, headers_size, chunks, chunks_size);
+        self.deliver_to_root(vm, Box::new(move |vm| vm.on_http_call_response(callout.plugin, callout.token, response)));
+    }
+
+    /// Events of a gRPC call this stream carries.
+    pub fn on_grpc(&self, delivery: Delivery) {
+        let Some(vm) = delivery.caller.vm.upgrade() else { return };
+        self.deliver_to_root(vm, Box::new(move |vm| delivery.deliver(vm)));
+    }
+
+    /// Runs `deliver` (the outcome of a call this stream carried) on `vm`, and then what it
+    /// asked for; if the guest is running (Envoy answered inside its own call), once it has
+    /// returned. A failure fails this stream.
+    fn deliver_to_root(&self, vm: Rc<RefCell<Vm>>, deliver: RootDelivery) {
         let _entered = stream::enter(&self.state);
         let Ok(mut borrowed) = vm.try_borrow_mut() else {
-            // Envoy answered inside the guest's own call: deliver once the guest has returned.
             let config = self.config.clone();
             stream::defer(
                 &self.state,
                 stream::Action::Call(Box::new(move || {
-                    if let Err(error) = vm.borrow_mut().on_http_call_response(callout.plugin, callout.token, response) {
+                    if let Err(error) = deliver(&mut vm.borrow_mut()) {
                         report::failure(&config, &error, "in a root context");
                     }
                 })),
             );
             return;
         };
-        let delivered = borrowed.on_http_call_response(callout.plugin, callout.token, response);
+        let delivered = deliver(&mut borrowed);
         drop(borrowed);
         match delivered {
             Ok(()) => {
@@ -153,6 +169,28 @@ impl HttpFilter {
                     }
                     stream::run_deferred();
                 }
+            }
+        }
+    }
+
+    /// The calls root contexts made through this stream end with it (Envoy cancels them):
+    /// each root is told its call failed.
+    fn end_carried_calls(&self) {
+        let envoy = self.state.borrow().envoy;
+        let callouts = std::mem::take(&mut self.state.borrow_mut().callouts);
+        let ended = "the request that carried the call ended";
+        for callout in callouts.into_values() {
+            let Some(vm) = callout.vm.upgrade() else { continue };
+            let Ok(mut vm) = vm.try_borrow_mut() else { continue };
+            if let Err(error) = vm.on_http_call_response(callout.plugin, callout.token, Err(ended.into())) {
+                report::failure(&self.config, &error, "in a root context");
+            }
+        }
+        for delivery in grpc_calls::carrier_ended(Carrier::Filter(envoy)) {
+            let Some(vm) = delivery.caller.vm.upgrade() else { continue };
+            let Ok(mut vm) = vm.try_borrow_mut() else { continue };
+            if let Err(error) = delivery.deliver(&mut vm) {
+                report::failure(&self.config, &error, "in a root context");
             }
         }
     }
@@ -310,6 +348,7 @@ impl HttpFilter {
 impl Drop for HttpFilter {
     fn drop(&mut self) {
         self.finish();
+        self.end_carried_calls();
     }
 }
 
@@ -333,11 +372,9 @@ pub unsafe fn callout_response(
         callout_result::EXCEED_RESPONSE_BUFFER_LIMIT => return Err("response exceeded the buffer limit".into()),
         _ => return Err("reset".into()),
     }
-    let headers = if headers.is_null() { &[][..] } else { std::slice::from_raw_parts(headers, headers_size) };
-    let chunks = if chunks.is_null() { &[][..] } else { std::slice::from_raw_parts(chunks, chunks_size) };
     Ok(HttpCallResponse {
-        headers: headers.iter().map(|h| (h.key.as_slice().to_vec(), h.value.as_slice().to_vec())).collect(),
-        body: chunks.iter().flat_map(|c| c.as_slice().iter().copied()).collect(),
+        headers: abi::envoy_pairs(headers, headers_size),
+        body: abi::envoy_bytes(chunks, chunks_size),
         trailers: Vec::new(),
     })
 }

@@ -1,6 +1,6 @@
 //! The event hooks Envoy calls (`envoy_dynamic_module_on_*`). Envoy refuses a module that
-//! lacks any of its HTTP hooks, so the ones this module has no use for (streamed callouts,
-//! watermarks) exist and do nothing.
+//! lacks any of its HTTP hooks, so the ones this module has no use for (watermarks) exist
+//! and do nothing.
 //!
 //! Every hook catches panics: none crosses into Envoy.
 
@@ -8,9 +8,12 @@ use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::abi::{ConfigEnvoyPtr, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ABI_VERSION};
+use inwasm_host::grpc_client::ResponseReader;
+
+use crate::abi::{envoy_bytes, envoy_pairs, ConfigEnvoyPtr, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ABI_VERSION};
 use crate::filter::{callout_response, internal_error, HttpFilter};
 use crate::filter_config::FilterConfig;
+use crate::grpc_calls::{self, Carrier, Delivery};
 use crate::mailbox::WAKE_EVENT;
 use crate::{instances, log, report};
 
@@ -227,56 +230,189 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     )
 }
 
-// Required by Envoy, unused: this module starts no streamed callouts and is never a terminal
-// filter.
+// The HTTP streams that carry gRPC calls (`grpc_calls`). The call is looked up before the
+// filter: a stream reset while its filter is being destroyed has no call left.
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _envoy: FilterEnvoyPtr,
-    _ptr: *const c_void,
-    _stream_id: u64,
-    _headers: *const EnvoyHeader,
-    _headers_size: usize,
-    _end_stream: bool,
-) {
+/// Hands what a filter's carried call read to the filter.
+///
+/// # Safety
+/// `ptr` must be a filter this module returned and Envoy has not destroyed.
+unsafe fn to_filter(ptr: *const c_void, delivery: Option<Delivery>) {
+    if let Some(delivery) = delivery {
+        // SAFETY: per the caller.
+        unsafe { filter(ptr) }.on_grpc(delivery);
+    }
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _envoy: FilterEnvoyPtr,
-    _ptr: *const c_void,
-    _stream_id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
-    _end_stream: bool,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    stream_id: u64,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    end_stream: bool,
 ) {
+    guard(
+        "gRPC call headers",
+        || (),
+        || {
+            let headers = envoy_pairs(headers, headers_size);
+            let seen = headers.clone();
+            let read = |r: &mut ResponseReader| r.on_headers(headers, end_stream);
+            to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, end_stream, Some(&seen), read))
+        },
+    )
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _envoy: FilterEnvoyPtr,
-    _ptr: *const c_void,
-    _stream_id: u64,
-    _trailers: *const EnvoyHeader,
-    _trailers_size: usize,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    stream_id: u64,
+    data: *const EnvoyBuffer,
+    data_count: usize,
+    end_stream: bool,
 ) {
+    guard(
+        "gRPC call data",
+        || (),
+        || {
+            let data = envoy_bytes(data, data_count);
+            let read = |r: &mut ResponseReader| r.on_data(&data, end_stream);
+            to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, end_stream, None, read))
+        },
+    )
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _envoy: FilterEnvoyPtr,
-    _ptr: *const c_void,
-    _stream_id: u64,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    stream_id: u64,
+    trailers: *const EnvoyHeader,
+    trailers_size: usize,
 ) {
+    guard(
+        "gRPC call trailers",
+        || (),
+        || {
+            let trailers = envoy_pairs(trailers, trailers_size);
+            let seen = trailers.clone();
+            let read = |r: &mut ResponseReader| r.on_trailers(trailers);
+            to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, true, Some(&seen), read))
+        },
+    )
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _envoy: FilterEnvoyPtr,
-    _ptr: *const c_void,
-    _stream_id: u64,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    stream_id: u64,
+) {
+    guard("gRPC call end", || (), || to_filter(ptr, grpc_calls::ended(Carrier::Filter(envoy), stream_id)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    envoy: FilterEnvoyPtr,
+    ptr: *const c_void,
+    stream_id: u64,
     _reason: u32,
 ) {
+    guard("gRPC call reset", || (), || to_filter(ptr, grpc_calls::ended(Carrier::Filter(envoy), stream_id)))
+}
+
+/// Hands what a call of the main thread's root read to that root.
+fn to_main_root(ptr: *const c_void, delivery: Option<Delivery>) {
+    let Some(delivery) = delivery else { return };
+    let Some(vm) = delivery.caller.vm.upgrade() else { return };
+    let Ok(mut vm) = vm.try_borrow_mut() else { return };
+    if let Err(error) = delivery.deliver(&mut vm) {
+        // SAFETY: Envoy calls the configuration's hooks while it lives.
+        report::failure(unsafe { config(ptr) }, &error, "in the main thread's root context");
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    envoy: ConfigEnvoyPtr,
+    ptr: *const c_void,
+    stream_id: u64,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    end_stream: bool,
+) {
+    guard(
+        "gRPC call headers",
+        || (),
+        || {
+            let headers = envoy_pairs(headers, headers_size);
+            let seen = headers.clone();
+            let read = |r: &mut ResponseReader| r.on_headers(headers, end_stream);
+            to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, end_stream, Some(&seen), read))
+        },
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    envoy: ConfigEnvoyPtr,
+    ptr: *const c_void,
+    stream_id: u64,
+    data: *const EnvoyBuffer,
+    data_count: usize,
+    end_stream: bool,
+) {
+    guard(
+        "gRPC call data",
+        || (),
+        || {
+            let data = envoy_bytes(data, data_count);
+            let read = |r: &mut ResponseReader| r.on_data(&data, end_stream);
+            to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, end_stream, None, read))
+        },
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
+    envoy: ConfigEnvoyPtr,
+    ptr: *const c_void,
+    stream_id: u64,
+    trailers: *const EnvoyHeader,
+    trailers_size: usize,
+) {
+    guard(
+        "gRPC call trailers",
+        || (),
+        || {
+            let trailers = envoy_pairs(trailers, trailers_size);
+            let seen = trailers.clone();
+            let read = |r: &mut ResponseReader| r.on_trailers(trailers);
+            to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, true, Some(&seen), read))
+        },
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
+    envoy: ConfigEnvoyPtr,
+    ptr: *const c_void,
+    stream_id: u64,
+) {
+    guard("gRPC call end", || (), || to_main_root(ptr, grpc_calls::ended(Carrier::Config(envoy), stream_id)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    envoy: ConfigEnvoyPtr,
+    ptr: *const c_void,
+    stream_id: u64,
+    _reason: u32,
+) {
+    guard("gRPC call reset", || (), || to_main_root(ptr, grpc_calls::ended(Carrier::Config(envoy), stream_id)))
 }
 
 #[no_mangle]

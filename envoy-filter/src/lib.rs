@@ -15,6 +15,7 @@ mod config;
 mod embedding;
 mod filter;
 mod filter_config;
+mod grpc_calls;
 mod headers;
 mod hooks;
 mod instances;

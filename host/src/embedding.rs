@@ -186,19 +186,28 @@ pub struct GrpcCallRequest {
     pub timeout: Option<Duration>,
 }
 
-/// gRPC calls and streams. Asked of the root context's embedding.
+/// gRPC calls and streams. Asked of the root context's embedding; the proxy delivers what
+/// comes back with the `Vm::on_grpc_*` functions (`grpc_client::ResponseReader` reads a
+/// response into them). The host only asks about tokens of calls still pending.
 pub trait GrpcCalls {
     fn grpc_call(&mut self, _token: u32, _request: GrpcCallRequest) -> HostResult<()> {
         Err(Status::Unimplemented)
     }
+    /// Sends a message on stream `token` (end of stream: half-close after it).
     fn grpc_send(&mut self, _token: u32, _message: &[u8], _end_of_stream: bool) -> HostResult<()> {
         Err(Status::Unimplemented)
     }
+    /// Ends call or stream `token` at once (reset it); nothing more of it is delivered.
     fn grpc_cancel(&mut self, _token: u32) -> HostResult<()> {
         Err(Status::Unimplemented)
     }
+    /// Half-closes stream `token`: the filter sends no more, the answer still comes.
     fn grpc_close(&mut self, _token: u32) -> HostResult<()> {
         Err(Status::Unimplemented)
+    }
+    /// The stream that made call `token` is gone: stop the call (as `grpc_cancel`).
+    fn cancel_grpc_call(&mut self, token: u32) {
+        let _ = self.grpc_cancel(token);
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod embedding;
 pub mod grpc;
+pub mod grpc_client;
 mod plugin;
 pub mod serialization;
 pub mod stores;

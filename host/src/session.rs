@@ -76,12 +76,25 @@ pub(crate) struct CallData {
 }
 
 /// The kinds of outgoing calls, which Envoy numbers apart.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CallKind {
     Http = 0,
     GrpcCall = 1,
     GrpcStream = 2,
 }
+
+impl CallKind {
+    fn noun(self) -> &'static str {
+        match self {
+            CallKind::Http => "http call",
+            CallKind::GrpcCall => "gRPC call",
+            CallKind::GrpcStream => "gRPC stream",
+        }
+    }
+}
+
+/// The most calls one context (a stream, or a root) may have in flight at once.
+pub const MAX_CALLS_IN_FLIGHT: usize = 64;
 
 /// What the guest sees through `proxy_get_status`: the outcome of the last call it made.
 pub(crate) struct CallStatus {
@@ -187,10 +200,29 @@ impl HostState {
         self.effective().map(|c| c.embedding.now()).unwrap_or_else(|_| std::time::SystemTime::now())
     }
 
+    /// A token for a new outgoing call of the effective context, unless that context has
+    /// `MAX_CALLS_IN_FLIGHT` already (then InternalFailure, said once per callback).
+    pub fn start_call(&mut self, kind: CallKind) -> Result<u32, Status> {
+        let caller = self.effective_context;
+        if self.pending_calls.values().filter(|context| **context == caller).count() >= MAX_CALLS_IN_FLIGHT {
+            if !std::mem::replace(&mut self.call_refusal_logged, true) {
+                let message = format!("{} refused: a context may have {MAX_CALLS_IN_FLIGHT} calls in flight", kind.noun());
+                self.log(LogLevel::Warn, &message);
+            }
+            return Err(Status::InternalFailure);
+        }
+        Ok(self.take_token(kind))
+    }
+
+    /// The kind of call `token` is (the kinds are numbered apart).
+    pub fn call_kind(token: u32) -> Option<CallKind> {
+        [CallKind::Http, CallKind::GrpcCall, CallKind::GrpcStream].into_iter().find(|kind| token % 4 == *kind as u32)
+    }
+
     /// A fresh token for an outgoing call, remembered until its outcome is delivered.
     /// Numbered as Envoy does: each kind counts on its own, in steps of 4 from its offset
     /// (http calls 4, 8, 12, ...; gRPC calls 5, 9, ...; gRPC streams 6, 10, ...).
-    pub fn take_token(&mut self, kind: CallKind) -> u32 {
+    fn take_token(&mut self, kind: CallKind) -> u32 {
         let count = &mut self.next_token[kind as usize];
         *count = count.wrapping_add(1).max(1);
         let token = count.wrapping_mul(4).wrapping_add(kind as u32);

@@ -17,7 +17,8 @@ use crate::error::{classify, describe, FailureKind, FilterError};
 use crate::limits::{on_epoch_tick, Deadline, MemoryLimiter};
 use crate::module::Module;
 use crate::plugin::{PluginConfig, StreamLimits, VmConfig};
-use crate::session::{CallData, Context, HostState};
+use crate::grpc_client::GrpcEvent;
+use crate::session::{CallData, CallKind, Context, HostState};
 use crate::ticker::Activity;
 use crate::types::{Action, MapType, Pairs, Status};
 use crate::wasi::flush_output;
@@ -258,7 +259,12 @@ impl Vm {
                 });
                 let root = self.plugins[stream.plugin].root_id;
                 if let Some(root) = state.contexts.get_mut(&root) {
-                    cancelled.into_iter().for_each(|token| root.embedding.cancel_http_call(token));
+                    for token in cancelled {
+                        match HostState::call_kind(token) {
+                            Some(CallKind::Http) => root.embedding.cancel_http_call(token),
+                            _ => root.embedding.cancel_grpc_call(token),
+                        }
+                    }
                 }
             }
         }
@@ -313,14 +319,30 @@ impl Vm {
         self.root_call(plugin, callback, &args, CallData { grpc_metadata: metadata, ..CallData::default() }).map(drop)
     }
 
-    /// Delivers one gRPC message.
+    /// Delivers one gRPC message. A unary call's message is its answer and ends it (as in
+    /// Envoy, no close follows).
     pub fn on_grpc_receive(&mut self, plugin: PluginId, token: u32, message: Vec<u8>) -> Result<(), FilterError> {
+        let args = [token, message.len() as u32];
+        let call = CallData { grpc_message: message, ..CallData::default() };
+        if HostState::call_kind(token) == Some(CallKind::GrpcCall) {
+            let Some(caller) = self.take_pending_call(token) else { return Ok(()) };
+            self.set_status((Status::Ok, Vec::new()));
+            return self.root_call_for(plugin, Callback::GrpcReceive, &args, call, caller).map(drop);
+        }
         if !self.has_pending_call(token) {
             return Ok(());
         }
-        let args = [token, message.len() as u32];
-        self.root_call(plugin, Callback::GrpcReceive, &args, CallData { grpc_message: message, ..CallData::default() })
-            .map(drop)
+        self.root_call(plugin, Callback::GrpcReceive, &args, call).map(drop)
+    }
+
+    /// Delivers what a `grpc_client::ResponseReader` read.
+    pub fn on_grpc_event(&mut self, plugin: PluginId, token: u32, event: GrpcEvent) -> Result<(), FilterError> {
+        match event {
+            GrpcEvent::InitialMetadata(metadata) => self.on_grpc_metadata(plugin, token, false, metadata),
+            GrpcEvent::Message(message) => self.on_grpc_receive(plugin, token, message),
+            GrpcEvent::TrailingMetadata(metadata) => self.on_grpc_metadata(plugin, token, true, metadata),
+            GrpcEvent::Close(code, message) => self.on_grpc_close(plugin, token, code, &message),
+        }
     }
 
     /// Ends a gRPC call or stream with its gRPC status code and message.

@@ -71,6 +71,8 @@ pub struct EnvoySetup {
     pub upstream: Option<u16>,
     /// More clusters (name, port on 127.0.0.1), e.g. for http calls.
     pub clusters: Vec<(String, u16)>,
+    /// Clusters that speak HTTP/2 (plaintext), e.g. for gRPC calls.
+    pub grpc_clusters: Vec<(String, u16)>,
     /// Worker threads (default 1).
     pub workers: u32,
     /// Routes tried before the default one, each a YAML route entry (`- match: ...`).
@@ -194,14 +196,18 @@ fn config(setup: &EnvoySetup, port: u16, admin: u16) -> String {
     let routes: String = setup.routes.iter().map(|r| indent(r, "              ")).collect();
     let mut clusters: Vec<(String, u16)> = setup.upstream.map(|p| ("upstream".to_string(), p)).into_iter().collect();
     clusters.extend(setup.clusters.iter().cloned());
+    let http2 = setup.grpc_clusters.iter().map(|(name, _)| name);
+    let http2: Vec<&String> = http2.collect();
     let clusters: String = clusters
         .iter()
+        .chain(&setup.grpc_clusters)
         .map(|(name, port)| {
+            let options = if http2.contains(&name) { HTTP2_OPTIONS } else { "" };
             format!(
                 "  - name: {name}
     type: STATIC
     connect_timeout: 1s
-    load_assignment:
+{options}    load_assignment:
       cluster_name: {name}
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
 "
@@ -220,6 +226,13 @@ fn config(setup: &EnvoySetup, port: u16, admin: u16) -> String {
     ];
     values.iter().fold(LISTENER.to_string(), |text, (name, value)| text.replace(&format!("@{name}@"), value))
 }
+
+/// A cluster's options to speak HTTP/2 without TLS (gRPC upstreams).
+const HTTP2_OPTIONS: &str = "    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+";
 
 /// The configuration's skeleton, shared with the benchmarks.
 const LISTENER: &str = include_str!("../../envoy-listener.yaml");

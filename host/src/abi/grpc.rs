@@ -1,5 +1,7 @@
-//! gRPC calls and streams. Like http calls, they belong to the root context; their events
-//! come back through the `Vm::on_grpc_*` deliveries.
+//! gRPC calls and streams. Like http calls, the root context's embedding carries them; their
+//! events come back through the `Vm::on_grpc_*` deliveries, to the context that made them.
+//! Unknown tokens are NotFound; `proxy_grpc_close` half-closes a stream (its close still
+//! comes) and cancels a call; `proxy_grpc_cancel` ends either at once, with no more events.
 
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use crate::embedding::GrpcCallRequest;
 use crate::guest::{AbiResult, Guest};
 use crate::serialization::deserialize_map;
 use crate::session::{CallKind, HostState};
+use crate::types::Status;
 
 struct Target {
     upstream: Vec<u8>,
@@ -33,6 +36,8 @@ fn start(
     timeout_ms: i32,
     ret_token: i32,
 ) -> AbiResult {
+    // A bad token pointer must fail before the call starts, not orphan it.
+    g.write_u32(ret_token, 0)?;
     let kind = if message.is_some() { CallKind::GrpcCall } else { CallKind::GrpcStream };
     let request = GrpcCallRequest {
         upstream: target.upstream,
@@ -42,9 +47,28 @@ fn start(
         message,
         timeout: (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u32 as u64)),
     };
-    let token = g.state().take_token(kind);
-    g.root_embedding()?.grpc_call(token, request)?;
+    let token = g.state().start_call(kind)?;
+    if let Err(status) = g.root_embedding().and_then(|root| root.grpc_call(token, request)) {
+        g.state().pending_calls.remove(&token);
+        return Err(status.into());
+    }
     g.write_u32(ret_token, token)
+}
+
+/// The kind of the pending call `token`, or NotFound.
+fn pending_kind(g: &mut Guest<'_, '_>, token: u32) -> AbiResult<CallKind> {
+    let kind = HostState::call_kind(token).filter(|kind| *kind != CallKind::Http);
+    match kind.filter(|_| g.state().pending_calls.contains_key(&token)) {
+        Some(kind) => Ok(kind),
+        None => Err(Status::NotFound.into()),
+    }
+}
+
+/// Ends call `token` for good: no more of its events reach the filter.
+fn cancel(g: &mut Guest<'_, '_>, token: u32) -> AbiResult {
+    pending_kind(g, token)?;
+    g.state().pending_calls.remove(&token);
+    Ok(g.root_embedding()?.grpc_cancel(token)?)
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -81,10 +105,20 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         start(&mut g, target, metadata, None, 0, ret_token)
     });
     abi_fn!(linker, "proxy_grpc_send", |g, token: i32, message_ptr: i32, message_len: i32, end_stream: i32| {
+        let token = token as u32;
+        if pending_kind(&mut g, token)? != CallKind::GrpcStream {
+            return Err(Status::BadArgument.into());
+        }
         let message = g.read(message_ptr, message_len)?;
-        Ok(g.root_embedding()?.grpc_send(token as u32, &message, end_stream != 0)?)
+        Ok(g.root_embedding()?.grpc_send(token, &message, end_stream != 0)?)
     });
-    abi_fn!(linker, "proxy_grpc_cancel", |g, token: i32| { Ok(g.root_embedding()?.grpc_cancel(token as u32)?) });
-    abi_fn!(linker, "proxy_grpc_close", |g, token: i32| { Ok(g.root_embedding()?.grpc_close(token as u32)?) });
+    abi_fn!(linker, "proxy_grpc_cancel", |g, token: i32| { cancel(&mut g, token as u32) });
+    abi_fn!(linker, "proxy_grpc_close", |g, token: i32| {
+        let token = token as u32;
+        match pending_kind(&mut g, token)? {
+            CallKind::GrpcStream => Ok(g.root_embedding()?.grpc_close(token)?),
+            _ => cancel(&mut g, token),
+        }
+    });
     Ok(())
 }

@@ -9,11 +9,9 @@ use super::abi_fn;
 use crate::embedding::HttpCallRequest;
 use crate::serialization::deserialize_map;
 use crate::session::{CallKind, HostState};
-use crate::types::{LogLevel, Pairs, Status};
+use crate::types::{Pairs, Status};
 
 const REQUIRED_HEADERS: [&[u8]; 3] = [b":method", b":path", b":authority"];
-/// The most calls one context (a stream, or a root) may have in flight at once.
-pub const MAX_CALLS_IN_FLIGHT: usize = 64;
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     abi_fn!(linker, "proxy_http_call", |g,
@@ -42,16 +40,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             trailers: deserialize_map(&g.read(trailers_ptr, trailers_len)?)?,
             timeout: (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u32 as u64)),
         };
-        let state = g.state();
-        let caller = state.effective_context;
-        if state.pending_calls.values().filter(|context| **context == caller).count() >= MAX_CALLS_IN_FLIGHT {
-            if !std::mem::replace(&mut state.call_refusal_logged, true) {
-                let message = format!("http call refused: a context may have {MAX_CALLS_IN_FLIGHT} calls in flight");
-                state.log(LogLevel::Warn, &message);
-            }
-            return Err(Status::InternalFailure.into());
-        }
-        let token = state.take_token(CallKind::Http);
+        let token = g.state().start_call(CallKind::Http)?;
         if let Err(status) = g.root_embedding().and_then(|root| root.http_call(token, request)) {
             g.state().pending_calls.remove(&token);
             return Err(status.into());

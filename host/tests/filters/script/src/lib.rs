@@ -21,6 +21,14 @@
 //!   `respond STATUS [BODY]`, `trap`, `spin`, `hog` (allocates until it fails).
 //! - `call UPSTREAM PATH [NAME=VALUE ...]`: an http call with those headers (`:method`
 //!   `GET` and `:authority` UPSTREAM unless given; `timeout=MS` sets the timeout, 5 s).
+//! - `grpc-call UPSTREAM SERVICE METHOD MESSAGE [timeout=MS] [NAME=VALUE ...]`: a unary
+//!   gRPC call (NAME=VALUE: initial metadata); `grpc-stream UPSTREAM SERVICE METHOD M1,M2,...
+//!   [NAME=VALUE ...]`: a stream that sends each message, then half-closes. UPSTREAM is a
+//!   cluster, or `service:CLUSTER[:AUTHORITY]` for a serialized `GrpcService`. What comes
+//!   back is noted line by line (`call answered ANSWER`, `call failed CODE MESSAGE`,
+//!   `initial x-echo-meta=V`, `message M`, `trailing grpc-status=V`, `closed CODE MESSAGE`,
+//!   `call refused: STATUS`); the end runs callback `grpc_done`, where `respond-grpc-log`
+//!   answers 200 with the notes as the body.
 //! - `tick MS` (in `configure`): the tick period.
 //! - `postpone` (a stream): pause, and wait for `resume-postponed` (a root context), which
 //!   resumes every postponed stream of the module (as the Go SDK's postpone_requests).
@@ -320,7 +328,13 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { id, root: self.id, script: self.script.clone(), response_started: false }))
+        Some(Box::new(Stream {
+            id,
+            root: self.id,
+            script: self.script.clone(),
+            response_started: false,
+            grpc_log: Vec::new(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -335,6 +349,8 @@ struct Stream {
     script: Vec<Step>,
     /// The response headers have run: `resume` resumes the response.
     response_started: bool,
+    /// What the stream's gRPC calls and streams gave, one line each.
+    grpc_log: Vec<String>,
 }
 
 /// What a callback's lines amount to.
@@ -360,6 +376,12 @@ impl Stream {
                 "buffer" => {}
                 "resume" if self.response_started => self.resume_http_response(),
                 "resume" => self.resume_http_request(),
+                "grpc-call" | "grpc-stream" => self.grpc_start(step),
+                "respond-grpc-log" => {
+                    let log = self.grpc_log.join("\n");
+                    self.send_http_response(200, vec![], Some(log.as_bytes()));
+                    return Outcome::Pause;
+                }
                 "respond" => {
                     let status = arg(step, 0).parse().unwrap_or(200);
                     let body = step.args.get(1).map(|b| b.as_bytes());
@@ -451,11 +473,96 @@ impl Stream {
     }
 }
 
+/// A gRPC call's upstream as the script names it: a cluster, or `service:CLUSTER[:AUTHORITY]`
+/// for a serialized `GrpcService` naming them (its `envoy_grpc`).
+fn grpc_upstream(word: &str) -> String {
+    let Some(service) = word.strip_prefix("service:") else { return word.to_string() };
+    let (cluster, authority) = service.split_once(':').unwrap_or((service, ""));
+    let field = |tag: u8, value: &str| [&[tag, value.len() as u8][..], value.as_bytes()].concat();
+    let mut envoy_grpc = field(0x0a, cluster);
+    if !authority.is_empty() {
+        envoy_grpc.extend(field(0x12, authority));
+    }
+    let service = [&[0x0a, envoy_grpc.len() as u8][..], &envoy_grpc].concat();
+    String::from_utf8(service).unwrap_or_default()
+}
+
+impl Stream {
+    /// `grpc-call UPSTREAM SERVICE METHOD MESSAGE [timeout=MS] [NAME=VALUE ...]` or
+    /// `grpc-stream UPSTREAM SERVICE METHOD MESSAGE,MESSAGE... [NAME=VALUE ...]` (the stream
+    /// sends each message, then half-closes).
+    fn grpc_start(&mut self, step: &Step) {
+        let upstream = grpc_upstream(arg(step, 0));
+        let (service, method, message) = (arg(step, 1), arg(step, 2), arg(step, 3));
+        let mut timeout = Duration::from_secs(5);
+        let mut metadata: Vec<(String, String)> = Vec::new();
+        for pair in step.args.iter().skip(4) {
+            match pair.split_once('=') {
+                Some(("timeout", ms)) => timeout = Duration::from_millis(ms.parse().unwrap_or(5000)),
+                Some((name, value)) => metadata.push((name.into(), value.into())),
+                None => {}
+            }
+        }
+        let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+        if step.verb == "grpc-call" {
+            let call = self.dispatch_grpc_call(&upstream, service, method, metadata, Some(message.as_bytes()), timeout);
+            if let Err(status) = call {
+                self.grpc_log.push(format!("call refused: {status:?}"));
+            }
+            return;
+        }
+        match self.open_grpc_stream(&upstream, service, method, metadata) {
+            Ok(token) => {
+                for message in message.split(',') {
+                    self.send_grpc_stream_message(token, Some(message.as_bytes()), false);
+                }
+                self.close_grpc_stream(token);
+            }
+            Err(status) => self.grpc_log.push(format!("stream refused: {status:?}")),
+        }
+    }
+
+    /// Logs a gRPC failure's status and message, then runs `grpc_done`.
+    fn grpc_done(&mut self, what: &str, status_code: u32) {
+        let (_, message) = self.get_grpc_status();
+        self.grpc_log.push(format!("{what} {status_code} {}", message.unwrap_or_default()));
+        self.run("grpc_done", true);
+    }
+}
+
 impl Context for Stream {
     fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _: usize) {
         let callback = if headers == 0 { "call_failed" } else { "call_response" };
         log::info!("{callback}: call {token}: {headers} headers, {body} bytes");
         self.run(callback, true);
+    }
+
+    fn on_grpc_call_response(&mut self, _: u32, status_code: u32, size: usize) {
+        if status_code != 0 {
+            return self.grpc_done("call failed", status_code);
+        }
+        let answer = self.get_grpc_call_response_body(0, size).unwrap_or_default();
+        self.grpc_log.push(format!("call answered {}", String::from_utf8_lossy(&answer)));
+        self.run("grpc_done", true);
+    }
+
+    fn on_grpc_stream_initial_metadata(&mut self, _: u32, _: u32) {
+        let meta = self.get_grpc_stream_initial_metadata_value("x-echo-meta").unwrap_or_default();
+        self.grpc_log.push(format!("initial x-echo-meta={}", String::from_utf8_lossy(&meta)));
+    }
+
+    fn on_grpc_stream_message(&mut self, _: u32, size: usize) {
+        let message = self.get_grpc_stream_message(0, size).unwrap_or_default();
+        self.grpc_log.push(format!("message {}", String::from_utf8_lossy(&message)));
+    }
+
+    fn on_grpc_stream_trailing_metadata(&mut self, _: u32, _: u32) {
+        let status = self.get_grpc_stream_trailing_metadata_value("grpc-status").unwrap_or_default();
+        self.grpc_log.push(format!("trailing grpc-status={}", String::from_utf8_lossy(&status)));
+    }
+
+    fn on_grpc_stream_close(&mut self, _: u32, status_code: u32) {
+        self.grpc_done("closed", status_code);
     }
 }
 

@@ -1,0 +1,323 @@
+//! gRPC calls and streams for filters (`proxy_grpc_call`, `proxy_grpc_stream`), each carried
+//! as an Envoy HTTP stream to a cluster (`start_http_stream`) that this module writes and
+//! reads as Envoy's gRPC client does (`inwasm_host::grpc_client`).
+//!
+//! The target is named as Envoy's Wasm filter takes it: a serialized `GrpcService` (its
+//! `envoy_grpc` cluster, authority and initial metadata), or else a cluster name.
+//!
+//! A call made while a stream's hook runs is carried by that stream: its events come back on
+//! this worker through the stream's hooks, and it ends with the stream. The main thread's
+//! root context, with no stream, calls through the configuration. Each thread keeps its calls
+//! in one table, found by carrier and Envoy stream id (Envoy's hooks) or by VM and token (the
+//! filter's sends and cancels).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Weak;
+
+use inwasm_host::grpc_client::{self, GrpcEvent, ResponseReader};
+use inwasm_host::{GrpcCallRequest, HostResult, Pairs, PluginId, Status, Vm};
+use prost::Message;
+
+use crate::abi::{self, callout_init, ConfigEnvoyPtr, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
+
+/// The Envoy stream or configuration a call's HTTP stream belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Carrier {
+    Filter(FilterEnvoyPtr),
+    Config(ConfigEnvoyPtr),
+}
+
+/// The root context a call's events go to.
+#[derive(Clone)]
+pub struct Caller {
+    pub vm: Weak<RefCell<Vm>>,
+    pub plugin: PluginId,
+}
+
+struct Call {
+    caller: Caller,
+    token: u32,
+    reader: ResponseReader,
+    /// Envoy's response code details for the answer, as far as they show (see `details`).
+    details: Option<&'static str>,
+}
+
+/// Events read from a call's response, for its caller.
+pub struct Delivery {
+    pub caller: Caller,
+    pub token: u32,
+    pub events: Vec<GrpcEvent>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_stream: HashMap<Carrier, HashMap<u64, Call>>,
+    by_token: HashMap<(usize, u32), (Carrier, u64)>,
+}
+
+thread_local! {
+    static CALLS: RefCell<Table> = RefCell::new(Table::default());
+}
+
+/// `envoy.config.core.v3.GrpcService`, the fields a call uses.
+#[derive(Clone, PartialEq, Message)]
+struct GrpcService {
+    #[prost(message, optional, tag = "1")]
+    envoy_grpc: Option<EnvoyGrpc>,
+    #[prost(message, repeated, tag = "5")]
+    initial_metadata: Vec<HeaderValue>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct EnvoyGrpc {
+    #[prost(string, tag = "1")]
+    cluster_name: String,
+    #[prost(string, tag = "2")]
+    authority: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct HeaderValue {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(string, tag = "2")]
+    value: String,
+}
+
+/// Where a call goes.
+struct Target {
+    cluster: Vec<u8>,
+    authority: Vec<u8>,
+    metadata: Pairs,
+    /// Named by a bare cluster name (not a `GrpcService`).
+    by_name: bool,
+}
+
+/// The call's target, from what the filter gave as its upstream.
+fn target(upstream: &[u8]) -> HostResult<Target> {
+    let Ok(service) = GrpcService::decode(upstream) else {
+        let name = upstream.to_vec();
+        return Ok(Target { cluster: name.clone(), authority: name, metadata: Vec::new(), by_name: true });
+    };
+    // Only Envoy's own gRPC client is offered (not the Google gRPC library's).
+    let envoy = service.envoy_grpc.filter(|e| !e.cluster_name.is_empty()).ok_or(Status::BadArgument)?;
+    let authority = if envoy.authority.is_empty() { &envoy.cluster_name } else { &envoy.authority };
+    Ok(Target {
+        cluster: envoy.cluster_name.clone().into_bytes(),
+        authority: authority.clone().into_bytes(),
+        metadata: service.initial_metadata.into_iter().map(|h| (h.key.into_bytes(), h.value.into_bytes())).collect(),
+        by_name: false,
+    })
+}
+
+fn vm_key(caller: &Caller) -> usize {
+    caller.vm.as_ptr() as usize
+}
+
+/// Starts call `token` of `caller` through `carrier`.
+pub fn start(carrier: Carrier, caller: Caller, token: u32, request: GrpcCallRequest) -> HostResult<()> {
+    let target = target(&request.upstream)?;
+    let mut metadata = target.metadata;
+    metadata.extend(request.initial_metadata);
+    let headers =
+        grpc_client::request_headers(&target.authority, &request.service, &request.method, request.timeout, &metadata);
+    let mut headers: Vec<ModuleHeader> = headers.iter().map(|(k, v)| ModuleHeader::of(k, v)).collect();
+    let unary = request.message.is_some();
+    let body = request.message.as_deref().map(grpc_client::frame).unwrap_or_default();
+    let cluster = ModuleBuffer::of(&target.cluster);
+    // A unary call's deadline is Envoy's too; a stream has none (as in Envoy's Wasm filter).
+    let timeout = request.timeout.filter(|_| unary).map_or(0, |t| t.as_millis() as u64);
+    let mut id = 0u64;
+    // SAFETY: the carrier is live (a stream whose hook runs now, or the main thread's
+    // configuration); the headers and body outlive the call, which copies them.
+    let result = unsafe {
+        match carrier {
+            Carrier::Filter(envoy) => abi::envoy_dynamic_module_callback_http_filter_start_http_stream(
+                envoy,
+                &mut id,
+                cluster,
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::of(&body),
+                unary,
+                timeout,
+            ),
+            Carrier::Config(envoy) => abi::envoy_dynamic_module_callback_http_filter_config_start_http_stream(
+                envoy,
+                &mut id,
+                cluster,
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::of(&body),
+                unary,
+                timeout,
+            ),
+        }
+    };
+    match result {
+        callout_init::SUCCESS => {}
+        callout_init::CLUSTER_NOT_FOUND if target.by_name => return Err(Status::ParseFailure),
+        _ => return Err(Status::InternalFailure),
+    }
+    CALLS.with(|calls| {
+        let mut calls = calls.borrow_mut();
+        calls.by_token.insert((vm_key(&caller), token), (carrier, id));
+        let call = Call { caller, token, reader: ResponseReader::new(unary), details: None };
+        calls.by_stream.entry(carrier).or_default().insert(id, call);
+    });
+    Ok(())
+}
+
+/// Sends `message` on stream `token` of `caller`'s VM (an empty `message` with `end_stream`
+/// half-closes it).
+pub fn send(caller: &Caller, token: u32, message: Option<&[u8]>, end_stream: bool) -> HostResult<()> {
+    let (carrier, id) = find(caller, token).ok_or(Status::NotFound)?;
+    let data = message.map(grpc_client::frame).unwrap_or_default();
+    // SAFETY: the table only holds streams of live carriers (a carrier's entries go when it ends).
+    let sent = unsafe {
+        match carrier {
+            Carrier::Filter(envoy) => {
+                abi::envoy_dynamic_module_callback_http_stream_send_data(envoy, id, ModuleBuffer::of(&data), end_stream)
+            }
+            Carrier::Config(envoy) => abi::envoy_dynamic_module_callback_http_filter_config_stream_send_data(
+                envoy,
+                id,
+                ModuleBuffer::of(&data),
+                end_stream,
+            ),
+        }
+    };
+    sent.then_some(()).ok_or(Status::NotFound)
+}
+
+/// Ends call `token` of `caller`'s VM at once: nothing more of it is delivered.
+pub fn cancel(caller: &Caller, token: u32) {
+    let Some((carrier, id)) = find(caller, token) else { return };
+    forget(carrier, id);
+    reset(carrier, id);
+}
+
+fn find(caller: &Caller, token: u32) -> Option<(Carrier, u64)> {
+    CALLS.with(|calls| calls.borrow().by_token.get(&(vm_key(caller), token)).copied())
+}
+
+fn forget(carrier: Carrier, id: u64) {
+    CALLS.with(|calls| {
+        let mut calls = calls.borrow_mut();
+        let Some(streams) = calls.by_stream.get_mut(&carrier) else { return };
+        let Some(call) = streams.remove(&id) else { return };
+        if streams.is_empty() {
+            calls.by_stream.remove(&carrier);
+        }
+        calls.by_token.remove(&(vm_key(&call.caller), call.token));
+    })
+}
+
+/// Resets Envoy's stream `id` (its reset hook runs at once and finds no call).
+fn reset(carrier: Carrier, id: u64) {
+    // SAFETY: the carrier is live (as in `send`).
+    unsafe {
+        match carrier {
+            Carrier::Filter(envoy) => abi::envoy_dynamic_module_callback_http_filter_reset_http_stream(envoy, id),
+            Carrier::Config(envoy) => {
+                abi::envoy_dynamic_module_callback_http_filter_config_reset_http_stream(envoy, id)
+            }
+        }
+    }
+}
+
+/// Reads one event of Envoy's stream `id` into its call (`ends_stream`: Envoy's stream ends
+/// with it; `headers`: the event's headers or trailers). A call that ends is forgotten, and
+/// its stream reset if Envoy's goes on.
+pub fn read(
+    carrier: Carrier,
+    id: u64,
+    ends_stream: bool,
+    headers: Option<&Pairs>,
+    read: impl FnOnce(&mut ResponseReader) -> Vec<GrpcEvent>,
+) -> Option<Delivery> {
+    let (delivery, closed) = CALLS.with(|calls| {
+        let mut calls = calls.borrow_mut();
+        let call = calls.by_stream.get_mut(&carrier)?.get_mut(&id)?;
+        if call.details.is_none() {
+            call.details = headers.and_then(details);
+        }
+        let mut events = read(&mut call.reader);
+        for event in &mut events {
+            if let GrpcEvent::Close(_, message) = event {
+                with_details(message, call.details);
+            }
+        }
+        Some((Delivery { caller: call.caller.clone(), token: call.token, events }, call.reader.is_closed()))
+    })?;
+    if closed {
+        forget(carrier, id);
+        if !ends_stream {
+            reset(carrier, id);
+        }
+    }
+    Some(delivery)
+}
+
+/// Envoy's response code details for a call's answer, as Envoy's gRPC client adds them to
+/// the status message: an answer from the upstream has the router's
+/// `x-envoy-upstream-service-time`; the router's own answer to a call past its deadline says
+/// so. (Other local answers' details do not show.)
+fn details(headers: &Pairs) -> Option<&'static str> {
+    let has = |name: &[u8], value: Option<&[u8]>| {
+        headers.iter().any(|(k, v)| k.as_slice() == name && value.is_none_or(|value| v.as_slice() == value))
+    };
+    if has(b"x-envoy-upstream-service-time", None) {
+        Some("via_upstream")
+    } else if has(b"grpc-message", Some(b"upstream request timeout")) {
+        Some("response_timeout")
+    } else {
+        None
+    }
+}
+
+/// `message` as Envoy's gRPC client gives it: `MESSAGE{DETAILS}`, or the details alone.
+fn with_details(message: &mut String, details: Option<&str>) {
+    match details {
+        Some(details) if message.is_empty() => *message = details.to_string(),
+        Some(details) => *message = format!("{message}{{{details}}}"),
+        None => {}
+    }
+}
+
+/// Envoy's stream `id` ended without the call having ended (Envoy's gRPC client makes this
+/// a failure too).
+pub fn ended(carrier: Carrier, id: u64) -> Option<Delivery> {
+    read(carrier, id, true, None, |reader| reader.on_reset())
+}
+
+/// The carrier is gone, and with it its streams (Envoy resets them): each call still open
+/// ends UNAVAILABLE for the root context that made it (a stream's own calls ended with it).
+pub fn carrier_ended(carrier: Carrier) -> Vec<Delivery> {
+    let calls = CALLS.with(|calls| {
+        let mut calls = calls.borrow_mut();
+        let streams = calls.by_stream.remove(&carrier).unwrap_or_default();
+        for call in streams.values() {
+            calls.by_token.remove(&(vm_key(&call.caller), call.token));
+        }
+        streams
+    });
+    let message = "the request that carried the call ended".to_string();
+    calls
+        .into_values()
+        .map(|call| Delivery {
+            events: vec![GrpcEvent::Close(inwasm_host::grpc::status::UNAVAILABLE, message.clone())],
+            caller: call.caller,
+            token: call.token,
+        })
+        .collect()
+}
+
+impl Delivery {
+    /// Hands the events to the caller's VM (`vm`, borrowed by the caller of this).
+    pub fn deliver(self, vm: &mut Vm) -> Result<(), inwasm_host::FilterError> {
+        let (plugin, token) = (self.caller.plugin, self.token);
+        self.events.into_iter().try_for_each(|event| vm.on_grpc_event(plugin, token, event))
+    }
+}
