@@ -3,6 +3,8 @@
 //!
 //! - a whole request through the one-header filter (stream, request and response headers,
 //!   response body, end), with and without epoch interruption (what deadlines cost);
+//! - a 16 KB form through the heavy filter (CPU-bound body inspection), with and without
+//!   epoch interruption (what deadlines cost code that is all loops and calls);
 //! - instantiation per request: a fresh instance with the pooling allocator (copy-on-write
 //!   memory images) and without, alone, with its root context started, and with a request;
 //! - one callback round trip, and host calls: header get and set, property get.
@@ -12,6 +14,7 @@
 //! profile one measure, name it: `... --bench host -- request|instance|callback` runs just
 //! that one for a while (under `perf record`, say).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,11 @@ const ROUNDS: usize = 7;
 
 fn one_header(engine: &Engine) -> Arc<Module> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/filters/filter_one_header.wasm");
+    Module::from_file(engine, path.as_ref(), None).unwrap_or_else(|e| panic!("{e} (run `make filters`)"))
+}
+
+fn heavy(engine: &Engine) -> Arc<Module> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/filters/filter_heavy.wasm");
     Module::from_file(engine, path.as_ref(), None).unwrap_or_else(|e| panic!("{e} (run `make filters`)"))
 }
 
@@ -101,6 +109,24 @@ fn request(vm: &mut Vm, plugin: PluginId, node: &Node) {
     vm.on_response_headers(stream, false).unwrap();
     vm.on_response_body(stream, 6, true).unwrap();
     vm.finish_stream(stream).unwrap();
+}
+
+/// A benign 16 KB form through the heavy filter: its body normalized and every rule run over it.
+fn inspection_cost(vm: &mut Vm, plugin: PluginId, node: &Node) -> Duration {
+    let body = format!("user=alice&comment={}", "the+quick+brown+fox+jumps+over+the+lazy+dog+".repeat(370));
+    per_run(50, || {
+        let exchange = Exchange::default();
+        {
+            let mut e = exchange.borrow_mut();
+            e.request_headers = pairs(&[(":method", "POST"), (":path", "/form"), (":authority", "bench")]);
+            e.request_body = body.clone().into_bytes();
+        }
+        let limits = StreamLimits { timeout: Some(Duration::from_secs(5)), ..StreamLimits::default() };
+        let stream = vm.new_stream(plugin, MemoryEmbedding::stream(node, &exchange), limits).unwrap();
+        vm.on_request_headers(stream, false).unwrap();
+        assert_eq!(vm.on_request_body(stream, body.len(), true).unwrap(), Action::Continue);
+        vm.finish_stream(stream).unwrap();
+    })
 }
 
 /// Average time of `f` over `n` runs.
@@ -196,6 +222,19 @@ fn main() {
     let (with_epochs, without_epochs) = (calls(&epochs), calls(&plain));
     let (empty, empty_plain) = (empty_callback(&epochs), empty_callback(&plain));
 
+    let heavy_started = |engine: &Engine| {
+        let mut vm =
+            Vm::new(heavy(engine), VmConfig { start_timeout: Some(Duration::from_secs(30)), ..VmConfig::default() })
+                .unwrap();
+        let node = Node::default();
+        let plugin = vm
+            .add_plugin(PluginConfig { name: "heavy".into(), ..Default::default() }, MemoryEmbedding::root(&node))
+            .unwrap();
+        (RefCell::new(vm), plugin, node)
+    };
+    let (heavy_vm, heavy_plugin, heavy_node) = heavy_started(&epochs);
+    let (heavy_plain_vm, heavy_plain_plugin, heavy_plain_node) = heavy_started(&plain);
+
     if let Some(which) = std::env::args().skip(1).find(|a| !a.starts_with('-')) {
         return profile(&which, &filter, &empty);
     }
@@ -206,6 +245,13 @@ fn main() {
         "one request through the one-header filter",
         ("without epochs", &|| request_cost(&filter_plain)),
         ("with epoch deadlines", &|| request_cost(&filter)),
+    );
+    compare(
+        "a 16 KB form through the heavy filter (every rule over the body)",
+        ("without epochs", &|| {
+            inspection_cost(&mut heavy_plain_vm.borrow_mut(), heavy_plain_plugin, &heavy_plain_node)
+        }),
+        ("with epoch deadlines", &|| inspection_cost(&mut heavy_vm.borrow_mut(), heavy_plugin, &heavy_node)),
     );
     compare(
         "fresh instance (instantiate, `_initialize`)",
