@@ -21,6 +21,8 @@ pub struct ConfigHandle(pub ConfigEnvoyPtr);
 // SAFETY: Envoy's configuration outlives every filter (and so every use of the handle); the
 // callbacks used through it from other threads (stats) are thread-safe in Envoy.
 unsafe impl Send for ConfigHandle {}
+// SAFETY: as for `Send`: the handle is a copyable pointer, and sharing it only hands out
+// copies, used as above.
 unsafe impl Sync for ConfigHandle {}
 
 /// Bytes owned by Envoy.
@@ -35,12 +37,14 @@ impl EnvoyBuffer {
     pub const EMPTY: EnvoyBuffer = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
 
     /// # Safety
-    /// The buffer must point at `length` readable bytes (or be null with any length).
+    /// The buffer must point at `length` readable bytes that stay valid and unchanged for
+    /// `'a` (or be null with any length).
     pub unsafe fn as_slice<'a>(&self) -> &'a [u8] {
         if self.ptr.is_null() || self.length == 0 {
             &[]
         } else {
-            std::slice::from_raw_parts(self.ptr, self.length)
+            // SAFETY: not null, so `length` readable bytes valid for 'a (per the caller).
+            unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
         }
     }
 }

@@ -32,10 +32,16 @@ impl Direction {
 
     /// Whether the current event's data is the buffered body itself (an earlier filter
     /// paused and then let it go), so it must not be counted twice.
+    ///
+    /// # Safety
+    /// `filter` must be a live stream of this thread.
     unsafe fn received_is_buffered(self, filter: FilterEnvoyPtr) -> bool {
-        match self {
-            Direction::Request => abi::envoy_dynamic_module_callback_http_received_buffered_request_body(filter),
-            Direction::Response => abi::envoy_dynamic_module_callback_http_received_buffered_response_body(filter),
+        // SAFETY: a live stream of this thread (per the caller).
+        unsafe {
+            match self {
+                Direction::Request => abi::envoy_dynamic_module_callback_http_received_buffered_request_body(filter),
+                Direction::Response => abi::envoy_dynamic_module_callback_http_received_buffered_response_body(filter),
+            }
         }
     }
 }
@@ -47,49 +53,76 @@ impl Direction {
 /// `filter` must be a live stream of this thread.
 pub unsafe fn read(filter: FilterEnvoyPtr, direction: Direction, in_event: bool) -> Vec<u8> {
     let mut body = Vec::new();
-    let received_is_buffered = in_event && direction.received_is_buffered(filter);
-    if !received_is_buffered {
-        append_chunks(filter, direction.buffered(), &mut body);
-    }
-    if in_event {
-        append_chunks(filter, direction.received(), &mut body);
+    // SAFETY: a live stream of this thread (per the caller).
+    unsafe {
+        let received_is_buffered = in_event && direction.received_is_buffered(filter);
+        if !received_is_buffered {
+            append_chunks(filter, direction.buffered(), &mut body);
+        }
+        if in_event {
+            append_chunks(filter, direction.received(), &mut body);
+        }
     }
     body
 }
 
 /// The size of [`read`]'s answer, without copying.
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
 pub unsafe fn size(filter: FilterEnvoyPtr, direction: Direction, in_event: bool) -> usize {
-    let received =
-        if in_event { abi::envoy_dynamic_module_callback_http_get_body_size(filter, direction.received()) } else { 0 };
-    if in_event && direction.received_is_buffered(filter) {
-        return received;
+    // SAFETY: a live stream of this thread (per the caller).
+    unsafe {
+        let received = if in_event {
+            abi::envoy_dynamic_module_callback_http_get_body_size(filter, direction.received())
+        } else {
+            0
+        };
+        if in_event && direction.received_is_buffered(filter) {
+            return received;
+        }
+        abi::envoy_dynamic_module_callback_http_get_body_size(filter, direction.buffered()) + received
     }
-    abi::envoy_dynamic_module_callback_http_get_body_size(filter, direction.buffered()) + received
 }
 
 /// Replaces the body so far with `bytes`.
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
 pub unsafe fn write(filter: FilterEnvoyPtr, direction: Direction, in_event: bool, bytes: &[u8]) -> bool {
     let buffered = direction.buffered();
-    let drained = abi::envoy_dynamic_module_callback_http_drain_body(filter, buffered, usize::MAX)
-        || abi::envoy_dynamic_module_callback_http_get_body_chunks_size(filter, buffered) == 0;
-    let target = if in_event {
-        abi::envoy_dynamic_module_callback_http_drain_body(filter, direction.received(), usize::MAX);
-        direction.received()
-    } else {
-        buffered
-    };
-    drained
-        && (bytes.is_empty()
-            || abi::envoy_dynamic_module_callback_http_append_body(filter, target, ModuleBuffer::of(bytes)))
+    // SAFETY: a live stream of this thread (per the caller); `bytes` outlives the append,
+    // which copies it.
+    unsafe {
+        let drained = abi::envoy_dynamic_module_callback_http_drain_body(filter, buffered, usize::MAX)
+            || abi::envoy_dynamic_module_callback_http_get_body_chunks_size(filter, buffered) == 0;
+        let target = if in_event {
+            abi::envoy_dynamic_module_callback_http_drain_body(filter, direction.received(), usize::MAX);
+            direction.received()
+        } else {
+            buffered
+        };
+        drained
+            && (bytes.is_empty()
+                || abi::envoy_dynamic_module_callback_http_append_body(filter, target, ModuleBuffer::of(bytes)))
+    }
 }
 
+/// Appends the chunks of Envoy's body `body` to `out`.
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
 unsafe fn append_chunks(filter: FilterEnvoyPtr, body: u32, out: &mut Vec<u8>) {
-    let count = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(filter, body);
-    if count == 0 {
-        return;
-    }
-    let mut chunks = vec![EnvoyBuffer::EMPTY; count];
-    if abi::envoy_dynamic_module_callback_http_get_body_chunks(filter, body, chunks.as_mut_ptr()) {
-        chunks.iter().for_each(|chunk| out.extend_from_slice(chunk.as_slice()));
+    // SAFETY: a live stream (per the caller); `chunks` has room for `count` buffers, and the
+    // ones Envoy fills in are copied before anything changes the body.
+    unsafe {
+        let count = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(filter, body);
+        if count == 0 {
+            return;
+        }
+        let mut chunks = vec![EnvoyBuffer::EMPTY; count];
+        if abi::envoy_dynamic_module_callback_http_get_body_chunks(filter, body, chunks.as_mut_ptr()) {
+            chunks.iter().for_each(|chunk| out.extend_from_slice(chunk.as_slice()));
+        }
     }
 }

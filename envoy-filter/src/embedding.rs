@@ -304,6 +304,7 @@ impl HeaderMaps for StreamEmbedding {
         if let Some(pairs) = self.local_headers(map, |h| h.clone()) {
             return Ok(pairs);
         }
+        // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
         Ok(envoy_map(map).map_or_else(Vec::new, |map| unsafe { headers::all(self.envoy(), map) }))
     }
 
@@ -311,6 +312,8 @@ impl HeaderMaps for StreamEmbedding {
         if let Some(()) = self.local_headers(map, |h| *h = pairs.clone()) {
             return Ok(());
         }
+        // SAFETY: `envoy` (from `edit_envoy_map`) is this stream's filter, live while its
+        // callbacks run.
         self.edit_envoy_map(map, |envoy, map| unsafe { headers::replace_all(envoy, map, &pairs) })
     }
 
@@ -318,6 +321,7 @@ impl HeaderMaps for StreamEmbedding {
         if let Some(size) = self.local_headers(map, |h| h.len()) {
             return Ok(size);
         }
+        // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
         Ok(envoy_map(map).map_or(0, |map| unsafe { headers::count(self.envoy(), map) }))
     }
 
@@ -325,6 +329,7 @@ impl HeaderMaps for StreamEmbedding {
         if let Some(value) = self.local_headers(map, |h| first_header_value(h, key)) {
             return Ok(value);
         }
+        // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
         Ok(envoy_map(map).and_then(|map| unsafe { headers::value(self.envoy(), map, key) }))
     }
 
@@ -332,6 +337,7 @@ impl HeaderMaps for StreamEmbedding {
         if let Some(()) = self.local_headers(map, |h| h.push((key.to_vec(), value.to_vec()))) {
             return Ok(());
         }
+        // SAFETY: as in `set_header_map`.
         self.edit_envoy_map(map, |envoy, map| unsafe { headers::add(envoy, map, key, value) })
     }
 
@@ -343,6 +349,7 @@ impl HeaderMaps for StreamEmbedding {
         if replaced.is_some() {
             return Ok(());
         }
+        // SAFETY: as in `set_header_map`.
         self.edit_envoy_map(map, |envoy, map| unsafe { headers::set(envoy, map, key, Some(value)) })
     }
 
@@ -350,6 +357,7 @@ impl HeaderMaps for StreamEmbedding {
         if let Some(()) = self.local_headers(map, |h| h.retain(|(k, _)| !k.eq_ignore_ascii_case(key))) {
             return Ok(());
         }
+        // SAFETY: as in `set_header_map`.
         self.edit_envoy_map(map, |envoy, map| unsafe { headers::set(envoy, map, key, None) })
     }
 }
@@ -362,6 +370,7 @@ impl Buffers for StreamEmbedding {
             }
         }
         Ok(match self.body(buffer) {
+            // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
             Some((direction, in_event)) => unsafe { body::read(self.envoy(), direction, in_event) },
             None => Vec::new(),
         })
@@ -375,12 +384,14 @@ impl Buffers for StreamEmbedding {
             }
         }
         let (direction, in_event) = self.body(buffer).ok_or(Status::BadArgument)?;
+        // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
         unsafe { body::write(self.envoy(), direction, in_event, &bytes) }.then_some(()).ok_or(Status::NotFound)
     }
 }
 
 impl Properties for StreamEmbedding {
     fn property(&mut self, path: &[&[u8]]) -> HostResult<Option<Vec<u8>>> {
+        // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
         Ok(unsafe { properties::get(self.envoy(), path) })
     }
 }
@@ -407,6 +418,7 @@ impl StreamControl for StreamEmbedding {
     }
 
     fn clear_route_cache(&mut self) -> HostResult<()> {
+        // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
         unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(self.envoy()) };
         Ok(())
     }

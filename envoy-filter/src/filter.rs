@@ -124,7 +124,8 @@ impl HttpFilter {
     ) {
         let Some(callout) = self.state.borrow_mut().callouts.remove(&callout_id) else { return };
         let Some(vm) = callout.vm.upgrade() else { return };
-        let response = callout_response(result, headers, headers_size, chunks, chunks_size);
+        // SAFETY: the arrays are valid for their counts (per the caller).
+        let response = unsafe { callout_response(result, headers, headers_size, chunks, chunks_size) };
         self.deliver_to_root(vm, Box::new(move |vm| vm.on_http_call_response(callout.plugin, callout.token, response)));
     }
 
@@ -233,6 +234,7 @@ impl HttpFilter {
             state.body_event = Some(direction);
             state.envoy
         };
+        // SAFETY: `envoy` is this stream's filter, live while its hooks run (this is its body hook).
         let size = unsafe { body::size(envoy, direction, true) };
         let status = self.run(direction, status::STOP_ITERATION, |vm, s| call(vm, s, size));
         let mut state = self.state.borrow_mut();
@@ -346,7 +348,10 @@ impl HttpFilter {
 }
 
 impl Drop for HttpFilter {
+    /// Envoy destroys the filter: nothing the guest queues for its stream from now on may
+    /// run (the Envoy filter behind it is going away).
     fn drop(&mut self) {
+        self.state.borrow_mut().completed = true;
         self.finish();
         self.end_carried_calls();
     }
@@ -360,6 +365,10 @@ fn continue_action(direction: Direction) -> stream::Action {
 }
 
 /// An http call's answer as the host takes it: the response, or why there is none.
+///
+/// # Safety
+/// The header and chunk arrays must be valid for the counts given (or null), as Envoy hands
+/// them to its callout hooks.
 pub unsafe fn callout_response(
     result: u32,
     headers: *const EnvoyHeader,
@@ -372,16 +381,24 @@ pub unsafe fn callout_response(
         callout_result::EXCEED_RESPONSE_BUFFER_LIMIT => return Err("response exceeded the buffer limit".into()),
         _ => return Err("reset".into()),
     }
-    Ok(HttpCallResponse {
-        headers: abi::envoy_pairs(headers, headers_size),
-        body: abi::envoy_bytes(chunks, chunks_size),
-        trailers: Vec::new(),
-    })
+    // SAFETY: the arrays are valid for their counts (per the caller); both are copied here.
+    unsafe {
+        Ok(HttpCallResponse {
+            headers: abi::envoy_pairs(headers, headers_size),
+            body: abi::envoy_bytes(chunks, chunks_size),
+            trailers: Vec::new(),
+        })
+    }
 }
 
 /// The status a hook answers when this module itself failed (a panic caught at the FFI
 /// boundary): stop, and answer 500 if nothing was sent yet.
-pub fn internal_error(envoy: FilterEnvoyPtr) -> u32 {
+///
+/// # Safety
+/// `envoy` must be the stream whose hook runs now.
+pub unsafe fn internal_error(envoy: FilterEnvoyPtr) -> u32 {
+    // SAFETY: `envoy` is the stream whose hook runs (per the caller); no headers are passed,
+    // and the static buffers outlive the call.
     unsafe {
         abi::envoy_dynamic_module_callback_http_send_response(
             envoy,

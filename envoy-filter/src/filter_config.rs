@@ -44,11 +44,17 @@ const _: () = {
 
 impl FilterConfig {
     /// Reads, compiles and starts the filter (on Envoy's main thread).
-    pub fn load(envoy: ConfigEnvoyPtr, filter_name: &[u8], json: &[u8]) -> Result<Arc<FilterConfig>, String> {
+    ///
+    /// # Safety
+    /// `envoy` must be the configuration Envoy is loading (its `config_new` hook runs this),
+    /// and outlive what is returned.
+    pub unsafe fn load(envoy: ConfigEnvoyPtr, filter_name: &[u8], json: &[u8]) -> Result<Arc<FilterConfig>, String> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let settings = config::parse(filter_name, json)?;
         let module = runtime::compile(&settings.module, settings.cache_dir.as_deref())?;
         runtime::keep_deadlines_for(settings.plugin.timeout.or(settings.vm.timeout));
+        // SAFETY: `envoy` is the configuration Envoy is loading (per the caller); the scheduler
+        // goes to the main thread's mailbox, which deletes it.
         let scheduler = unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(envoy) };
         let metrics = MetricRegistry::new(ConfigHandle(envoy), &settings.plugin.name);
         let config = Arc::new(FilterConfig {

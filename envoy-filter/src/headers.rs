@@ -21,66 +21,100 @@ pub fn envoy_map(map: MapType) -> Option<u32> {
 /// # Safety
 /// `filter` must be a live stream of this thread.
 pub unsafe fn all(filter: FilterEnvoyPtr, map: u32) -> Pairs {
-    let count = abi::envoy_dynamic_module_callback_http_get_headers_size(filter, map);
-    if count == 0 {
-        return Vec::new();
+    // SAFETY: a live stream (per the caller); `entries` has room for `count` headers, whose
+    // buffers Envoy fills in and which are copied before anything changes the map.
+    unsafe {
+        let count = abi::envoy_dynamic_module_callback_http_get_headers_size(filter, map);
+        if count == 0 {
+            return Vec::new();
+        }
+        let empty = EnvoyHeader { key: EnvoyBuffer::EMPTY, value: EnvoyBuffer::EMPTY };
+        let mut entries = vec![empty; count];
+        if !abi::envoy_dynamic_module_callback_http_get_headers(filter, map, entries.as_mut_ptr()) {
+            return Vec::new();
+        }
+        entries.iter().map(|h| (h.key.as_slice().to_vec(), h.value.as_slice().to_vec())).collect()
     }
-    let empty = EnvoyHeader { key: EnvoyBuffer::EMPTY, value: EnvoyBuffer::EMPTY };
-    let mut entries = vec![empty; count];
-    if !abi::envoy_dynamic_module_callback_http_get_headers(filter, map, entries.as_mut_ptr()) {
-        return Vec::new();
-    }
-    entries.iter().map(|h| (h.key.as_slice().to_vec(), h.value.as_slice().to_vec())).collect()
 }
 
+/// The number of entries in the map.
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
 pub unsafe fn count(filter: FilterEnvoyPtr, map: u32) -> usize {
-    abi::envoy_dynamic_module_callback_http_get_headers_size(filter, map)
+    // SAFETY: a live stream (per the caller).
+    unsafe { abi::envoy_dynamic_module_callback_http_get_headers_size(filter, map) }
 }
 
 /// The first value of `key`.
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
 pub unsafe fn value(filter: FilterEnvoyPtr, map: u32, key: &[u8]) -> Option<Vec<u8>> {
     let mut result = EnvoyBuffer::EMPTY;
     let mut values = 0usize;
-    let found = abi::envoy_dynamic_module_callback_http_get_header(
-        filter,
-        map,
-        ModuleBuffer::of(key),
-        &mut result,
-        0,
-        &mut values,
-    );
-    (found && values > 0).then(|| result.as_slice().to_vec())
+    // SAFETY: a live stream (per the caller); `key` outlives the call, `result` and `values`
+    // are valid places to write, and the value found is copied before the map changes.
+    unsafe {
+        let found = abi::envoy_dynamic_module_callback_http_get_header(
+            filter,
+            map,
+            ModuleBuffer::of(key),
+            &mut result,
+            0,
+            &mut values,
+        );
+        (found && values > 0).then(|| result.as_slice().to_vec())
+    }
 }
 
 /// Adds a value for `key`. Envoy refuses to add an empty value but sets one, so an empty
 /// value for a header not yet there is set instead.
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
 pub unsafe fn add(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: &[u8]) -> bool {
-    if value.is_empty() && self::value(filter, map, key).is_none() {
-        return set(filter, map, key, Some(value));
+    // SAFETY: a live stream (per the caller); `key` and `value` outlive the calls, which copy
+    // them.
+    unsafe {
+        if value.is_empty() && self::value(filter, map, key).is_none() {
+            return set(filter, map, key, Some(value));
+        }
+        abi::envoy_dynamic_module_callback_http_add_header(filter, map, ModuleBuffer::of(key), ModuleBuffer::of(value))
     }
-    abi::envoy_dynamic_module_callback_http_add_header(filter, map, ModuleBuffer::of(key), ModuleBuffer::of(value))
 }
 
 /// Sets `key` to `value` alone (`None` removes it).
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
 pub unsafe fn set(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: Option<&[u8]>) -> bool {
     let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
-    abi::envoy_dynamic_module_callback_http_set_header(filter, map, ModuleBuffer::of(key), value)
+    // SAFETY: a live stream (per the caller); `key` and `value` outlive the call, which copies
+    // them (a null value removes the header).
+    unsafe { abi::envoy_dynamic_module_callback_http_set_header(filter, map, ModuleBuffer::of(key), value) }
 }
 
 /// Makes the map hold exactly `pairs`.
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
 pub unsafe fn replace_all(filter: FilterEnvoyPtr, map: u32, pairs: &Pairs) -> bool {
-    let mut keys: Vec<Vec<u8>> = all(filter, map).into_iter().map(|(k, _)| k).collect();
-    keys.dedup();
-    let kept = |key: &[u8]| pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
-    let removed = keys.iter().filter(|k| !kept(k)).all(|k| set(filter, map, k, None));
-    let mut written: Vec<&[u8]> = Vec::new();
-    let stored = pairs.iter().all(|(key, value)| {
-        if written.iter().any(|k| k.eq_ignore_ascii_case(key)) {
-            add(filter, map, key, value)
-        } else {
-            written.push(key);
-            set(filter, map, key, Some(value))
-        }
-    });
-    removed && stored
+    // SAFETY: a live stream (per the caller), for each read and write of the map.
+    unsafe {
+        let mut keys: Vec<Vec<u8>> = all(filter, map).into_iter().map(|(k, _)| k).collect();
+        keys.dedup();
+        let kept = |key: &[u8]| pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
+        let removed = keys.iter().filter(|k| !kept(k)).all(|k| set(filter, map, k, None));
+        let mut written: Vec<&[u8]> = Vec::new();
+        let stored = pairs.iter().all(|(key, value)| {
+            if written.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+                add(filter, map, key, value)
+            } else {
+                written.push(key);
+                set(filter, map, key, Some(value))
+            }
+        });
+        removed && stored
+    }
 }

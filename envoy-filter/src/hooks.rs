@@ -33,13 +33,17 @@ fn guard<T>(hook: &str, fallback: impl FnOnce() -> T, body: impl FnOnce() -> T) 
 /// # Safety
 /// `ptr` must be a configuration this module returned and Envoy has not destroyed.
 unsafe fn config<'a>(ptr: *const c_void) -> &'a Arc<FilterConfig> {
-    &*(ptr as *const Arc<FilterConfig>)
+    // SAFETY: `ptr` is the `Box<Arc<FilterConfig>>` that `config_new` leaked, not yet freed
+    // (per the caller).
+    unsafe { &*(ptr as *const Arc<FilterConfig>) }
 }
 
 /// # Safety
 /// `ptr` must be a filter this module returned and Envoy has not destroyed.
 unsafe fn filter<'a>(ptr: *const c_void) -> &'a HttpFilter {
-    &*(ptr as *const HttpFilter)
+    // SAFETY: `ptr` is the `Box<HttpFilter>` that `filter_new` leaked, not yet freed (per the
+    // caller).
+    unsafe { &*(ptr as *const HttpFilter) }
 }
 
 #[no_mangle]
@@ -53,25 +57,34 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
-    guard("filter config", std::ptr::null, || match FilterConfig::load(envoy, name.as_slice(), config.as_slice()) {
-        Ok(config) => Box::into_raw(Box::new(config)) as *const c_void,
-        Err(message) => {
-            log::error(&format!("inwasm: proxy_wasm filter_config: {message}"));
-            std::ptr::null()
-        }
-    })
+    // SAFETY: Envoy hands over the configuration it is loading (which outlives the filter
+    // configuration made of it), and the name and text valid during this hook; `load` keeps
+    // copies of what it needs.
+    unsafe {
+        guard("filter config", std::ptr::null, || match FilterConfig::load(envoy, name.as_slice(), config.as_slice()) {
+            Ok(config) => Box::into_raw(Box::new(config)) as *const c_void,
+            Err(message) => {
+                log::error(&format!("inwasm: proxy_wasm filter_config: {message}"));
+                std::ptr::null()
+            }
+        })
+    }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(ptr: *const c_void) {
-    guard(
-        "filter config destroy",
-        || (),
-        || {
-            let config = Box::from_raw(ptr as *mut Arc<FilterConfig>);
-            config.retire();
-        },
-    )
+    // SAFETY: Envoy destroys a configuration once, with what `config_new` returned (a leaked
+    // `Box<Arc<FilterConfig>>`; Envoy rejects a null one and never destroys it).
+    unsafe {
+        guard(
+            "filter config destroy",
+            || (),
+            || {
+                let config = Box::from_raw(ptr as *mut Arc<FilterConfig>);
+                config.retire();
+            },
+        )
+    }
 }
 
 #[no_mangle]
@@ -80,17 +93,20 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     ptr: *const c_void,
     event: u64,
 ) {
-    guard(
-        "config scheduled",
-        || (),
-        || {
-            if event == WAKE_EVENT {
-                if let Some(instance) = instances::installed(config(ptr).id) {
-                    instance.deliver_pending();
+    // SAFETY: Envoy runs a configuration's events with what `config_new` returned, while it lives.
+    unsafe {
+        guard(
+            "config scheduled",
+            || (),
+            || {
+                if event == WAKE_EVENT {
+                    if let Some(instance) = instances::installed(config(ptr).id) {
+                        instance.deliver_pending();
+                    }
                 }
-            }
-        },
-    )
+            },
+        )
+    }
 }
 
 #[no_mangle]
@@ -104,20 +120,24 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     chunks: *const EnvoyBuffer,
     chunks_size: usize,
 ) {
-    guard(
-        "config http callout",
-        || (),
-        || {
-            let config = config(ptr);
-            let token = config.config_callouts.lock().unwrap_or_else(|p| p.into_inner()).remove(&callout_id);
-            let (Some(token), Some(instance)) = (token, instances::installed(config.id)) else { return };
-            let response = callout_response(result, headers, headers_size, chunks, chunks_size);
-            let delivered = instance.vm.borrow_mut().on_http_call_response(instance.plugin, token, response);
-            if let Err(error) = delivered {
-                report::failure(config, &error, "in the main thread's root context");
-            }
-        },
-    )
+    // SAFETY: Envoy calls it with the live configuration `config_new` returned, and the response's
+    // headers and chunks valid during the call.
+    unsafe {
+        guard(
+            "config http callout",
+            || (),
+            || {
+                let config = config(ptr);
+                let token = config.config_callouts.lock().unwrap_or_else(|p| p.into_inner()).remove(&callout_id);
+                let (Some(token), Some(instance)) = (token, instances::installed(config.id)) else { return };
+                let response = callout_response(result, headers, headers_size, chunks, chunks_size);
+                let delivered = instance.vm.borrow_mut().on_http_call_response(instance.plugin, token, response);
+                if let Err(error) = delivered {
+                    report::failure(config, &error, "in the main thread's root context");
+                }
+            },
+        )
+    }
 }
 
 #[no_mangle]
@@ -125,14 +145,19 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config_ptr: *const c_void,
     envoy: FilterEnvoyPtr,
 ) -> *const c_void {
-    guard("filter new", std::ptr::null, || {
-        Box::into_raw(Box::new(HttpFilter::new(config(config_ptr), envoy))) as *const c_void
-    })
+    // SAFETY: Envoy makes filters of a live configuration, which `config_ptr` is (from `config_new`).
+    unsafe {
+        guard("filter new", std::ptr::null, || {
+            Box::into_raw(Box::new(HttpFilter::new(config(config_ptr), envoy))) as *const c_void
+        })
+    }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(ptr: *const c_void) {
-    guard("filter destroy", || (), || drop(Box::from_raw(ptr as *mut HttpFilter)))
+    // SAFETY: Envoy destroys a filter once, with what `filter_new` returned (a leaked
+    // `Box<HttpFilter>`; Envoy skips a null one).
+    unsafe { guard("filter destroy", || (), || drop(Box::from_raw(ptr as *mut HttpFilter))) }
 }
 
 #[no_mangle]
@@ -141,7 +166,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     ptr: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    guard("request headers", || internal_error(envoy), || filter(ptr).on_request_headers(end_of_stream))
+    // SAFETY: `ptr` is the filter `filter_new` made for this stream (never null: making one
+    // cannot panic), live until Envoy destroys it after the stream's hooks.
+    unsafe { guard("request headers", || internal_error(envoy), || filter(ptr).on_request_headers(end_of_stream)) }
 }
 
 #[no_mangle]
@@ -150,7 +177,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     ptr: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    guard("request body", || internal_error(envoy), || filter(ptr).on_request_body(end_of_stream))
+    // SAFETY: `ptr` is the filter `filter_new` made for this stream (never null: making one
+    // cannot panic), live until Envoy destroys it after the stream's hooks.
+    unsafe { guard("request body", || internal_error(envoy), || filter(ptr).on_request_body(end_of_stream)) }
 }
 
 #[no_mangle]
@@ -158,7 +187,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     envoy: FilterEnvoyPtr,
     ptr: *const c_void,
 ) -> u32 {
-    guard("request trailers", || internal_error(envoy), || filter(ptr).on_request_trailers())
+    // SAFETY: `ptr` is the filter `filter_new` made for this stream (never null: making one
+    // cannot panic), live until Envoy destroys it after the stream's hooks.
+    unsafe { guard("request trailers", || internal_error(envoy), || filter(ptr).on_request_trailers()) }
 }
 
 #[no_mangle]
@@ -167,7 +198,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     ptr: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    guard("response headers", || internal_error(envoy), || filter(ptr).on_response_headers(end_of_stream))
+    // SAFETY: `ptr` is the filter `filter_new` made for this stream (never null: making one
+    // cannot panic), live until Envoy destroys it after the stream's hooks.
+    unsafe { guard("response headers", || internal_error(envoy), || filter(ptr).on_response_headers(end_of_stream)) }
 }
 
 #[no_mangle]
@@ -176,7 +209,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     ptr: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    guard("response body", || internal_error(envoy), || filter(ptr).on_response_body(end_of_stream))
+    // SAFETY: `ptr` is the filter `filter_new` made for this stream (never null: making one
+    // cannot panic), live until Envoy destroys it after the stream's hooks.
+    unsafe { guard("response body", || internal_error(envoy), || filter(ptr).on_response_body(end_of_stream)) }
 }
 
 #[no_mangle]
@@ -184,7 +219,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     envoy: FilterEnvoyPtr,
     ptr: *const c_void,
 ) -> u32 {
-    guard("response trailers", || internal_error(envoy), || filter(ptr).on_response_trailers())
+    // SAFETY: `ptr` is the filter `filter_new` made for this stream (never null: making one
+    // cannot panic), live until Envoy destroys it after the stream's hooks.
+    unsafe { guard("response trailers", || internal_error(envoy), || filter(ptr).on_response_trailers()) }
 }
 
 #[no_mangle]
@@ -192,7 +229,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     _envoy: FilterEnvoyPtr,
     ptr: *const c_void,
 ) {
-    guard("stream complete", || (), || filter(ptr).on_stream_complete())
+    // SAFETY: `ptr` is the filter `filter_new` made for this stream (never null: making one
+    // cannot panic), live until Envoy destroys it after the stream's hooks.
+    unsafe { guard("stream complete", || (), || filter(ptr).on_stream_complete()) }
 }
 
 #[no_mangle]
@@ -206,11 +245,15 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     chunks: *const EnvoyBuffer,
     chunks_size: usize,
 ) {
-    guard(
-        "http callout",
-        || (),
-        || filter(ptr).on_callout_done(callout_id, result, headers, headers_size, chunks, chunks_size),
-    )
+    // SAFETY: Envoy calls it only while the filter `filter_new` made (`ptr`) lives, with the
+    // response's headers and chunks valid during the call.
+    unsafe {
+        guard(
+            "http callout",
+            || (),
+            || filter(ptr).on_callout_done(callout_id, result, headers, headers_size, chunks, chunks_size),
+        )
+    }
 }
 
 #[no_mangle]
@@ -219,15 +262,19 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     ptr: *const c_void,
     event: u64,
 ) {
-    guard(
-        "filter scheduled",
-        || (),
-        || {
-            if event == WAKE_EVENT {
-                filter(ptr).on_scheduled();
-            }
-        },
-    )
+    // SAFETY: Envoy runs a stream's scheduled events only while its filter (`ptr`, from
+    // `filter_new`) lives.
+    unsafe {
+        guard(
+            "filter scheduled",
+            || (),
+            || {
+                if event == WAKE_EVENT {
+                    filter(ptr).on_scheduled();
+                }
+            },
+        )
+    }
 }
 
 // The HTTP streams that carry gRPC calls (`grpc_calls`). The call is looked up before the
@@ -253,16 +300,20 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers
     headers_size: usize,
     end_stream: bool,
 ) {
-    guard(
-        "gRPC call headers",
-        || (),
-        || {
-            let headers = envoy_pairs(headers, headers_size);
-            let seen = headers.clone();
-            let read = |r: &mut ResponseReader| r.on_headers(headers, end_stream);
-            to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, end_stream, Some(&seen), read))
-        },
-    )
+    // SAFETY: `ptr` is only used while the call is still in the table, which a filter's calls
+    // leave before it is freed (in its drop); the headers are valid during the call.
+    unsafe {
+        guard(
+            "gRPC call headers",
+            || (),
+            || {
+                let headers = envoy_pairs(headers, headers_size);
+                let seen = headers.clone();
+                let read = |r: &mut ResponseReader| r.on_headers(headers, end_stream);
+                to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, end_stream, Some(&seen), read))
+            },
+        )
+    }
 }
 
 #[no_mangle]
@@ -274,15 +325,19 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
     data_count: usize,
     end_stream: bool,
 ) {
-    guard(
-        "gRPC call data",
-        || (),
-        || {
-            let data = envoy_bytes(data, data_count);
-            let read = |r: &mut ResponseReader| r.on_data(&data, end_stream);
-            to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, end_stream, None, read))
-        },
-    )
+    // SAFETY: `ptr` is only used while the call is still in the table, which a filter's calls
+    // leave before it is freed (in its drop); the chunks are valid during the call.
+    unsafe {
+        guard(
+            "gRPC call data",
+            || (),
+            || {
+                let data = envoy_bytes(data, data_count);
+                let read = |r: &mut ResponseReader| r.on_data(&data, end_stream);
+                to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, end_stream, None, read))
+            },
+        )
+    }
 }
 
 #[no_mangle]
@@ -293,16 +348,20 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailer
     trailers: *const EnvoyHeader,
     trailers_size: usize,
 ) {
-    guard(
-        "gRPC call trailers",
-        || (),
-        || {
-            let trailers = envoy_pairs(trailers, trailers_size);
-            let seen = trailers.clone();
-            let read = |r: &mut ResponseReader| r.on_trailers(trailers);
-            to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, true, Some(&seen), read))
-        },
-    )
+    // SAFETY: `ptr` is only used while the call is still in the table, which a filter's calls
+    // leave before it is freed (in its drop); the trailers are valid during the call.
+    unsafe {
+        guard(
+            "gRPC call trailers",
+            || (),
+            || {
+                let trailers = envoy_pairs(trailers, trailers_size);
+                let seen = trailers.clone();
+                let read = |r: &mut ResponseReader| r.on_trailers(trailers);
+                to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, true, Some(&seen), read))
+            },
+        )
+    }
 }
 
 #[no_mangle]
@@ -311,7 +370,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complet
     ptr: *const c_void,
     stream_id: u64,
 ) {
-    guard("gRPC call end", || (), || to_filter(ptr, grpc_calls::ended(Carrier::Filter(envoy), stream_id)))
+    // SAFETY: `ptr` is only used while the call is still in the table, which a filter's calls
+    // leave before it is freed (in its drop).
+    unsafe { guard("gRPC call end", || (), || to_filter(ptr, grpc_calls::ended(Carrier::Filter(envoy), stream_id))) }
 }
 
 #[no_mangle]
@@ -321,7 +382,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
     stream_id: u64,
     _reason: u32,
 ) {
-    guard("gRPC call reset", || (), || to_filter(ptr, grpc_calls::ended(Carrier::Filter(envoy), stream_id)))
+    // SAFETY: `ptr` is only used while the call is still in the table, which a filter's calls
+    // leave before it is freed (in its drop).
+    unsafe { guard("gRPC call reset", || (), || to_filter(ptr, grpc_calls::ended(Carrier::Filter(envoy), stream_id))) }
 }
 
 /// Hands what a call of the main thread's root read to that root.
@@ -344,16 +407,20 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
     headers_size: usize,
     end_stream: bool,
 ) {
-    guard(
-        "gRPC call headers",
-        || (),
-        || {
-            let headers = envoy_pairs(headers, headers_size);
-            let seen = headers.clone();
-            let read = |r: &mut ResponseReader| r.on_headers(headers, end_stream);
-            to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, end_stream, Some(&seen), read))
-        },
-    )
+    // SAFETY: Envoy calls it with the live configuration `config_new` returned, and the headers
+    // valid during the call.
+    unsafe {
+        guard(
+            "gRPC call headers",
+            || (),
+            || {
+                let headers = envoy_pairs(headers, headers_size);
+                let seen = headers.clone();
+                let read = |r: &mut ResponseReader| r.on_headers(headers, end_stream);
+                to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, end_stream, Some(&seen), read))
+            },
+        )
+    }
 }
 
 #[no_mangle]
@@ -365,15 +432,19 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
     data_count: usize,
     end_stream: bool,
 ) {
-    guard(
-        "gRPC call data",
-        || (),
-        || {
-            let data = envoy_bytes(data, data_count);
-            let read = |r: &mut ResponseReader| r.on_data(&data, end_stream);
-            to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, end_stream, None, read))
-        },
-    )
+    // SAFETY: Envoy calls it with the live configuration `config_new` returned, and the chunks
+    // valid during the call.
+    unsafe {
+        guard(
+            "gRPC call data",
+            || (),
+            || {
+                let data = envoy_bytes(data, data_count);
+                let read = |r: &mut ResponseReader| r.on_data(&data, end_stream);
+                to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, end_stream, None, read))
+            },
+        )
+    }
 }
 
 #[no_mangle]
@@ -384,16 +455,20 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
     trailers: *const EnvoyHeader,
     trailers_size: usize,
 ) {
-    guard(
-        "gRPC call trailers",
-        || (),
-        || {
-            let trailers = envoy_pairs(trailers, trailers_size);
-            let seen = trailers.clone();
-            let read = |r: &mut ResponseReader| r.on_trailers(trailers);
-            to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, true, Some(&seen), read))
-        },
-    )
+    // SAFETY: Envoy calls it with the live configuration `config_new` returned, and the trailers
+    // valid during the call.
+    unsafe {
+        guard(
+            "gRPC call trailers",
+            || (),
+            || {
+                let trailers = envoy_pairs(trailers, trailers_size);
+                let seen = trailers.clone();
+                let read = |r: &mut ResponseReader| r.on_trailers(trailers);
+                to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, true, Some(&seen), read))
+            },
+        )
+    }
 }
 
 #[no_mangle]

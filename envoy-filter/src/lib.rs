@@ -9,6 +9,9 @@
 //! `headers.rs`, `body.rs`, `properties.rs` (and `metadata.rs`), `metrics.rs` the Envoy side of each; `mailbox.rs`
 //! and `ticks.rs` how root contexts get ticks and queue notifications; `abi.rs` the C ABI.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod abi;
 mod body;
 mod config;

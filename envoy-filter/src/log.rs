@@ -16,6 +16,8 @@ fn envoy_level(level: LogLevel) -> u32 {
 }
 
 pub fn line(level: LogLevel, message: &str) {
+    // SAFETY: the message outlives the call, which only reads it; Envoy's logger may be used
+    // from any thread.
     unsafe { abi::envoy_dynamic_module_callback_log(envoy_level(level), ModuleBuffer::of(message.as_bytes())) };
 }
 
@@ -32,6 +34,7 @@ pub fn filter_line(filter: &str, level: LogLevel, message: &str) {
 pub fn threshold() -> LogLevel {
     [LogLevel::Trace, LogLevel::Debug, LogLevel::Info, LogLevel::Warn, LogLevel::Error]
         .into_iter()
+        // SAFETY: only a level is passed; Envoy's logger may be asked from any thread.
         .find(|level| unsafe { abi::envoy_dynamic_module_callback_log_enabled(envoy_level(*level)) })
         .unwrap_or(LogLevel::Critical)
 }

@@ -68,29 +68,33 @@ fn kind(path: &[&[u8]]) -> Option<Kind> {
 /// # Safety
 /// `filter` must be a live stream of this thread.
 pub unsafe fn get(filter: FilterEnvoyPtr, path: &[&[u8]]) -> Option<Vec<u8>> {
-    if metadata::is_metadata(path) {
-        return metadata::get(filter, path);
-    }
-    match kind(path)? {
-        Kind::Text(id) => {
-            let mut result = EnvoyBuffer::EMPTY;
-            abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(filter, id, &mut result)
-                .then(|| result.as_slice().to_vec())
+    // SAFETY: a live stream of this thread (per the caller); each result is a valid place to
+    // write, and the string Envoy points `result` at is copied at once.
+    unsafe {
+        if metadata::is_metadata(path) {
+            return metadata::get(filter, path);
         }
-        Kind::Int(id) => {
-            let mut result = 0u64;
-            abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(filter, id, &mut result)
-                .then(|| property::int(result as i64))
-        }
-        Kind::Bool(id) => {
-            let mut result = false;
-            abi::envoy_dynamic_module_callback_http_filter_get_attribute_bool(filter, id, &mut result)
-                .then(|| property::boolean(result))
-        }
-        Kind::Headers(map) => {
-            let pairs: Vec<_> =
-                headers::all(filter, map).into_iter().filter(|(k, _)| k.first() != Some(&b':')).collect();
-            Some(property::map(&pairs))
+        match kind(path)? {
+            Kind::Text(id) => {
+                let mut result = EnvoyBuffer::EMPTY;
+                abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(filter, id, &mut result)
+                    .then(|| result.as_slice().to_vec())
+            }
+            Kind::Int(id) => {
+                let mut result = 0u64;
+                abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(filter, id, &mut result)
+                    .then(|| property::int(result as i64))
+            }
+            Kind::Bool(id) => {
+                let mut result = false;
+                abi::envoy_dynamic_module_callback_http_filter_get_attribute_bool(filter, id, &mut result)
+                    .then(|| property::boolean(result))
+            }
+            Kind::Headers(map) => {
+                let pairs: Vec<_> =
+                    headers::all(filter, map).into_iter().filter(|(k, _)| k.first() != Some(&b':')).collect();
+                Some(property::map(&pairs))
+            }
         }
     }
 }

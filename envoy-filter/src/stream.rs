@@ -119,6 +119,8 @@ pub fn run_deferred() {
             }
             state.envoy
         };
+        // SAFETY: a stream that has not completed is live (Envoy completes a stream before it
+        // destroys its filter), and actions are only queued for streams of this thread.
         unsafe { perform(envoy, action) };
     }
 }
@@ -133,34 +135,44 @@ impl Action {
     }
 }
 
+/// Does `action` on the stream.
+///
+/// # Safety
+/// `envoy` must be a live stream of this thread.
 unsafe fn perform(envoy: FilterEnvoyPtr, action: Action) {
-    match action {
-        Action::Respond(response) => {
-            // Envoy makes a local reply to a gRPC request a gRPC one (HTTP 200, the body as
-            // `grpc-message`); the status it takes from a `grpc-status` header, if any.
-            let grpc_status = is_grpc_request(envoy)
-                .then(|| response.grpc_status_code().to_string().into_bytes())
-                .filter(|_| !response.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"grpc-status")));
-            let mut headers: Vec<ModuleHeader> = response
-                .headers
-                .iter()
-                .filter(|(k, _)| k.first() != Some(&b':'))
-                .map(|(k, v)| ModuleHeader::of(k, v))
-                .chain(grpc_status.as_ref().map(|status| ModuleHeader::of(b"grpc-status", status)))
-                .collect();
-            abi::envoy_dynamic_module_callback_http_send_response(
-                envoy,
-                response.status,
-                headers.as_mut_ptr(),
-                headers.len(),
-                ModuleBuffer::of(&response.body),
-                ModuleBuffer::of(&response.details),
-            );
+    // SAFETY: a live stream of this thread (per the caller); the headers and buffers outlive
+    // `send_response`, which copies them.
+    unsafe {
+        match action {
+            Action::Respond(response) => {
+                // Envoy makes a local reply to a gRPC request a gRPC one (HTTP 200, the body as
+                // `grpc-message`); the status it takes from a `grpc-status` header, if any.
+                let grpc_status = is_grpc_request(envoy)
+                    .then(|| response.grpc_status_code().to_string().into_bytes())
+                    .filter(|_| !response.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"grpc-status")));
+                let mut headers: Vec<ModuleHeader> = response
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k.first() != Some(&b':'))
+                    .map(|(k, v)| ModuleHeader::of(k, v))
+                    .chain(grpc_status.as_ref().map(|status| ModuleHeader::of(b"grpc-status", status)))
+                    .collect();
+                abi::envoy_dynamic_module_callback_http_send_response(
+                    envoy,
+                    response.status,
+                    headers.as_mut_ptr(),
+                    headers.len(),
+                    ModuleBuffer::of(&response.body),
+                    ModuleBuffer::of(&response.details),
+                );
+            }
+            Action::ContinueRequest => abi::envoy_dynamic_module_callback_http_filter_continue_decoding(envoy),
+            Action::ContinueResponse => abi::envoy_dynamic_module_callback_http_filter_continue_encoding(envoy),
+            Action::Reset => {
+                abi::envoy_dynamic_module_callback_http_filter_reset_stream(envoy, 0, ModuleBuffer::of(b""))
+            }
+            Action::Call(call) => call(),
         }
-        Action::ContinueRequest => abi::envoy_dynamic_module_callback_http_filter_continue_decoding(envoy),
-        Action::ContinueResponse => abi::envoy_dynamic_module_callback_http_filter_continue_encoding(envoy),
-        Action::Reset => abi::envoy_dynamic_module_callback_http_filter_reset_stream(envoy, 0, ModuleBuffer::of(b"")),
-        Action::Call(call) => call(),
     }
 }
 

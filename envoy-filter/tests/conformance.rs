@@ -194,7 +194,7 @@ fn run(case: &Case, host: Host) -> Observed {
                 filters: configs.iter().map(filter).collect(),
                 upstream: Some(upstream.port),
                 clusters: vec![("auth".into(), auth.port)],
-                grpc_clusters: vec![("grpc_upstream".into(), grpc.port)],
+                grpc_clusters: vec![("grpc_upstream".into(), grpc.port), ("grpc_silent".into(), grpc.silent_port)],
                 workers: 1,
                 routes: case.envoy_routes.iter().map(|r| r.to_string()).collect(),
                 route_metadata: case.route_metadata.map(str::to_string),
@@ -546,7 +546,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "a gRPC call past its deadline",
-            config: "request_headers grpc-call grpc_upstream inwasm.test.Echo Unary slow timeout=300\n\
+            config: "request_headers grpc-call grpc_silent inwasm.test.Echo Unary x timeout=300\n\
                      request_headers pause\ngrpc_done respond-grpc-log",
             check: |o| assert_eq!(o.body, "call failed 14 upstream request timeout{response_timeout}"),
             differs: NGINX_HAS_NO_GRPC,

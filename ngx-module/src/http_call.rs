@@ -53,8 +53,27 @@ pub fn in_flight() -> usize {
 /// Stops call `token` of the root behind `link`, if still in flight: its answer is not wanted.
 pub fn cancel(link: &Rc<RootLink>, token: u32) {
     let Some(call) = CALLS.with(|calls| calls.borrow_mut().remove(&(Rc::as_ptr(link), token))) else { return };
-    // SAFETY: a live boxed call, just taken out of the registry (so nothing else frees it):
-    // its connection (and with it the connection's timers) is closed, its delivery unposted.
+    // SAFETY: a live call, just taken out of the registry (so nothing else frees it).
+    unsafe { close(call) };
+}
+
+/// The worker exits: the calls still in flight are closed. (Their events are cancelable, so
+/// they do not hold up a reload; no connection may outlive its worker.)
+pub fn close_all() {
+    let calls: Vec<*mut Call> = CALLS.with(|calls| calls.borrow_mut().drain().map(|(_, call)| call).collect());
+    for call in calls {
+        // SAFETY: live calls, just taken out of the registry (so nothing else frees them).
+        unsafe { close(call) };
+    }
+}
+
+/// Closes a call's connection (and with it the connection's timers), unposts its delivery
+/// and frees it.
+///
+/// # Safety
+/// `call` must be a live boxed call no longer in the registry.
+unsafe fn close(call: *mut Call) {
+    // SAFETY: per the caller, the box is ours to free; its connection and pool are live.
     unsafe {
         let mut call = Box::from_raw(call);
         if !call.peer.connection.is_null() {

@@ -22,6 +22,7 @@ use ngx::ffi::{
 
 use crate::embedding::RootEmbedding;
 use crate::ffi::{cycle_log, guard, guard_status, log_error};
+use crate::http_call;
 use crate::metrics;
 use crate::root_link::RootLink;
 use crate::wasm_block::{engine, FilterDecl, ModuleDecl, WasmConf};
@@ -229,6 +230,7 @@ pub unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
     // SAFETY: nginx calls it in an exiting worker with the worker's cycle.
     let log = unsafe { (*cycle).log };
     guard_status(log, || {
+        http_call::close_all();
         WORKER.with(|w| w.borrow_mut().take());
         REVIVAL.with(|revival| {
             if let Some(event) = revival.borrow_mut().as_mut().filter(|event| event.posted() != 0) {

@@ -2,18 +2,19 @@
 //! bytes (no protobuf: a test filter sends what it likes), on a free port of 127.0.0.1.
 //!
 //! - `Unary` answers `echo:<message>` with initial metadata `x-echo-meta` (the request's
-//!   `x-meta`, or `none`). The message `deny` is refused (PERMISSION_DENIED, `denied`);
-//!   `slow` is answered after 3 s.
+//!   `x-meta`, or `none`). The message `deny` is refused (PERMISSION_DENIED, `denied`).
 //! - `Stream` answers each message with `echo:<message>` (same metadata), and ends OK when
 //!   the client half-closes.
 //!
 //! Anything else is UNIMPLEMENTED.
+//!
+//! Beside it, `silent_port` accepts connections and never answers (for deadlines: a server
+//! that answered late would race the caller's deadline with its own `grpc-timeout`).
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use bytes::{Buf, BufMut};
 use tokio::sync::oneshot;
@@ -28,8 +29,20 @@ use tonic::{Request, Response, Status, Streaming};
 /// A running server; stopped when dropped.
 pub struct GrpcUpstream {
     pub port: u16,
+    pub silent_port: u16,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Accepts connections on a free port and holds them, unanswered, for the process's life.
+fn silent() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    port
 }
 
 impl GrpcUpstream {
@@ -49,7 +62,7 @@ impl GrpcUpstream {
                 server.serve_with_incoming_shutdown(TcpIncoming::from(listener), stopped).await.expect("serving");
             });
         });
-        GrpcUpstream { port, stop: Some(stop), thread: Some(thread) }
+        GrpcUpstream { port, silent_port: silent(), stop: Some(stop), thread: Some(thread) }
     }
 }
 
@@ -152,10 +165,8 @@ impl UnaryService<Vec<u8>> for UnaryEcho {
 
     fn call(&mut self, request: Request<Vec<u8>>) -> Self::Future {
         Box::pin(async move {
-            match request.get_ref().as_slice() {
-                b"deny" => return Err(Status::permission_denied("denied")),
-                b"slow" => tokio::time::sleep(Duration::from_secs(3)).await,
-                _ => {}
+            if request.get_ref() == b"deny" {
+                return Err(Status::permission_denied("denied"));
             }
             let answer = echo(request.get_ref());
             Ok(with_meta(&request, answer))
