@@ -13,9 +13,9 @@ use std::ptr;
 
 use inwasm_host::{HostResult, Pairs, Status};
 use ngx::ffi::{
-    ngx_cached_http_time, ngx_hash_key, ngx_http_request_t, ngx_list_init, ngx_list_part_t, ngx_list_push, ngx_list_t,
-    ngx_pool_t, ngx_table_elt_t, ngx_uint_t, NGINX_VER, NGINX_VER_BUILD, NGX_HTTP_SERVER_TOKENS_BUILD,
-    NGX_HTTP_SERVER_TOKENS_OFF, NGX_HTTP_SERVER_TOKENS_ON,
+    ngx_cached_http_time, ngx_hash_key, ngx_http_headers_out_t, ngx_http_request_t, ngx_list_init, ngx_list_part_t,
+    ngx_list_push, ngx_list_t, ngx_pool_t, ngx_table_elt_t, ngx_uint_t, NGINX_VER, NGINX_VER_BUILD,
+    NGX_HTTP_SERVER_TOKENS_BUILD, NGX_HTTP_SERVER_TOKENS_OFF, NGX_HTTP_SERVER_TOKENS_ON,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
@@ -180,23 +180,99 @@ pub unsafe fn response_headers(r: *mut ngx_http_request_t) -> Pairs {
     let mut pairs = vec![(b":status".to_vec(), out.status.to_string().into_bytes())];
     // SAFETY: a live request.
     pairs.extend(unsafe { added_by_nginx(r) });
-    if out.content_type.len > 0 {
-        // SAFETY: nginx's strings of a live request.
-        let mut value = unsafe { bytes(&out.content_type) }.to_vec();
-        // As nginx's header filter: the charset goes on unless the type already carries it.
-        if out.charset.len > 0 && out.content_type_len == out.content_type.len {
-            value.extend_from_slice(b"; charset=");
-            // SAFETY: as above.
-            value.extend_from_slice(unsafe { bytes(&out.charset) });
-        }
+    // SAFETY: nginx's strings of a live request.
+    if let Some(value) = unsafe { content_type(out) } {
         pairs.push((b"content-type".to_vec(), value));
     }
-    if out.content_length.is_null() && out.content_length_n >= 0 {
-        pairs.push((b"content-length".to_vec(), out.content_length_n.to_string().into_bytes()));
+    if let Some(value) = content_length(out) {
+        pairs.push((b"content-length".to_vec(), value));
     }
     // SAFETY: the response's list is valid.
     pairs.extend(unsafe { pairs_of(&out.headers) });
     pairs
+}
+
+/// The response's `content-type` as nginx's header filter will send it: the charset goes on
+/// unless the type already carries it.
+///
+/// # Safety
+/// `out` must be a live request's.
+unsafe fn content_type(out: &ngx_http_headers_out_t) -> Option<Vec<u8>> {
+    if out.content_type.len == 0 {
+        return None;
+    }
+    // SAFETY: nginx's strings of a live request (per the caller).
+    let mut value = unsafe { bytes(&out.content_type) }.to_vec();
+    if out.charset.len > 0 && out.content_type_len == out.content_type.len {
+        value.extend_from_slice(b"; charset=");
+        // SAFETY: as above.
+        value.extend_from_slice(unsafe { bytes(&out.charset) });
+    }
+    Some(value)
+}
+
+/// The `content-length` nginx's header filter will send from its field (a listed one aside).
+fn content_length(out: &ngx_http_headers_out_t) -> Option<Vec<u8>> {
+    (out.content_length.is_null() && out.content_length_n >= 0).then(|| out.content_length_n.to_string().into_bytes())
+}
+
+/// The first value of special response header `key` (`:status`, `content-type`,
+/// `content-length`), from nginx's fields, else from the list.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn special_response_value(r: *mut ngx_http_request_t, key: &[u8]) -> Option<Vec<u8>> {
+    // SAFETY: a live request (per the caller).
+    let out = unsafe { &(*r).headers_out };
+    let field = if key == b":status" {
+        Some(out.status.to_string().into_bytes())
+    } else if key.eq_ignore_ascii_case(b"content-type") {
+        // SAFETY: as above.
+        unsafe { content_type(out) }
+    } else if key.eq_ignore_ascii_case(b"content-length") {
+        content_length(out)
+    } else {
+        return None;
+    };
+    // SAFETY: the response's list is valid.
+    field.or_else(|| unsafe { named(&out.headers, key).next().map(|elt| bytes(&(*elt).value).to_vec()) })
+}
+
+/// Sets special response header `key` to `value` (`None`: removes it) in the field nginx's
+/// header filter reads, with no list of that name left: what setting the whole map with
+/// that one change does, without rebuilding the list. (Removing `:status` leaves it; other
+/// pseudo-headers are not the response's.)
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn set_special_response(r: *mut ngx_http_request_t, key: &[u8], value: Option<&[u8]>) -> HostResult<()> {
+    // SAFETY: a live request (per the caller).
+    unsafe {
+        let pool = (*r).pool;
+        let out = &mut (*r).headers_out;
+        if is_pseudo(key) {
+            let status = value.and_then(|v| std::str::from_utf8(v).ok()?.parse::<ngx_uint_t>().ok());
+            if let Some(status) = status.filter(|_| key == b":status") {
+                out.status = status;
+                out.status_line.len = 0;
+            }
+            return Ok(());
+        }
+        if key.eq_ignore_ascii_case(b"content-type") {
+            let value = value.unwrap_or_default();
+            out.content_type = pool_str(pool, value).ok_or(OUT_OF_MEMORY)?;
+            out.content_type_len = value.len();
+            out.charset.len = 0;
+            out.content_type_lowcase = ptr::null_mut();
+        } else {
+            out.content_length_n = value.and_then(parse_length).unwrap_or(-1);
+        }
+        if remove_named(&mut out.headers, key, Side::Response, false) {
+            shortcuts::refresh_response(r);
+        }
+        (*r).headers_out.content_length = ptr::null_mut();
+    }
+    Ok(())
 }
 
 /// Whether the request is gRPC (by its `content-type`).
@@ -296,9 +372,7 @@ pub unsafe fn value(r: *mut ngx_http_request_t, side: Side, key: &[u8]) -> Optio
     unsafe {
         match side {
             Side::Request if is_pseudo(key) => request_line::pseudo_header(r, key),
-            Side::Response if is_special_response(key) => {
-                response_headers(r).into_iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
-            }
+            Side::Response if is_special_response(key) => special_response_value(r, key),
             _ => named(&*headers_of(r, side), key).next().map(|elt| bytes(&(*elt).value).to_vec()),
         }
     }
@@ -368,11 +442,7 @@ pub unsafe fn remove(r: *mut ngx_http_request_t, side: Side, key: &[u8]) -> Host
         match side {
             // The request line keeps its parts: removing one leaves it as it is.
             Side::Request if is_pseudo(key) => Ok(()),
-            Side::Response if is_special_response(key) => {
-                let mut pairs = response_headers(r);
-                pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
-                set_response_headers(r, &pairs)
-            }
+            Side::Response if is_special_response(key) => set_special_response(r, key, None),
             _ if remove_named(&mut *headers_of(r, side), key, side, false) => refresh(r, side),
             _ => Ok(()),
         }
@@ -388,10 +458,7 @@ pub unsafe fn replace(r: *mut ngx_http_request_t, side: Side, key: &[u8], value:
             return request_line::set(r, key, value);
         }
         if is_special(side, key) {
-            let mut pairs = response_headers(r);
-            pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
-            pairs.push((key.to_vec(), value.to_vec()));
-            return set_response_headers(r, &pairs);
+            return set_special_response(r, key, Some(value));
         }
         let list = &mut *headers_of(r, side);
         let Some(first) = named(list, key).next() else { return add(r, side, key, value) };

@@ -484,3 +484,31 @@ fn http2_requests_run_the_chain_like_http1() {
     assert_eq!(nginx.error_log().matches("request_body: request body=h2 body").count(), 2, "{}", nginx.error_log());
     assert_no_crash(&nginx);
 }
+
+#[test]
+fn response_framing_headers_written_by_a_filter_are_the_ones_nginx_sends() {
+    let nginx = Nginx::start(
+        &script_block(),
+        &format!(
+            "location / {{ {} return 200 \"hello\\n\"; }}",
+            script(&[
+                "response_headers remove-header response content-length",
+                "response_headers get-header response content-length",
+                "response_headers set-header response content-type text/x-test",
+                "response_headers get-header response content-type",
+                "response_headers set-header response :status 202",
+                "response_headers get-header response :status",
+            ])
+        ),
+    );
+    let response = nginx.request("GET", "/", &[], b"");
+    assert_eq!((response.status, response.text().as_str()), (202, "hello\n"), "{}", nginx.error_log());
+    assert_eq!(response.header("content-length"), None);
+    assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(response.header("content-type"), Some("text/x-test"));
+    assert!(response.header("server").is_some() && response.header("date").is_some());
+    let log = nginx.error_log();
+    for line in ["content-length absent", "content-type=text/x-test", ":status=202"] {
+        assert!(log.contains(line), "{line}: {log}");
+    }
+}
