@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Throughput and latency with one worker: bare nginx; nginx + the one-header filter with
 isolation none, stream and filter; bare Envoy; Envoy + the same filter on its built-in V8
-runtime; Envoy + the same filter on this project's module.
+runtime; Envoy + the same filter on this project's module. Then the typical filter (a few
+header reads and writes, a property, a removed header: `host/tests/filters/typical`) in
+nginx and in Envoy on both runtimes, in the same rounds.
 
 The servers run on CPU 0 (one worker), wrk on CPU 1 (one thread, 32 connections). Every
 server is measured in each round, in turn (A B C ... A B C ...). A server's ratio to its bare
@@ -27,6 +29,7 @@ from load import wrk  # noqa: E402
 from servers import FILTERS, free_port, inwasm_filter, start_envoys, start_nginx  # noqa: E402
 
 FILTER = os.path.join(FILTERS, "filter_one_header.wasm")
+TYPICAL = os.path.join(FILTERS, "filter_typical.wasm")
 BODY = "hello\\n"
 
 
@@ -34,26 +37,29 @@ def nginx_servers(work):
     """One nginx (one worker on CPU 0) with a server per variant; returns {name: (port, worker)}."""
     variants = {"nginx": "", "nginx + filter (isolation none)": "proxy_wasm one;",
                 "nginx + filter (isolation stream)": "proxy_wasm one; proxy_wasm_isolation stream;",
-                "nginx + filter (isolation filter)": "proxy_wasm one; proxy_wasm_isolation filter;"}
+                "nginx + filter (isolation filter)": "proxy_wasm one; proxy_wasm_isolation filter;",
+                "nginx + typical filter": "proxy_wasm typical;"}
     ports = {name: free_port() for name in variants}
     servers = "\n".join(f"    server {{ listen 127.0.0.1:{ports[n]}; location / {{ {v} return 200 \"{BODY}\"; }} }}"
                         for n, v in variants.items())
-    worker, stop = start_nginx(work, "nginx", 0, servers, wasm=f"module one {FILTER};", wait=ports.values())
+    worker, stop = start_nginx(work, "nginx", 0, servers, wasm=f"module one {FILTER}; module typical {TYPICAL};", wait=ports.values())
     return {name: (port, worker) for name, port in ports.items()}, stop
 
 
-V8_FILTER = f"""          - name: envoy.filters.http.wasm
+def v8_filter(name, path):
+    return f"""          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
-                name: one
-                vm_config: {{vm_id: one, runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: {FILTER}}}}}}}"""
-
-INWASM_FILTER = inwasm_filter(f"{{module: {FILTER}}}")
+                name: {name}
+                vm_config: {{vm_id: {name}, runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: {path}}}}}}}"""
 
 
 def envoy_servers(work):
-    variants = {"Envoy": [], "Envoy + filter (V8)": [V8_FILTER], "Envoy + filter (inwasm)": [INWASM_FILTER]}
+    variants = {"Envoy": [], "Envoy + filter (V8)": [v8_filter("one", FILTER)],
+                "Envoy + filter (inwasm)": [inwasm_filter(f"{{module: {FILTER}}}")],
+                "Envoy + typical filter (V8)": [v8_filter("typical", TYPICAL)],
+                "Envoy + typical filter (inwasm)": [inwasm_filter(f"{{module: {TYPICAL}}}")]}
     return start_envoys(work, variants, BODY, "bench")
 
 
