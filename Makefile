@@ -8,7 +8,7 @@ NGINX ?= debian
 # `make test` covers both nginx builds unless NGINX is given on the command line.
 TEST_NGINX ?= $(if $(filter command line,$(origin NGINX)),$(NGINX),debian 1.28)
 
-.PHONY: all setup filters build demo test bench fuzz soak asan fmt clippy clean
+.PHONY: all setup filters build demo test test-under-load bench fuzz soak asan fmt clippy clean
 all: build
 
 setup:
@@ -33,6 +33,10 @@ test: setup filters clippy
 	done
 	@echo "== fuzz targets, briefly"
 	@FUZZ_SECONDS=10 bash ci/fuzz.sh
+
+# `make test` three times in a row (RUNS to change it) with every CPU kept busy (stress-ng).
+test-under-load: setup
+	@bash ci/test-under-load.sh
 
 bench: build
 	@bash ci/bench/run.sh
