@@ -81,6 +81,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(ptr:
             || (),
             || {
                 let config = Box::from_raw(ptr as *mut Arc<FilterConfig>);
+                // Envoy resets the configuration's streams without telling: its calls go.
+                drop(grpc_calls::carrier_ended(Carrier::Config(config.envoy.0)));
                 config.retire();
             },
         )

@@ -571,6 +571,12 @@ fn cases() -> Vec<Case> {
             ..Case::PLAIN
         },
         Case {
+            name: "a metric first defined by a request counts",
+            config: "request_headers count late_total",
+            check: |o| assert_eq!(o.log, ["request_headers: late_total=2"]),
+            ..Case::PLAIN
+        },
+        Case {
             name: "compress and uncompress foreign functions (zlib)",
             config: "request_headers zlib-round-trip hello%20hello%20hello",
             check: |o| assert_eq!(o.log, ["request_headers: zlib 789c round trip ok"]),

@@ -19,7 +19,7 @@ fn instance_requests(example: &Example, path: &str) -> u64 {
 }
 
 #[test]
-fn limits_endless_loop_gets_500_at_the_deadline() {
+fn limits_endless_loop_gets_503_at_the_deadline() {
     let example = Example::start("limits", 8080);
     for _ in 0..5 {
         let started = Instant::now();

@@ -78,10 +78,10 @@ impl Nginx {
         nginx
     }
 
-    /// Waits until nginx answers on its port: generously (a busy machine compiles slowly),
-    /// failing with its logs.
+    /// Waits until nginx answers on its port: generously (a busy machine compiles slowly, and
+    /// an AddressSanitizer build of the compiler several times slower), failing with its logs.
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(180);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
@@ -91,7 +91,7 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("nginx did not start: {}", self.error_log());
+        panic!("nginx did not start within 180 s: {}\n{}", self.stderr(), self.error_log());
     }
 
     pub fn error_log(&self) -> String {

@@ -36,7 +36,8 @@
 //!   every root context on its VM) and adds request header `x-global: root<ID>:<COUNT>`.
 //! - `register-queue NAME` (a root context), `dequeue` (in `queue_ready`: one item, logged
 //!   as `dequeued N bytes`, or `queue empty`).
-//! - `count NAME`: adds one to counter NAME, defining it first if needed.
+//! - `count NAME`: adds one to counter NAME, defining it first if needed, and logs
+//!   `NAME=VALUE`.
 //! - `enqueue VM_ID NAME COUNT`: COUNT one-byte items into queue NAME of VM VM_ID.
 //! - `zlib-round-trip TEXT`: TEXT through the host's `compress` and `uncompress` foreign
 //!   functions, logged as `zlib HEADER round trip ok` (or the failing status).
@@ -235,9 +236,12 @@ fn common(context: &dyn Context, step: &Step) -> bool {
             let name = arg(step, 0);
             let mut id = 0;
             // SAFETY: the host's ABI functions, with a live name and out-pointer.
-            unsafe {
-                if proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) == 0 {
-                    proxy_increment_metric(id, 1);
+            let defined = unsafe { proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) } == 0;
+            // SAFETY: as above.
+            if defined && unsafe { proxy_increment_metric(id, 1) } == 0 {
+                match proxy_wasm::hostcalls::get_metric(id) {
+                    Ok(value) => log::info!("{}: {name}={value}", step.callback),
+                    Err(status) => log::info!("{}: {name} unreadable: {status:?}", step.callback),
                 }
             }
         }
