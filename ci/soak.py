@@ -42,8 +42,12 @@ from servers import FILTERS, NGINX, NGINX_MODULE, children, free_port, rss_kib
 # The misbehaving requests: the limits example fails on these path endings.
 BAD_PATHS = ["/bad/loop", "/bad/hog", "/bad/panic", "/bad/recurse",
              "/isolated/loop", "/isolated/hog", "/isolated/panic"]
-# Counts the misbehaving requests' statuses; done() prints them as `status count` lines.
-BAD_SCRIPT = """
+
+
+def status_script(paths):
+    """A wrk script that requests `paths` in turn and counts the answers' statuses; its done()
+    prints them as `status count` lines."""
+    return """
 local paths = {%s}
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
@@ -55,7 +59,10 @@ function done()
     for status, count in pairs(thread:get("statuses")) do print("status " .. status .. " " .. count) end
   end
 end
-""" % ", ".join(f'"{p}"' for p in BAD_PATHS)
+""" % ", ".join(f'"{p}"' for p in paths)
+
+
+BAD_SCRIPT = status_script(BAD_PATHS)
 
 # The hostile tenant's locations and scripts (see the script filter's verbs).
 HOSTILE = {
@@ -69,19 +76,7 @@ HOSTILE = {
 }
 # A root context that ticks every 5 ms, each tick calling the black hole and spinning.
 HOSTILE_TICKER = "configure tick 5\ntick call-fill 8 blackhole / timeout=1000\ntick spin-ms 5"
-HOSTILE_SCRIPT = """
-local paths = {%s}
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) n = 0; statuses = {} end
-function request() n = n + 1; return wrk.format("GET", paths[n %% #paths + 1]) end
-function response(status) statuses[status] = (statuses[status] or 0) + 1 end
-function done()
-  for _, thread in ipairs(threads) do
-    for status, count in pairs(thread:get("statuses")) do print("status " .. status .. " " .. count) end
-  end
-end
-""" % ", ".join(f'"/hostile/{name}"' for name in HOSTILE)
+HOSTILE_SCRIPT = status_script(f"/hostile/{name}" for name in HOSTILE)
 
 # How far a worker's open files (memory images aside) may move between the two measurements
 # of a phase: the hostile ticker opens and closes call connections all the time (8 a tick),
