@@ -248,29 +248,52 @@ unsafe fn special_response_value(r: *mut ngx_http_request_t, key: &[u8]) -> Opti
 unsafe fn set_special_response(r: *mut ngx_http_request_t, key: &[u8], value: Option<&[u8]>) -> HostResult<()> {
     // SAFETY: a live request (per the caller).
     unsafe {
-        let pool = (*r).pool;
-        let out = &mut (*r).headers_out;
+        set_special_field(r, key, value)?;
         if is_pseudo(key) {
-            let status = value.and_then(|v| std::str::from_utf8(v).ok()?.parse::<ngx_uint_t>().ok());
-            if let Some(status) = status.filter(|_| key == b":status") {
-                out.status = status;
-                out.status_line.len = 0;
-            }
             return Ok(());
         }
-        if key.eq_ignore_ascii_case(b"content-type") {
-            let value = value.unwrap_or_default();
-            out.content_type = pool_str(pool, value).ok_or(OUT_OF_MEMORY)?;
-            out.content_type_len = value.len();
-            out.charset.len = 0;
-            out.content_type_lowcase = ptr::null_mut();
-        } else {
-            out.content_length_n = value.and_then(parse_length).unwrap_or(-1);
-        }
-        if remove_named(&mut out.headers, key, Side::Response, false) {
+        if remove_named(&mut (*r).headers_out.headers, key, Side::Response, false) {
             shortcuts::refresh_response(r);
         }
         (*r).headers_out.content_length = ptr::null_mut();
+    }
+    Ok(())
+}
+
+/// The special response headers that have a field of their own.
+const SPECIAL_RESPONSE_FIELDS: [&[u8]; 3] = [b":status", b"content-type", b"content-length"];
+
+/// Writes special response header `key` to the field nginx's header filter reads (`None`:
+/// none; a `:status` stays). Any other key is left alone.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn set_special_field(r: *mut ngx_http_request_t, key: &[u8], value: Option<&[u8]>) -> HostResult<()> {
+    // SAFETY: a live request (per the caller).
+    unsafe {
+        let pool = (*r).pool;
+        let out = &mut (*r).headers_out;
+        if key == b":status" {
+            if let Some(status) = value.and_then(|v| std::str::from_utf8(v).ok()?.parse::<ngx_uint_t>().ok()) {
+                out.status = status;
+                out.status_line.len = 0;
+            }
+        } else if key.eq_ignore_ascii_case(b"content-type") {
+            match value {
+                Some(value) => {
+                    out.content_type = pool_str(pool, value).ok_or(OUT_OF_MEMORY)?;
+                    out.content_type_len = value.len();
+                }
+                None => {
+                    out.content_type.len = 0;
+                    out.content_type_len = 0;
+                }
+            }
+            out.charset.len = 0;
+            out.content_type_lowcase = ptr::null_mut();
+        } else if key.eq_ignore_ascii_case(b"content-length") {
+            out.content_length_n = value.and_then(parse_length).unwrap_or(-1);
+        }
     }
     Ok(())
 }
@@ -321,26 +344,11 @@ pub unsafe fn set_response_headers(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>
     let value_of = |name: &[u8]| pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
     // SAFETY: a live request (per the caller).
     unsafe {
+        for name in SPECIAL_RESPONSE_FIELDS {
+            set_special_field(r, name, value_of(name))?;
+        }
         let pool = (*r).pool;
         let out = &mut (*r).headers_out;
-        let status = value_of(b":status").and_then(|v| std::str::from_utf8(v).ok()?.parse::<ngx_uint_t>().ok());
-        if let Some(status) = status {
-            out.status = status;
-            out.status_line.len = 0;
-        }
-        match value_of(b"content-type") {
-            Some(value) => {
-                out.content_type = pool_str(pool, value).ok_or(OUT_OF_MEMORY)?;
-                out.content_type_len = value.len();
-            }
-            None => {
-                out.content_type.len = 0;
-                out.content_type_len = 0;
-            }
-        }
-        out.charset.len = 0;
-        out.content_type_lowcase = ptr::null_mut();
-        out.content_length_n = value_of(b"content-length").and_then(parse_length).unwrap_or(-1);
         let regular: Vec<_> = pairs.iter().filter(|(k, _)| !is_special_response(k)).cloned().collect();
         rebuild(&mut out.headers, pool, Side::Response, &regular)?;
         shortcuts::refresh_response(r);
