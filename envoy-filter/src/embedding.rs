@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use inwasm_host::*;
 
-use crate::abi::{self, callout_init, ModuleBuffer, ModuleHeader};
+use crate::abi::{self, callout_init};
 use crate::body::{self, Direction};
+use crate::carrier::{Carrier, Outgoing};
 use crate::filter_config::FilterConfig;
-use crate::grpc_calls::{self, Caller, Carrier};
+use crate::grpc_calls::{self, Caller};
 use crate::headers::{self, envoy_map};
 use crate::mailbox::Mailbox;
 use crate::stream::{self, Action, Callout, SharedStream};
@@ -152,43 +153,22 @@ impl RootEmbedding {
     }
 
     fn start_call(&self, token: u32, request: &HttpCallRequest) -> HostResult<()> {
-        let mut headers: Vec<ModuleHeader> = request.headers.iter().map(|(k, v)| ModuleHeader::of(k, v)).collect();
-        let cluster = ModuleBuffer::of(request.upstream.as_bytes());
-        let body = ModuleBuffer::of(&request.body);
-        let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64);
-        let mut id = 0u64;
-        let carrier = self.carrier()?;
-        // SAFETY: the carrier is live (a stream whose hook runs now, or the main thread's
-        // configuration); the headers and body outlive the call, which copies them.
-        let result = unsafe {
-            match carrier {
-                Carrier::Filter(envoy) => abi::envoy_dynamic_module_callback_http_filter_http_callout(
-                    envoy,
-                    &mut id,
-                    cluster,
-                    headers.as_mut_ptr(),
-                    headers.len(),
-                    body,
-                    timeout,
-                ),
-                Carrier::Config(envoy) => abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
-                    envoy,
-                    &mut id,
-                    cluster,
-                    headers.as_mut_ptr(),
-                    headers.len(),
-                    body,
-                    timeout,
-                ),
-            }
+        let timeout_ms = request.timeout.map_or(0, |t| t.as_millis() as u64);
+        let outgoing = Outgoing {
+            cluster: request.upstream.as_bytes(),
+            headers: &request.headers,
+            body: &request.body,
+            timeout_ms,
         };
-        match result {
-            callout_init::SUCCESS => {}
-            callout_init::MISSING_REQUIRED_HEADERS | callout_init::CLUSTER_NOT_FOUND => {
+        // SAFETY: the carrier is live (a stream whose hook runs now, or the main thread's
+        // configuration).
+        let id = match unsafe { self.carrier()?.http_callout(&outgoing) } {
+            Ok(id) => id,
+            Err(callout_init::MISSING_REQUIRED_HEADERS | callout_init::CLUSTER_NOT_FOUND) => {
                 return Err(Status::BadArgument)
             }
-            _ => return Err(Status::InternalFailure),
-        }
+            Err(_) => return Err(Status::InternalFailure),
+        };
         match stream::current() {
             Some(current) => {
                 let Caller { vm, plugin } = self.caller()?;

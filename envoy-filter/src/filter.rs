@@ -14,10 +14,11 @@ use inwasm_host::{Action, FilterError, HttpCallResponse, LocalResponse, StreamId
 
 use crate::abi::{self, callout_result, status, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr};
 use crate::body::{self, Direction};
+use crate::carrier::Carrier;
 use crate::config::Isolation;
 use crate::embedding::StreamEmbedding;
 use crate::filter_config::FilterConfig;
-use crate::grpc_calls::{self, Carrier, Delivery};
+use crate::grpc_calls::{self, Delivery};
 use crate::instances::{self, Instance};
 use crate::mailbox::Mailbox;
 use crate::report;

@@ -19,14 +19,8 @@ use inwasm_host::grpc_client::{self, GrpcEvent, ResponseReader};
 use inwasm_host::{GrpcCallRequest, HostResult, Pairs, PluginId, Status, Vm};
 use prost::Message;
 
-use crate::abi::{self, callout_init, ConfigEnvoyPtr, FilterEnvoyPtr, ModuleBuffer, ModuleHeader};
-
-/// The Envoy stream or configuration a call's HTTP stream belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Carrier {
-    Filter(FilterEnvoyPtr),
-    Config(ConfigEnvoyPtr),
-}
+use crate::abi::callout_init;
+use crate::carrier::{Carrier, Outgoing};
 
 /// The root context a call's events go to.
 #[derive(Clone)]
@@ -122,44 +116,18 @@ pub fn start(carrier: Carrier, caller: Caller, token: u32, request: GrpcCallRequ
     metadata.extend(request.initial_metadata);
     let headers =
         grpc_client::request_headers(&target.authority, &request.service, &request.method, request.timeout, &metadata);
-    let mut headers: Vec<ModuleHeader> = headers.iter().map(|(k, v)| ModuleHeader::of(k, v)).collect();
     let unary = request.message.is_some();
     let body = request.message.as_deref().map(grpc_client::frame).unwrap_or_default();
-    let cluster = ModuleBuffer::of(&target.cluster);
     // A unary call's deadline is Envoy's too; a stream has none (as in Envoy's Wasm filter).
-    let timeout = request.timeout.filter(|_| unary).map_or(0, |t| t.as_millis() as u64);
-    let mut id = 0u64;
+    let timeout_ms = request.timeout.filter(|_| unary).map_or(0, |t| t.as_millis() as u64);
+    let outgoing = Outgoing { cluster: &target.cluster, headers: &headers, body: &body, timeout_ms };
     // SAFETY: the carrier is live (a stream whose hook runs now, or the main thread's
-    // configuration); the headers and body outlive the call, which copies them.
-    let result = unsafe {
-        match carrier {
-            Carrier::Filter(envoy) => abi::envoy_dynamic_module_callback_http_filter_start_http_stream(
-                envoy,
-                &mut id,
-                cluster,
-                headers.as_mut_ptr(),
-                headers.len(),
-                ModuleBuffer::of(&body),
-                unary,
-                timeout,
-            ),
-            Carrier::Config(envoy) => abi::envoy_dynamic_module_callback_http_filter_config_start_http_stream(
-                envoy,
-                &mut id,
-                cluster,
-                headers.as_mut_ptr(),
-                headers.len(),
-                ModuleBuffer::of(&body),
-                unary,
-                timeout,
-            ),
-        }
+    // configuration).
+    let id = match unsafe { carrier.start_stream(&outgoing, unary) } {
+        Ok(id) => id,
+        Err(callout_init::CLUSTER_NOT_FOUND) if target.by_name => return Err(Status::ParseFailure),
+        Err(_) => return Err(Status::InternalFailure),
     };
-    match result {
-        callout_init::SUCCESS => {}
-        callout_init::CLUSTER_NOT_FOUND if target.by_name => return Err(Status::ParseFailure),
-        _ => return Err(Status::InternalFailure),
-    }
     CALLS.with(|calls| {
         let mut calls = calls.borrow_mut();
         calls.by_token.insert((vm_key(&caller), token), (carrier, id));
@@ -175,19 +143,7 @@ pub fn send(caller: &Caller, token: u32, message: Option<&[u8]>, end_stream: boo
     let (carrier, id) = find(caller, token).ok_or(Status::NotFound)?;
     let data = message.map(grpc_client::frame).unwrap_or_default();
     // SAFETY: the table only holds streams of live carriers (a carrier's entries go when it ends).
-    let sent = unsafe {
-        match carrier {
-            Carrier::Filter(envoy) => {
-                abi::envoy_dynamic_module_callback_http_stream_send_data(envoy, id, ModuleBuffer::of(&data), end_stream)
-            }
-            Carrier::Config(envoy) => abi::envoy_dynamic_module_callback_http_filter_config_stream_send_data(
-                envoy,
-                id,
-                ModuleBuffer::of(&data),
-                end_stream,
-            ),
-        }
-    };
+    let sent = unsafe { carrier.send_data(id, &data, end_stream) };
     sent.then_some(()).ok_or(Status::NotFound)
 }
 
@@ -216,33 +172,41 @@ fn forget(carrier: Carrier, id: u64) {
 
 /// Resets Envoy's stream `id` (its reset hook runs at once and finds no call).
 fn reset(carrier: Carrier, id: u64) {
-    // SAFETY: the carrier is live (as in `send`).
-    unsafe {
-        match carrier {
-            Carrier::Filter(envoy) => abi::envoy_dynamic_module_callback_http_filter_reset_http_stream(envoy, id),
-            Carrier::Config(envoy) => {
-                abi::envoy_dynamic_module_callback_http_filter_config_reset_http_stream(envoy, id)
-            }
-        }
-    }
+    // SAFETY: the table only holds streams of live carriers (as in `send`).
+    unsafe { carrier.reset_stream(id) }
+}
+
+/// Envoy's stream `id` has its response headers.
+pub fn on_headers(carrier: Carrier, id: u64, headers: Pairs, end_stream: bool) -> Option<Delivery> {
+    let details = details(&headers);
+    read(carrier, id, end_stream, details, |reader| reader.on_headers(headers, end_stream))
+}
+
+/// Envoy's stream `id` has more of its response body.
+pub fn on_data(carrier: Carrier, id: u64, data: &[u8], end_stream: bool) -> Option<Delivery> {
+    read(carrier, id, end_stream, None, |reader| reader.on_data(data, end_stream))
+}
+
+/// Envoy's stream `id` has its response trailers.
+pub fn on_trailers(carrier: Carrier, id: u64, trailers: Pairs) -> Option<Delivery> {
+    let details = details(&trailers);
+    read(carrier, id, true, details, |reader| reader.on_trailers(trailers))
 }
 
 /// Reads one event of Envoy's stream `id` into its call (`ends_stream`: Envoy's stream ends
-/// with it; `headers`: the event's headers or trailers). A call that ends is forgotten, and
-/// its stream reset if Envoy's goes on.
-pub fn read(
+/// with it; `details`: what the event's headers or trailers show of Envoy's details). A call
+/// that ends is forgotten, and its stream reset if Envoy's goes on.
+fn read(
     carrier: Carrier,
     id: u64,
     ends_stream: bool,
-    headers: Option<&Pairs>,
+    details: Option<&'static str>,
     read: impl FnOnce(&mut ResponseReader) -> Vec<GrpcEvent>,
 ) -> Option<Delivery> {
     let (delivery, closed) = CALLS.with(|calls| {
         let mut calls = calls.borrow_mut();
         let call = calls.by_stream.get_mut(&carrier)?.get_mut(&id)?;
-        if call.details.is_none() {
-            call.details = headers.and_then(details);
-        }
+        call.details = call.details.or(details);
         let mut events = read(&mut call.reader);
         for event in &mut events {
             if let GrpcEvent::Close(_, message) = event {

@@ -8,12 +8,11 @@ use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use inwasm_host::grpc_client::ResponseReader;
-
 use crate::abi::{envoy_bytes, envoy_pairs, ConfigEnvoyPtr, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ABI_VERSION};
+use crate::carrier::Carrier;
 use crate::filter::{callout_response, internal_error, HttpFilter};
 use crate::filter_config::FilterConfig;
-use crate::grpc_calls::{self, Carrier, Delivery};
+use crate::grpc_calls::{self, Delivery};
 use crate::mailbox::WAKE_EVENT;
 use crate::{instances, log, report};
 
@@ -310,9 +309,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers
             || (),
             || {
                 let headers = envoy_pairs(headers, headers_size);
-                let seen = headers.clone();
-                let read = |r: &mut ResponseReader| r.on_headers(headers, end_stream);
-                to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, end_stream, Some(&seen), read))
+                to_filter(ptr, grpc_calls::on_headers(Carrier::Filter(envoy), stream_id, headers, end_stream))
             },
         )
     }
@@ -335,8 +332,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
             || (),
             || {
                 let data = envoy_bytes(data, data_count);
-                let read = |r: &mut ResponseReader| r.on_data(&data, end_stream);
-                to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, end_stream, None, read))
+                to_filter(ptr, grpc_calls::on_data(Carrier::Filter(envoy), stream_id, &data, end_stream))
             },
         )
     }
@@ -358,9 +354,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailer
             || (),
             || {
                 let trailers = envoy_pairs(trailers, trailers_size);
-                let seen = trailers.clone();
-                let read = |r: &mut ResponseReader| r.on_trailers(trailers);
-                to_filter(ptr, grpc_calls::read(Carrier::Filter(envoy), stream_id, true, Some(&seen), read))
+                to_filter(ptr, grpc_calls::on_trailers(Carrier::Filter(envoy), stream_id, trailers))
             },
         )
     }
@@ -417,9 +411,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
             || (),
             || {
                 let headers = envoy_pairs(headers, headers_size);
-                let seen = headers.clone();
-                let read = |r: &mut ResponseReader| r.on_headers(headers, end_stream);
-                to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, end_stream, Some(&seen), read))
+                to_main_root(ptr, grpc_calls::on_headers(Carrier::Config(envoy), stream_id, headers, end_stream))
             },
         )
     }
@@ -442,8 +434,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
             || (),
             || {
                 let data = envoy_bytes(data, data_count);
-                let read = |r: &mut ResponseReader| r.on_data(&data, end_stream);
-                to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, end_stream, None, read))
+                to_main_root(ptr, grpc_calls::on_data(Carrier::Config(envoy), stream_id, &data, end_stream))
             },
         )
     }
@@ -465,9 +456,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_
             || (),
             || {
                 let trailers = envoy_pairs(trailers, trailers_size);
-                let seen = trailers.clone();
-                let read = |r: &mut ResponseReader| r.on_trailers(trailers);
-                to_main_root(ptr, grpc_calls::read(Carrier::Config(envoy), stream_id, true, Some(&seen), read))
+                to_main_root(ptr, grpc_calls::on_trailers(Carrier::Config(envoy), stream_id, trailers))
             },
         )
     }

@@ -14,6 +14,7 @@
 
 mod abi;
 mod body;
+mod carrier;
 mod config;
 mod embedding;
 mod filter;
