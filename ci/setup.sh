@@ -8,6 +8,7 @@ APT_PACKAGES=(
   libclang-dev                    # bindgen (nginx-sys)
   rustc-web cargo-web rust-web-src lld wasi-libc   # wasm32 filter toolchain
   wrk curl python3-venv
+  openssl                         # certificates for the TLS upstreams of the tests
 )
 
 missing=()

@@ -15,6 +15,7 @@
 mod embedding;
 pub mod grpc;
 pub mod grpc_client;
+pub mod http1_client;
 mod plugin;
 pub mod serialization;
 pub mod stores;

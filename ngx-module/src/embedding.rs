@@ -237,7 +237,10 @@ impl HttpCalls for RootEmbedding {
             });
             return Err(Status::InternalFailure);
         }
-        http_call::start(&self.link, token, request)
+        http_call::start(&self.link, token, request).map_err(|reason| {
+            self.tenant().limit_hit("refused calls", || format!("http call refused: {reason}"));
+            Status::BadArgument
+        })
     }
 
     fn cancel_http_call(&mut self, token: u32) {

@@ -14,7 +14,6 @@ mod framing;
 mod headers;
 mod http_call;
 mod http_module;
-mod http_wire;
 mod metrics;
 mod modules;
 mod properties;

@@ -15,6 +15,8 @@
 //!     start_timeout TIME;                     # budget of each start-up step (10s)
 //!     max_table_elements N; max_tables N; max_instance_size SIZE;
 //!                                             # instance limits (set at nginx's start)
+//!     tls_trusted_certificate PATH;           # CAs http calls over TLS trust (default: the system's)
+//!     tls_verify on|off;                      # check their servers' certificates (on)
 //! }
 //! ```
 
@@ -36,6 +38,7 @@ use ngx::ffi::{
 use ngx::ngx_string;
 
 use crate::ffi::{args, bytes, directive, parse_time};
+use crate::http_call::tls::{self, TlsClient};
 use crate::metrics::{self, MetricZone};
 use crate::modules;
 use crate::shared_data::{self, KvOptions, KvZone};
@@ -90,6 +93,11 @@ pub struct WasmConf {
     sources: Vec<modules::Source>,
     /// The shortest `proxy_wasm_timeout` configured, which sets the deadlines' precision.
     shortest_timeout: Option<Duration>,
+    /// `tls_trusted_certificate` and `tls_verify`, and the TLS client they make when the
+    /// block ends.
+    tls_trusted_certificate: Option<Vec<u8>>,
+    tls_verify: Option<bool>,
+    pub tls: Option<TlsClient>,
 }
 
 impl WasmConf {
@@ -239,6 +247,8 @@ unsafe extern "C" fn wasm_block(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, c
             conf.sources.clear();
             modules::keep_only(conf.modules.iter().map(ModuleDecl::module));
             declare_default_zones(cf, conf)?;
+            let verify = conf.tls_verify.unwrap_or(true);
+            conf.tls = Some(tls::client(cf, conf.tls_trusted_certificate.as_deref(), verify)?);
             // Each module gets an equal share of each shared zone by default.
             conf.kv_zones.iter().for_each(|zone| zone.set_tenants(conf.modules.len()));
             conf.queue_zones.iter().for_each(|zone| zone.set_tenants(conf.modules.len()));
@@ -320,6 +330,17 @@ unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result
                 }
                 dir => modules::cache_in(resolve_path(cf, &text(dir))).map(|cache| conf.cache = Some(Some(cache))),
             },
+            (b"tls_trusted_certificate", 2) => {
+                conf.tls_trusted_certificate = Some(args[1].to_vec());
+                Ok(())
+            }
+            (b"tls_verify", 2) => match args[1] {
+                b"on" | b"off" => {
+                    conf.tls_verify = Some(args[1] == b"on");
+                    Ok(())
+                }
+                other => Err(format!("invalid tls_verify \"{}\": on or off", text(other))),
+            },
             (b"shm_queue", 3) => {
                 let size =
                     parse_size(args[2]).ok_or_else(|| format!("invalid shm_queue size \"{}\"", text(args[2])))?;
@@ -337,7 +358,9 @@ unsafe fn block_directive_in(cf: *mut ngx_conf_t, conf: &mut WasmConf) -> Result
                 | b"module_env"
                 | b"shm_kv"
                 | b"shm_queue"
-                | b"cache_dir",
+                | b"cache_dir"
+                | b"tls_trusted_certificate"
+                | b"tls_verify",
                 _,
             ) => Err(format!("invalid number of arguments in \"{}\" directive", text(args[0]))),
             (other, _) => Err(format!("unknown directive \"{}\" in wasm block", text(other))),

@@ -66,10 +66,12 @@ fn echo(received: &Received) -> Vec<u8> {
     payload
 }
 
-/// An upstream that accepts connections and never answers; it counts the connections open.
+/// An upstream that accepts connections and never answers; it counts the connections open
+/// and those ever accepted.
 pub struct SilentUpstream {
     pub port: u16,
     open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SilentUpstream {
@@ -78,9 +80,11 @@ impl SilentUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let open = std::sync::Arc::new(AtomicUsize::new(0));
-        let counted = open.clone();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let (counted, accepts) = (open.clone(), accepted.clone());
         std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
+                accepts.fetch_add(1, Ordering::SeqCst);
                 let open = counted.clone();
                 open.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
@@ -90,13 +94,57 @@ impl SilentUpstream {
                 });
             }
         });
-        SilentUpstream { port, open }
+        SilentUpstream { port, open, accepted }
+    }
+
+    /// How many connections it has accepted.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many connections are open to it now.
     pub fn open(&self) -> usize {
         self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// An upstream that answers every request with a chunked body of `size` bytes (`0123456789`
+/// over and over) in chunks of at most 1000 bytes, then a trailer `x-checksum: <size>`.
+pub struct ChunkedUpstream {
+    pub port: u16,
+}
+
+impl ChunkedUpstream {
+    pub fn start(size: usize) -> ChunkedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    if receive(&stream).is_some() {
+                        let _ = stream.write_all(chunked_response(size).as_slice());
+                    }
+                });
+            }
+        });
+        ChunkedUpstream { port }
+    }
+
+    /// The body it sends.
+    pub fn body(size: usize) -> Vec<u8> {
+        b"0123456789".iter().copied().cycle().take(size).collect()
+    }
+}
+
+fn chunked_response(size: usize) -> Vec<u8> {
+    let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for chunk in ChunkedUpstream::body(size).chunks(1000) {
+        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("0\r\nx-checksum: {size}\r\n\r\n").as_bytes());
+    out
 }
 
 /// An authorization service: `x-token: Bearer good` gets 200 with body `alice`, anything
