@@ -10,8 +10,8 @@ use crate::types::Pairs;
 
 /// The largest response head (status line and headers, or trailers) a call accepts.
 pub const MAX_HEAD: usize = 64 << 10;
-/// The most header lines a response head (or its trailers) may have.
-const MAX_HEADERS: usize = 256;
+/// The most header lines a response head (or its trailers) may have (Envoy's default).
+const MAX_HEADERS: usize = 100;
 
 /// Headers that belong to one connection or to the message's framing: the host sets its own.
 const HOP_BY_HOP: [&[u8]; 8] = [
@@ -126,10 +126,19 @@ impl ResponseReader {
 
     /// Takes the next bytes from the connection.
     pub fn read(&mut self, bytes: &[u8]) -> Result<Progress, &'static str> {
-        self.pending.extend_from_slice(bytes);
+        if self.pending.is_empty() {
+            // Nothing left over: read the bytes where they are, keep what is not consumed.
+            let mut at = 0;
+            let progress = self.consume(bytes, &mut at);
+            self.pending.extend_from_slice(&bytes[at..]);
+            return progress;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.extend_from_slice(bytes);
         let mut at = 0;
-        let progress = self.consume(&mut at);
-        self.pending.drain(..at);
+        let progress = self.consume(&pending, &mut at);
+        pending.drain(..at);
+        self.pending = pending;
         progress
     }
 
@@ -152,10 +161,10 @@ impl ResponseReader {
         (HttpCallResponse { headers: self.headers, body: self.body, trailers: self.trailers }, persistent)
     }
 
-    /// Consumes `pending` from `at` on, part after part, as far as it goes.
-    fn consume(&mut self, at: &mut usize) -> Result<Progress, &'static str> {
+    /// Consumes `bytes` from `at` on, part after part, as far as it goes.
+    fn consume(&mut self, bytes: &[u8], at: &mut usize) -> Result<Progress, &'static str> {
         loop {
-            let rest = &self.pending[*at..];
+            let rest = &bytes[*at..];
             let consumed = match self.part {
                 Part::Done => {
                     // Bytes past the response: this connection cannot carry another one.
@@ -184,7 +193,7 @@ impl ResponseReader {
                     self.body.extend_from_slice(rest);
                     Some(rest.len())
                 }
-                Part::Head => self.parse_head(*at)?,
+                Part::Head => self.parse_head(rest)?,
                 Part::ChunkSize => match httparse::parse_chunk_size(rest) {
                     Ok(httparse::Status::Complete((n, 0))) => {
                         self.part = Part::Trailers;
@@ -205,21 +214,21 @@ impl ResponseReader {
                     Some(_) => return Err("malformed chunk end"),
                     None => None,
                 },
-                Part::Trailers => self.parse_trailers(*at)?,
+                Part::Trailers => self.parse_trailers(rest)?,
             };
             match consumed {
                 Some(n) => *at += n,
-                None if self.pending.len() - *at > MAX_HEAD => return Err("response head too large"),
+                None if bytes.len() - *at > MAX_HEAD => return Err("response head too large"),
                 None => return Ok(Progress::Reading),
             }
         }
     }
 
     /// The status line and headers; decides how the body is framed.
-    fn parse_head(&mut self, at: usize) -> Result<Option<usize>, &'static str> {
+    fn parse_head(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut slots);
-        let n = match response.parse(&self.pending[at..]) {
+        let n = match response.parse(bytes) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
@@ -256,9 +265,9 @@ impl ResponseReader {
         Ok(Some(n))
     }
 
-    fn parse_trailers(&mut self, at: usize) -> Result<Option<usize>, &'static str> {
+    fn parse_trailers(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match httparse::parse_headers(&self.pending[at..], &mut slots) {
+        match httparse::parse_headers(bytes, &mut slots) {
             Ok(httparse::Status::Complete((n, trailers))) => {
                 self.trailers =
                     trailers.iter().map(|h| (h.name.to_ascii_lowercase().into_bytes(), h.value.to_vec())).collect();

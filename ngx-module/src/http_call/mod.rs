@@ -43,6 +43,9 @@ use peer::Target;
 pub const LONGEST_CALL: Duration = Duration::from_secs(60);
 /// The largest response a call accepts.
 pub const MAX_RESPONSE: usize = 4 << 20;
+/// A call's pool: room for the request an upstream block's balancer takes and the
+/// balancer's own data in one block.
+const POOL_SIZE: usize = 8192;
 
 thread_local! {
     /// The calls in flight in this worker, by their root's link and token.
@@ -140,7 +143,7 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> Resul
     let method = header(b":method").unwrap_or_default();
     let log = link.log();
     // SAFETY: the link's log is the cycle's.
-    let pool = unsafe { ngx::ffi::ngx_create_pool(4096, log) };
+    let pool = unsafe { ngx::ffi::ngx_create_pool(POOL_SIZE, log) };
     // SAFETY: a copy of a live log, with the call's context added below.
     let own_log = unsafe { *log };
     if pool.is_null() {
@@ -538,9 +541,10 @@ unsafe fn receive(call: *mut Call) {
     unsafe {
         let c = &mut *call;
         let connection = (*c.peer).connection;
-        let mut chunk = [0u8; 16384];
+        // Not zeroed first: recv writes the `n` bytes that are then read.
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 16384];
         loop {
-            let n = (*connection).recv.expect("recv")(connection, chunk.as_mut_ptr(), chunk.len());
+            let n = (*connection).recv.expect("recv")(connection, chunk.as_mut_ptr() as *mut u8, chunk.len());
             let progress = match n {
                 n if n == NGX_AGAIN as isize => break,
                 n if n < 0 && !c.received => return next_peer(call, "connection failed"),
@@ -550,7 +554,7 @@ unsafe fn receive(call: *mut Call) {
                 0 => c.reader.closed(),
                 n => {
                     c.received = true;
-                    c.reader.read(&chunk[..n as usize])
+                    c.reader.read(std::slice::from_raw_parts(chunk.as_ptr() as *const u8, n as usize))
                 }
             };
             match progress {
@@ -701,10 +705,10 @@ unsafe fn discard(call: *mut Call) {
 unsafe extern "C" fn deliver(event: *mut ngx_event_t) {
     // SAFETY: the posted event carries the boxed call, taken back here once.
     unsafe {
-        let call = Box::from_raw((*event).data as *mut Call);
+        let mut call = Box::from_raw((*event).data as *mut Call);
         CALLS.with(|calls| calls.borrow_mut().remove(&(Rc::as_ptr(&call.link), call.token)));
+        let outcome = call.outcome.take().unwrap_or_else(|| Err("lost".into()));
         guard(call.link.log(), (), || {
-            let outcome = call.outcome.clone().unwrap_or_else(|| Err("lost".into()));
             call.link.deliver(|vm, plugin| vm.on_http_call_response(plugin, call.token, outcome));
         });
         ngx_destroy_pool(call.pool);

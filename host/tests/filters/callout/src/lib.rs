@@ -1,5 +1,5 @@
 //! HTTP callouts shaped by the request, answered with what came back. Each request makes one
-//! call to the upstream in `x-upstream` (`:scheme` from `x-scheme`, `:method` from `x-method`,
+//! call to the upstream in `x-upstream` (default: the plugin configuration's `upstream NAME`) (`:scheme` from `x-scheme`, `:method` from `x-method`,
 //! default GET; `:path` from `x-path`, default `/`; `:authority` from `x-authority`, default
 //! `callout.test`; timeout 5 s) and pauses. The call's answer becomes the local response: 200
 //! with the call's body, `x-call-status`, `x-call-trailers` (the trailer count) and
@@ -25,6 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Root {
     tick_upstream: Option<String>,
+    default_upstream: String,
 }
 
 impl Context for Root {
@@ -41,6 +42,9 @@ impl RootContext for Root {
             self.tick_upstream = Some(upstream.trim().to_string());
             self.set_tick_period(Duration::from_millis(50));
         }
+        if let Some(upstream) = config.trim().strip_prefix("upstream ") {
+            self.default_upstream = upstream.trim().to_string();
+        }
         true
     }
 
@@ -53,7 +57,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Callout))
+        Some(Box::new(Callout { default_upstream: self.default_upstream.clone() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -61,7 +65,9 @@ impl RootContext for Root {
     }
 }
 
-struct Callout;
+struct Callout {
+    default_upstream: String,
+}
 
 impl Context for Callout {
     fn on_http_call_response(&mut self, _: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
@@ -85,7 +91,7 @@ impl Context for Callout {
 impl HttpContext for Callout {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let header = |name: &str, default: &str| self.get_http_request_header(name).unwrap_or_else(|| default.into());
-        let upstream = header("x-upstream", "");
+        let upstream = header("x-upstream", &self.default_upstream);
         let inject = header("x-inject", "");
         let part = |name: &str, value: String| if inject == name { format!("{value}{INJECTED}") } else { value };
         let method = part("method", header("x-method", "GET"));
