@@ -15,9 +15,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Weak;
 
-use inwasm_host::grpc_client::{self, GrpcEvent, ResponseReader};
+use inwasm_host::grpc_client::{self, with_details, GrpcEvent, ResponseReader};
 use inwasm_host::{GrpcCallRequest, HostResult, Pairs, PluginId, Status, Vm};
-use prost::Message;
 
 use crate::abi::callout_init;
 use crate::carrier::{Carrier, Outgoing};
@@ -54,64 +53,13 @@ thread_local! {
     static CALLS: RefCell<Table> = RefCell::new(Table::default());
 }
 
-/// `envoy.config.core.v3.GrpcService`, the fields a call uses.
-#[derive(Clone, PartialEq, Message)]
-struct GrpcService {
-    #[prost(message, optional, tag = "1")]
-    envoy_grpc: Option<EnvoyGrpc>,
-    #[prost(message, repeated, tag = "5")]
-    initial_metadata: Vec<HeaderValue>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct EnvoyGrpc {
-    #[prost(string, tag = "1")]
-    cluster_name: String,
-    #[prost(string, tag = "2")]
-    authority: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct HeaderValue {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-/// Where a call goes.
-struct Target {
-    cluster: Vec<u8>,
-    authority: Vec<u8>,
-    metadata: Pairs,
-    /// Named by a bare cluster name (not a `GrpcService`).
-    by_name: bool,
-}
-
-/// The call's target, from what the filter gave as its upstream.
-fn target(upstream: &[u8]) -> HostResult<Target> {
-    let Ok(service) = GrpcService::decode(upstream) else {
-        let name = upstream.to_vec();
-        return Ok(Target { cluster: name.clone(), authority: name, metadata: Vec::new(), by_name: true });
-    };
-    // Only Envoy's own gRPC client is offered (not the Google gRPC library's).
-    let envoy = service.envoy_grpc.filter(|e| !e.cluster_name.is_empty()).ok_or(Status::BadArgument)?;
-    let authority = if envoy.authority.is_empty() { &envoy.cluster_name } else { &envoy.authority };
-    Ok(Target {
-        cluster: envoy.cluster_name.clone().into_bytes(),
-        authority: authority.clone().into_bytes(),
-        metadata: service.initial_metadata.into_iter().map(|h| (h.key.into_bytes(), h.value.into_bytes())).collect(),
-        by_name: false,
-    })
-}
-
 fn vm_key(caller: &Caller) -> usize {
     caller.vm.as_ptr() as usize
 }
 
 /// Starts call `token` of `caller` through `carrier`.
 pub fn start(carrier: Carrier, caller: Caller, token: u32, request: GrpcCallRequest) -> HostResult<()> {
-    let target = target(&request.upstream)?;
+    let target = grpc_client::target(&request.upstream)?;
     let mut metadata = target.metadata;
     metadata.extend(request.initial_metadata);
     let headers =
@@ -234,19 +182,10 @@ fn details(headers: &Pairs) -> Option<&'static str> {
     };
     if has(b"x-envoy-upstream-service-time", None) {
         Some("via_upstream")
-    } else if has(b"grpc-message", Some(b"upstream request timeout")) {
+    } else if has(b"grpc-message", Some(grpc_client::DEADLINE_MESSAGE.as_bytes())) {
         Some("response_timeout")
     } else {
         None
-    }
-}
-
-/// `message` as Envoy's gRPC client gives it: `MESSAGE{DETAILS}`, or the details alone.
-fn with_details(message: &mut String, details: Option<&str>) {
-    match details {
-        Some(details) if message.is_empty() => *message = details.to_string(),
-        Some(details) => *message = format!("{message}{{{details}}}"),
-        None => {}
     }
 }
 

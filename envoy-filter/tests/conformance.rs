@@ -214,7 +214,15 @@ fn run(case: &Case, host: Host) -> Observed {
                 1,
                 &format!("wasm {{ module {name} {}; }}", wasm(case.filter)),
                 &location,
-                &format!("upstream auth {{ server 127.0.0.1:{}; }} {}", auth.port, placeholders(case.nginx_http)),
+                &format!(
+                    "upstream auth {{ server 127.0.0.1:{}; }}
+                     upstream grpc_upstream {{ server 127.0.0.1:{}; }}
+                     upstream grpc_silent {{ server 127.0.0.1:{}; }} {}",
+                    auth.port,
+                    grpc.port,
+                    grpc.silent_port,
+                    placeholders(case.nginx_http)
+                ),
             );
             // Workers start after nginx accepts connections: the settling lets their start-up
             // log first.
@@ -267,7 +275,6 @@ fn compare(case: &Case) -> String {
 }
 
 const NO_DIFFERENCE: &[(Host, &str)] = &[];
-const NGINX_HAS_NO_GRPC: &[(Host, &str)] = &[(Host::NginxInwasm, "gRPC calls are not offered on nginx yet")];
 
 fn cases() -> Vec<Case> {
     vec![
@@ -517,7 +524,6 @@ fn cases() -> Vec<Case> {
             config: "request_headers grpc-call grpc_upstream inwasm.test.Echo Unary hello x-meta=m1\n\
                      request_headers pause\ngrpc_done respond-grpc-log",
             check: |o| assert_eq!(o.body, "call answered echo:hello"),
-            differs: NGINX_HAS_NO_GRPC,
             ..Case::PLAIN
         },
         Case {
@@ -525,7 +531,6 @@ fn cases() -> Vec<Case> {
             config: "request_headers grpc-call service:grpc_upstream:echo.test inwasm.test.Echo Unary hi\n\
                      request_headers pause\ngrpc_done respond-grpc-log",
             check: |o| assert_eq!(o.body, "call answered echo:hi"),
-            differs: NGINX_HAS_NO_GRPC,
             ..Case::PLAIN
         },
         Case {
@@ -533,7 +538,6 @@ fn cases() -> Vec<Case> {
             config: "request_headers grpc-call grpc_upstream inwasm.test.Echo Unary deny\n\
                      request_headers pause\ngrpc_done respond-grpc-log",
             check: |o| assert_eq!(o.body, "call failed 7 denied{via_upstream}"),
-            differs: NGINX_HAS_NO_GRPC,
             ..Case::PLAIN
         },
         Case {
@@ -541,7 +545,6 @@ fn cases() -> Vec<Case> {
             config: "request_headers grpc-call grpc_upstream inwasm.test.Echo Nope x\n\
                      request_headers pause\ngrpc_done respond-grpc-log",
             check: |o| assert_eq!(o.body, "call failed 12 no%20such%20method{via_upstream}"),
-            differs: NGINX_HAS_NO_GRPC,
             ..Case::PLAIN
         },
         Case {
@@ -549,14 +552,12 @@ fn cases() -> Vec<Case> {
             config: "request_headers grpc-call grpc_silent inwasm.test.Echo Unary x timeout=300\n\
                      request_headers pause\ngrpc_done respond-grpc-log",
             check: |o| assert_eq!(o.body, "call failed 14 upstream request timeout{response_timeout}"),
-            differs: NGINX_HAS_NO_GRPC,
             ..Case::PLAIN
         },
         Case {
             name: "a gRPC call to an unknown cluster is refused",
             config: "request_headers grpc-call nowhere inwasm.test.Echo Unary x\nrequest_headers respond-grpc-log",
             check: |o| assert_eq!(o.body, "call refused: ParseFailure"),
-            differs: NGINX_HAS_NO_GRPC,
             ..Case::PLAIN
         },
         Case {
@@ -567,7 +568,6 @@ fn cases() -> Vec<Case> {
                 let expected = "initial x-echo-meta=m2\nmessage echo:a\nmessage echo:b\ntrailing grpc-status=0\nclosed 0 via_upstream";
                 assert_eq!(o.body, expected)
             },
-            differs: NGINX_HAS_NO_GRPC,
             ..Case::PLAIN
         },
         Case {

@@ -9,8 +9,10 @@
 
 use std::time::Duration;
 
+use prost::Message;
+
 use crate::grpc::status;
-use crate::types::Pairs;
+use crate::types::{HostResult, Pairs, Status};
 
 /// gRPC status OK.
 pub const OK: u32 = 0;
@@ -22,6 +24,77 @@ pub const RESOURCE_EXHAUSTED: u32 = 8;
 /// The largest message a call receives (gRPC's usual default); a larger one ends the call
 /// with RESOURCE_EXHAUSTED, so a response never makes the host hold more than this.
 pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// `envoy.config.core.v3.GrpcService`, the fields a call uses.
+#[derive(Clone, PartialEq, Message)]
+struct GrpcService {
+    #[prost(message, optional, tag = "1")]
+    envoy_grpc: Option<EnvoyGrpc>,
+    #[prost(message, repeated, tag = "5")]
+    initial_metadata: Vec<HeaderValue>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct EnvoyGrpc {
+    #[prost(string, tag = "1")]
+    cluster_name: String,
+    #[prost(string, tag = "2")]
+    authority: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct HeaderValue {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(string, tag = "2")]
+    value: String,
+}
+
+/// Where a call goes, as the filter named it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The upstream (an Envoy cluster, an nginx upstream block, ...).
+    pub cluster: Vec<u8>,
+    pub authority: Vec<u8>,
+    /// Initial metadata the target adds to every call.
+    pub metadata: Pairs,
+    /// Named by a bare name (not a `GrpcService`): a proxy that does not know it answers
+    /// `PARSE_FAILURE`, as Envoy does.
+    pub by_name: bool,
+}
+
+/// The call's target, from what the filter gave as its upstream, as Envoy's Wasm filter
+/// takes it: a serialized `GrpcService` (its `envoy_grpc` cluster, authority and initial
+/// metadata), or else a name. A `GrpcService` for the Google gRPC library instead of Envoy's
+/// own client is refused (`BAD_ARGUMENT`).
+pub fn target(upstream: &[u8]) -> HostResult<Target> {
+    let Ok(service) = GrpcService::decode(upstream) else {
+        let name = upstream.to_vec();
+        return Ok(Target { cluster: name.clone(), authority: name, metadata: Vec::new(), by_name: true });
+    };
+    let envoy = service.envoy_grpc.filter(|e| !e.cluster_name.is_empty()).ok_or(Status::BadArgument)?;
+    let authority = if envoy.authority.is_empty() { &envoy.cluster_name } else { &envoy.authority };
+    Ok(Target {
+        cluster: envoy.cluster_name.clone().into_bytes(),
+        authority: authority.clone().into_bytes(),
+        metadata: service.initial_metadata.into_iter().map(|h| (h.key.into_bytes(), h.value.into_bytes())).collect(),
+        by_name: false,
+    })
+}
+
+/// A status message as Envoy's gRPC client gives it: `MESSAGE{DETAILS}`, or the details
+/// alone, where `details` says how the answer came (`via_upstream`: from the server;
+/// `response_timeout`: the proxy's own answer at the deadline).
+pub fn with_details(message: &mut String, details: Option<&str>) {
+    match details {
+        Some(details) if message.is_empty() => *message = details.to_string(),
+        Some(details) => *message = format!("{message}{{{details}}}"),
+        None => {}
+    }
+}
+
+/// The status message of a call the proxy ended at its deadline (Envoy's router's answer).
+pub const DEADLINE_MESSAGE: &str = "upstream request timeout";
 
 /// The request headers of a call to `/service/method` at `authority`, as Envoy's gRPC client
 /// makes them, then the filter's initial metadata.

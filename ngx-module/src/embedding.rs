@@ -230,13 +230,7 @@ impl HttpCalls for RootEmbedding {
         if self.link.in_dry_run(true) {
             return Ok(());
         }
-        if http_call::in_flight() >= http_call::worker_limit() {
-            self.tenant().limit_hit("calls", || {
-                let limit = http_call::worker_limit();
-                format!("http call refused: this worker has {limit} calls in flight (half its worker_connections)")
-            });
-            return Err(Status::InternalFailure);
-        }
+        self.within_worker_limit()?;
         http_call::start(&self.link, token, request).map_err(|reason| {
             self.tenant().limit_hit("refused calls", || format!("http call refused: {reason}"));
             Status::BadArgument
@@ -248,7 +242,32 @@ impl HttpCalls for RootEmbedding {
     }
 }
 
-impl GrpcCalls for RootEmbedding {}
+impl GrpcCalls for RootEmbedding {
+    fn grpc_call(&mut self, token: u32, request: GrpcCallRequest) -> HostResult<()> {
+        // At configuration time the call is taken (and never answered).
+        if self.link.in_dry_run(true) {
+            return Ok(());
+        }
+        self.within_worker_limit()?;
+        http_call::grpc_start(&self.link, token, request).map_err(|(status, reason)| {
+            self.tenant().limit_hit("refused calls", || format!("gRPC call refused: {reason}"));
+            status
+        })
+    }
+
+    fn grpc_send(&mut self, token: u32, message: &[u8], end_of_stream: bool) -> HostResult<()> {
+        http_call::grpc_send(&self.link, token, message, end_of_stream)
+    }
+
+    fn grpc_close(&mut self, token: u32) -> HostResult<()> {
+        http_call::grpc_send(&self.link, token, &[], true)
+    }
+
+    fn grpc_cancel(&mut self, token: u32) -> HostResult<()> {
+        http_call::cancel(&self.link, token);
+        Ok(())
+    }
+}
 
 impl Timers for RootEmbedding {
     fn set_tick_period(&mut self, period: Duration) -> HostResult<()> {
@@ -257,6 +276,18 @@ impl Timers for RootEmbedding {
     }
 }
 impl RootEmbedding {
+    /// Refuses a call past the worker's limit (`INTERNAL_FAILURE`, and a warning).
+    fn within_worker_limit(&self) -> HostResult<()> {
+        if http_call::in_flight() < http_call::worker_limit() {
+            return Ok(());
+        }
+        self.tenant().limit_hit("calls", || {
+            let limit = http_call::worker_limit();
+            format!("call refused: this worker has {limit} calls in flight (half its worker_connections)")
+        });
+        Err(Status::InternalFailure)
+    }
+
     fn tenant(&self) -> Tenant<'_> {
         Tenant { filter: &self.filter, vm_id: &self.vm_id, log: self.link.log() }
     }

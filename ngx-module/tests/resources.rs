@@ -251,3 +251,23 @@ fn http_calls_are_bounded_per_context_and_cancelled_with_their_request() {
     assert_eq!(dispatched, 64);
     assert_eq!(nginx.get("/").text(), "fine\n");
 }
+
+#[test]
+fn a_requests_grpc_stream_ends_with_the_request() {
+    let silent = SilentUpstream::start();
+    let nginx = Nginx::start_with(
+        1,
+        &two_tenants(""),
+        &format!(
+            "{ROOMY}
+             location /stream {{ proxy_wasm_pause_timeout 300ms; {} }}",
+            script("a", &["request_headers grpc-stream quiet inwasm.test.Echo Stream a", "request_headers pause"]),
+        ),
+        &format!("upstream quiet {{ server 127.0.0.1:{}; }}", silent.port),
+    );
+    for round in 1..=3 {
+        assert_eq!(nginx.get("/stream").status, 504, "the stream is never answered: {}", nginx.error_log());
+        assert!(eventually(|| silent.accepted() == round), "{} connections", silent.accepted());
+        assert!(eventually(|| silent.open() == 0), "the stream's connection closed with its request");
+    }
+}

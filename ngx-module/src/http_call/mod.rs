@@ -1,19 +1,25 @@
-//! `proxy_http_call` on nginx's own machinery: the peer comes from the `upstream {}` block's
-//! balancer (health, weights, backup servers, keepalive connections), a host name from the
-//! `http {}` block's `resolver`, TLS from nginx's TLS layer (`tls`), and the exchange is
-//! HTTP/1.1 on nginx's event loop, checked and parsed by the host's client
-//! (`inwasm_host::http1_client`). A peer that cannot be reached, or drops the connection
-//! before answering, is marked failed and the call goes to the next one, as `proxy_pass`
-//! does (a non-idempotent request is not sent twice).
+//! A filter's calls (`proxy_http_call`, `proxy_grpc_call`, `proxy_grpc_stream`) on nginx's
+//! own machinery: the peer comes from the `upstream {}` block's balancer (health, weights,
+//! backup servers, keepalive connections), a host name from the `http {}` block's
+//! `resolver`, TLS from nginx's TLS layer (`tls`), on nginx's event loop. The exchange on the
+//! connection is an http call's HTTP/1.1 (`http1`) or a gRPC call's HTTP/2 stream (`grpc`).
+//! A peer that cannot be reached, or drops the connection before answering, is marked failed
+//! and the call goes to the next one, as `proxy_pass` does (a non-idempotent request is not
+//! sent twice).
 //!
-//! Once started, the outcome always reaches the filter later, from the event loop: a
-//! response, or a failure ("connection failed", "timeout", ...) that arrives with no
-//! headers; unless the stream that made it ends first, which cancels it (connection closed,
+//! What a call brings back always reaches the filter later, from the event loop (a posted
+//! event, never from inside a guest call): an http call's response, or a failure
+//! ("connection failed", "timeout", ...) that arrives with no headers; a gRPC call's events as
+//! they come. Unless the stream that made it ends first, which cancels it (connection closed,
 //! memory freed at once). A worker has at most half its `worker_connections` in calls at once
-//! (the rest are its clients'), and a call's response at most [`MAX_RESPONSE`] bytes.
+//! (the rest are its clients'), and an http call's response at most [`MAX_RESPONSE`] bytes.
 
+mod grpc;
+mod http1;
 mod peer;
 pub mod tls;
+
+pub use grpc::{send as grpc_send, start as grpc_start};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,15 +29,15 @@ use std::ptr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use inwasm_host::http1_client::{request_bytes, Progress, ResponseReader};
+use inwasm_host::grpc_client::GrpcEvent;
+use inwasm_host::http1_client::request_bytes;
 use inwasm_host::{HttpCallRequest, HttpCallResponse};
 use ngx::ffi::{
     ngx_add_timer, ngx_close_connection, ngx_connection_t, ngx_create_pool, ngx_del_timer, ngx_delete_posted_event,
-    ngx_destroy_pool, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t, ngx_handle_read_event,
-    ngx_handle_write_event, ngx_http_request_t, ngx_inet_set_port, ngx_log_t, ngx_msec_t, ngx_peer_connection_t,
-    ngx_pool_t, ngx_post_event, ngx_posted_events, ngx_resolve_name, ngx_resolve_name_done, ngx_resolve_start,
-    ngx_resolver_ctx_t, ngx_resolver_strerror, ngx_ssl_shutdown, ngx_str_t, sockaddr, NGX_AGAIN, NGX_BUSY,
-    NGX_DECLINED, NGX_ERROR, NGX_OK, NGX_PEER_FAILED,
+    ngx_destroy_pool, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t, ngx_http_request_t, ngx_inet_set_port,
+    ngx_log_t, ngx_msec_t, ngx_peer_connection_t, ngx_pool_t, ngx_post_event, ngx_posted_events, ngx_resolve_name,
+    ngx_resolve_name_done, ngx_resolve_start, ngx_resolver_ctx_t, ngx_resolver_strerror, ngx_ssl_shutdown, ngx_str_t,
+    sockaddr, NGX_AGAIN, NGX_BUSY, NGX_DECLINED, NGX_ERROR, NGX_OK, NGX_PEER_FAILED,
 };
 
 use crate::ffi::{guard, pool_str};
@@ -80,15 +86,56 @@ pub fn close_all() {
     }
 }
 
+/// The live call `token` of the root behind `link`.
+fn find(link: &Rc<RootLink>, token: u32) -> Option<*mut Call> {
+    CALLS.with(|calls| calls.borrow().get(&(Rc::as_ptr(link), token)).copied())
+}
+
+/// Whether `call` is still the live call under its key (a filter may cancel a call while it
+/// handles one of its events).
+fn is_live(key: (*const RootLink, u32), call: *mut Call) -> bool {
+    CALLS.with(|calls| calls.borrow().get(&key) == Some(&call))
+}
+
 /// Where a call is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Resolving,
     Connecting,
     Handshaking,
-    Sending,
-    Reading,
+    /// The exchange runs on the connection.
+    Exchanging,
     Finished,
+}
+
+/// What goes over the call's connection.
+enum Exchange {
+    Http(http1::Http1),
+    Grpc(Box<grpc::Grpc>),
+}
+
+impl Exchange {
+    /// What the filter gets when the call fails for `reason` before its answer is complete.
+    fn failed(&mut self, reason: &str, deadline: bool) -> Vec<Outcome> {
+        match self {
+            Exchange::Http(_) => vec![Outcome::Http(Err(reason.into()))],
+            Exchange::Grpc(grpc) => grpc.failed(reason, deadline),
+        }
+    }
+
+    /// Whether the request may go to another peer after this one failed.
+    fn may_retry(&mut self) -> bool {
+        match self {
+            Exchange::Http(http) => http.may_retry(),
+            Exchange::Grpc(grpc) => grpc.may_retry(),
+        }
+    }
+}
+
+/// What the filter is told, in order.
+enum Outcome {
+    Http(Result<HttpCallResponse, String>),
+    Grpc(GrpcEvent),
 }
 
 struct Call {
@@ -114,24 +161,17 @@ struct Call {
     /// The `:authority`'s host, which TLS asks for and verifies.
     host: String,
     tls: bool,
-    /// A HEAD request, whose response has no body.
-    head: bool,
-    /// A request that may be sent to a second peer after reaching a first (not POST, PATCH
-    /// or LOCK, as nginx's `proxy_next_upstream` holds).
-    idempotent: bool,
-    request: Vec<u8>,
-    sent: usize,
-    reader: ResponseReader,
-    received: bool,
-    /// The call's whole time, from the dispatch (resolving, connecting and retries included).
+    exchange: Exchange,
+    /// The call's deadline, from the dispatch (resolving, connecting and retries included).
     timer: ngx_event_t,
-    outcome: Option<Result<HttpCallResponse, String>>,
-    /// Posted to deliver the outcome from the event loop.
+    /// What is still to be told to the filter.
+    outcomes: Vec<Outcome>,
+    /// Posted to tell the filter from the event loop.
     done: ngx_event_t,
 }
 
-/// Starts a call for the root behind `link`; its outcome arrives through the link. `Err` (the
-/// reason) when it cannot be made at all: the request is malformed (a header or
+/// Starts an http call for the root behind `link`; its outcome arrives through the link.
+/// `Err` (the reason) when it cannot be made at all: the request is malformed (a header or
 /// pseudo-header that is not valid HTTP: nothing is sent), or the upstream is neither an
 /// `upstream {}` block nor `host:port` (as Envoy refuses an unknown cluster).
 pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> Result<(), String> {
@@ -139,23 +179,39 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> Resul
     let target = Target::of(&request.upstream)?;
     let header = |name: &[u8]| request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice());
     let authority = std::str::from_utf8(header(b":authority").unwrap_or_default()).unwrap_or_default();
-    let host = authority.parse::<http::uri::Authority>().map(|a| a.host().trim_matches(['[', ']']).to_string());
     let method = header(b":method").unwrap_or_default();
+    let timeout = request.timeout.unwrap_or(LONGEST_CALL).min(LONGEST_CALL);
+    let exchange = Exchange::Http(http1::Http1::new(bytes, method));
+    let tls = header(b":scheme") == Some(b"https");
+    open(link, token, &request.upstream, target, authority, tls, Some(timeout), exchange)
+}
+
+/// Makes the call and starts it towards `target`.
+#[allow(clippy::too_many_arguments)]
+fn open(
+    link: &Rc<RootLink>,
+    token: u32,
+    upstream: &str,
+    target: Target,
+    authority: &str,
+    tls: bool,
+    timeout: Option<Duration>,
+    exchange: Exchange,
+) -> Result<(), String> {
+    let host = authority.parse::<http::uri::Authority>().map(|a| a.host().trim_matches(['[', ']']).to_string());
     let log = link.log();
     // SAFETY: the link's log is the cycle's.
     let pool = unsafe { ngx::ffi::ngx_create_pool(POOL_SIZE, log) };
-    // SAFETY: a copy of a live log, with the call's context added below.
-    let own_log = unsafe { *log };
     if pool.is_null() {
         return Err("out of memory".into());
     }
-    let timeout = request.timeout.unwrap_or(LONGEST_CALL).min(LONGEST_CALL).as_millis().max(1) as ngx_msec_t;
     let call = Box::into_raw(Box::new(Call {
         link: link.clone(),
         token,
         pool,
         log,
-        own_log,
+        // SAFETY: a copy of a live log, with the call's context added below.
+        own_log: unsafe { *log },
         stage: Stage::Connecting,
         balancer: ptr::null_mut(),
         peer: ptr::null_mut(),
@@ -164,21 +220,15 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> Resul
         // SAFETY: as above.
         address: unsafe { std::mem::zeroed() },
         // SAFETY: the pool just made.
-        name: unsafe { pool_str(pool, request.upstream.as_bytes()) }
-            .unwrap_or(ngx_str_t { len: 0, data: ptr::null_mut() }),
+        name: unsafe { pool_str(pool, upstream.as_bytes()) }.unwrap_or(ngx_str_t { len: 0, data: ptr::null_mut() }),
         port: 0,
         resolving: ptr::null_mut(),
         host: host.unwrap_or_default(),
-        tls: header(b":scheme") == Some(b"https"),
-        head: method == b"HEAD",
-        idempotent: !matches!(method, b"POST" | b"PATCH" | b"LOCK"),
-        request: bytes,
-        sent: 0,
-        reader: ResponseReader::new(method == b"HEAD", MAX_RESPONSE),
-        received: false,
+        tls,
+        exchange,
         // SAFETY: as above.
         timer: unsafe { std::mem::zeroed() },
-        outcome: None,
+        outcomes: Vec::new(),
         // SAFETY: as above.
         done: unsafe { std::mem::zeroed() },
     }));
@@ -198,7 +248,9 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> Resul
         c.timer.data = call as *mut c_void;
         c.timer.log = log;
         c.timer.set_cancelable(1);
-        ngx_add_timer(&mut c.timer, timeout);
+        if let Some(timeout) = timeout {
+            ngx_add_timer(&mut c.timer, timeout.as_millis().max(1) as ngx_msec_t);
+        }
         CALLS.with(|calls| calls.borrow_mut().insert((Rc::as_ptr(link), token), call));
         match target {
             Target::Block(block) => match peer::balancer_request(pool, log) {
@@ -207,7 +259,7 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> Resul
                     c.peer = &mut (*(*r).upstream).peer;
                     connect(call);
                 }
-                _ => finish(call, Err("upstream block unavailable".into()), 0),
+                _ => fail(call, "upstream block unavailable", 0),
             },
             Target::Address(address) => {
                 set_address(c, address);
@@ -224,7 +276,8 @@ unsafe extern "C" fn log_context(log: *mut ngx_log_t, buf: *mut u8, len: usize) 
     // SAFETY: the call's own log carries the live call; nginx hands a buffer of `len` bytes.
     unsafe {
         let c = &*((*log).data as *const Call);
-        let mut text = format!(", http call to \"{}\"", String::from_utf8_lossy(crate::ffi::bytes(&c.name)));
+        let kind = if matches!(c.exchange, Exchange::Grpc(_)) { "gRPC" } else { "http" };
+        let mut text = format!(", {kind} call to \"{}\"", String::from_utf8_lossy(crate::ffi::bytes(&c.name)));
         if !(*c.peer).name.is_null() && !(*c.peer).sockaddr.is_null() {
             text.push_str(&format!(", peer: {}", String::from_utf8_lossy(crate::ffi::bytes(&*(*c.peer).name))));
         }
@@ -262,7 +315,12 @@ fn set_address(c: &mut Call, address: SocketAddr) {
             size_of::<libc::sockaddr_in6>()
         }
     };
-    c.own_peer.sockaddr = storage as *mut sockaddr;
+    own_peer_at(c, len);
+}
+
+/// Makes `c.address` (`len` bytes) the call's one peer.
+fn own_peer_at(c: &mut Call, len: usize) {
+    c.own_peer.sockaddr = ptr::addr_of_mut!(c.address) as *mut sockaddr;
     c.own_peer.socklen = len as _;
     c.own_peer.name = &mut c.name;
     c.own_peer.get = Some(ngx_event_get_peer);
@@ -270,7 +328,8 @@ fn set_address(c: &mut Call, address: SocketAddr) {
     c.own_peer.log = c.log;
 }
 
-/// Looks `host` up with the `http {}` block's resolver, then connects to its first address.
+/// Looks `host` up with the `http {}` block's resolver, then connects to one of its
+/// addresses.
 ///
 /// # Safety
 /// `call` must be a live boxed call.
@@ -280,14 +339,12 @@ unsafe fn resolve(call: *mut Call, host: &str, port: u16) {
     // returns (an answer it holds).
     unsafe {
         let c = &mut *call;
-        let Some((resolver, timeout)) = peer::resolver() else {
-            return finish(call, Err("no resolver".into()), 0);
-        };
+        let Some((resolver, timeout)) = peer::resolver() else { return fail(call, "no resolver", 0) };
         let ctx = ngx_resolve_start(resolver, ptr::null_mut());
         if ctx.is_null() || ctx as isize == -1 {
-            return finish(call, Err("no resolver".into()), 0);
+            return fail(call, "no resolver", 0);
         }
-        let Some(name) = pool_str(c.pool, host.as_bytes()) else { return finish(call, Err("out of memory".into()), 0) };
+        let Some(name) = pool_str(c.pool, host.as_bytes()) else { return fail(call, "out of memory", 0) };
         (*ctx).name = name;
         (*ctx).handler = Some(on_resolved);
         (*ctx).data = call as *mut c_void;
@@ -297,7 +354,7 @@ unsafe fn resolve(call: *mut Call, host: &str, port: u16) {
         c.resolving = ctx;
         if ngx_resolve_name(ctx) != NGX_OK as isize {
             c.resolving = ptr::null_mut(); // freed by the resolver
-            finish(call, Err(format!("{host} could not be resolved")), 0);
+            fail(call, &format!("{host} could not be resolved"), 0);
         }
     }
 }
@@ -314,19 +371,14 @@ unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
             if (*ctx).state != 0 || (*ctx).naddrs == 0 {
                 let reason = CStr::from_ptr(ngx_resolver_strerror((*ctx).state) as *const _).to_string_lossy();
                 ngx_resolve_name_done(ctx);
-                return finish(call, Err(format!("{host} could not be resolved ({reason})")), 0);
+                return fail(call, &format!("{host} could not be resolved ({reason})"), 0);
             }
             let chosen = &*(*ctx).addrs.add(rand_index((*ctx).naddrs));
             let len = (chosen.socklen as usize).min(size_of::<libc::sockaddr_storage>());
             ptr::copy_nonoverlapping(chosen.sockaddr as *const u8, ptr::addr_of_mut!(c.address) as *mut u8, len);
             ngx_resolve_name_done(ctx);
-            c.own_peer.sockaddr = ptr::addr_of_mut!(c.address) as *mut sockaddr;
-            c.own_peer.socklen = len as _;
+            own_peer_at(c, len);
             ngx_inet_set_port(c.own_peer.sockaddr, c.port);
-            c.own_peer.name = &mut c.name;
-            c.own_peer.get = Some(ngx_event_get_peer);
-            c.own_peer.tries = 1;
-            c.own_peer.log = c.log;
             connect(call);
         })
     }
@@ -346,18 +398,14 @@ fn rand_index(n: usize) -> usize {
 unsafe fn connect(call: *mut Call) {
     // SAFETY: the live call; its peer is the balancer's or its own.
     unsafe {
-        let c = &mut *call;
-        c.stage = Stage::Connecting;
-        c.sent = 0;
-        c.received = false;
-        c.reader = ResponseReader::new(c.head, MAX_RESPONSE);
-        let rc = ngx_event_connect_peer(c.peer);
+        (*call).stage = Stage::Connecting;
+        let rc = ngx_event_connect_peer((*call).peer);
         attach(call, rc);
     }
 }
 
-/// A kept connection that does not suit the call (TLS for another host, or plain for a TLS
-/// call) is closed, and a new one opened to the same peer.
+/// A kept connection that does not suit the call (TLS for another host, plain for a TLS
+/// call, HTTP/1.1 for a gRPC call) is closed, and a new one opened to the same peer.
 ///
 /// # Safety
 /// `call` must be a live boxed call with a connection.
@@ -386,14 +434,14 @@ unsafe fn attach(call: *mut Call, rc: isize) {
     unsafe {
         let c = &mut *call;
         if rc == NGX_BUSY as isize {
-            return finish(call, Err("no live upstreams".into()), 0);
+            return fail(call, "no live upstreams", 0);
         }
         if rc == NGX_DECLINED as isize {
             return next_peer(call, "connection failed");
         }
         let connection = (*c.peer).connection;
         if rc == NGX_ERROR as isize || connection.is_null() {
-            return finish(call, Err("connection failed".into()), NGX_PEER_FAILED);
+            return fail(call, "connection failed", NGX_PEER_FAILED);
         }
         (*connection).data = call as *mut c_void;
         (*connection).log = c.log;
@@ -401,7 +449,7 @@ unsafe fn attach(call: *mut Call, rc: isize) {
         if (*connection).pool.is_null() {
             (*connection).pool = ngx_create_pool(128, c.log);
             if (*connection).pool.is_null() {
-                return finish(call, Err("out of memory".into()), 0);
+                return fail(call, "out of memory", 0);
             }
         }
         for event in [(*connection).read, (*connection).write] {
@@ -416,7 +464,7 @@ unsafe fn attach(call: *mut Call, rc: isize) {
     }
 }
 
-/// The connection is up: TLS first if the call wants it, then the request.
+/// The connection is up: TLS first if the call wants it, then the exchange.
 ///
 /// # Safety
 /// `call` must be a live boxed call with a connection.
@@ -426,15 +474,19 @@ unsafe fn connected(call: *mut Call) {
         let c = &mut *call;
         let connection = (*c.peer).connection;
         let secure = !(*connection).ssl.is_null();
-        if (*c.peer).cached() != 0 && (c.tls != secure || (secure && !tls::serves(connection, &c.host))) {
-            return reconnect(call);
+        if (*c.peer).cached() != 0 {
+            let unsuitable = matches!(c.exchange, Exchange::Grpc(_))
+                || c.tls != secure
+                || (secure && !tls::serves(connection, &c.host));
+            if unsuitable {
+                return reconnect(call);
+            }
         }
         if secure || !c.tls {
-            c.stage = Stage::Sending;
-            return send(call);
+            return exchange(call);
         }
         let Some(client) = WasmConf::of_cycle(ngx::ffi::ngx_cycle).and_then(|conf| conf.tls.as_ref()) else {
-            return finish(call, Err("TLS is not configured".into()), 0);
+            return fail(call, "TLS is not configured", 0);
         };
         c.stage = Stage::Handshaking;
         match client.handshake(c.peer, connection, &c.host, on_handshake) {
@@ -459,9 +511,23 @@ unsafe extern "C" fn on_handshake(connection: *mut ngx_connection_t) {
             }
             (*(*connection).read).handler = Some(on_read);
             (*(*connection).write).handler = Some(on_write);
-            c.stage = Stage::Sending;
-            send(call);
+            exchange(call);
         })
+    }
+}
+
+/// Starts the exchange on the call's connection.
+///
+/// # Safety
+/// `call` must be a live boxed call with a connection.
+unsafe fn exchange(call: *mut Call) {
+    // SAFETY: the live call.
+    unsafe {
+        (*call).stage = Stage::Exchanging;
+        match &(*call).exchange {
+            Exchange::Http(_) => http1::send(call),
+            Exchange::Grpc(_) => grpc::begin(call),
+        }
     }
 }
 
@@ -476,9 +542,10 @@ unsafe extern "C" fn on_write(event: *mut ngx_event_t) {
     // SAFETY: nginx runs the connection's write handler with its event, while the call is live.
     unsafe {
         let call = call_of(event);
-        guard((*call).log, (), || match (*call).stage {
-            Stage::Connecting => connected(call),
-            Stage::Sending => send(call),
+        guard((*call).log, (), || match ((*call).stage, &(*call).exchange) {
+            (Stage::Connecting, _) => connected(call),
+            (Stage::Exchanging, Exchange::Http(_)) => http1::send(call),
+            (Stage::Exchanging, Exchange::Grpc(_)) => grpc::drive(call),
             _ => {}
         })
     }
@@ -488,91 +555,11 @@ unsafe extern "C" fn on_read(event: *mut ngx_event_t) {
     // SAFETY: nginx runs the connection's read handler with its event, while the call is live.
     unsafe {
         let call = call_of(event);
-        guard((*call).log, (), || {
-            if matches!((*call).stage, Stage::Sending | Stage::Reading) {
-                receive(call)
-            }
+        guard((*call).log, (), || match ((*call).stage, &(*call).exchange) {
+            (Stage::Exchanging, Exchange::Http(_)) => http1::receive(call),
+            (Stage::Exchanging, Exchange::Grpc(_)) => grpc::drive(call),
+            _ => {}
         })
-    }
-}
-
-/// Sends what is left of the request, then reads.
-///
-/// # Safety
-/// `call` must be a live boxed call with a connection.
-unsafe fn send(call: *mut Call) {
-    // SAFETY: the live call and its connection.
-    unsafe {
-        let c = &mut *call;
-        let connection = (*c.peer).connection;
-        while c.sent < c.request.len() {
-            let rest = &c.request[c.sent..];
-            let n = (*connection).send.expect("send")(connection, rest.as_ptr() as *mut u8, rest.len());
-            if n == NGX_AGAIN as isize {
-                if ngx_handle_write_event((*connection).write, 0) != NGX_OK as isize {
-                    next_peer(call, "connection failed");
-                }
-                return;
-            }
-            if n <= 0 {
-                return next_peer(call, "connection failed");
-            }
-            c.sent += n as usize;
-        }
-        c.stage = Stage::Reading;
-        if !c.balancer.is_null() {
-            (*(*c.balancer).upstream).set_request_body_sent(1);
-        }
-        if ngx_handle_read_event((*connection).read, 0) != NGX_OK as isize {
-            return next_peer(call, "connection failed");
-        }
-        if (*(*connection).read).ready() != 0 {
-            receive(call);
-        }
-    }
-}
-
-/// Reads what has arrived of the response.
-///
-/// # Safety
-/// `call` must be a live boxed call with a connection.
-unsafe fn receive(call: *mut Call) {
-    // SAFETY: the live call and its connection.
-    unsafe {
-        let c = &mut *call;
-        let connection = (*c.peer).connection;
-        // Not zeroed first: recv writes the `n` bytes that are then read.
-        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 16384];
-        loop {
-            let n = (*connection).recv.expect("recv")(connection, chunk.as_mut_ptr() as *mut u8, chunk.len());
-            let progress = match n {
-                n if n == NGX_AGAIN as isize => break,
-                n if n < 0 && !c.received => return next_peer(call, "connection failed"),
-                n if n < 0 => return finish(call, Err("connection failed".into()), NGX_PEER_FAILED),
-                // A kept connection the server closed meanwhile, say: the next peer.
-                0 if !c.received => return next_peer(call, "upstream closed the connection before answering"),
-                0 => c.reader.closed(),
-                n => {
-                    c.received = true;
-                    c.reader.read(std::slice::from_raw_parts(chunk.as_ptr() as *const u8, n as usize))
-                }
-            };
-            match progress {
-                Ok(Progress::Complete) => {
-                    let reader = std::mem::replace(&mut c.reader, ResponseReader::new(false, 0));
-                    let (response, persistent) = reader.take();
-                    if !c.balancer.is_null() {
-                        (*(*c.balancer).upstream).set_keepalive(persistent as u32);
-                    }
-                    return finish(call, Ok(response), 0);
-                }
-                Ok(Progress::Reading) => {}
-                Err(reason) => return finish(call, Err(reason.into()), NGX_PEER_FAILED),
-            }
-        }
-        if ngx_handle_read_event((*connection).read, 0) != NGX_OK as isize {
-            finish(call, Err("connection failed".into()), NGX_PEER_FAILED);
-        }
     }
 }
 
@@ -586,11 +573,10 @@ unsafe fn next_peer(call: *mut Call, reason: &str) {
     unsafe {
         let c = &mut *call;
         release_peer(c, NGX_PEER_FAILED);
-        let again = (*c.peer).free.is_some() && (*c.peer).tries > 0 && (c.idempotent || c.sent == 0);
-        if again {
+        if (*c.peer).free.is_some() && (*c.peer).tries > 0 && c.exchange.may_retry() {
             connect(call);
         } else {
-            finish(call, Err(reason.into()), 0);
+            fail(call, reason, 0);
         }
     }
 }
@@ -635,7 +621,8 @@ unsafe fn close_connection(connection: *mut ngx_connection_t) {
     }
 }
 
-/// Stops everything the call has under way: its timer, its resolution, its peer.
+/// Stops everything the call has under way: its timer, its resolution, its exchange and its
+/// peer.
 ///
 /// # Safety
 /// `c` must be a live call.
@@ -649,6 +636,9 @@ unsafe fn stop(c: &mut Call, state: u32) {
             ngx_resolve_name_done(c.resolving);
             c.resolving = ptr::null_mut();
         }
+        if let Exchange::Grpc(grpc) = &mut c.exchange {
+            grpc.shut(); // before its connection goes
+        }
         release_peer(c, state);
         c.stage = Stage::Finished;
     }
@@ -658,31 +648,57 @@ unsafe extern "C" fn on_timeout(event: *mut ngx_event_t) {
     // SAFETY: the call's timer carries the live call.
     unsafe {
         let call = (*event).data as *mut Call;
-        guard((*call).log, (), || finish(call, Err("timeout".into()), NGX_PEER_FAILED))
+        guard((*call).log, (), || {
+            let outcomes = (*call).exchange.failed("timeout", true);
+            finish(call, outcomes, NGX_PEER_FAILED, Some("timeout"))
+        })
     }
 }
 
-/// Ends the exchange (the peer given back with `state`) and posts the outcome's delivery.
+/// Ends the call with a failure (`reason`), its peer given back with `state`.
 ///
 /// # Safety
 /// `call` must be a live boxed call.
-unsafe fn finish(call: *mut Call, outcome: Result<HttpCallResponse, String>, state: u32) {
-    // SAFETY: the live call; its delivery event is its own.
+unsafe fn fail(call: *mut Call, reason: &str, state: u32) {
+    // SAFETY: the live call.
+    unsafe {
+        let outcomes = (*call).exchange.failed(reason, false);
+        finish(call, outcomes, state, Some(reason));
+    }
+}
+
+/// Ends the exchange (the peer given back with `state`) and posts the last `outcomes`; a
+/// failure's `reason` goes to the error log.
+///
+/// # Safety
+/// `call` must be a live boxed call.
+unsafe fn finish(call: *mut Call, outcomes: Vec<Outcome>, state: u32, reason: Option<&str>) {
+    // SAFETY: the live call.
     unsafe {
         let c = &mut *call;
         if c.stage == Stage::Finished {
             return;
         }
         stop(c, state);
-        if let Err(reason) = &outcome {
-            crate::ffi::log_error(
-                ngx::ffi::NGX_LOG_ERR as usize,
-                c.log,
-                &format!("inwasm: http call failed: {reason}"),
-            );
+        if let Some(reason) = reason {
+            crate::ffi::log_error(ngx::ffi::NGX_LOG_ERR as usize, c.log, &format!("inwasm: call failed: {reason}"));
         }
-        c.outcome = Some(outcome);
-        ngx_post_event(&mut c.done, ptr::addr_of_mut!(ngx_posted_events));
+        tell(call, outcomes);
+    }
+}
+
+/// Queues `outcomes` for the filter, told from the event loop.
+///
+/// # Safety
+/// `call` must be a live boxed call.
+unsafe fn tell(call: *mut Call, outcomes: Vec<Outcome>) {
+    // SAFETY: the live call; its delivery event is its own.
+    unsafe {
+        let c = &mut *call;
+        c.outcomes.extend(outcomes);
+        if c.done.posted() == 0 {
+            ngx_post_event(&mut c.done, ptr::addr_of_mut!(ngx_posted_events));
+        }
     }
 }
 
@@ -702,15 +718,32 @@ unsafe fn discard(call: *mut Call) {
     }
 }
 
+/// Tells the filter what its call brought, then frees the call if it has ended. The filter
+/// may cancel the call, or act on it, while it is told.
 unsafe extern "C" fn deliver(event: *mut ngx_event_t) {
-    // SAFETY: the posted event carries the boxed call, taken back here once.
+    // SAFETY: the posted event carries the live call; it is freed here once it has ended
+    // and is still registered (a cancel meanwhile frees it itself).
     unsafe {
-        let mut call = Box::from_raw((*event).data as *mut Call);
-        CALLS.with(|calls| calls.borrow_mut().remove(&(Rc::as_ptr(&call.link), call.token)));
-        let outcome = call.outcome.take().unwrap_or_else(|| Err("lost".into()));
-        guard(call.link.log(), (), || {
-            call.link.deliver(|vm, plugin| vm.on_http_call_response(plugin, call.token, outcome));
-        });
-        ngx_destroy_pool(call.pool);
+        let call = (*event).data as *mut Call;
+        let (link, token) = ((*call).link.clone(), (*call).token);
+        let key = (Rc::as_ptr(&link), token);
+        let outcomes = std::mem::take(&mut (*call).outcomes);
+        let ended = (*call).stage == Stage::Finished;
+        for outcome in outcomes {
+            if !is_live(key, call) {
+                return;
+            }
+            guard(link.log(), (), || {
+                link.deliver(|vm, plugin| match outcome {
+                    Outcome::Http(outcome) => vm.on_http_call_response(plugin, token, outcome),
+                    Outcome::Grpc(event) => vm.on_grpc_event(plugin, token, event),
+                })
+            });
+        }
+        if ended && is_live(key, call) {
+            CALLS.with(|calls| calls.borrow_mut().remove(&key));
+            let call = Box::from_raw(call);
+            ngx_destroy_pool(call.pool);
+        }
     }
 }
