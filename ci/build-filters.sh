@@ -2,7 +2,8 @@
 # Builds every proxy-wasm filter crate of the workspace (host/tests/filters/*,
 # examples/*/filter) to wasm32-wasip1 and copies the modules to
 # build/filters/<crate_name>.wasm, and every AssemblyScript example (examples/*/asconfig.json)
-# to build/filters/example_<dir>.wasm. Quiet and fast when nothing changed.
+# to build/filters/example_<dir>.wasm. Quiet and fast when nothing changed. With crate names
+# as arguments, builds only those.
 #
 # Uses rustup's wasm32-wasip1 target when it is installed; otherwise Debian's rustc/cargo
 # (packages rustc-web cargo-web rust-web-src lld wasi-libc, see ci/setup.sh) with
@@ -14,11 +15,14 @@ TARGET=wasm32-wasip1
 TARGET_DIR=target/wasm
 OUT_DIR=build/filters
 
-crates=()
-for manifest in host/tests/filters/*/Cargo.toml examples/*/filter/Cargo.toml; do
-  [ -f "$manifest" ] || continue
-  crates+=("$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$manifest" | head -n1)")
-done
+crates=("$@")
+only_named=${#crates[@]}
+if [ "$only_named" -eq 0 ]; then
+  for manifest in host/tests/filters/*/Cargo.toml examples/*/filter/Cargo.toml; do
+    [ -f "$manifest" ] || continue
+    crates+=("$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$manifest" | head -n1)")
+  done
+fi
 if [ ${#crates[@]} -eq 0 ]; then
   echo "build-filters: no filter crates found" >&2
   exit 1
@@ -55,6 +59,9 @@ for crate in "${crates[@]}"; do
     mv -f "$out.tmp.$$" "$out"
   fi
 done
+
+# Crates named on the command line: only those (the demo needs one filter).
+[ "$only_named" -eq 0 ] || exit 0
 
 # AssemblyScript examples: `npm ci` into the example's own node_modules (when the lock file
 # changed), then its `npm run build` into a temporary file; skipped when the module is newer

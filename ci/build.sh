@@ -9,9 +9,12 @@ cd "$(dirname "$0")/.."
 # shellcheck source=ci/nginx-env.sh
 . ci/nginx-env.sh
 profile=${INWASM_PROFILE:-dist}
-cargo build --profile "$profile" --quiet --locked -p ngx-http-inwasm -p inwasm-envoy
+# INWASM_MODULES=nginx: the nginx module alone (the demo needs no Envoy).
+packages=(-p ngx-http-inwasm -p inwasm-envoy)
+[ "${INWASM_MODULES:-all}" = nginx ] && packages=(-p ngx-http-inwasm)
+cargo build --profile "$profile" --quiet --locked "${packages[@]}"
 mkdir -p build
 suffix=""
 [ "$flavor" = debian ] || suffix="-$flavor"
 install -m 0644 "target/$profile/libngx_http_inwasm_module.so" "build/ngx_http_inwasm_module$suffix.so"
-install -m 0644 "target/$profile/libinwasm.so" build/libinwasm.so
+[ "${INWASM_MODULES:-all}" = nginx ] || install -m 0644 "target/$profile/libinwasm.so" build/libinwasm.so

@@ -8,4 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=ci/nginx-env.sh
 . ci/nginx-env.sh
-INWASM_NGINX=$flavor cargo test --release --locked -p inwasm-host -p ngx-http-inwasm -p inwasm-envoy
+# INWASM_TEST_SCOPE=nginx (`make test`'s second nginx build): only what runs nginx, the nginx
+# suite and the conformance suite; the host's and Envoy's own tests do not depend on it.
+if [ "${INWASM_TEST_SCOPE:-all}" = nginx ]; then
+  INWASM_NGINX=$flavor cargo test --release --locked -p ngx-http-inwasm
+  INWASM_NGINX=$flavor cargo test --release --locked -p inwasm-envoy --test conformance
+else
+  INWASM_NGINX=$flavor cargo test --release --locked -p inwasm-host -p ngx-http-inwasm -p inwasm-envoy
+fi

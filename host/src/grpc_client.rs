@@ -310,6 +310,28 @@ mod tests {
     }
 
     #[test]
+    fn a_target_is_a_name_or_a_grpc_service_for_envoys_client() {
+        let by_name = target(b"grpc_upstream").unwrap();
+        assert!(by_name.by_name && by_name.cluster == b"grpc_upstream" && by_name.authority == b"grpc_upstream");
+        let service = GrpcService {
+            envoy_grpc: Some(EnvoyGrpc { cluster_name: "c".into(), authority: "a.test".into() }),
+            initial_metadata: vec![HeaderValue { key: "k".into(), value: "v".into() }],
+        };
+        let expected = Target {
+            cluster: b"c".to_vec(),
+            authority: b"a.test".to_vec(),
+            metadata: pairs(&[("k", "v")]),
+            by_name: false,
+        };
+        assert_eq!(target(&service.encode_to_vec()).unwrap(), expected);
+        let for_google_grpc = GrpcService { envoy_grpc: None, initial_metadata: vec![] };
+        assert_eq!(target(&for_google_grpc.encode_to_vec()), Err(Status::BadArgument));
+        let mut message = "denied".to_string();
+        with_details(&mut message, Some("via_upstream"));
+        assert_eq!(message, "denied{via_upstream}");
+    }
+
+    #[test]
     fn a_unary_answer_comes_whole_and_alone() {
         let mut reader = ResponseReader::new(true);
         assert!(reader.on_headers(pairs(&[(":status", "200")]), false).is_empty());

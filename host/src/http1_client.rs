@@ -3,7 +3,8 @@
 //! inject anything into the exchange, and a reader that takes the response as it arrives
 //! (each byte parsed once) and says whether the connection can be kept for another call.
 //!
-//! Parsing and the checks of names and values are those of `httparse` and `http`.
+//! Responses are parsed by `httparse`; a request's target and authority are checked by
+//! `http`, its method and header names as tokens and its values as RFC 9110 field values.
 
 use crate::embedding::{HttpCallRequest, HttpCallResponse};
 use crate::types::Pairs;
@@ -41,7 +42,7 @@ pub fn request_bytes(request: &HttpCallRequest) -> Result<Vec<u8>, Malformed> {
     };
     let (method, path, authority) = (pseudo(b":method"), pseudo(b":path"), pseudo(b":authority"));
     let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if http::Method::from_bytes(method).is_err() {
+    if !is_token(method) {
         return Err(Malformed(format!("invalid :method \"{}\"", shown(method))));
     }
     let origin_form = path.starts_with(b"/") && http::uri::PathAndQuery::try_from(path).is_ok();
@@ -56,7 +57,7 @@ pub fn request_bytes(request: &HttpCallRequest) -> Result<Vec<u8>, Malformed> {
         out.extend_from_slice(part);
     }
     for (key, value) in request.headers.iter().filter(|(k, _)| k.first() != Some(&b':')) {
-        if http::HeaderName::from_bytes(key).is_err() || http::HeaderValue::from_bytes(value).is_err() {
+        if !is_token(key) || !is_field_value(value) {
             return Err(Malformed(format!("invalid header \"{}: {}\"", shown(key), shown(value).escape_debug())));
         }
         if !HOP_BY_HOP.iter().any(|h| key.eq_ignore_ascii_case(h)) {
@@ -66,6 +67,17 @@ pub fn request_bytes(request: &HttpCallRequest) -> Result<Vec<u8>, Malformed> {
     out.extend_from_slice(format!("content-length: {}\r\n\r\n", request.body.len()).as_bytes());
     out.extend_from_slice(&request.body);
     Ok(out)
+}
+
+/// Whether `name` is an HTTP token (RFC 9110 `tchar`s), as a method or a header name must be.
+pub fn is_token(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
+/// Whether `value` may be a header field's value (RFC 9110: visible characters, spaces and
+/// tabs, and bytes from 0x80 up; no other control character, so no CR, LF or NUL).
+fn is_field_value(value: &[u8]) -> bool {
+    value.iter().all(|&c| c == b'\t' || (c >= 0x20 && c != 0x7f))
 }
 
 /// Where the reader is in the response.

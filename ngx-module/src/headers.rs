@@ -30,10 +30,7 @@ pub enum Side {
     Response,
 }
 
-/// Whether `name` is an HTTP token (RFC 9110 `tchar`s), as a header name must be.
-pub fn is_token(name: &[u8]) -> bool {
-    !name.is_empty() && name.iter().all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
-}
+pub use inwasm_host::http1_client::is_token;
 
 /// Refuses a header a filter sets when it could break the message's framing.
 fn check(key: &[u8], value: &[u8]) -> HostResult<()> {
