@@ -8,11 +8,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=ci/nginx-env.sh
 . ci/nginx-env.sh
-# INWASM_TEST_SCOPE=nginx (`make test`'s second nginx build): only what runs nginx, the nginx
-# suite and the conformance suite; the host's and Envoy's own tests do not depend on it.
+packages=(-p inwasm-host -p ngx-http-inwasm -p inwasm-envoy)
+# INWASM_TEST_SCOPE=nginx (`make test`'s second nginx build): only the test targets that run
+# nginx, the nginx suite and the conformance suite; the host's and Envoy's own tests do not
+# depend on it. The same packages are named either way, so cargo builds the same features
+# and rebuilds only what depends on nginx.
+targets=()
 if [ "${INWASM_TEST_SCOPE:-all}" = nginx ]; then
-  INWASM_NGINX=$flavor cargo test --release --locked -p ngx-http-inwasm
-  INWASM_NGINX=$flavor cargo test --release --locked -p inwasm-envoy --test conformance
-else
-  INWASM_NGINX=$flavor cargo test --release --locked -p inwasm-host -p ngx-http-inwasm -p inwasm-envoy
+  targets=(--test conformance)
+  for test in ngx-module/tests/*.rs; do
+    targets+=(--test "$(basename "$test" .rs)")
+  done
 fi
+INWASM_NGINX=$flavor cargo test --release --locked "${packages[@]}" "${targets[@]}"
