@@ -33,7 +33,7 @@ demo:
 test: setup filters clippy
 	@scope=all; for flavor in $(TEST_NGINX); do \
 	  echo "== tests against nginx $$flavor ($$scope)"; \
-	  INWASM_NGINX=$$flavor INWASM_PROFILE=release bash ci/build.sh && \
+	  INWASM_NGINX=$$flavor INWASM_PROFILE=release INWASM_FOR_TESTS=1 bash ci/build.sh && \
 	    INWASM_NGINX=$$flavor INWASM_TEST_SCOPE=$$scope bash ci/test.sh || exit 1; \
 	  scope=nginx; \
 	done

@@ -12,6 +12,10 @@ profile=${INWASM_PROFILE:-dist}
 # INWASM_MODULES=nginx: the nginx module alone (the demo needs no Envoy).
 packages=(-p ngx-http-inwasm -p inwasm-envoy)
 [ "${INWASM_MODULES:-all}" = nginx ] && packages=(-p ngx-http-inwasm)
+# INWASM_FOR_TESTS=1 (`make test`): the modules and every test binary in one build, with the
+# features the tests' dependencies bring, so `cargo test` then compiles nothing again (built
+# apart, wasmtime and cranelift would be compiled twice, once for each set of features).
+[ "${INWASM_FOR_TESTS:-}" = 1 ] && packages=(-p inwasm-host -p ngx-http-inwasm -p inwasm-envoy --lib --tests)
 cargo build --profile "$profile" --quiet --locked "${packages[@]}"
 mkdir -p build
 suffix=""

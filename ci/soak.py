@@ -190,9 +190,15 @@ def open_files(pid):
 
 def snapshot(master):
     time.sleep(2)  # connections of the load just ended close
-    pids = children(master)
-    return {"master_rss": rss_kib(master), "master_fds": open_files(master), "workers": pids,
-            "worker_rss": {p: rss_kib(p) for p in pids}, "worker_fds": {p: open_files(p) for p in pids}}
+    workers = {}
+    for pid in children(master):
+        try:
+            workers[pid] = (rss_kib(pid), open_files(pid))
+        except FileNotFoundError:  # an old worker that finished shutting down meanwhile
+            pass
+    return {"master_rss": rss_kib(master), "master_fds": open_files(master), "workers": sorted(workers),
+            "worker_rss": {p: rss for p, (rss, _) in workers.items()},
+            "worker_fds": {p: fds for p, (_, fds) in workers.items()}}
 
 
 class Wrk:
