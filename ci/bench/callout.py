@@ -11,14 +11,13 @@ markdown table; `--json FILE` also writes the numbers.
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from heavy import upstream_server  # noqa: E402
-from load import wrk  # noqa: E402
+from load import against, interleaved  # noqa: E402
 from servers import FILTERS, free_port, start_nginx  # noqa: E402
 
 FILTER = os.path.join(FILTERS, "filter_callout.wasm")
@@ -46,19 +45,12 @@ def main():
     upstream, stop_upstream = upstream_server(work)
     servers, stop_nginx = nginx_servers(work, upstream)
     try:
-        for port, pid in servers.values():
-            wrk(port, 1, pid)  # warm up: instances, kept connections
-        rounds = [{name: wrk(port, args.seconds, pid) for name, (port, pid) in servers.items()}
-                  for _ in range(args.rounds)]
+        # The warm-up fills instances and kept connections.
+        rounds = interleaved(servers, args.rounds, args.seconds, 1)
     finally:
         stop_nginx()
         stop_upstream()
-    rows = {}
-    for name in servers:
-        runs = [r[name] for r in rounds]
-        median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
-        rows[name] = {**median, "vs_proxy_pass": statistics.median(r[name]["rps"] / r[PROXY]["rps"] for r in rounds),
-                      "cpu_us": statistics.median(r["cpu_us"] for r in runs)}
+    rows = against(rounds, PROXY, "vs_proxy_pass")
     print(f"{args.rounds} interleaved rounds of {args.seconds} s, medians; one server worker on CPU 0, wrk (1 thread, "
           "32 connections) and the upstream (a bare nginx answering 6 bytes) on CPU 1; both go to one upstream "
           "block with `keepalive 32`.\n")

@@ -12,13 +12,12 @@ rounds, medians. Prints a markdown table; `--json FILE` also writes the numbers.
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from load import wrk  # noqa: E402
+from load import against, interleaved  # noqa: E402
 from servers import FILTERS, free_port, inwasm_filter, start_envoys, start_nginx  # noqa: E402
 
 FILTER = os.path.join(FILTERS, "filter_heavy.wasm")
@@ -84,21 +83,13 @@ def main():
     envoy, stop_envoy = envoy_servers(work, upstream)
     servers = {"nginx + heavy filter (inwasm)": nginx, **envoy}
     try:
-        for port, pid in servers.values():
-            wrk(port, 2, pid, script)  # warm up: instances, rule caches, connections
-        rounds = [{name: wrk(port, args.seconds, pid, script) for name, (port, pid) in servers.items()}
-                  for _ in range(args.rounds)]
+        # The warm-up fills instances, rule caches and connections.
+        rounds = interleaved(servers, args.rounds, args.seconds, 2, script)
     finally:
         stop_nginx()
         stop_envoy()
         stop_upstream()
-    reference = "Envoy + heavy filter (V8)"
-    rows = {}
-    for name in servers:
-        runs = [r[name] for r in rounds]
-        median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
-        rows[name] = {**median, "vs_v8": statistics.median(r[name]["rps"] / r[reference]["rps"] for r in rounds),
-                      "cpu_us": statistics.median(r["cpu_us"] for r in runs)}
+    rows = against(rounds, "Envoy + heavy filter (V8)", "vs_v8")
     print(f"{args.rounds} interleaved rounds of {args.seconds} s, medians; one server worker on CPU 0, wrk (1 thread, "
           "32 connections) and the upstream on CPU 1; each request a POST of a 16 KB form that every rule "
           "inspects.\n")

@@ -2,6 +2,7 @@
 
 import os
 import re
+import statistics
 import subprocess
 
 
@@ -40,3 +41,23 @@ def wrk(port, seconds, server_pid, script=None):
         value, unit = re.search(rf"\s{percent}%\s+([\d.]+)(us|ms|s)", out).groups()
         return float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
     return {"rps": rps, "cpu_us": cpu / 1e3 / requests, "p50_us": latency(50), "p99_us": latency(99), "steal": steal}
+
+
+def interleaved(servers, rounds, seconds, warm_up, script=None):
+    """Each of `servers` ({name: (port, pid)}) warmed up for `warm_up` s, then measured in
+    turn, `rounds` times (A B C ... A B C ...): a list of {name: wrk run} per round."""
+    for port, pid in servers.values():
+        wrk(port, warm_up, pid, script)
+    return [{name: wrk(port, seconds, pid, script) for name, (port, pid) in servers.items()} for _ in range(rounds)]
+
+
+def against(rounds, reference, ratio_key):
+    """Per server, its median run (by throughput) with its median CPU per request and, as
+    `ratio_key`, the median over rounds of its throughput divided by `reference`'s."""
+    rows = {}
+    for name in rounds[0]:
+        runs = [r[name] for r in rounds]
+        median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+        ratio = statistics.median(r[name]["rps"] / r[reference]["rps"] for r in rounds)
+        rows[name] = {**median, ratio_key: ratio, "cpu_us": statistics.median(r["cpu_us"] for r in runs)}
+    return rows
