@@ -22,15 +22,23 @@ impl Received {
 
 /// Serves every connection on a free port with `answer` (status and body), after `delay`.
 fn serve(delay: Duration, answer: fn(&Received) -> (u16, Vec<u8>)) -> u16 {
+    serve_bytes(move |received| {
+        std::thread::sleep(delay);
+        let (status, body) = answer(received);
+        reply(status, &body)
+    })
+}
+
+/// Serves every connection on a free port: one request, answered with the bytes `respond`
+/// makes of it.
+fn serve_bytes(respond: impl Fn(&Received) -> Vec<u8> + Copy + Send + 'static) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
+        for mut stream in listener.incoming().flatten() {
             std::thread::spawn(move || {
                 if let Some(received) = receive(&stream) {
-                    std::thread::sleep(delay);
-                    let (status, body) = answer(&received);
-                    reply(stream, status, &body);
+                    let _ = stream.write_all(&respond(&received));
                 }
             });
         }
@@ -116,18 +124,7 @@ pub struct ChunkedUpstream {
 
 impl ChunkedUpstream {
     pub fn start(size: usize) -> ChunkedUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    if receive(&stream).is_some() {
-                        let _ = stream.write_all(chunked_response(size).as_slice());
-                    }
-                });
-            }
-        });
-        ChunkedUpstream { port }
+        ChunkedUpstream { port: serve_bytes(move |_| chunked_response(size)) }
     }
 
     /// The body it sends.
@@ -211,9 +208,9 @@ fn receive(stream: &TcpStream) -> Option<Received> {
     Some(received)
 }
 
-fn reply(mut stream: TcpStream, status: u16, body: &[u8]) {
+/// A response with `status` and `body`, closing the connection.
+fn reply(status: u16, body: &[u8]) -> Vec<u8> {
     let head =
         format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nServer: echo\r\nConnection: close\r\n\r\n", body.len());
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body);
+    [head.as_bytes(), body].concat()
 }

@@ -275,14 +275,14 @@ pub unsafe fn drive(call: *mut Call) {
         let outcomes: Vec<Outcome> = events.into_iter().map(Outcome::Grpc).collect();
         let closed = grpc.reader.is_closed();
         if let Some(reason) = failure.filter(|_| !closed) {
-            let mut all = outcomes;
-            if grpc.answered {
-                all.extend(grpc.reader.on_reset().into_iter().map(Outcome::Grpc));
-                return finish(call, all, 0, Some(&reason));
+            if !grpc.answered {
+                // Never answered (so nothing to tell yet): the peer failed, as a connection
+                // that fails does.
+                return super::next_peer(call, &reason);
             }
-            // Never answered: the peer failed, as a connection that fails does.
-            tell(call, all);
-            return super::next_peer(call, &reason);
+            let mut all = outcomes;
+            all.extend(grpc.reader.on_reset().into_iter().map(Outcome::Grpc));
+            return finish(call, all, 0, Some(&reason));
         }
         if closed {
             finish(call, outcomes, 0, None);

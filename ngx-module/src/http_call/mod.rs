@@ -265,7 +265,7 @@ fn open(
                 set_address(c, address);
                 connect(call);
             }
-            Target::Name { host, port } => resolve(call, &host, port),
+            Target::Name { host, port, resolver } => resolve(call, &host, port, resolver),
         }
     }
     Ok(())
@@ -328,18 +328,16 @@ fn own_peer_at(c: &mut Call, len: usize) {
     c.own_peer.log = c.log;
 }
 
-/// Looks `host` up with the `http {}` block's resolver, then connects to one of its
-/// addresses.
+/// Looks `host` up with `resolver`, then connects to one of its addresses.
 ///
 /// # Safety
 /// `call` must be a live boxed call.
-unsafe fn resolve(call: *mut Call, host: &str, port: u16) {
+unsafe fn resolve(call: *mut Call, host: &str, port: u16, (resolver, timeout): peer::Resolver) {
     // SAFETY: the live call (the caller's contract); nginx's resolver context is the call's
     // until `ngx_resolve_name_done`, and its handler may run before `ngx_resolve_name`
     // returns (an answer it holds).
     unsafe {
         let c = &mut *call;
-        let Some((resolver, timeout)) = peer::resolver() else { return fail(call, "no resolver", 0) };
         let ctx = ngx_resolve_start(resolver, ptr::null_mut());
         if ctx.is_null() || ctx as isize == -1 {
             return fail(call, "no resolver", 0);

@@ -23,8 +23,8 @@ pub enum Target {
     Block(*mut ngx_http_upstream_srv_conf_t),
     /// `address:port`.
     Address(SocketAddr),
-    /// `name:port`, for the resolver.
-    Name { host: String, port: u16 },
+    /// `name:port`, for the `http {}` block's resolver (with its timeout).
+    Name { host: String, port: u16, resolver: Resolver },
 }
 
 impl Target {
@@ -41,9 +41,9 @@ impl Target {
         let (host, port) = upstream.rsplit_once(':').unwrap_or((upstream, ""));
         let port = port.parse::<u16>().ok().filter(|p| *p > 0);
         let valid_host = !host.is_empty() && http::uri::Authority::try_from(host).is_ok() && !host.contains('@');
-        match (valid_host, port) {
-            (true, Some(port)) if resolver().is_some() => Ok(Target::Name { host: host.to_string(), port }),
-            (true, Some(_)) => Err(format!(
+        match (valid_host, port, resolver()) {
+            (true, Some(port), Some(resolver)) => Ok(Target::Name { host: host.to_string(), port, resolver }),
+            (true, Some(_), None) => Err(format!(
                 "no resolver defined to resolve \"{host}\": add a resolver to the http block, or name an upstream block"
             )),
             _ => Err(format!("\"{upstream}\" is neither an upstream block nor host:port")),
@@ -80,8 +80,11 @@ fn http_block() -> Option<&'static ngx_http_conf_ctx_t> {
     }
 }
 
+/// A resolver and its `resolver_timeout`.
+pub type Resolver = (*mut ngx_resolver_t, ngx::ffi::ngx_msec_t);
+
 /// The `http {}` block's resolver and its `resolver_timeout`, when a resolver is defined.
-pub fn resolver() -> Option<(*mut ngx_resolver_t, ngx::ffi::ngx_msec_t)> {
+fn resolver() -> Option<Resolver> {
     /// nginx's default `resolver_timeout`, which the `http {}` level itself keeps unset.
     const DEFAULT_TIMEOUT: ngx::ffi::ngx_msec_t = 30_000;
     let http = http_block()?;

@@ -63,6 +63,11 @@ pub unsafe fn client(cf: *mut ngx_conf_t, trusted: Option<&[u8]>, verify: bool) 
     }
 }
 
+/// The SNI name a connection to `host` asks for: none for an address.
+fn server_name(host: &str) -> Option<&str> {
+    host.parse::<std::net::IpAddr>().is_err().then_some(host)
+}
+
 /// Whether a kept TLS connection was made for `host` (its SNI, none for an address).
 ///
 /// # Safety
@@ -72,8 +77,7 @@ pub unsafe fn serves(c: *mut ngx_connection_t, host: &str) -> bool {
     unsafe {
         let name = SSL_get_servername((*(*c).ssl).connection, TLSEXT_NAMETYPE_host_name as _);
         let name = if name.is_null() { "" } else { CStr::from_ptr(name).to_str().unwrap_or_default() };
-        let expected = if host.parse::<std::net::IpAddr>().is_ok() { "" } else { host };
-        name == expected
+        name == server_name(host).unwrap_or_default()
     }
 }
 
@@ -97,7 +101,7 @@ impl TlsClient {
             if ngx_ssl_create_connection(self.ssl, c, flags) != NGX_OK as ngx_int_t {
                 return Err("TLS failed".into());
             }
-            if host.parse::<std::net::IpAddr>().is_err() {
+            if let Some(host) = server_name(host) {
                 let name = CString::new(host).map_err(|_| "invalid TLS server name")?;
                 let (command, kind) = (SSL_CTRL_SET_TLSEXT_HOSTNAME as i32, TLSEXT_NAMETYPE_host_name as _);
                 SSL_ctrl((*(*c).ssl).connection, command, kind, name.as_ptr() as *mut c_void);
