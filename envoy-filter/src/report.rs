@@ -1,7 +1,7 @@
 //! Reporting a filter's failure: a log line naming the filter, the callback and the reason,
 //! and the host's failure counters in Envoy's stats (`inwasm.<filter>.traps_total`, ...).
 
-use inwasm_host::{FailureKind, FilterError};
+use inwasm_host::{FailureCounter, FailureKind, FilterError};
 
 use crate::filter_config::FilterConfig;
 use crate::log;
@@ -12,12 +12,11 @@ pub const HOST_COUNTERS: [&str; 4] = ["requests_total", "traps_total", "timeouts
 /// Which of `HOST_COUNTERS` a failure adds to (none for a failure that only follows an
 /// earlier one).
 fn counter(kind: &FailureKind) -> Option<usize> {
-    match kind {
-        FailureKind::Deadline(_) => Some(2),
-        FailureKind::MemoryLimit(_) => Some(3),
-        FailureKind::InstanceLost => None,
-        _ => Some(1),
-    }
+    Some(match kind.counter()? {
+        FailureCounter::Traps => 1,
+        FailureCounter::Timeouts => 2,
+        FailureCounter::MemoryFailures => 3,
+    })
 }
 
 /// Adds one to a request through `config`'s filter.

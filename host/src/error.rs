@@ -65,6 +65,28 @@ pub enum FailureKind {
     NoFreeSlot(String),
 }
 
+/// Which failure counter a failure adds to, the same in every proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureCounter {
+    Traps,
+    /// A callback's deadline or a request's budget.
+    Timeouts,
+    MemoryFailures,
+}
+
+impl FailureKind {
+    /// The counter this failure adds to; none for one that only follows an earlier failure
+    /// (a lost instance).
+    pub fn counter(&self) -> Option<FailureCounter> {
+        match self {
+            FailureKind::Deadline(_) | FailureKind::RequestBudget(_) => Some(FailureCounter::Timeouts),
+            FailureKind::MemoryLimit(_) => Some(FailureCounter::MemoryFailures),
+            FailureKind::InstanceLost => None,
+            _ => Some(FailureCounter::Traps),
+        }
+    }
+}
+
 /// A failed filter call: which filter, which callback, and why. The instance it ran on is
 /// discarded and rebuilt on next use (except for `Refused`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,10 +98,10 @@ pub struct FilterError {
 
 impl FilterError {
     pub fn is_timeout(&self) -> bool {
-        matches!(self.kind, FailureKind::Deadline(_) | FailureKind::RequestBudget(_))
+        self.kind.counter() == Some(FailureCounter::Timeouts)
     }
     pub fn is_memory_limit(&self) -> bool {
-        matches!(self.kind, FailureKind::MemoryLimit(_))
+        self.kind.counter() == Some(FailureCounter::MemoryFailures)
     }
 }
 

@@ -54,7 +54,7 @@ with_runtime! {
     pub use engine::{
         Engine, EngineConfig, HostFunction, PoolingConfig, DEFAULT_MAX_INSTANCE_SIZE, DEFAULT_MAX_TABLE_ELEMENTS,
     };
-    pub use error::{FailureKind, FilterError, InstanceLimit, LoadError};
+    pub use error::{FailureCounter, FailureKind, FilterError, InstanceLimit, LoadError};
     pub use ticker::EpochTicker;
     pub use module::Module;
     pub use vm::{PluginId, StreamId, Vm, VmStats};

@@ -13,7 +13,7 @@ use wasmtime::{Func, PoolConcurrencyLimitError, Store};
 
 use crate::callbacks::{Callback, Callbacks};
 use crate::embedding::{Embedding, HttpCallResponse};
-use crate::error::{classify, describe, FailureKind, FilterError};
+use crate::error::{classify, describe, FailureCounter, FailureKind, FilterError};
 use crate::limits::{on_epoch_tick, Deadline, MemoryLimiter};
 use crate::module::Module;
 use crate::plugin::{PluginConfig, StreamLimits, VmConfig};
@@ -604,10 +604,11 @@ impl Vm {
 
     /// Records a failure and discards the instance, keeping the root embeddings for the rebuild.
     fn fail(&mut self, plugin: usize, callback: &'static str, kind: FailureKind) -> FilterError {
-        match kind {
-            FailureKind::Deadline(_) | FailureKind::RequestBudget(_) => self.stats.timeouts += 1,
-            FailureKind::MemoryLimit(_) => self.stats.memory_failures += 1,
-            _ => self.stats.traps += 1,
+        match kind.counter() {
+            Some(FailureCounter::Timeouts) => self.stats.timeouts += 1,
+            Some(FailureCounter::MemoryFailures) => self.stats.memory_failures += 1,
+            Some(FailureCounter::Traps) => self.stats.traps += 1,
+            None => {}
         }
         let error = FilterError { filter: self.filter_name(plugin), callback, kind };
         if let Some(live) = self.live.take() {

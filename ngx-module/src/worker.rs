@@ -15,7 +15,7 @@ use std::fmt;
 use std::ptr;
 use std::rc::Rc;
 
-use inwasm_host::{EpochTicker, FailureKind, FilterError, PluginId, Vm};
+use inwasm_host::{EpochTicker, FailureCounter, FailureKind, FilterError, PluginId, Vm};
 use ngx::ffi::{
     ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_post_event, ngx_posted_events, ngx_uint_t, NGX_LOG_ERR, NGX_OK,
 };
@@ -170,20 +170,20 @@ pub fn record_failure(error: &FilterError) -> FailureCounts {
     FAILURES.with(|failures| {
         let mut failures = failures.borrow_mut();
         let counts = failures.entry(error.filter.clone()).or_default();
-        let metric = match error.kind {
-            FailureKind::Deadline(_) => {
+        let metric = match error.kind.counter() {
+            Some(FailureCounter::Timeouts) => {
                 counts.timeouts += 1;
                 "inwasm_timeouts_total"
             }
-            FailureKind::MemoryLimit(_) => {
+            Some(FailureCounter::MemoryFailures) => {
                 counts.memory_failures += 1;
                 "inwasm_memory_failures_total"
             }
-            FailureKind::InstanceLost => return *counts,
-            _ => {
+            Some(FailureCounter::Traps) => {
                 counts.traps += 1;
                 "inwasm_traps_total"
             }
+            None => return *counts,
         };
         if let Some(zone) = WasmConf::metrics() {
             metrics::count(zone, &error.filter, metric);

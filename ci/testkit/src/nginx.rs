@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::http::{request, Response};
+use crate::http::{try_request, Response};
 use crate::paths::{module_path, nginx_binary, scratch_dir};
 use crate::ports::free_port;
 
@@ -119,8 +119,10 @@ impl Nginx {
         self.request("GET", path, &[], b"")
     }
 
+    /// One request; a connection closed without an answer fails with the server's error log.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        request(self.port, method, path, headers, body)
+        try_request(self.port, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\nnginx's error log:\n{}", self.error_log()))
     }
 
     /// Rewrites the configuration and reloads (SIGHUP), waiting for new workers to serve.
