@@ -29,16 +29,10 @@ demo:
 	@INWASM_NGINX=$(NGINX) INWASM_PROFILE=release INWASM_MODULES=nginx bash ci/build.sh
 	@INWASM_NGINX=$(NGINX) bash ci/demo.sh
 
-# Every test against the first nginx build; against the others, what runs nginx.
-test: setup filters clippy
-	@scope=all; for flavor in $(TEST_NGINX); do \
-	  echo "== tests against nginx $$flavor ($$scope)"; \
-	  INWASM_NGINX=$$flavor INWASM_PROFILE=release INWASM_FOR_TESTS=1 bash ci/build.sh && \
-	    INWASM_NGINX=$$flavor INWASM_TEST_SCOPE=$$scope bash ci/test.sh || exit 1; \
-	  scope=nginx; \
-	done
-	@echo "== fuzz targets, briefly"
-	@FUZZ_SECONDS=10 bash ci/fuzz.sh
+# clippy, every test against the first nginx build, against the others what runs nginx,
+# then the fuzz targets briefly (the filters build meanwhile: ci/test-all.sh).
+test: setup
+	@TEST_NGINX="$(TEST_NGINX)" bash ci/test-all.sh
 
 # `make test` three times in a row (RUNS to change it) with every CPU kept busy (stress-ng).
 test-under-load: setup
@@ -63,7 +57,7 @@ fmt:
 	cargo fmt --all
 
 clippy:
-	@NGINX_BUILD_DIR=$$(bash ci/nginx-tree.sh $(NGINX)) cargo clippy --release --workspace --exclude nginx-source --all-targets -- -D warnings
+	@INWASM_NGINX=$(NGINX) bash ci/clippy.sh
 
 clean:
 	rm -rf build target

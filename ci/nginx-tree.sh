@@ -33,9 +33,12 @@ case "$flavor" in
     if [ "$flavor" = 1.28-asan ]; then
       cc_opt="-fPIC -fsanitize=address -fno-omit-frame-pointer -g" ld_opt="-fsanitize=address"
     fi
-    # The modules the tests use besides the defaults (Debian's nginx has them too).
+    # The modules the tests use besides the defaults (Debian's nginx has them too). An
+    # absolute body temp path, as Debian's: the default compiled-code cache beside it
+    # (var/wasm_cache) is then one for every nginx the tests start, not one per test prefix.
     flags=(--with-compat --with-threads --with-http_ssl_module --with-http_v2_module
-      --with-http_auth_request_module --with-cc-opt="$cc_opt" --with-ld-opt="$ld_opt" --prefix="$tree")
+      --with-http_auth_request_module --with-cc-opt="$cc_opt" --with-ld-opt="$ld_opt" --prefix="$tree"
+      --http-client-body-temp-path="$tree/var/body")
     if [ ! -x "$tree/objs/nginx" ] || [ "$(cat "$tree/configured-with" 2>/dev/null)" != "${flags[*]}" ]; then
       src=$(cargo metadata --format-version 1 --locked 2>/dev/null |
         python3 -c 'import json,sys,os; m=json.load(sys.stdin); print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"]=="nginx-src"))')
@@ -46,6 +49,7 @@ case "$flavor" in
         auto/configure "${flags[@]}" >configure.log 2>&1
         make -j2 >make.log 2>&1
       ) || { echo "nginx-tree: building nginx $flavor failed, see $tree/*.log" >&2; exit 1; }
+      mkdir -p "$tree/var"
       echo "${flags[*]}" >"$tree/configured-with"
     fi
     ;;
