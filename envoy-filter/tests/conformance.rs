@@ -9,6 +9,7 @@
 //! contains TEXT.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use inwasm_grpc_upstream::GrpcUpstream;
@@ -585,6 +586,39 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// How many cases run side by side: each starts servers of its own, and most of a case's
+/// time is spent waiting for them.
+const CASES_AT_ONCE: usize = 3;
+
+/// The table's rows for `cases`, in their order. A case that fails fails the test once the
+/// cases already started have ended.
+fn compare_all(cases: &[Case]) -> Vec<String> {
+    let next = AtomicUsize::new(0);
+    let claim = || {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        cases.get(index).map(|case| (index, case))
+    };
+    let mut rows: Vec<(usize, String)> = std::thread::scope(|scope| {
+        let runners: Vec<_> = (0..CASES_AT_ONCE)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut rows = Vec::new();
+                    while let Some((index, case)) = claim() {
+                        rows.push((index, compare(case)));
+                    }
+                    rows
+                })
+            })
+            .collect();
+        runners
+            .into_iter()
+            .flat_map(|runner| runner.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    rows.sort();
+    rows.into_iter().map(|(_, row)| row).collect()
+}
+
 #[test]
 fn same_filters_behave_the_same_on_every_host() {
     let mut rows = vec![
@@ -592,9 +626,8 @@ fn same_filters_behave_the_same_on_every_host() {
         "|---|---|---|---|".to_string(),
     ];
     let only = std::env::var("CONFORMANCE_ONLY").unwrap_or_default();
-    for case in cases().into_iter().filter(|case| case.name.contains(&only)) {
-        rows.push(compare(&case));
-    }
+    let cases: Vec<Case> = cases().into_iter().filter(|case| case.name.contains(&only)).collect();
+    rows.extend(compare_all(&cases));
     let table = rows.join("\n");
     println!("{table}");
     let _ = std::fs::write(root().join("target/conformance.md"), format!("{table}\n"));
