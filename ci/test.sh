@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=ci/nginx-env.sh
 . ci/nginx-env.sh
-packages=(-p inwasm-host -p ngx-http-inwasm -p inwasm-envoy)
+packages=(-p inwasm-host -p ngx-http-inwasm -p inwasm-envoy -p inwasm-cli)
 # INWASM_TEST_SCOPE=nginx (`make test`'s second nginx build): only the test targets that run
 # nginx, the nginx suite and the conformance suite; the host's and Envoy's own tests do not
 # depend on it. The same packages are named either way, so cargo builds the same features
