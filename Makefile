@@ -8,7 +8,7 @@ NGINX ?= debian
 # `make test` covers both nginx builds unless NGINX is given on the command line.
 TEST_NGINX ?= $(if $(filter command line,$(origin NGINX)),$(NGINX),debian 1.28)
 
-.PHONY: all setup filters build demo test test-under-load bench fuzz soak asan fmt clippy clean
+.PHONY: all setup filters build demo test test-under-load deb test-deb bench fuzz soak asan fmt clippy clean
 all: build
 
 setup:
@@ -37,6 +37,15 @@ test: setup
 # `make test` three times in a row (RUNS to change it) with every CPU kept busy (stress-ng).
 test-under-load: setup
 	@bash ci/test-under-load.sh
+
+# The nginx module as a Debian package (from the dist build against Debian's nginx), and the
+# package tried for real: installed, run by Debian's nginx, reloaded, purged (as root).
+deb: setup
+	@INWASM_NGINX=debian bash ci/build.sh
+	@bash ci/deb.sh
+
+test-deb: deb filters
+	@bash ci/test-deb.sh
 
 bench: build
 	@bash ci/bench/run.sh

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   rustc-web cargo-web rust-web-src lld wasi-libc   # wasm32 filter toolchain
   wrk curl python3-venv
   openssl                         # certificates for the TLS upstreams of the tests
+  dpkg-dev                        # make deb (dpkg-shlibdeps)
 )
 
 missing=()
