@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use inwasm_host::testing::{Exchange, MemoryEmbedding, Node};
 use inwasm_host::{
-    Action, FilterError, HttpCallResponse, Module, Pairs, PluginId, StreamLimits, StreamType, Vm, DEFAULT_TIMEOUT,
+    default_request_budget, Action, FilterError, HttpCallResponse, Module, Pairs, PluginId, StreamLimits, StreamType,
+    Vm, DEFAULT_TIMEOUT,
 };
 
 use crate::args::{inline_or_file, Arg, Parser, Usage};
@@ -41,6 +42,8 @@ options:
                         for each call, in the order they are made); a call with no answer
                         left fails, as an unreachable upstream does
   --timeout MS          each callback's budget (default 100, nginx's proxy_wasm_timeout)
+  --request-timeout MS  the budget of all the request's callbacks (default five callbacks'
+                        worth, nginx's proxy_wasm_request_timeout)
 
 Exit status: 0 when the lifecycle ran, 1 when the filter was refused or failed, 2 for a
 usage error or a file that cannot be read.
@@ -55,13 +58,15 @@ struct Options {
     vm_config: Vec<u8>,
     answers: VecDeque<(String, HttpCallResponse)>,
     timeout: Duration,
+    /// The stream's request budget.
+    limits: StreamLimits,
 }
 
 /// `inwasm run`.
 pub fn run(parser: Parser) -> Result<bool, Usage> {
     let Some(options) = options(parser)? else { return Ok(true) };
     let engine = engine()?;
-    let Options { filter, request, response, config, vm_config, answers, timeout } = options;
+    let Options { filter, request, response, config, vm_config, answers, timeout, limits } = options;
     let module = match Module::from_file(&engine, Path::new(&filter), None) {
         Ok(module) => module,
         Err(error) => {
@@ -77,7 +82,7 @@ pub fn run(parser: Parser) -> Result<bool, Usage> {
         let plugin = vm.add_plugin(plugin, MemoryEmbedding::root(&node))?;
         println!("== on_vm_start, on_configure: started");
         session.show_news();
-        session.lifecycle(&mut vm, plugin, request, response, answers)
+        session.lifecycle(&mut vm, plugin, limits, request, response, answers)
     });
     session.show_news();
     session.show_metrics();
@@ -92,7 +97,8 @@ pub fn run(parser: Parser) -> Result<bool, Usage> {
 
 /// Reads the command line and the files it names; `None` after `--help`.
 fn options(mut parser: Parser) -> Result<Option<Options>, Usage> {
-    let (mut filter, mut request, mut response, mut timeout) = (None, None, None, DEFAULT_TIMEOUT);
+    let (mut filter, mut request, mut response) = (None, None, None);
+    let (mut timeout, mut request_timeout) = (DEFAULT_TIMEOUT, None);
     let (mut config, mut vm_config, mut answers) = (Vec::new(), Vec::new(), VecDeque::new());
     while let Some(arg) = parser.next()? {
         match arg {
@@ -113,13 +119,8 @@ fn options(mut parser: Parser) -> Result<Option<Options>, Usage> {
                 }
                 "config" => config = inline_or_file(&parser.value(&name)?)?,
                 "vm-config" => vm_config = inline_or_file(&parser.value(&name)?)?,
-                "timeout" => {
-                    let value = parser.value(&name)?;
-                    let millis = value.parse().ok().filter(|&ms| ms > 0);
-                    timeout = Duration::from_millis(
-                        millis.ok_or_else(|| Usage::new(format!("--timeout {value}: not a number of milliseconds")))?,
-                    );
-                }
+                "timeout" => timeout = millis(&name, &parser.value(&name)?)?,
+                "request-timeout" => request_timeout = Some(millis(&name, &parser.value(&name)?)?),
                 _ => return Err(Arg::Option(name).unexpected()),
             },
             Arg::Positional(path) if filter.is_none() => filter = Some(path),
@@ -130,7 +131,19 @@ fn options(mut parser: Parser) -> Result<Option<Options>, Usage> {
     let request = request.ok_or_else(|| Usage::new("run needs --request REQUEST.http (see --help)"))?;
     let response =
         response.unwrap_or_else(|| Message { headers: vec![(b":status".to_vec(), b"200".to_vec())], body: Vec::new() });
-    Ok(Some(Options { filter, request, response, config, vm_config, answers, timeout }))
+    let limits = StreamLimits {
+        timeout: None,
+        request_budget: Some(request_timeout.unwrap_or(default_request_budget(timeout))),
+    };
+    Ok(Some(Options { filter, request, response, config, vm_config, answers, timeout, limits }))
+}
+
+/// A positive number of milliseconds, the value of option `name`.
+fn millis(name: &str, value: &str) -> Result<Duration, Usage> {
+    let millis = value.parse().ok().filter(|&ms| ms > 0);
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| Usage::new(format!("--{name} {value}: not a number of milliseconds")))
 }
 
 /// Reads and parses a message file; errors name it.
@@ -183,6 +196,7 @@ impl Session {
         &mut self,
         vm: &mut Vm,
         plugin: PluginId,
+        limits: StreamLimits,
         request: Message,
         response: Message,
         mut answers: VecDeque<(String, HttpCallResponse)>,
@@ -193,8 +207,7 @@ impl Session {
             exchange.request_headers = request.headers;
             exchange.request_body = request.body;
         }
-        let stream =
-            vm.new_stream(plugin, MemoryEmbedding::stream(&self.node, &self.exchange), StreamLimits::default())?;
+        let stream = vm.new_stream(plugin, MemoryEmbedding::stream(&self.node, &self.exchange), limits)?;
         let mut response = Some(response);
         for step in Step::ALL {
             let action = match step {
@@ -217,9 +230,9 @@ impl Session {
                 break;
             }
         }
+        println!("== on_log, on_done, on_delete");
         let finished = vm.finish_stream(stream);
         self.show_news();
-        println!("== on_log, on_done, on_delete");
         finished
     }
 

@@ -91,7 +91,7 @@ fn run_shows_each_phase_as_the_filter_leaves_it() {
     let response_side = out.split("== on_response_headers: Continue\n").nth(1).unwrap();
     assert!(response_side.starts_with(":status: 200\ncontent-type: text/plain\nx-powered-by: inwasm\n"), "{out}");
     assert!(out.contains("== on_response_body: Continue\n\nhello\n"), "{out}");
-    assert!(out.ends_with("== on_log, on_done, on_delete\n"), "{out}");
+    assert!(out.contains("\n== on_log, on_done, on_delete\n"), "{out}");
 }
 
 #[test]
@@ -133,6 +133,11 @@ fn run_reports_a_failure_with_its_backtrace_and_the_budget_it_ran_past() {
     let (code, out, _) = inwasm(&spin);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("exceeded its deadline of 50 ms in proxy_on_request_headers"), "{out}");
+
+    let budget = ["--timeout", "5000", "--request-timeout", "200"];
+    let (code, out, _) = inwasm(&[&spin[..6], &budget].concat());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("exceeded its request budget of 200 ms (all its callbacks for one request)"), "{out}");
 }
 
 #[test]

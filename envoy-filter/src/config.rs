@@ -27,8 +27,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use inwasm_host::{
-    PluginConfig, StreamLimits, VmConfig, DEFAULT_BACKGROUND_TIMEOUT, DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT,
-    DEFAULT_TIMEOUT,
+    default_request_budget, PluginConfig, StreamLimits, VmConfig, DEFAULT_BACKGROUND_TIMEOUT, DEFAULT_MEMORY_LIMIT,
+    DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT,
 };
 use serde_json::{Map, Value};
 
@@ -108,7 +108,8 @@ pub fn parse(filter_name: &[u8], config: &[u8]) -> Result<FilterSettings, String
         ..VmConfig::default()
     };
     let timeout = time(&map, "timeout", DEFAULT_TIMEOUT)?;
-    let stream = StreamLimits { timeout: None, request_budget: Some(time(&map, "request_timeout", timeout * 5)?) };
+    let request_budget = time(&map, "request_timeout", default_request_budget(timeout))?;
+    let stream = StreamLimits { timeout: None, request_budget: Some(request_budget) };
     let plugin = PluginConfig {
         name: string(&map, "name")?.unwrap_or(stem),
         root_id: string(&map, "root_id")?.unwrap_or_default(),

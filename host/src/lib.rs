@@ -44,8 +44,8 @@ with_runtime! {
 
 pub use embedding::*;
 pub use plugin::{
-    PluginConfig, StreamLimits, VmConfig, DEFAULT_BACKGROUND_TIMEOUT, DEFAULT_MEMORY_LIMIT, DEFAULT_START_TIMEOUT,
-    DEFAULT_TIMEOUT,
+    default_request_budget, PluginConfig, StreamLimits, VmConfig, DEFAULT_BACKGROUND_TIMEOUT, DEFAULT_MEMORY_LIMIT,
+    DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT,
 };
 pub use types::*;
 

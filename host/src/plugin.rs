@@ -49,6 +49,12 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default budget of one callback a root context runs on its own.
 pub const DEFAULT_BACKGROUND_TIMEOUT: Duration = Duration::from_millis(20);
 
+/// A request's budget across all its callbacks when none is configured: five callbacks'
+/// worth of `timeout`, the callback budget.
+pub fn default_request_budget(timeout: Duration) -> Duration {
+    timeout * 5
+}
+
 /// One filter configuration: a root context on the VM.
 #[derive(Clone, Debug, Default)]
 pub struct PluginConfig {

@@ -15,7 +15,7 @@ use std::ptr;
 
 use std::time::Duration;
 
-use inwasm_host::{PluginConfig, StreamLimits, DEFAULT_TIMEOUT};
+use inwasm_host::{default_request_budget, PluginConfig, StreamLimits, DEFAULT_TIMEOUT};
 
 /// The longest budget a callback may be given (`proxy_wasm_timeout`).
 const LONGEST_CALLBACK: Duration = Duration::from_secs(60);
@@ -68,7 +68,7 @@ impl LocConf {
     /// What each filter of a request may spend: `proxy_wasm_timeout` a callback, and
     /// `proxy_wasm_request_timeout` (by default five callbacks' worth) all its callbacks.
     pub fn stream_limits(&self) -> StreamLimits {
-        let request_budget = self.request_timeout.unwrap_or(self.timeout() * 5);
+        let request_budget = self.request_timeout.unwrap_or(default_request_budget(self.timeout()));
         StreamLimits { timeout: Some(self.timeout()), request_budget: Some(request_budget) }
     }
 
