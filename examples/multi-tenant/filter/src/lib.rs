@@ -101,10 +101,13 @@ fn misbehave(how: &str) {
         "loop" => loop {
             black_box(());
         },
+        // Takes memory a MiB at a time without writing it, as a leak does: the memory limit
+        // stops it at once, however busy the machine (writing 32 MiB on a loaded one could
+        // take longer than the tenant's deadline, and the deadline would stop it instead).
         "hog" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
-                hoard.push(vec![1; 1 << 20]);
+                hoard.push(Vec::with_capacity(1 << 20));
                 black_box(&hoard);
             }
         }
