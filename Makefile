@@ -30,7 +30,8 @@ demo:
 	@INWASM_NGINX=$(NGINX) bash ci/demo.sh
 
 # clippy, every test against the first nginx build, against the others what runs nginx,
-# then the fuzz targets briefly (the filters build meanwhile: ci/test-all.sh).
+# then the fuzz targets briefly (the filters and the fuzz targets build alongside:
+# ci/test-all.sh).
 test: setup
 	@TEST_NGINX="$(TEST_NGINX)" bash ci/test-all.sh
 

@@ -37,8 +37,9 @@ EOF
 # The shared libraries the module links, as Debian's own tooling states them.
 mkdir -p "$stage/debian"
 printf 'Source: %s\n\nPackage: %s\nArchitecture: any\n' "$package" "$package" >"$stage/debian/control"
-libraries=$(cd "$stage" && dpkg-shlibdeps -O -e"root/usr/lib/nginx/modules/ngx_http_inwasm_module.so" 2>/dev/null |
-  sed -n 's/^shlibs:Depends=//p')
+libraries=$(cd "$stage" && dpkg-shlibdeps -O -e"root/usr/lib/nginx/modules/ngx_http_inwasm_module.so" 2>"$stage/shlibdeps.log") ||
+  { cat "$stage/shlibdeps.log" >&2; echo "deb: dpkg-shlibdeps failed" >&2; exit 1; }
+libraries=${libraries#shlibs:Depends=}
 
 cat >"$root/DEBIAN/control" <<EOF
 Package: $package
