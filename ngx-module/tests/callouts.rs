@@ -97,6 +97,55 @@ fn an_upstream_blocks_balancer_skips_down_and_failed_servers_for_the_backup() {
 }
 
 #[test]
+fn hash_balancers_see_the_call_as_the_request() {
+    let (a, b) = (free_port(), free_port());
+    let servers = format!("server 127.0.0.1:{a}; server 127.0.0.1:{b};");
+    let nginx = gateway(
+        "",
+        &format!(
+            "upstream by_uri {{ hash $request_uri; {servers} }}
+             upstream by_host {{ hash $host consistent; {servers} }}
+             upstream by_header {{ hash $http_x_extra; {servers} }}
+             upstream by_client {{ ip_hash; {servers} }}
+             upstream by_port {{ hash $binary_remote_addr$remote_port$server_addr$gzip_ratio; {servers} }}
+             {}",
+            services(&[a, b])
+        ),
+    );
+    let server = |headers: &[(&str, &str)]| {
+        let response = call(&nginx, headers);
+        assert_eq!(response.header("x-call-status"), Some("200"), "{headers:?}: {}", nginx.error_log());
+        who(&response).0
+    };
+    // Sixteen values of `header`, each twice: the same server each time, both servers in all.
+    let spread = |upstream: &str, header: &str, value: fn(usize) -> String| {
+        let chosen: BTreeSet<_> = (0..16)
+            .map(|i| {
+                let value = value(i);
+                let mut headers = vec![("x-upstream", upstream), (header, value.as_str())];
+                if header != "x-path" {
+                    headers.push(("x-path", "/who"));
+                }
+                let first = server(&headers);
+                assert_eq!(first, server(&headers), "{upstream}: the same {header} goes to the same server");
+                first
+            })
+            .collect();
+        assert_eq!(chosen.len(), 2, "{upstream}: sixteen {header} values reach both servers");
+    };
+    spread("by_uri", "x-path", |i| format!("/who/{i}"));
+    spread("by_host", "x-authority", |i| format!("h{i}.test"));
+    let header_calls: BTreeSet<_> =
+        (0..4).map(|_| server(&[("x-upstream", "by_header"), ("x-path", "/who")])).collect();
+    assert_eq!(header_calls.len(), 1, "one x-extra value, one server");
+    // No client address: one server for every call, and nothing that reads one fails.
+    let clients: BTreeSet<_> = (0..4).map(|_| server(&[("x-upstream", "by_client"), ("x-path", "/who")])).collect();
+    assert_eq!(clients.len(), 1, "ip_hash: every call to one server");
+    server(&[("x-upstream", "by_port"), ("x-path", "/who")]);
+    assert!(!nginx.error_log().contains("signal"), "{}", nginx.error_log());
+}
+
+#[test]
 fn host_names_are_resolved_by_nginxs_resolver() {
     let (dns, port) = (DnsServer::start(Ipv4Addr::LOCALHOST), free_port());
     let resolving = gateway("", &format!("resolver 127.0.0.1:{} ipv6=off; {}", dns.port, services(&[port])));

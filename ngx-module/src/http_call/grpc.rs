@@ -187,7 +187,7 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: GrpcCallRequest) -> Resul
     // A unary call's deadline is the filter's; a stream has none (as in Envoy's Wasm filter).
     let timeout = request.timeout.filter(|_| unary);
     let exchange = Exchange::Grpc(Box::new(grpc));
-    open(link, token, &upstream, peer, &authority, false, timeout, exchange).map_err(|r| (Status::InternalFailure, r))
+    open(link, token, &upstream, peer, &headers, false, timeout, exchange).map_err(|r| (Status::InternalFailure, r))
 }
 
 /// The HTTP/2 request of `headers` (pseudo-headers first, as `grpc_client` makes them).

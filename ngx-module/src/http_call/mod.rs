@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use inwasm_host::grpc_client::GrpcEvent;
 use inwasm_host::http1_client::request_bytes;
-use inwasm_host::{HttpCallRequest, HttpCallResponse};
+use inwasm_host::{HttpCallRequest, HttpCallResponse, Pairs};
 use ngx::ffi::{
     ngx_add_timer, ngx_close_connection, ngx_connection_t, ngx_create_pool, ngx_del_timer, ngx_delete_posted_event,
     ngx_destroy_pool, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t, ngx_http_request_t, ngx_inet_set_port,
@@ -177,27 +177,31 @@ struct Call {
 pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> Result<(), String> {
     let bytes = request_bytes(&request).map_err(|malformed| malformed.0)?;
     let target = Target::of(&request.upstream)?;
-    let header = |name: &[u8]| request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice());
-    let authority = std::str::from_utf8(header(b":authority").unwrap_or_default()).unwrap_or_default();
-    let method = header(b":method").unwrap_or_default();
+    let method = header(&request.headers, b":method").unwrap_or_default();
     let timeout = request.timeout.unwrap_or(LONGEST_CALL).min(LONGEST_CALL);
     let exchange = Exchange::Http(http1::Http1::new(bytes, method));
-    let tls = header(b":scheme") == Some(b"https");
-    open(link, token, &request.upstream, target, authority, tls, Some(timeout), exchange)
+    let tls = header(&request.headers, b":scheme") == Some(b"https");
+    open(link, token, &request.upstream, target, &request.headers, tls, Some(timeout), exchange)
 }
 
-/// Makes the call and starts it towards `target`.
+/// The value of the header `name` in `headers`.
+fn header<'a>(headers: &'a Pairs, name: &[u8]) -> Option<&'a [u8]> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+}
+
+/// Makes the call of `headers` (pseudo-headers included) and starts it towards `target`.
 #[allow(clippy::too_many_arguments)]
 fn open(
     link: &Rc<RootLink>,
     token: u32,
     upstream: &str,
     target: Target,
-    authority: &str,
+    headers: &Pairs,
     tls: bool,
     timeout: Option<Duration>,
     exchange: Exchange,
 ) -> Result<(), String> {
+    let authority = std::str::from_utf8(header(headers, b":authority").unwrap_or_default()).unwrap_or_default();
     let host = authority.parse::<http::uri::Authority>().map(|a| a.host().trim_matches(['[', ']']).to_string());
     let log = link.log();
     // SAFETY: the link's log is the cycle's.
@@ -253,7 +257,7 @@ fn open(
         }
         CALLS.with(|calls| calls.borrow_mut().insert((Rc::as_ptr(link), token), call));
         match target {
-            Target::Block(block) => match peer::balancer_request(pool, log) {
+            Target::Block(block) => match peer::balancer_request(pool, log, headers) {
                 Some(r) if peer::init_balancer(r, block) => {
                     c.balancer = r;
                     c.peer = &mut (*(*r).upstream).peer;

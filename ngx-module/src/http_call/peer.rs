@@ -6,16 +6,19 @@ use std::ffi::c_void;
 use std::net::SocketAddr;
 use std::ptr;
 
+use inwasm_host::Pairs;
 use ngx::ffi::{
-    ngx_cycle, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t, ngx_http_core_main_conf_t, ngx_http_core_module,
-    ngx_http_module, ngx_http_request_t, ngx_http_upstream_main_conf_t, ngx_http_upstream_module,
-    ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_http_variable_value_t, ngx_list_init, ngx_log_t,
-    ngx_pcalloc, ngx_pool_t, ngx_resolver_t, ngx_table_elt_t, NGX_HTTP_UPSTREAM_CREATE, NGX_OK,
+    ngx_connection_t, ngx_cycle, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t, ngx_http_core_main_conf_t,
+    ngx_http_core_module, ngx_http_max_module, ngx_http_module, ngx_http_request_t, ngx_http_upstream_main_conf_t,
+    ngx_http_upstream_module, ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_http_variable_value_t,
+    ngx_list_init, ngx_log_t, ngx_pcalloc, ngx_pool_t, ngx_resolver_t, ngx_table_elt_t, ngx_timeofday, sockaddr,
+    socklen_t, NGX_HTTP_UPSTREAM_CREATE, NGX_OK,
 };
 
 use ngx::http::HttpModuleConfExt;
 
 use crate::ffi::bytes;
+use crate::headers::{self, Side};
 
 /// What a call's `upstream` names.
 pub enum Target {
@@ -100,28 +103,46 @@ fn resolver() -> Option<Resolver> {
     }
 }
 
-/// The request nginx's balancers take, made for a call: it has the call's pool and log, the
-/// `http {}` block's configuration and empty variables and headers (a balancer that hashes
-/// on the request sees no client), and an upstream whose `peer` the balancer fills in.
+/// The request nginx's balancers take, made for a call: the call itself, as nginx would
+/// have read it from a client (`headers`, pseudo-headers included, give its method, URI,
+/// arguments, `Host` and headers, so `hash $request_uri` or `hash $http_x_tenant` spread
+/// calls as they spread requests), on a connection with no client address (`ip_hash` then
+/// sends every call to one server, as nginx does for clients on a UNIX socket). It has the
+/// call's pool and log, the `http {}` block's configuration, an empty module context and
+/// variables, and an upstream whose `peer` the balancer fills in. What nginx could not make
+/// of a header (a path it would refuse) the balancer does not see; the call still goes out.
 ///
 /// # Safety
 /// `pool` and `log` must be live and outlive every use of the request; runs in a worker.
-pub unsafe fn balancer_request(pool: *mut ngx_pool_t, log: *mut ngx_log_t) -> Option<*mut ngx_http_request_t> {
+pub unsafe fn balancer_request(
+    pool: *mut ngx_pool_t,
+    log: *mut ngx_log_t,
+    headers: &Pairs,
+) -> Option<*mut ngx_http_request_t> {
     let http = http_block()?;
     // SAFETY: zeroed nginx structures are their empty values; everything is allocated from
     // `pool`, which outlives the request (the caller's contract).
     unsafe {
         let r = ngx_pcalloc(pool, size_of::<ngx_http_request_t>()) as *mut ngx_http_request_t;
         let u = ngx_pcalloc(pool, size_of::<ngx_http_upstream_t>()) as *mut ngx_http_upstream_t;
-        let c = ngx_pcalloc(pool, size_of::<ngx::ffi::ngx_connection_t>()) as *mut ngx::ffi::ngx_connection_t;
+        let c = ngx_pcalloc(pool, size_of::<ngx_connection_t>()) as *mut ngx_connection_t;
+        // An address of no family: what `ip_hash`, `$remote_port` or `$server_addr` read.
+        let nowhere = ngx_pcalloc(pool, size_of::<sockaddr>()) as *mut sockaddr;
         let cmcf = *http.main_conf.add(ngx_http_core_module.ctx_index) as *const ngx_http_core_main_conf_t;
         let variables = (*cmcf).variables.nelts.max(1);
         let values = ngx_pcalloc(pool, variables * size_of::<ngx_http_variable_value_t>());
-        if r.is_null() || u.is_null() || c.is_null() || values.is_null() {
+        let contexts = ngx_pcalloc(pool, ngx_http_max_module * size_of::<*mut c_void>());
+        if r.is_null() || u.is_null() || c.is_null() || nowhere.is_null() || values.is_null() || contexts.is_null() {
             return None;
         }
-        (*c).log = log;
-        (*c).pool = pool;
+        let connection = &mut *c;
+        connection.fd = -1;
+        connection.log = log;
+        connection.pool = pool;
+        connection.sockaddr = nowhere;
+        connection.socklen = size_of::<sockaddr>() as socklen_t;
+        connection.local_sockaddr = nowhere;
+        connection.local_socklen = size_of::<sockaddr>() as socklen_t;
         (*u).peer.log = log;
         let request = &mut *r;
         request.pool = pool;
@@ -130,10 +151,20 @@ pub unsafe fn balancer_request(pool: *mut ngx_pool_t, log: *mut ngx_log_t) -> Op
         request.main_conf = http.main_conf;
         request.srv_conf = http.srv_conf;
         request.loc_conf = http.loc_conf;
+        request.ctx = contexts as *mut *mut c_void;
         request.variables = values as *mut ngx_http_variable_value_t;
         request.upstream = u;
-        let headers = ptr::addr_of_mut!(request.headers_in.headers);
-        (ngx_list_init(headers, pool, 1, size_of::<ngx_table_elt_t>()) == NGX_OK as isize).then_some(r)
+        let now = ngx_timeofday();
+        (request.start_sec, request.start_msec) = (now.sec, now.msec);
+        let list = ptr::addr_of_mut!(request.headers_in.headers);
+        if ngx_list_init(list, pool, headers.len().max(1), size_of::<ngx_table_elt_t>()) != NGX_OK as isize {
+            return None;
+        }
+        for (name, value) in headers {
+            // Best effort: a header nginx would refuse is one the balancer does not see.
+            let _ = headers::add(r, Side::Request, name, value);
+        }
+        Some(r)
     }
 }
 
