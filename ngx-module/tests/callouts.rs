@@ -1,14 +1,16 @@
 //! http calls on nginx's upstream machinery, through a real nginx: upstream blocks with their
-//! balancer (down and backup servers, keepalive), nginx's resolver, TLS with a CA of the
-//! test's own, requests a filter tries to smuggle something into, large chunked answers and
-//! calls from a root context's ticks. The callout filter makes one call per request, shaped by
-//! the request's headers, and answers with what came back.
+//! balancer (down and backup servers, keepalive, hashing), nginx's resolver, TLS with a CA of
+//! the test's own (http calls, and gRPC calls to a real gRPC server behind a TLS HTTP/2
+//! server block), requests a filter tries to smuggle something into, large chunked answers
+//! and calls from a root context's ticks. The callout filter makes one call per request,
+//! shaped by the request's headers, and answers with what came back.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
+use inwasm_grpc_upstream::GrpcUpstream;
 use support::*;
 
 /// The server blocks the calls go to: each of `ports` answers `/who` with
@@ -218,6 +220,75 @@ fn https_calls_refuse_an_untrusted_server_unless_verification_is_off() {
 
     let unverified = tls_gateway("tls_verify off;");
     assert_eq!(tls_call(&unverified, "callout.test").header("x-call-status"), Some("200"));
+}
+
+/// The script filter's steps for a gRPC call to `upstream`, answered with what came back.
+fn grpc_call(verb: &str, upstream: &str, messages: &str) -> String {
+    let method = if verb == "grpc-call" { "Unary" } else { "Stream" };
+    format!(
+        "proxy_wasm script 'request_headers {verb} {upstream} inwasm.test.Echo {method} {messages}
+         request_headers pause
+         grpc_done respond-grpc-log';"
+    )
+}
+
+#[test]
+fn grpc_calls_to_grpcs_names_go_over_tls_and_negotiate_http2() {
+    let grpc = GrpcUpstream::start();
+    let dir = scratch_dir();
+    let certs = TestCertificates::make(&dir, &["grpc.test", "http1.test"]);
+    let (port, http1_port) = (free_port(), free_port());
+    let tls_server = |port: u16, http2: &str| {
+        format!(
+            "server {{
+                 listen 127.0.0.1:{port} ssl {http2};
+                 ssl_certificate {};
+                 ssl_certificate_key {};
+                 location / {{ grpc_pass grpc://127.0.0.1:{}; }}
+             }}",
+            certs.cert.display(),
+            certs.key.display(),
+            grpc.port
+        )
+    };
+    let nginx = Nginx::start_with(
+        1,
+        &format!("wasm {{ module script {}; tls_trusted_certificate {}; }}", filter("script"), certs.ca.display()),
+        &format!(
+            "location /unary {{ {} }}
+             location /stream {{ {} }}
+             location /cleartext {{ {} }}
+             location /address {{ {} }}
+             location /http1 {{ {} }}",
+            grpc_call("grpc-call", "grpcs://grpc.test", "hello"),
+            grpc_call("grpc-stream", "grpcs://grpc.test", "a,b"),
+            grpc_call("grpc-call", "grpc://grpc.test", "hello"),
+            grpc_call("grpc-call", &format!("grpcs://127.0.0.1:{port}"), "hello"),
+            grpc_call("grpc-call", "grpcs://http1.test", "hello"),
+        ),
+        &format!(
+            "upstream grpc.test {{ server 127.0.0.1:{port}; }}
+             upstream http1.test {{ server 127.0.0.1:{http1_port}; }}
+             {} {}",
+            tls_server(port, "http2"),
+            tls_server(http1_port, "")
+        ),
+    );
+    assert_eq!(nginx.get("/unary").text(), "call answered echo:hello", "{}", nginx.error_log());
+    let stream = "message echo:a\nmessage echo:b\ntrailing grpc-status=0\nclosed 0 via_upstream";
+    assert!(nginx.get("/stream").text().ends_with(stream), "{}", nginx.error_log());
+    let failed = |path: &str, why: &str| {
+        let text = nginx.get(path).text();
+        assert!(text.starts_with("call failed 14"), "{path}: {why}: {text}");
+    };
+    failed("/cleartext", "cleartext HTTP/2 to a TLS server");
+    failed("/address", "an address is not the certificate's name");
+    failed("/http1", "a TLS server without HTTP/2");
+    let log = nginx.error_log();
+    assert!(log.contains("does not match \"127.0.0.1\""), "{log}");
+    // nginx refuses a handshake that offers no protocol it serves (other servers may accept
+    // it without choosing one: then the call says h2 was not agreed).
+    assert!(log.contains("TLS handshake failed, gRPC call to \"http1.test\""), "{log}");
 }
 
 #[test]

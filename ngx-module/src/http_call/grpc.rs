@@ -1,7 +1,8 @@
 //! A gRPC call's exchange: one HTTP/2 stream (the `h2` crate, driven by nginx's events on the
-//! call's own connection, cleartext HTTP/2 with prior knowledge as nginx's `grpc_pass
-//! grpc://`), its request and framing as Envoy's gRPC client makes them and its response
-//! read into the filter's events (`inwasm_host::grpc_client`), with Envoy's status rules.
+//! call's own connection: cleartext HTTP/2 with prior knowledge as nginx's `grpc_pass
+//! grpc://`, or over TLS negotiating `h2` as `grpc_pass grpcs://`), its request and framing
+//! as Envoy's gRPC client makes them and its response read into the filter's events
+//! (`inwasm_host::grpc_client`), with Envoy's status rules.
 //!
 //! `h2` is polled, never awaited: each time nginx says the connection can be read or
 //! written, and after each message the filter sends, every part (the connection, the
@@ -155,13 +156,19 @@ impl Grpc {
 
 /// Starts gRPC call `token` (a unary call when the request has a message, else a stream) for
 /// the root behind `link`. The target is an `upstream {}` block or `host:port` named by the
-/// filter's upstream (or a `GrpcService`'s cluster): an unknown name is refused with
+/// filter's upstream (or a `GrpcService`'s cluster), cleartext unless written
+/// `grpcs://NAME` (as `grpc_pass` takes it): an unknown name is refused with
 /// `PARSE_FAILURE`, as Envoy refuses an unknown cluster.
 pub fn start(link: &Rc<RootLink>, token: u32, request: GrpcCallRequest) -> Result<(), (Status, String)> {
     let target = grpc_client::target(&request.upstream).map_err(|status| (status, "invalid GrpcService".into()))?;
-    let upstream = String::from_utf8_lossy(&target.cluster).into_owned();
-    let peer = Target::of(&upstream).map_err(|reason| (Status::ParseFailure, reason))?;
-    let authority = String::from_utf8_lossy(&target.authority).into_owned();
+    let named = String::from_utf8_lossy(&target.cluster).into_owned();
+    let (tls, upstream) = scheme(&named);
+    let peer = Target::of(upstream).map_err(|reason| (Status::ParseFailure, reason))?;
+    // A call by name has the name for its authority: the upstream's, without the scheme.
+    let authority = match target.authority == target.cluster {
+        true => upstream.to_string(),
+        false => String::from_utf8_lossy(&target.authority).into_owned(),
+    };
     let mut metadata = target.metadata;
     metadata.extend(request.initial_metadata);
     let headers = grpc_client::request_headers(
@@ -187,7 +194,17 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: GrpcCallRequest) -> Resul
     // A unary call's deadline is the filter's; a stream has none (as in Envoy's Wasm filter).
     let timeout = request.timeout.filter(|_| unary);
     let exchange = Exchange::Grpc(Box::new(grpc));
-    open(link, token, &upstream, peer, &headers, false, timeout, exchange).map_err(|r| (Status::InternalFailure, r))
+    open(link, token, upstream, peer, &headers, tls, timeout, exchange).map_err(|r| (Status::InternalFailure, r))
+}
+
+/// Whether a call's upstream asks for TLS (`grpcs://NAME`), and the name without the scheme
+/// (`grpc://NAME` is cleartext, as is a bare name).
+fn scheme(upstream: &str) -> (bool, &str) {
+    match (upstream.strip_prefix("grpcs://"), upstream.strip_prefix("grpc://")) {
+        (Some(name), _) => (true, name),
+        (None, Some(name)) => (false, name),
+        (None, None) => (false, upstream),
+    }
 }
 
 /// The HTTP/2 request of `headers` (pseudo-headers first, as `grpc_client` makes them).

@@ -491,7 +491,8 @@ unsafe fn connected(call: *mut Call) {
             return fail(call, "TLS is not configured", 0);
         };
         c.stage = Stage::Handshaking;
-        match client.handshake(c.peer, connection, &c.host, on_handshake) {
+        let protocol = matches!(c.exchange, Exchange::Grpc(_)).then_some(tls::HTTP2);
+        match client.handshake(c.peer, connection, &c.host, protocol, on_handshake) {
             Ok(true) => on_handshake(connection),
             Ok(false) => {}
             Err(reason) => next_peer(call, &reason),
@@ -506,8 +507,10 @@ unsafe extern "C" fn on_handshake(connection: *mut ngx_connection_t) {
         guard((*call).log, (), || {
             let c = &mut *call;
             let client = WasmConf::of_cycle(ngx::ffi::ngx_cycle).and_then(|conf| conf.tls.as_ref());
-            let outcome = client
-                .map_or(Err("TLS is not configured".into()), |client| client.established(c.peer, connection, &c.host));
+            let protocol = matches!(c.exchange, Exchange::Grpc(_)).then_some(tls::HTTP2);
+            let outcome = client.map_or(Err("TLS is not configured".into()), |client| {
+                client.established(c.peer, connection, &c.host, protocol)
+            });
             if let Err(reason) = outcome {
                 return next_peer(call, &reason);
             }

@@ -1,7 +1,8 @@
-//! TLS for calls whose `:scheme` is `https`, on nginx's own TLS layer: one client context per
-//! configuration (the `wasm {}` block's `tls_trusted_certificate` and `tls_verify`), SNI from
-//! the call's `:authority`, the session kept by the upstream block's balancer, and the
-//! server's certificate checked against the trusted ones and the authority's host name.
+//! TLS for http calls whose `:scheme` is `https` and gRPC calls to `grpcs://`, on nginx's own
+//! TLS layer: one client context per configuration (the `wasm {}` block's
+//! `tls_trusted_certificate` and `tls_verify`), SNI from the call's `:authority`, the session
+//! kept by the upstream block's balancer, the server's certificate checked against the
+//! trusted ones and the authority's host name, and for gRPC `h2` negotiated (ALPN).
 
 use std::ffi::{c_void, CStr, CString};
 use std::ptr;
@@ -10,11 +11,15 @@ use ngx::ffi::{
     ngx_conf_t, ngx_connection_t, ngx_int_t, ngx_pcalloc, ngx_peer_connection_t, ngx_pool_cleanup_add,
     ngx_ssl_check_host, ngx_ssl_cleanup_ctx, ngx_ssl_create, ngx_ssl_create_connection, ngx_ssl_handshake, ngx_ssl_t,
     ngx_ssl_trusted_certificate, ngx_str_t, NGX_SSL_TLSv1_2, NGX_SSL_TLSv1_3, SSL_CTX_set_default_verify_paths,
-    SSL_ctrl, SSL_get_servername, SSL_get_verify_result, TLSEXT_NAMETYPE_host_name, X509_verify_cert_error_string,
-    NGX_AGAIN, NGX_OK, NGX_SSL_BUFFER, NGX_SSL_CLIENT, SSL_CTRL_SET_TLSEXT_HOSTNAME,
+    SSL_ctrl, SSL_get0_alpn_selected, SSL_get_servername, SSL_get_verify_result, SSL_set_alpn_protos,
+    TLSEXT_NAMETYPE_host_name, X509_verify_cert_error_string, NGX_AGAIN, NGX_OK, NGX_SSL_BUFFER, NGX_SSL_CLIENT,
+    SSL_CTRL_SET_TLSEXT_HOSTNAME,
 };
 
 use crate::ffi::pool_str;
+
+/// The ALPN protocol a gRPC call negotiates: HTTP/2.
+pub const HTTP2: &[u8] = b"h2";
 
 /// How deep a server's certificate chain may be.
 const VERIFY_DEPTH: ngx_int_t = 4;
@@ -82,8 +87,9 @@ pub unsafe fn serves(c: *mut ngx_connection_t, host: &str) -> bool {
 }
 
 impl TlsClient {
-    /// Starts the handshake on `c` for `host` (SNI unless an address), resuming the session
-    /// `pc`'s balancer kept. `Ok(true)`: done; `Ok(false)`: `on_done` runs when it is.
+    /// Starts the handshake on `c` for `host` (SNI unless an address), offering `protocol`
+    /// (ALPN) if given, resuming the session `pc`'s balancer kept. `Ok(true)`: done;
+    /// `Ok(false)`: `on_done` runs when it is.
     ///
     /// # Safety
     /// `c` must be `pc`'s live connection, with a pool.
@@ -92,6 +98,7 @@ impl TlsClient {
         pc: *mut ngx_peer_connection_t,
         c: *mut ngx_connection_t,
         host: &str,
+        protocol: Option<&[u8]>,
         on_done: unsafe extern "C" fn(*mut ngx_connection_t),
     ) -> Result<bool, String> {
         // SAFETY: a live connection with a pool (the caller's contract); the context lives
@@ -106,6 +113,13 @@ impl TlsClient {
                 let (command, kind) = (SSL_CTRL_SET_TLSEXT_HOSTNAME as i32, TLSEXT_NAMETYPE_host_name as _);
                 SSL_ctrl((*(*c).ssl).connection, command, kind, name.as_ptr() as *mut c_void);
             }
+            if let Some(protocol) = protocol {
+                // ALPN's wire form: each protocol name after its length.
+                let offer = [&[protocol.len() as u8][..], protocol].concat();
+                if SSL_set_alpn_protos((*(*c).ssl).connection, offer.as_ptr(), offer.len() as _) != 0 {
+                    return Err("TLS failed to offer ALPN".into());
+                }
+            }
             if let Some(set_session) = (*pc).set_session {
                 set_session(pc, (*pc).data);
             }
@@ -119,8 +133,9 @@ impl TlsClient {
         }
     }
 
-    /// After the handshake: whether it succeeded and the server is `host`'s (unless
-    /// `tls_verify off`); then keeps the session for the next call to that peer.
+    /// After the handshake: whether it succeeded, the server is `host`'s (unless
+    /// `tls_verify off`) and chose `protocol` when one was offered; then keeps the session
+    /// for the next call to that peer.
     ///
     /// # Safety
     /// `c` must be `pc`'s live connection, after its handshake.
@@ -129,6 +144,7 @@ impl TlsClient {
         pc: *mut ngx_peer_connection_t,
         c: *mut ngx_connection_t,
         host: &str,
+        protocol: Option<&[u8]>,
     ) -> Result<(), String> {
         // SAFETY: a live connection whose TLS layer `handshake` made.
         unsafe {
@@ -144,6 +160,14 @@ impl TlsClient {
                 let mut name = ngx_str_t { len: host.len(), data: host.as_ptr() as *mut u8 };
                 if ngx_ssl_check_host(c, &mut name) != NGX_OK as ngx_int_t {
                     return Err(format!("TLS certificate does not match \"{host}\""));
+                }
+            }
+            if let Some(protocol) = protocol {
+                let (mut chosen, mut len) = (ptr::null::<u8>(), 0);
+                SSL_get0_alpn_selected((*(*c).ssl).connection, &mut chosen, &mut len);
+                if chosen.is_null() || std::slice::from_raw_parts(chosen, len as usize) != protocol {
+                    let wanted = String::from_utf8_lossy(protocol);
+                    return Err(format!("the TLS server did not agree to speak {wanted} (ALPN)"));
                 }
             }
             if let Some(save_session) = (*pc).save_session {
