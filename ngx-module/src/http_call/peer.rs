@@ -19,6 +19,7 @@ use ngx::http::HttpModuleConfExt;
 
 use crate::ffi::bytes;
 use crate::headers::{self, Side};
+use crate::{request_line, shortcuts};
 
 /// What a call's `upstream` names.
 pub enum Target {
@@ -160,10 +161,17 @@ pub unsafe fn balancer_request(
         if ngx_list_init(list, pool, headers.len().max(1), size_of::<ngx_table_elt_t>()) != NGX_OK as isize {
             return None;
         }
+        // Best effort: a part nginx would refuse is one the balancer does not see.
         for (name, value) in headers {
-            // Best effort: a header nginx would refuse is one the balancer does not see.
-            let _ = headers::add(r, Side::Request, name, value);
+            let _ = match name.as_slice() {
+                b":path" | b":method" => request_line::set(r, name, value),
+                b":authority" => headers::push(&mut *list, pool, Side::Request, b"host", value).map(drop),
+                pseudo if pseudo.starts_with(b":") => Ok(()),
+                _ => headers::push(&mut *list, pool, Side::Request, name, value).map(drop),
+            };
         }
+        // Once all are in: the shortcuts (`Host`, `User-Agent`, ...) and `$host`.
+        shortcuts::refresh_request(r)?;
         Some(r)
     }
 }
