@@ -232,6 +232,20 @@ fn grpc_call(verb: &str, upstream: &str, messages: &str) -> String {
     )
 }
 
+/// An nginx whose locations make the gRPC calls of `calls` (location, verb, upstream,
+/// messages), trusting `certs`' CA, with `http` in the `http {}` block.
+fn grpc_gateway(certs: &TestCertificates, calls: &[(&str, &str, &str, &str)], http: &str) -> Nginx {
+    let locations: String = calls
+        .iter()
+        .map(|(location, verb, upstream, messages)| {
+            format!("location {location} {{ {} }}\n", grpc_call(verb, upstream, messages))
+        })
+        .collect();
+    let wasm =
+        format!("wasm {{ module script {}; tls_trusted_certificate {}; }}", filter("script"), certs.ca.display());
+    Nginx::start_with(1, &wasm, &locations, http)
+}
+
 #[test]
 fn grpc_calls_to_grpcs_names_go_over_tls_and_negotiate_http2() {
     let grpc = GrpcUpstream::start();
@@ -251,21 +265,16 @@ fn grpc_calls_to_grpcs_names_go_over_tls_and_negotiate_http2() {
             grpc.port
         )
     };
-    let nginx = Nginx::start_with(
-        1,
-        &format!("wasm {{ module script {}; tls_trusted_certificate {}; }}", filter("script"), certs.ca.display()),
-        &format!(
-            "location /unary {{ {} }}
-             location /stream {{ {} }}
-             location /cleartext {{ {} }}
-             location /address {{ {} }}
-             location /http1 {{ {} }}",
-            grpc_call("grpc-call", "grpcs://grpc.test", "hello"),
-            grpc_call("grpc-stream", "grpcs://grpc.test", "a,b"),
-            grpc_call("grpc-call", "grpc://grpc.test", "hello"),
-            grpc_call("grpc-call", &format!("grpcs://127.0.0.1:{port}"), "hello"),
-            grpc_call("grpc-call", "grpcs://http1.test", "hello"),
-        ),
+    let address = format!("grpcs://127.0.0.1:{port}");
+    let nginx = grpc_gateway(
+        &certs,
+        &[
+            ("/unary", "grpc-call", "grpcs://grpc.test", "hello"),
+            ("/stream", "grpc-stream", "grpcs://grpc.test", "a,b"),
+            ("/cleartext", "grpc-call", "grpc://grpc.test", "hello"),
+            ("/address", "grpc-call", &address, "hello"),
+            ("/http1", "grpc-call", "grpcs://http1.test", "hello"),
+        ],
         &format!(
             "upstream grpc.test {{ server 127.0.0.1:{port}; }}
              upstream http1.test {{ server 127.0.0.1:{http1_port}; }}
@@ -289,6 +298,57 @@ fn grpc_calls_to_grpcs_names_go_over_tls_and_negotiate_http2() {
     // nginx refuses a handshake that offers no protocol it serves (other servers may accept
     // it without choosing one: then the call says h2 was not agreed).
     assert!(log.contains("TLS handshake failed, gRPC call to \"http1.test\""), "{log}");
+}
+
+#[test]
+fn grpc_calls_reuse_an_upstream_blocks_keepalive_connections() {
+    let grpc = GrpcUpstream::start();
+    let dir = scratch_dir();
+    let certs = TestCertificates::make(&dir, &["grpc.test"]);
+    let (front, tls_front) = (free_port(), free_port());
+    let log = dir.join("front.log");
+    let nginx = grpc_gateway(
+        &certs,
+        &[
+            ("/kept", "grpc-call", "kept", "hello"),
+            ("/stream", "grpc-stream", "kept", "a,b"),
+            ("/unkept", "grpc-call", "unkept", "hello"),
+            ("/tls", "grpc-call", "grpcs://grpc.test", "hello"),
+        ],
+        &format!(
+            "log_format connection '$server_port $connection';
+             upstream kept {{ server 127.0.0.1:{front}; keepalive 2; }}
+             upstream unkept {{ server 127.0.0.1:{front}; }}
+             upstream grpc.test {{ server 127.0.0.1:{tls_front}; keepalive 2; }}
+             server {{
+                 listen 127.0.0.1:{front} http2;
+                 listen 127.0.0.1:{tls_front} ssl http2;
+                 ssl_certificate {};
+                 ssl_certificate_key {};
+                 access_log {} connection;
+                 location / {{ grpc_pass grpc://127.0.0.1:{}; }}
+             }}",
+            certs.cert.display(),
+            certs.key.display(),
+            log.display(),
+            grpc.port
+        ),
+    );
+    // The connections the front server saw for the calls of `path` (five of them).
+    let connections = |path: &str, port: u16| {
+        let _ = std::fs::write(&log, "");
+        for _ in 0..5 {
+            let text = nginx.get(path).text();
+            assert!(text.ends_with("closed 0 via_upstream") || text == "call answered echo:hello", "{path}: {text}");
+        }
+        let seen = std::fs::read_to_string(&log).unwrap();
+        let of_port: BTreeSet<_> = seen.lines().filter(|l| l.starts_with(&format!("{port} "))).collect();
+        of_port.len()
+    };
+    assert_eq!(connections("/kept", front), 1, "five calls over one kept connection: {}", nginx.error_log());
+    assert_eq!(connections("/stream", front), 1, "streams reuse it too");
+    assert_eq!(connections("/unkept", front), 5, "without keepalive, a connection per call");
+    assert_eq!(connections("/tls", tls_front), 1, "and over TLS");
 }
 
 #[test]

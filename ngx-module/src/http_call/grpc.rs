@@ -24,13 +24,14 @@ use inwasm_host::{GrpcCallRequest, Pairs, Status};
 use ngx::ffi::{ngx_connection_t, ngx_handle_read_event, ngx_handle_write_event, NGX_AGAIN, NGX_OK};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::grpc_keepalive::{self, Kept};
 use super::peer::Target;
 use super::{find, finish, open, tell, Call, Exchange, Outcome, Stage};
 use crate::root_link::RootLink;
 
 /// An nginx connection as `h2` reads and writes it: non-blocking, and when it would block,
 /// nginx's event for it armed.
-struct NgxIo(*mut ngx_connection_t);
+pub struct NgxIo(*mut ngx_connection_t);
 
 impl AsyncRead for NgxIo {
     fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -95,6 +96,9 @@ enum Phase {
     /// Before the connection is up.
     Waiting,
     Handshake(Handshake),
+    /// HTTP/2 is up (just now, or kept from an earlier call); the stream opens once the
+    /// connection may take one more.
+    Ready(SendRequest<Bytes>),
     /// The request is sent; waiting for the response headers.
     Response(ResponseFuture),
     /// Reading the response body (then its trailers).
@@ -135,9 +139,9 @@ impl Grpc {
         self.reader.on_headers(answer, true).into_iter().map(Outcome::Grpc).collect()
     }
 
-    /// A call is sent to another peer only if its connection never came up.
+    /// A call is sent to another peer only if its stream never opened.
     pub fn may_retry(&mut self) -> bool {
-        let again = matches!(self.phase, Phase::Waiting | Phase::Handshake(_));
+        let again = matches!(self.phase, Phase::Waiting | Phase::Handshake(_) | Phase::Ready(_));
         if again {
             self.phase = Phase::Waiting;
             self.connection = None;
@@ -251,16 +255,51 @@ unsafe fn grpc<'a>(call: *mut Call) -> &'a mut Grpc {
     }
 }
 
-/// The connection is up: the HTTP/2 handshake starts.
+/// The connection is up: the HTTP/2 handshake starts, or on a kept connection the stream
+/// opens at once.
 ///
 /// # Safety
 /// `call` must be a live boxed gRPC call with a connection.
 pub unsafe fn begin(call: *mut Call) {
     // SAFETY: the live call and its connection, which outlives the exchange (`shut`).
     unsafe {
-        let io = NgxIo((*(*call).peer).connection);
-        grpc(call).phase = Phase::Handshake(Box::pin(h2::client::handshake(io)));
+        let connection = (*(*call).peer).connection;
+        let grpc = grpc(call);
+        match grpc_keepalive::take(connection) {
+            Some(kept) => {
+                grpc.connection = Some(kept.connection);
+                grpc.phase = Phase::Ready(kept.sender);
+            }
+            None => grpc.phase = Phase::Handshake(Box::pin(h2::client::handshake(NgxIo(connection)))),
+        }
         drive(call);
+    }
+}
+
+/// The call ended cleanly: its connection's HTTP/2 state goes with the connection to the
+/// upstream block's keepalive cache (if it has one, and the connection is still good).
+///
+/// # Safety
+/// `call` must be a live boxed gRPC call with a connection.
+unsafe fn keep_connection(call: *mut Call) {
+    // SAFETY: the live call, its balancer request (when it has one) and its connection.
+    unsafe {
+        let balancer = (*call).balancer;
+        let grpc = grpc(call);
+        if balancer.is_null() || !matches!(grpc.phase, Phase::Done) {
+            return;
+        }
+        grpc.sending = None;
+        let (Some(sender), Some(mut connection)) = (grpc._sender.take(), grpc.connection.take()) else { return };
+        // What the stream's end leaves to send goes out; a connection ending is not kept.
+        if Pin::new(&mut connection).poll(&mut Context::from_waker(Waker::noop())).is_ready() {
+            return;
+        }
+        if grpc_keepalive::keep((*(*call).peer).connection, Kept { sender, connection }) {
+            let upstream = (*balancer).upstream;
+            (*upstream).set_keepalive(1);
+            (*upstream).set_request_body_sent(1);
+        }
     }
 }
 
@@ -291,6 +330,7 @@ pub unsafe fn drive(call: *mut Call) {
         }
         let outcomes: Vec<Outcome> = events.into_iter().map(Outcome::Grpc).collect();
         let closed = grpc.reader.is_closed();
+        let clean = failure.is_none();
         if let Some(reason) = failure.filter(|_| !closed) {
             if !grpc.answered {
                 // Never answered (so nothing to tell yet): the peer failed, as a connection
@@ -302,6 +342,9 @@ pub unsafe fn drive(call: *mut Call) {
             return finish(call, all, 0, Some(&reason));
         }
         if closed {
+            if clean {
+                keep_connection(call);
+            }
             finish(call, outcomes, 0, None);
         } else if !outcomes.is_empty() {
             tell(call, outcomes);
@@ -328,8 +371,17 @@ impl Grpc {
         match &mut self.phase {
             Phase::Waiting | Phase::Done => {}
             Phase::Handshake(handshake) => match handshake.as_mut().poll(cx) {
-                Poll::Ready(Ok((mut sender, connection))) => {
+                Poll::Ready(Ok((sender, connection))) => {
                     self.connection = Some(connection);
+                    self.phase = Phase::Ready(sender);
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Err(format!("HTTP/2 handshake: {e}")),
+                Poll::Pending => {}
+            },
+            Phase::Ready(sender) => match sender.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let mut sender = sender.clone();
                     let request = self.request.take().expect("the request, sent once");
                     let (response, sending) =
                         sender.send_request(request, false).map_err(|e| format!("HTTP/2: {e}"))?;
@@ -338,7 +390,7 @@ impl Grpc {
                     self.phase = Phase::Response(response);
                     progress = true;
                 }
-                Poll::Ready(Err(e)) => return Err(format!("HTTP/2 handshake: {e}")),
+                Poll::Ready(Err(e)) => return Err(format!("HTTP/2: {e}")),
                 Poll::Pending => {}
             },
             Phase::Response(response) => match Pin::new(response).poll(cx) {

@@ -15,6 +15,7 @@
 //! (the rest are its clients'), and an http call's response at most [`MAX_RESPONSE`] bytes.
 
 mod grpc;
+mod grpc_keepalive;
 mod http1;
 mod peer;
 pub mod tls;
@@ -407,7 +408,8 @@ unsafe fn connect(call: *mut Call) {
 }
 
 /// A kept connection that does not suit the call (TLS for another host, plain for a TLS
-/// call, HTTP/1.1 for a gRPC call) is closed, and a new one opened to the same peer.
+/// call, HTTP/1.1 for a gRPC call or HTTP/2 for an http call) is closed, and a new one
+/// opened to the same peer.
 ///
 /// # Safety
 /// `call` must be a live boxed call with a connection.
@@ -477,7 +479,8 @@ unsafe fn connected(call: *mut Call) {
         let connection = (*c.peer).connection;
         let secure = !(*connection).ssl.is_null();
         if (*c.peer).cached() != 0 {
-            let unsuitable = matches!(c.exchange, Exchange::Grpc(_))
+            let grpc = matches!(c.exchange, Exchange::Grpc(_));
+            let unsuitable = grpc != grpc_keepalive::holds(connection)
                 || c.tls != secure
                 || (secure && !tls::serves(connection, &c.host));
             if unsuitable {
