@@ -8,8 +8,12 @@ module used once, in turn: how many answered through their filter, and the worke
 after (a worker keeps at most 1,000 live instances, releasing idle ones to make room).
 
 Each module is a small proxy-wasm filter in text format (it adds one response header), made
-distinct by its own tenant name, so every one is compiled (and cached) on its own.
-Prints a markdown table; `--json FILE` also writes the numbers.
+distinct by its own tenant name, so every one is compiled (and cached) on its own. With
+`--filter FILE.wasm` (an SDK-built filter that adds response header `--marker`), each module
+is a copy of that file made distinct by a custom section of its own, as tenants upload real
+filters. Memory is also reported as PSS summed over the master and its workers (what the
+modules cost the machine, shared pages counted once). Prints a markdown table; `--json FILE`
+also writes the numbers.
 """
 
 import argparse
@@ -41,7 +45,32 @@ FILTER = """(module
 """
 
 
-def write_config(work, count, port, module_so):
+def leb128(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def distinct_copy(wasm, name):
+    """`wasm` with a custom section `inwasm-density` holding `name` appended."""
+    section_name = b"inwasm-density"
+    body = leb128(len(section_name)) + section_name + name.encode()
+    return wasm + b"\x00" + leb128(len(body)) + body
+
+
+def write_module(modules, name, base):
+    """Writes module `name` (a copy of `base`'s bytes, or the text filter); returns its path."""
+    path = os.path.join(modules, f"{name}.wasm" if base else f"{name}.wat")
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.write(distinct_copy(base, name) if base else FILTER.format(name=name, length=len(name)).encode())
+    return path
+
+
+def write_config(work, count, port, module_so, base):
     modules = os.path.join(work, "modules")
     os.makedirs(modules, exist_ok=True)
     lines = [f"load_module {module_so};", "worker_processes 1;", f"pid {work}/nginx.pid;",
@@ -50,10 +79,7 @@ def write_config(work, count, port, module_so):
     locations = []
     for i in range(count):
         name = f"t{i}"
-        path = os.path.join(modules, f"{name}.wat")
-        if not os.path.exists(path):
-            with open(path, "w") as f:
-                f.write(FILTER.format(name=name, length=len(name)))
+        path = write_module(modules, name, base)
         lines.append(f"    module {name} {path};")
         locations.append(f"        location = /{name} {{ proxy_wasm {name}; return 200 'ok\\n'; }}")
     lines += ["}", "http {", "    access_log off;", "    keepalive_requests 100000;",
@@ -73,6 +99,9 @@ def timed(args):
     return time.monotonic() - started
 
 
+MARKER = b"x-tenant:"
+
+
 def first_request(port, path):
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port)) as s:
@@ -81,7 +110,7 @@ def first_request(port, path):
         while chunk := s.recv(65536):
             reply += chunk
     elapsed = time.monotonic() - started
-    if b"x-tenant:" not in reply:
+    if MARKER not in reply.lower():
         sys.exit(f"GET {path}: the filter did not run:\n{reply!r}")
     return elapsed
 
@@ -100,7 +129,7 @@ def use_every_module(port, count):
                 headers.append(line.lower())
             length = next(int(h.split(b":")[1]) for h in headers if h.startswith(b"content-length:"))
             reader.read(length)
-            served += status.startswith(b"HTTP/1.1 200") and any(h.startswith(b"x-tenant:") for h in headers)
+            served += status.startswith(b"HTTP/1.1 200") and any(h.startswith(MARKER) for h in headers)
     return served
 
 
@@ -124,11 +153,20 @@ def stop(nginx, work, conf, master):
         time.sleep(0.01)
 
 
-def measure(nginx, module_so, count):
+def pss_kib(pids):
+    """The PSS of `pids`, summed."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    return total
+
+
+def measure(nginx, module_so, count, base):
     work = tempfile.mkdtemp(prefix=f"inwasm-density-{count}-")
     try:
         port = free_port()
-        conf = write_config(work, count, port, module_so)
+        conf = write_config(work, count, port, module_so, base)
         test_cold = timed([nginx, "-t", "-q", "-p", work, "-c", conf])
         shutil.rmtree(os.path.join(work, "cache"), ignore_errors=True)
         start_cold, master = start(nginx, work, conf, port)
@@ -137,6 +175,7 @@ def measure(nginx, module_so, count):
         start_cached, master = start(nginx, work, conf, port)
         worker = children(master)[0]
         master_rss, worker_rss = rss_kib(master), rss_kib(worker)
+        pss = pss_kib([master, worker])
         unused = f"/t{count - 1}" if count > 1 else "/t0"
         first = first_request(port, unused)
         again = first_request(port, unused)
@@ -145,7 +184,7 @@ def measure(nginx, module_so, count):
         stop(nginx, work, conf, master)
         return {"modules": count, "test_cold_s": test_cold, "start_cold_s": start_cold,
                 "test_cached_s": test_cached, "start_cached_s": start_cached,
-                "master_rss_kib": master_rss, "worker_rss_kib": worker_rss,
+                "master_rss_kib": master_rss, "worker_rss_kib": worker_rss, "pss_kib": pss,
                 "first_request_ms": first * 1e3, "next_request_ms": again * 1e3,
                 "served_all_once": served, "worker_rss_all_used_kib": used_rss}
     finally:
@@ -157,21 +196,31 @@ def main():
     parser.add_argument("--counts", default="1,100,1000,10000")
     parser.add_argument("--nginx", default=NGINX)
     parser.add_argument("--module", default=NGINX_MODULE)
+    parser.add_argument("--filter", help="an SDK-built filter to copy instead of the text-format one")
+    parser.add_argument("--marker", default="x-wasm", help="the response header that --filter adds")
     parser.add_argument("--json")
     args = parser.parse_args()
-    rows = [measure(args.nginx, args.module, int(n)) for n in args.counts.split(",")]
-    base = rows[0]
+    base = None
+    if args.filter:
+        global MARKER
+        MARKER = args.marker.lower().encode() + b":"
+        with open(args.filter, "rb") as f:
+            base = f.read()
+    rows = [measure(args.nginx, args.module, int(n), base) for n in args.counts.split(",")]
+    first = rows[0]
     print("| modules | `nginx -t` cold | start cold | `nginx -t` cached | start cached | master RSS | worker RSS "
-          "| per idle module (worker) | first request to an unused module | next request "
-          "| every module used once: served | worker RSS after |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| per idle module (worker RSS) | per idle module (PSS, master + worker) "
+          "| first request to an unused module | next request | every module used once: served | worker RSS after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        extra = row["modules"] - base["modules"]
-        per_module = (row["worker_rss_kib"] - base["worker_rss_kib"]) / extra if extra else 0
-        row["per_module_kib"] = per_module
+        extra = row["modules"] - first["modules"]
+        per_module = (row["worker_rss_kib"] - first["worker_rss_kib"]) / extra if extra else 0
+        per_module_pss = (row["pss_kib"] - first["pss_kib"]) / extra if extra else 0
+        row["per_module_kib"], row["per_module_pss_kib"] = per_module, per_module_pss
         print(f"| {row['modules']} | {row['test_cold_s']:.2f} s | {row['start_cold_s']:.2f} s | "
               f"{row['test_cached_s']:.2f} s | {row['start_cached_s']:.2f} s | {row['master_rss_kib'] / 1024:.1f} MiB | "
-              f"{row['worker_rss_kib'] / 1024:.1f} MiB | {per_module:.1f} KiB | {row['first_request_ms']:.2f} ms | "
+              f"{row['worker_rss_kib'] / 1024:.1f} MiB | {per_module:.1f} KiB | {per_module_pss:.1f} KiB | "
+              f"{row['first_request_ms']:.2f} ms | "
               f"{row['next_request_ms']:.2f} ms | {row['served_all_once']} of {row['modules']} | "
               f"{row['worker_rss_all_used_kib'] / 1024:.1f} MiB |")
     if args.json:

@@ -74,7 +74,7 @@ def main():
                   result["late_ms"], "ms")
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     machine = f"{cpu or platform.processor()}, {os.cpu_count()} CPUs, Linux {platform.release()}"
-    sections = {name: open(os.path.join(work, f"{name}.md")).read().strip() for name in ("micro", "http", "heavy", "callout", "density", "deadline")}
+    sections = {name: open(os.path.join(work, f"{name}.md")).read().strip() for name in ("micro", "http", "heavy", "callout", "density", "density_real", "deadline")}
     template = read("TEMPLATE.md")
     text = template.format(date=time.strftime("%Y-%m-%d"), machine=machine, **sections)
     with open(os.path.join(DOCS, "README.md"), "w") as f:

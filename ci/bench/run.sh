@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: runs every benchmark in one go and writes docs/benchmarks/README.md (the
-# tables) and its charts. Takes 10 to 20 minutes; run it on a machine doing nothing else.
+# tables) and its charts. Takes 15 to 25 minutes; run it on a machine doing nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d)
@@ -15,6 +15,9 @@ echo "bench: an http call per request"
 python3 ci/bench/callout.py --json "$work/callout.json" >"$work/callout.md"
 echo "bench: start-up and density"
 python3 ci/bench/density.py --json "$work/density.json" >"$work/density.md"
+echo "bench: start-up and density, SDK-built modules (10,000 by hand: --counts 1,10000)"
+python3 ci/bench/density.py --counts 1,100,1000 --filter build/filters/filter_one_header.wasm \
+  --json "$work/density_real.json" >"$work/density_real.md"
 echo "bench: deadline precision"
 python3 ci/bench/deadline.py --json "$work/deadline.json" >"$work/deadline.md"
 python3 ci/bench/report.py "$work"

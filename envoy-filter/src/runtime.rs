@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use inwasm_host::stores::{QueueStore, SharedDataStore};
 use inwasm_host::{
-    CacheOutcome, CodeCache, Engine, EngineConfig, EpochTicker, LoadError, LogLevel, Module, DEFAULT_TIMEOUT,
+    content_digest, CacheOutcome, CodeCache, Engine, EngineConfig, EpochTicker, LoadError, LogLevel, Module,
+    DEFAULT_TIMEOUT,
 };
-use sha2::{Digest, Sha256};
 
 use crate::log;
 use crate::mailbox::Mailbox;
@@ -46,7 +46,7 @@ pub fn compile(path: &Path, cache_dir: Option<&Path>) -> Result<Arc<Module>, Str
     static COMPILED: Mutex<Vec<([u8; 32], Arc<Module>)>> = Mutex::new(Vec::new());
     let engine = &runtime()?.engine;
     let bytes = Module::read_file(path).map_err(|e: LoadError| e.to_string())?;
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let digest = content_digest(&bytes);
     let mut compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, module)) = compiled.iter().find(|(known, _)| *known == digest) {
         return Ok(module.clone());

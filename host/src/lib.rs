@@ -50,7 +50,7 @@ pub use plugin::{
 pub use types::*;
 
 with_runtime! {
-    pub use cache::{CacheOutcome, CodeCache};
+    pub use cache::{content_digest, CacheOutcome, CodeCache};
     pub use engine::{
         Engine, EngineConfig, HostFunction, PoolingConfig, DEFAULT_MAX_INSTANCE_SIZE, DEFAULT_MAX_TABLE_ELEMENTS,
     };

@@ -15,9 +15,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use inwasm_host::{CodeCache, Module};
+use inwasm_host::{content_digest, CodeCache, Module};
 use ngx::ffi::{ngx_log_t, ngx_uint_t, NGX_LOG_NOTICE};
-use sha2::{Digest, Sha256};
 
 use crate::ffi::log_error;
 use crate::wasm_block::{engine, limit_directive};
@@ -40,7 +39,7 @@ impl Source {
     /// Reads the module file at `path`; errors name the path and the reason.
     pub fn read(path: PathBuf) -> Result<Source, String> {
         let bytes = Module::read_file(&path).map_err(|e| e.to_string())?;
-        let digest = Sha256::digest(&bytes).into();
+        let digest = content_digest(&bytes);
         Ok(Source { path, bytes, digest })
     }
 }
