@@ -113,9 +113,9 @@ pub struct Grpc {
     queued: Vec<(Bytes, bool)>,
     phase: Phase,
     connection: Option<Connection<NgxIo, Bytes>>,
-    /// Kept while the stream is open: dropping it would close nothing early, but the
-    /// connection stays the call's.
-    _sender: Option<SendRequest<Bytes>>,
+    /// The connection's request sender once the stream is open: it goes with the connection
+    /// to the keepalive cache when the call ends cleanly (`keep_connection`).
+    sender: Option<SendRequest<Bytes>>,
     sending: Option<SendStream<Bytes>>,
     reader: ResponseReader,
     /// The server has answered (its status messages are the upstream's).
@@ -153,7 +153,7 @@ impl Grpc {
     pub fn shut(&mut self) {
         self.phase = Phase::Done;
         self.sending = None;
-        self._sender = None;
+        self.sender = None;
         self.connection = None;
     }
 }
@@ -190,7 +190,7 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: GrpcCallRequest) -> Resul
         queued,
         phase: Phase::Waiting,
         connection: None,
-        _sender: None,
+        sender: None,
         sending: None,
         reader: ResponseReader::new(unary),
         answered: false,
@@ -290,7 +290,7 @@ unsafe fn keep_connection(call: *mut Call) {
             return;
         }
         grpc.sending = None;
-        let (Some(sender), Some(mut connection)) = (grpc._sender.take(), grpc.connection.take()) else { return };
+        let (Some(sender), Some(mut connection)) = (grpc.sender.take(), grpc.connection.take()) else { return };
         // What the stream's end leaves to send goes out; a connection ending is not kept.
         if Pin::new(&mut connection).poll(&mut Context::from_waker(Waker::noop())).is_ready() {
             return;
@@ -385,7 +385,7 @@ impl Grpc {
                     let request = self.request.take().expect("the request, sent once");
                     let (response, sending) =
                         sender.send_request(request, false).map_err(|e| format!("HTTP/2: {e}"))?;
-                    self._sender = Some(sender);
+                    self.sender = Some(sender);
                     self.sending = Some(sending);
                     self.phase = Phase::Response(response);
                     progress = true;

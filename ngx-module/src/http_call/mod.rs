@@ -116,6 +116,11 @@ enum Exchange {
 }
 
 impl Exchange {
+    /// The protocol TLS negotiates for the exchange (ALPN): gRPC's HTTP/2; none for HTTP/1.1.
+    fn protocol(&self) -> Option<&'static [u8]> {
+        matches!(self, Exchange::Grpc(_)).then_some(tls::HTTP2)
+    }
+
     /// What the filter gets when the call fails for `reason` before its answer is complete.
     fn failed(&mut self, reason: &str, deadline: bool) -> Vec<Outcome> {
         match self {
@@ -494,8 +499,7 @@ unsafe fn connected(call: *mut Call) {
             return fail(call, "TLS is not configured", 0);
         };
         c.stage = Stage::Handshaking;
-        let protocol = matches!(c.exchange, Exchange::Grpc(_)).then_some(tls::HTTP2);
-        match client.handshake(c.peer, connection, &c.host, protocol, on_handshake) {
+        match client.handshake(c.peer, connection, &c.host, c.exchange.protocol(), on_handshake) {
             Ok(true) => on_handshake(connection),
             Ok(false) => {}
             Err(reason) => next_peer(call, &reason),
@@ -510,9 +514,8 @@ unsafe extern "C" fn on_handshake(connection: *mut ngx_connection_t) {
         guard((*call).log, (), || {
             let c = &mut *call;
             let client = WasmConf::of_cycle(ngx::ffi::ngx_cycle).and_then(|conf| conf.tls.as_ref());
-            let protocol = matches!(c.exchange, Exchange::Grpc(_)).then_some(tls::HTTP2);
             let outcome = client.map_or(Err("TLS is not configured".into()), |client| {
-                client.established(c.peer, connection, &c.host, protocol)
+                client.established(c.peer, connection, &c.host, c.exchange.protocol())
             });
             if let Err(reason) = outcome {
                 return next_peer(call, &reason);

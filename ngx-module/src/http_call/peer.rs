@@ -122,7 +122,9 @@ pub unsafe fn balancer_request(
 ) -> Option<*mut ngx_http_request_t> {
     let http = http_block()?;
     // SAFETY: zeroed nginx structures are their empty values; everything is allocated from
-    // `pool`, which outlives the request (the caller's contract).
+    // `pool`, which outlives the request (the caller's contract). Once its pool,
+    // configuration and header list are set, the request is one nginx's URI parser and our
+    // header functions work on, as on a client's.
     unsafe {
         let r = ngx_pcalloc(pool, size_of::<ngx_http_request_t>()) as *mut ngx_http_request_t;
         let u = ngx_pcalloc(pool, size_of::<ngx_http_upstream_t>()) as *mut ngx_http_upstream_t;
@@ -157,7 +159,7 @@ pub unsafe fn balancer_request(
         request.upstream = u;
         let now = ngx_timeofday();
         (request.start_sec, request.start_msec) = (now.sec, now.msec);
-        let list = ptr::addr_of_mut!(request.headers_in.headers);
+        let list = ptr::addr_of_mut!((*r).headers_in.headers);
         if ngx_list_init(list, pool, headers.len().max(1), size_of::<ngx_table_elt_t>()) != NGX_OK as isize {
             return None;
         }
