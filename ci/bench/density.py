@@ -99,10 +99,7 @@ def timed(args):
     return time.monotonic() - started
 
 
-MARKER = b"x-tenant:"
-
-
-def first_request(port, path):
+def first_request(port, path, marker):
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
@@ -110,12 +107,12 @@ def first_request(port, path):
         while chunk := s.recv(65536):
             reply += chunk
     elapsed = time.monotonic() - started
-    if MARKER not in reply.lower():
+    if marker not in reply.lower():
         sys.exit(f"GET {path}: the filter did not run:\n{reply!r}")
     return elapsed
 
 
-def use_every_module(port, count):
+def use_every_module(port, count, marker):
     """Requests /t0 ... /t{count-1} once each on one keep-alive connection; returns how many
     answered 200 through their filter."""
     served = 0
@@ -129,17 +126,17 @@ def use_every_module(port, count):
                 headers.append(line.lower())
             length = next(int(h.split(b":")[1]) for h in headers if h.startswith(b"content-length:"))
             reader.read(length)
-            served += status.startswith(b"HTTP/1.1 200") and any(h.startswith(MARKER) for h in headers)
+            served += status.startswith(b"HTTP/1.1 200") and any(h.startswith(marker) for h in headers)
     return served
 
 
-def start(nginx, work, conf, port):
+def start(nginx, work, conf, port, marker):
     """Starts nginx; returns (seconds until it serves, master pid)."""
     started = time.monotonic()
     subprocess.run([nginx, "-p", work, "-c", conf], check=True, capture_output=True)
     wait_port(port, limit=600)
     # Serving means a worker took the connection: ask once so the worker is surely up.
-    first_request(port, "/t0")
+    first_request(port, "/t0", marker)
     elapsed = time.monotonic() - started
     with open(os.path.join(work, "nginx.pid")) as f:
         return elapsed, int(f.read())
@@ -162,24 +159,24 @@ def pss_kib(pids):
     return total
 
 
-def measure(nginx, module_so, count, base):
+def measure(nginx, module_so, count, base, marker):
     work = tempfile.mkdtemp(prefix=f"inwasm-density-{count}-")
     try:
         port = free_port()
         conf = write_config(work, count, port, module_so, base)
         test_cold = timed([nginx, "-t", "-q", "-p", work, "-c", conf])
         shutil.rmtree(os.path.join(work, "cache"), ignore_errors=True)
-        start_cold, master = start(nginx, work, conf, port)
+        start_cold, master = start(nginx, work, conf, port, marker)
         stop(nginx, work, conf, master)
         test_cached = timed([nginx, "-t", "-q", "-p", work, "-c", conf])
-        start_cached, master = start(nginx, work, conf, port)
+        start_cached, master = start(nginx, work, conf, port, marker)
         worker = children(master)[0]
         master_rss, worker_rss = rss_kib(master), rss_kib(worker)
         pss = pss_kib([master, worker])
         unused = f"/t{count - 1}" if count > 1 else "/t0"
-        first = first_request(port, unused)
-        again = first_request(port, unused)
-        served = use_every_module(port, count)
+        first = first_request(port, unused, marker)
+        again = first_request(port, unused, marker)
+        served = use_every_module(port, count, marker)
         used_rss = rss_kib(worker)
         stop(nginx, work, conf, master)
         return {"modules": count, "test_cold_s": test_cold, "start_cold_s": start_cold,
@@ -200,13 +197,13 @@ def main():
     parser.add_argument("--marker", default="x-wasm", help="the response header that --filter adds")
     parser.add_argument("--json")
     args = parser.parse_args()
-    base = None
+    # The response header that shows a module's filter ran: the text filter's, or --marker.
+    base, marker = None, b"x-tenant:"
     if args.filter:
-        global MARKER
-        MARKER = args.marker.lower().encode() + b":"
+        marker = args.marker.lower().encode() + b":"
         with open(args.filter, "rb") as f:
             base = f.read()
-    rows = [measure(args.nginx, args.module, int(n), base) for n in args.counts.split(",")]
+    rows = [measure(args.nginx, args.module, int(n), base, marker) for n in args.counts.split(",")]
     first = rows[0]
     print("| modules | `nginx -t` cold | start cold | `nginx -t` cached | start cached | master RSS | worker RSS "
           "| per idle module (worker RSS) | per idle module (PSS, master + worker) "

@@ -58,7 +58,7 @@ struct Options {
     vm_config: Vec<u8>,
     answers: VecDeque<(String, HttpCallResponse)>,
     timeout: Duration,
-    /// The stream's request budget.
+    /// The stream's limits: its request budget.
     limits: StreamLimits,
 }
 

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"INWASM3\n";
@@ -102,16 +102,7 @@ fn verify(code: &Path, sum: &Path) -> Result<(), Unusable> {
     let expected = sum.strip_prefix(MAGIC).filter(|digest| digest.len() == 32).ok_or(Rejected("not a cache entry".into()))?;
     let mut file = File::open(code).map_err(|_| Absent)?;
     let mut hasher = blake3::Hasher::new();
-    let mut chunk = vec![0u8; 1 << 16];
-    loop {
-        match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&chunk[..n]);
-            }
-            Err(error) => return Err(Rejected(error.to_string())),
-        }
-    }
+    hasher.update_reader(&mut file).map_err(|error| Rejected(error.to_string()))?;
     if hasher.finalize().as_bytes() != expected {
         return Err(Rejected("checksum mismatch".into()));
     }

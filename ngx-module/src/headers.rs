@@ -58,7 +58,7 @@ unsafe fn named<'a>(list: &'a ngx_list_t, key: &'a [u8]) -> impl Iterator<Item =
     unsafe { elements(list) }.filter(move |elt| unsafe { bytes(&(**elt).key) }.eq_ignore_ascii_case(key))
 }
 
-/// Appends a header to `list` and returns it. Request headers get nginx's hash of their lower-case name (as
+/// Appends a header to `list`. Request headers get nginx's hash of their lower-case name (as
 /// nginx's parser gives them); response headers 1, as nginx's own modules do.
 pub(crate) unsafe fn push(
     list: &mut ngx_list_t,
@@ -66,7 +66,7 @@ pub(crate) unsafe fn push(
     side: Side,
     key: &[u8],
     value: &[u8],
-) -> HostResult<*mut ngx_table_elt_t> {
+) -> HostResult<()> {
     // SAFETY: a valid list and pool (per the caller); the element is initialised before use.
     unsafe {
         let elt = ngx_list_push(list) as *mut ngx_table_elt_t;
@@ -83,8 +83,8 @@ pub(crate) unsafe fn push(
             Side::Request => ngx_hash_key(lowercase, key.len()).max(1),
             Side::Response => 1,
         };
-        Ok(elt)
     }
+    Ok(())
 }
 
 /// Removes the headers named `key` from `list` (all of them, or all but the first); returns
@@ -136,7 +136,7 @@ unsafe fn rebuild(
         if ngx_list_init(list, pool, pairs.len().max(1), std::mem::size_of::<ngx_table_elt_t>()) != 0 {
             return Err(OUT_OF_MEMORY);
         }
-        pairs.iter().try_for_each(|(key, value)| push(list, pool, side, key, value).map(drop))
+        pairs.iter().try_for_each(|(key, value)| push(list, pool, side, key, value))
     }
 }
 

@@ -168,7 +168,8 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: GrpcCallRequest) -> Resul
     let named = String::from_utf8_lossy(&target.cluster).into_owned();
     let (tls, upstream) = scheme(&named);
     let peer = Target::of(upstream).map_err(|reason| (Status::ParseFailure, reason))?;
-    // A call by name has the name for its authority: the upstream's, without the scheme.
+    // An authority that is the cluster's name (a call by name, or a `GrpcService` without
+    // one) is the upstream's name, without the scheme.
     let authority = match target.authority == target.cluster {
         true => upstream.to_string(),
         false => String::from_utf8_lossy(&target.authority).into_owned(),

@@ -167,9 +167,9 @@ pub unsafe fn balancer_request(
         for (name, value) in headers {
             let _ = match name.as_slice() {
                 b":path" | b":method" => request_line::set(r, name, value),
-                b":authority" => headers::push(&mut *list, pool, Side::Request, b"host", value).map(drop),
+                b":authority" => headers::push(&mut *list, pool, Side::Request, b"host", value),
                 pseudo if pseudo.starts_with(b":") => Ok(()),
-                _ => headers::push(&mut *list, pool, Side::Request, name, value).map(drop),
+                _ => headers::push(&mut *list, pool, Side::Request, name, value),
             };
         }
         // Once all are in: the shortcuts (`Host`, `User-Agent`, ...) and `$host`.
