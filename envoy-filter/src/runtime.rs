@@ -59,7 +59,8 @@ pub fn compile(path: &Path, cache_dir: Option<&Path>) -> Result<Arc<Module>, Str
         }
     });
     let started = Instant::now();
-    let module = Module::new(engine, &path.display().to_string(), &bytes, cache.as_ref()).map_err(|e| e.to_string())?;
+    let module = Module::with_digest(engine, &path.display().to_string(), &bytes, cache.as_ref().map(|c| (c, digest)))
+        .map_err(|e| e.to_string())?;
     let how = match module.cache_outcome() {
         CacheOutcome::Hit => "loaded from the compiled-code cache",
         CacheOutcome::Disabled => "compiled",

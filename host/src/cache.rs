@@ -2,9 +2,9 @@
 //! content hash and the engine's compilation settings.
 //!
 //! An entry is two files: `KEY.cwasm`, wasmtime's serialized module as is, and `KEY.sum`,
-//! `MAGIC` then the BLAKE3 digest of the `.cwasm`. The digest is checked (streaming, without
-//! keeping the bytes) before wasmtime sees the code, so a truncated or corrupted entry is recompiled
-//! rather than trusted; a stale one (other wasmtime or settings) has another key, and
+//! `MAGIC` then the BLAKE3 digest of the `.cwasm`. The digest is checked (over a mapping of the
+//! file, nothing copied) before wasmtime sees the code, so a truncated or corrupted entry is
+//! recompiled rather than trusted; a stale one (other wasmtime or settings) has another key, and
 //! wasmtime's own header check rejects anything left. A valid entry is mapped, not read: its
 //! code is shared by every process that maps it and resident only where it runs.
 
@@ -47,25 +47,28 @@ impl CodeCache {
         &self.dir
     }
 
-    /// Where the entry of `wasm` lives: its code and its digest.
-    fn entry(&self, engine: &wasmtime::Engine, wasm: &[u8]) -> (PathBuf, PathBuf) {
-        let key = key(engine, wasm);
+    /// Where the entry of a module whose content has `digest` lives: its code and its digest.
+    fn entry(&self, engine: &wasmtime::Engine, digest: &[u8; 32]) -> (PathBuf, PathBuf) {
+        let key = key(engine, digest);
         (self.dir.join(format!("{key}.cwasm")), self.dir.join(format!("{key}.sum")))
     }
 
-    /// Whether the cache holds a valid entry for `wasm` (without loading it).
-    pub fn holds(&self, engine: &wasmtime::Engine, wasm: &[u8]) -> bool {
-        let (code, sum) = self.entry(engine, wasm);
-        verify(&code, &sum).is_ok()
+    /// Whether the cache has an entry for the module whose content has `digest` (the cheap
+    /// check: its code is verified when it is loaded, and recompiled then if it is corrupt).
+    pub fn holds(&self, engine: &wasmtime::Engine, digest: &[u8; 32]) -> bool {
+        let (code, sum) = self.entry(engine, digest);
+        std::fs::read(sum).is_ok_and(|sum| sum.starts_with(MAGIC)) && code.is_file()
     }
 
-    /// Loads the compiled form of `wasm` from the cache, or compiles and stores it.
+    /// Loads the compiled form of `wasm` (whose content digest is `digest`) from the cache,
+    /// or compiles and stores it.
     pub(crate) fn load_or_compile(
         &self,
         engine: &wasmtime::Engine,
         wasm: &[u8],
+        digest: &[u8; 32],
     ) -> wasmtime::Result<(wasmtime::Module, CacheOutcome)> {
-        let (code, sum) = self.entry(engine, wasm);
+        let (code, sum) = self.entry(engine, digest);
         let rejected = match verify(&code, &sum) {
             Ok(()) => match load(engine, &code) {
                 Ok(module) => return Ok((module, CacheOutcome::Hit)),
@@ -88,11 +91,11 @@ enum Unusable {
 }
 use Unusable::{Absent, Rejected};
 
-/// Hex BLAKE3 over the engine's compatibility hash and the module bytes.
-fn key(engine: &wasmtime::Engine, wasm: &[u8]) -> String {
+/// Hex BLAKE3 over the engine's compatibility hash and the module's content digest.
+fn key(engine: &wasmtime::Engine, digest: &[u8; 32]) -> String {
     let mut hasher = DigestHasher(blake3::Hasher::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    hasher.0.update(wasm);
+    hasher.0.update(digest);
     hex(hasher.0.finalize().as_bytes())
 }
 
@@ -100,9 +103,11 @@ fn key(engine: &wasmtime::Engine, wasm: &[u8]) -> String {
 fn verify(code: &Path, sum: &Path) -> Result<(), Unusable> {
     let Ok(sum) = std::fs::read(sum) else { return Err(Absent) };
     let expected = sum.strip_prefix(MAGIC).filter(|digest| digest.len() == 32).ok_or(Rejected("not a cache entry".into()))?;
-    let mut file = File::open(code).map_err(|_| Absent)?;
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(&mut file).map_err(|error| Rejected(error.to_string()))?;
+    hasher.update_mmap(code).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => Absent,
+        _ => Rejected(error.to_string()),
+    })?;
     if hasher.finalize().as_bytes() != expected {
         return Err(Rejected("checksum mismatch".into()));
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use wasmtime::{ExternType, InstancePre, Store, ValType};
 
-use crate::cache::{CacheOutcome, CodeCache};
+use crate::cache::{content_digest, CacheOutcome, CodeCache};
 use crate::callbacks::CallbackIndex;
 use crate::engine::Engine;
 use crate::engine::PoolingConfig;
@@ -34,6 +34,18 @@ pub struct Module {
 impl Module {
     /// Compiles `bytes` (binary or text wasm). `name` is used in every message about it.
     pub fn new(engine: &Engine, name: &str, bytes: &[u8], cache: Option<&CodeCache>) -> Result<Arc<Module>, LoadError> {
+        Module::with_digest(engine, name, bytes, cache.map(|cache| (cache, content_digest(bytes))))
+    }
+
+    /// As [`new`](Module::new), with the cache and the [`content_digest`] of `bytes`, which a
+    /// caller that keeps modules by content has made already (hashing is most of what loading
+    /// thousands of modules from the cache costs).
+    pub fn with_digest(
+        engine: &Engine,
+        name: &str,
+        bytes: &[u8],
+        cache: Option<(&CodeCache, [u8; 32])>,
+    ) -> Result<Arc<Module>, LoadError> {
         if !bytes.starts_with(b"\0asm") && !looks_like_text(bytes) {
             return Err(LoadError::new(name, "not a WebAssembly module (no \\0asm magic and not text format)"));
         }
@@ -41,7 +53,7 @@ impl Module {
             vet_limits(bytes, pooling).map_err(|(reason, limit)| LoadError { limit: Some(limit), ..LoadError::new(name, reason) })?;
         }
         let compiled = match cache {
-            Some(cache) => cache.load_or_compile(engine.wasmtime(), bytes),
+            Some((cache, digest)) => cache.load_or_compile(engine.wasmtime(), bytes, &digest),
             None => wasmtime::Module::new(engine.wasmtime(), bytes).map(|m| (m, CacheOutcome::Disabled)),
         };
         let (module, cache) = compiled.map_err(|e| LoadError::new(name, format!("invalid WebAssembly: {}", describe(&e))))?;
@@ -66,17 +78,20 @@ impl Module {
     pub fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
         let shown = path.display().to_string();
         let error = |reason: String| LoadError::new(&shown, reason);
-        let file = std::fs::File::open(path).map_err(|e| error(format!("cannot read: {e}")))?;
-        let metadata = file.metadata().map_err(|e| error(format!("cannot read: {e}")))?;
-        if !metadata.is_file() {
-            return Err(error("not a regular file".into()));
-        }
-        let mut bytes = Vec::new();
+        let (file, length) = open_module_file(path)?;
+        // Room for one byte more than the file has: read_to_end then never grows the vector.
+        let mut bytes = Vec::with_capacity(length as usize + 1);
         file.take(MAX_MODULE_FILE + 1).read_to_end(&mut bytes).map_err(|e| error(format!("cannot read: {e}")))?;
         if bytes.len() as u64 > MAX_MODULE_FILE {
             return Err(error(format!("larger than {} MiB", MAX_MODULE_FILE >> 20)));
         }
         Ok(bytes)
+    }
+
+    /// Checks that `path` can be read as a module file, without reading it (for a caller that
+    /// reads it later and wants the error now).
+    pub fn check_file(path: &Path) -> Result<(), LoadError> {
+        open_module_file(path).map(drop)
     }
 
     pub fn name(&self) -> &str {
@@ -91,6 +106,20 @@ impl Module {
     pub fn cache_outcome(&self) -> &CacheOutcome {
         &self.cache
     }
+}
+
+/// `path` opened, and its length, if it is a regular file of at most [`MAX_MODULE_FILE`] bytes.
+fn open_module_file(path: &Path) -> Result<(std::fs::File, u64), LoadError> {
+    let error = |reason: String| LoadError::new(&path.display().to_string(), reason);
+    let file = std::fs::File::open(path).map_err(|e| error(format!("cannot read: {e}")))?;
+    let metadata = file.metadata().map_err(|e| error(format!("cannot read: {e}")))?;
+    if !metadata.is_file() {
+        return Err(error("not a regular file".into()));
+    }
+    if metadata.len() > MAX_MODULE_FILE {
+        return Err(error(format!("larger than {} MiB", MAX_MODULE_FILE >> 20)));
+    }
+    Ok((file, metadata.len()))
 }
 
 /// The largest module file read (real filters reach tens of MiB: a Go WAF with its rules is

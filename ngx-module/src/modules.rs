@@ -8,7 +8,7 @@
 //! compiling leaves no memory behind in the master (and in the workers it forks). Without a
 //! cache they are compiled in the master, one after the other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -28,19 +28,25 @@ fn compiled() -> MutexGuard<'static, Option<HashMap<[u8; 32], Arc<Module>>>> {
     COMPILED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A module file to compile, and what it holds.
+/// A module file declared by `module NAME PATH`: checked where it is declared, read when the
+/// block ends, one file at a time (ten thousand modules' bytes held at once would stay in the
+/// heap of the master and of every worker).
 pub struct Source {
     pub path: PathBuf,
-    bytes: Vec<u8>,
-    digest: [u8; 32],
 }
 
 impl Source {
-    /// Reads the module file at `path`; errors name the path and the reason.
-    pub fn read(path: PathBuf) -> Result<Source, String> {
-        let bytes = Module::read_file(&path).map_err(|e| e.to_string())?;
+    /// The module file at `path`, if it can be read; errors name the path and the reason.
+    pub fn check(path: PathBuf) -> Result<Source, String> {
+        Module::check_file(&path).map_err(|e| e.to_string())?;
+        Ok(Source { path })
+    }
+
+    /// The file's bytes and their content digest.
+    fn read(&self) -> Result<(Vec<u8>, [u8; 32]), String> {
+        let bytes = Module::read_file(&self.path).map_err(|e| e.to_string())?;
         let digest = content_digest(&bytes);
-        Ok(Source { path, bytes, digest })
+        Ok((bytes, digest))
     }
 }
 
@@ -48,37 +54,51 @@ impl Source {
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// The compiled modules of `sources`, in order (each distinct content compiled once); errors
-/// name the module's path and the reason (and the setting to raise, for a limit).
+/// name the module's path and the reason (and the setting to raise, for a limit). Modules the
+/// cache holds are loaded as they are read; the others are compiled in child processes first.
 pub fn load_all(
     sources: &[Source],
     cache: Option<&CodeCache>,
     log: *mut ngx_log_t,
 ) -> Result<Vec<Arc<Module>>, String> {
-    if let Some(cache) = cache {
-        let known = compiled().get_or_insert_with(HashMap::new).keys().copied().collect::<Vec<_>>();
-        let mut missing: Vec<&Source> = Vec::new();
-        for source in sources {
-            let new = !known.contains(&source.digest) && !missing.iter().any(|m| m.digest == source.digest);
-            if new && !cache.holds(engine().wasmtime(), &source.bytes) {
-                missing.push(source);
+    let mut loaded: Vec<Option<Arc<Module>>> = Vec::with_capacity(sources.len());
+    let mut missing: Vec<(usize, [u8; 32])> = Vec::new();
+    for (index, source) in sources.iter().enumerate() {
+        let (bytes, digest) = source.read()?;
+        let known = compiled().get_or_insert_with(HashMap::new).contains_key(&digest);
+        match cache {
+            Some(cache) if !known && !cache.holds(engine().wasmtime(), &digest) => {
+                missing.push((index, digest));
+                loaded.push(None);
             }
+            _ => loaded.push(Some(load(source, &bytes, digest, cache)?)),
         }
-        compile_in_children(&missing, cache, log)?;
     }
-    sources.iter().map(|source| load(source, cache)).collect()
+    if let Some(cache) = cache {
+        let mut distinct = HashSet::new();
+        let to_compile: Vec<&Source> =
+            missing.iter().filter(|(_, digest)| distinct.insert(*digest)).map(|&(index, _)| &sources[index]).collect();
+        compile_in_children(&to_compile, cache, log)?;
+    }
+    for (index, _) in missing {
+        let (bytes, digest) = sources[index].read()?;
+        loaded[index] = Some(load(&sources[index], &bytes, digest, cache)?);
+    }
+    Ok(loaded.into_iter().map(|module| module.expect("every module is loaded above")).collect())
 }
 
-/// The compiled module of `source` (from the cache when it holds it).
-fn load(source: &Source, cache: Option<&CodeCache>) -> Result<Arc<Module>, String> {
-    if let Some(module) = compiled().get_or_insert_with(HashMap::new).get(&source.digest) {
+/// The compiled module of `bytes` (from the cache when it holds it).
+fn load(source: &Source, bytes: &[u8], digest: [u8; 32], cache: Option<&CodeCache>) -> Result<Arc<Module>, String> {
+    if let Some(module) = compiled().get_or_insert_with(HashMap::new).get(&digest) {
         return Ok(module.clone());
     }
     let shown = source.path.display().to_string();
-    let module = Module::new(engine(), &shown, &source.bytes, cache).map_err(|e| match e.limit {
-        Some(limit) => format!("{e}: raise {} in wasm {{}}", limit_directive(limit)),
-        None => e.to_string(),
-    })?;
-    compiled().get_or_insert_with(HashMap::new).insert(source.digest, module.clone());
+    let module =
+        Module::with_digest(engine(), &shown, bytes, cache.map(|c| (c, digest))).map_err(|e| match e.limit {
+            Some(limit) => format!("{e}: raise {} in wasm {{}}", limit_directive(limit)),
+            None => e.to_string(),
+        })?;
+    compiled().get_or_insert_with(HashMap::new).insert(digest, module.clone());
     Ok(module)
 }
 
@@ -140,7 +160,10 @@ fn spawn_compiler(sources: &[&Source], cache: &CodeCache) -> Result<(libc::pid_t
             drop(read_end);
             let mut out = std::fs::File::from(write_end);
             for source in sources {
-                let _ = Module::new(engine(), &source.path.display().to_string(), &source.bytes, Some(cache));
+                if let Ok((bytes, digest)) = source.read() {
+                    let name = source.path.display().to_string();
+                    let _ = Module::with_digest(engine(), &name, &bytes, Some((cache, digest)));
+                }
                 let _ = out.write_all(b".");
             }
             // SAFETY: ends the child at once, as intended.
@@ -156,9 +179,9 @@ fn spawn_compiler(sources: &[&Source], cache: &CodeCache) -> Result<(libc::pid_t
 /// Forgets compiled modules the configuration just read does not use (an older one that
 /// still runs keeps its own).
 pub fn keep_only<'a>(in_use: impl Iterator<Item = &'a Arc<Module>>) {
-    let in_use: Vec<&Arc<Module>> = in_use.collect();
+    let in_use: HashSet<*const Module> = in_use.map(Arc::as_ptr).collect();
     if let Some(modules) = compiled().as_mut() {
-        modules.retain(|_, module| in_use.iter().any(|used| Arc::ptr_eq(used, module)));
+        modules.retain(|_, module| in_use.contains(&Arc::as_ptr(module)));
     }
 }
 

@@ -20,6 +20,7 @@
 //! }
 //! ```
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::ptr;
@@ -78,6 +79,8 @@ pub struct FilterDecl {
 #[derive(Default)]
 pub struct WasmConf {
     pub modules: Vec<ModuleDecl>,
+    /// Each module's index in `modules` by name (configurations declare thousands).
+    module_names: HashMap<String, usize>,
     pub filters: Vec<FilterDecl>,
     pub kv_zones: Vec<KvZone>,
     /// Boxed: nginx's shared memory zones point at them.
@@ -112,7 +115,7 @@ impl WasmConf {
     }
 
     pub fn module_index(&self, name: &str) -> Option<usize> {
-        self.modules.iter().position(|m| m.name == name)
+        self.module_names.get(name).copied()
     }
 
     /// The configuration of `cycle`.
@@ -384,12 +387,13 @@ unsafe fn declare_module(
     let path = unsafe { resolve_path(cf, path) };
     // SAFETY: per the caller.
     conf.cache.get_or_insert_with(|| unsafe { default_cache(cf) });
-    conf.sources.push(modules::Source::read(path)?);
+    conf.sources.push(modules::Source::check(path)?);
     let vm_config = VmConfig {
         vm_id: name.to_string(),
         configuration: vm_config.unwrap_or_default().to_vec(),
         ..VmConfig::default()
     };
+    conf.module_names.insert(name.to_string(), conf.modules.len());
     conf.modules.push(ModuleDecl { name: name.to_string(), module: None, vm_config, memory_limit: None });
     Ok(())
 }
