@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Start-up and density of nginx with N distinct modules, each on its own location.
 
-For each N: `nginx -t` time and start time with a cold compiled-code cache, then with the
-cache filled; master and worker RSS once started; memory per idle module (the growth of
+For each N: the start time with a cold compiled-code cache, then `nginx -t` and start times
+with the cache filled; master and worker RSS once started; memory per idle module (the growth of
 RSS over N = 1); the latency of the first request to a module nobody used yet; then every
 module used once, in turn: how many answered through their filter, and the worker's RSS
 after (a worker keeps at most 1,000 live instances, releasing idle ones to make room).
@@ -12,8 +12,8 @@ distinct by its own tenant name, so every one is compiled (and cached) on its ow
 `--filter FILE.wasm` (an SDK-built filter that adds response header `--marker`), each module
 is a copy of that file made distinct by a custom section of its own, as tenants upload real
 filters. Memory is also reported as PSS summed over the master and its workers (what the
-modules cost the machine, shared pages counted once). Prints a markdown table; `--json FILE`
-also writes the numbers.
+modules cost the machine, shared pages counted once), with `--workers` workers. Prints a
+markdown table; `--json FILE` also writes the numbers.
 """
 
 import argparse
@@ -70,10 +70,10 @@ def write_module(modules, name, base):
     return path
 
 
-def write_config(work, count, port, module_so, base):
+def write_config(work, count, port, module_so, base, workers=1):
     modules = os.path.join(work, "modules")
     os.makedirs(modules, exist_ok=True)
-    lines = [f"load_module {module_so};", "worker_processes 1;", f"pid {work}/nginx.pid;",
+    lines = [f"load_module {module_so};", f"worker_processes {workers};", f"pid {work}/nginx.pid;",
              f"error_log {work}/error.log notice;", "events { worker_connections 256; }",
              "wasm {", f"    cache_dir {work}/cache;"]
     locations = []
@@ -130,11 +130,12 @@ def use_every_module(port, count, marker):
     return served
 
 
-def start(nginx, work, conf, port, marker):
+def start(nginx, work, conf, port, marker, count):
     """Starts nginx; returns (seconds until it serves, master pid)."""
     started = time.monotonic()
     subprocess.run([nginx, "-p", work, "-c", conf], check=True, capture_output=True)
-    wait_port(port, limit=600)
+    # A cold start compiles every module first: about a second of a CPU for each SDK-built one.
+    wait_port(port, limit=600 + count)
     # Serving means a worker took the connection: ask once so the worker is surely up.
     first_request(port, "/t0", marker)
     elapsed = time.monotonic() - started
@@ -159,27 +160,29 @@ def pss_kib(pids):
     return total
 
 
-def measure(nginx, module_so, count, base, marker):
+def measure(nginx, module_so, count, base, marker, workers):
     work = tempfile.mkdtemp(prefix=f"inwasm-density-{count}-")
     try:
         port = free_port()
-        conf = write_config(work, count, port, module_so, base)
-        test_cold = timed([nginx, "-t", "-q", "-p", work, "-c", conf])
-        shutil.rmtree(os.path.join(work, "cache"), ignore_errors=True)
-        start_cold, master = start(nginx, work, conf, port, marker)
+        conf = write_config(work, count, port, module_so, base, workers)
+        start_cold, master = start(nginx, work, conf, port, marker, count)
         stop(nginx, work, conf, master)
         test_cached = timed([nginx, "-t", "-q", "-p", work, "-c", conf])
-        start_cached, master = start(nginx, work, conf, port, marker)
+        start_cached, master = start(nginx, work, conf, port, marker, count)
+        # Every worker up, so that the PSS counts them all.
+        deadline = time.monotonic() + 30
+        while len(children(master)) < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
         worker = children(master)[0]
         master_rss, worker_rss = rss_kib(master), rss_kib(worker)
-        pss = pss_kib([master, worker])
+        pss = pss_kib([master, *children(master)])
         unused = f"/t{count - 1}" if count > 1 else "/t0"
         first = first_request(port, unused, marker)
         again = first_request(port, unused, marker)
         served = use_every_module(port, count, marker)
         used_rss = rss_kib(worker)
         stop(nginx, work, conf, master)
-        return {"modules": count, "test_cold_s": test_cold, "start_cold_s": start_cold,
+        return {"modules": count, "workers": workers, "start_cold_s": start_cold,
                 "test_cached_s": test_cached, "start_cached_s": start_cached,
                 "master_rss_kib": master_rss, "worker_rss_kib": worker_rss, "pss_kib": pss,
                 "first_request_ms": first * 1e3, "next_request_ms": again * 1e3,
@@ -195,6 +198,7 @@ def main():
     parser.add_argument("--module", default=NGINX_MODULE)
     parser.add_argument("--filter", help="an SDK-built filter to copy instead of the text-format one")
     parser.add_argument("--marker", default="x-wasm", help="the response header that --filter adds")
+    parser.add_argument("--workers", type=int, default=1, help="nginx workers (the PSS sums them all)")
     parser.add_argument("--json")
     args = parser.parse_args()
     # The response header that shows a module's filter ran: the text filter's, or --marker.
@@ -203,18 +207,18 @@ def main():
         marker = args.marker.lower().encode() + b":"
         with open(args.filter, "rb") as f:
             base = f.read()
-    rows = [measure(args.nginx, args.module, int(n), base, marker) for n in args.counts.split(",")]
+    rows = [measure(args.nginx, args.module, int(n), base, marker, args.workers) for n in args.counts.split(",")]
     first = rows[0]
-    print("| modules | `nginx -t` cold | start cold | `nginx -t` cached | start cached | master RSS | worker RSS "
-          "| per idle module (worker RSS) | per idle module (PSS, master + worker) "
+    print("| modules | start cold | `nginx -t` cached | start cached | master RSS | worker RSS "
+          f"| per idle module (worker RSS) | per idle module (PSS, master + {args.workers} worker(s)) "
           "| first request to an unused module | next request | every module used once: served | worker RSS after |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         extra = row["modules"] - first["modules"]
         per_module = (row["worker_rss_kib"] - first["worker_rss_kib"]) / extra if extra else 0
         per_module_pss = (row["pss_kib"] - first["pss_kib"]) / extra if extra else 0
         row["per_module_kib"], row["per_module_pss_kib"] = per_module, per_module_pss
-        print(f"| {row['modules']} | {row['test_cold_s']:.2f} s | {row['start_cold_s']:.2f} s | "
+        print(f"| {row['modules']} | {row['start_cold_s']:.2f} s | "
               f"{row['test_cached_s']:.2f} s | {row['start_cached_s']:.2f} s | {row['master_rss_kib'] / 1024:.1f} MiB | "
               f"{row['worker_rss_kib'] / 1024:.1f} MiB | {per_module:.1f} KiB | {per_module_pss:.1f} KiB | "
               f"{row['first_request_ms']:.2f} ms | "

@@ -15,8 +15,8 @@ echo "bench: an http call per request"
 python3 ci/bench/callout.py --json "$work/callout.json" >"$work/callout.md"
 echo "bench: start-up and density"
 python3 ci/bench/density.py --json "$work/density.json" >"$work/density.md"
-echo "bench: start-up and density, SDK-built modules (10,000 by hand: --counts 1,10000)"
-python3 ci/bench/density.py --counts 1,100,1000 --filter build/filters/filter_one_header.wasm \
+echo "bench: start-up and density, SDK-built modules (the cold start of 10,000 takes about 25 min on 2 cores)"
+python3 ci/bench/density.py --counts 1,100,1000,10000 --workers 4 --filter build/filters/filter_one_header.wasm \
   --json "$work/density_real.json" >"$work/density_real.md"
 echo "bench: deadline precision"
 python3 ci/bench/deadline.py --json "$work/deadline.json" >"$work/deadline.md"

@@ -70,7 +70,7 @@ impl CodeCache {
     ) -> wasmtime::Result<(wasmtime::Module, CacheOutcome)> {
         let (code, sum) = self.entry(engine, digest);
         let rejected = match verify(&code, &sum) {
-            Ok(()) => match load(engine, &code) {
+            Ok(checked) => match load(engine, checked) {
                 Ok(module) => return Ok((module, CacheOutcome::Hit)),
                 Err(reason) => Some(reason),
             },
@@ -99,27 +99,27 @@ fn key(engine: &wasmtime::Engine, digest: &[u8; 32]) -> String {
     hex(hasher.0.finalize().as_bytes())
 }
 
-/// Checks an entry's code against its digest.
-fn verify(code: &Path, sum: &Path) -> Result<(), Unusable> {
+/// Checks an entry's code against its digest; the code's file, open.
+fn verify(code: &Path, sum: &Path) -> Result<File, Unusable> {
     let Ok(sum) = std::fs::read(sum) else { return Err(Absent) };
     let expected = sum.strip_prefix(MAGIC).filter(|digest| digest.len() == 32).ok_or(Rejected("not a cache entry".into()))?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap(code).map_err(|error| match error.kind() {
-        std::io::ErrorKind::NotFound => Absent,
-        _ => Rejected(error.to_string()),
-    })?;
-    if hasher.finalize().as_bytes() != expected {
+    let file = File::open(code).map_err(|_| Absent)?;
+    // SAFETY: entries are only ever replaced whole (a rename), never changed in place, so the
+    // mapped bytes stay what the file held when it was opened.
+    let mapped = unsafe { memmap2::Mmap::map(&file) }.map_err(|error| Rejected(error.to_string()))?;
+    if content_digest(&mapped).as_slice() != expected {
         return Err(Rejected("checksum mismatch".into()));
     }
-    Ok(())
+    Ok(file)
 }
 
-fn load(engine: &wasmtime::Engine, code: &Path) -> Result<wasmtime::Module, String> {
+/// The module in `checked`, an entry's code file that [`verify`] checked.
+fn load(engine: &wasmtime::Engine, checked: File) -> Result<wasmtime::Module, String> {
     // SAFETY: the file is byte-for-byte what `Module::serialize` wrote into this cache (its
-    // digest matches), wasmtime checks that it was produced by a compatible engine, and
-    // entries are only ever replaced whole (a rename), never changed in place, so the mapping
-    // stays what was checked.
-    unsafe { wasmtime::Module::deserialize_file(engine, code) }.map_err(|e| e.to_string())
+    // digest matched, and it is the file that was checked, not a path opened again),
+    // wasmtime checks that it was produced by a compatible engine, and entries are only ever
+    // replaced whole (a rename), never changed in place, so the mapping stays what was checked.
+    unsafe { wasmtime::Module::deserialize_open_file(engine, checked) }.map_err(|e| e.to_string())
 }
 
 /// Writes an entry atomically: each file through a temporary one and a rename, the digest

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -121,23 +121,40 @@ fn compile_in_children(sources: &[&Source], cache: &CodeCache, log: *mut ngx_log
     let (started, mut reported) = (Instant::now(), Instant::now());
     let mut done = 0;
     let mut buffer = [0u8; 256];
-    for (child, output) in children.iter_mut() {
-        // Each byte a child writes is one module done.
-        loop {
-            match output.read(&mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => done += n,
+    // Each byte a child writes is one module done; every child is read as it writes.
+    let mut open: Vec<&mut std::fs::File> = children.iter_mut().map(|(_, output)| output).collect();
+    while !open.is_empty() {
+        let mut polled: Vec<libc::pollfd> = open
+            .iter()
+            .map(|output| libc::pollfd { fd: output.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .collect();
+        // SAFETY: `polled` is an array of `polled.len()` pollfd structures.
+        unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, PROGRESS_EVERY.as_millis() as i32) };
+        // From the end, so that removing one (its place taken by the last) skips none.
+        for index in (0..open.len()).rev() {
+            if polled[index].revents == 0 {
+                continue;
             }
-            if reported.elapsed() >= PROGRESS_EVERY {
-                reported = Instant::now();
-                let message =
-                    format!("inwasm: compiled {done} of {} modules ({:.0?})", sources.len(), started.elapsed());
-                log_error(NGX_LOG_NOTICE as ngx_uint_t, log, &message);
+            match open[index].read(&mut buffer) {
+                Ok(0) => drop(open.swap_remove(index)),
+                Ok(n) => done += n,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => drop(open.swap_remove(index)),
             }
         }
+        if reported.elapsed() >= PROGRESS_EVERY {
+            reported = Instant::now();
+            // SAFETY: the master updating nginx's cached time, as its own loop does, so that
+            // the line's timestamp is now rather than the start of the configuration.
+            unsafe { ngx::ffi::ngx_time_update() };
+            let message = format!("inwasm: compiled {done} of {} modules ({:.0?})", sources.len(), started.elapsed());
+            log_error(NGX_LOG_NOTICE as ngx_uint_t, log, &message);
+        }
+    }
+    for (child, _) in children {
         let mut status = 0;
         // SAFETY: reaps our own child.
-        unsafe { libc::waitpid(*child, &mut status, 0) };
+        unsafe { libc::waitpid(child, &mut status, 0) };
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Starting every filter once at configuration time (`nginx -t`, start, reload), safely.
 //!
 //! The master must never run a thread (workers are forked from it) and must never hang or
-//! crash. So the filters are started in one forked child: it runs the deadline ticker,
+//! crash. So the filters are started in a forked child (thousands of them in one child per
+//! CPU, each starting a consecutive share): it runs the deadline ticker,
 //! instantiates each filter's module, runs `on_vm_start`/`on_configure` under their budgets,
 //! reports each outcome through a pipe and exits. A child that outlives its limit is killed.
 //!
@@ -32,22 +33,41 @@ const START_STEPS: u32 = 3;
 /// A filter that started: whether it does work of its own (see the module doc).
 pub type Started = Result<bool, String>;
 
-/// Starts each `(module, plugin)` on a fresh instance in a child process, in order.
+/// Filters one child starts at least: a configuration with more is shared among children, one
+/// per CPU (forking and a ticker per child are not worth it for fewer).
+const FILTERS_PER_CHILD: usize = 256;
+
+/// Starts each `(module, plugin)` on a fresh instance in child processes (consecutive shares,
+/// one child per CPU for thousands of filters); the outcomes in order.
 pub fn start_all(filters: &[(&ModuleDecl, &PluginConfig)], log: *mut ngx_log_t) -> Vec<Started> {
     if filters.is_empty() {
         return Vec::new();
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = filters.len().div_ceil(cpus).max(FILTERS_PER_CHILD);
+    // Every child is started before any is waited for, so they run side by side.
+    let children: Vec<_> = filters.chunks(share).map(|chunk| (chunk, spawn(chunk, log))).collect();
+    children
+        .into_iter()
+        .flat_map(|(chunk, child)| match child {
+            Ok((pid, read_end)) => collect(chunk, pid, read_end),
+            Err(error) => vec![Err(error); chunk.len()],
+        })
+        .collect()
+}
+
+/// Forks a child that starts `filters` and reports on a pipe; its pid and the pipe's read end.
+fn spawn(filters: &[(&ModuleDecl, &PluginConfig)], log: *mut ngx_log_t) -> Result<(libc::pid_t, OwnedFd), String> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        let error = format!("cannot create a pipe: {}", std::io::Error::last_os_error());
-        return vec![Err(error); filters.len()];
+        return Err(format!("cannot create a pipe: {}", std::io::Error::last_os_error()));
     }
     // SAFETY: the pipe's two new descriptors, owned by nothing else.
     let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: the master runs no thread (see the module doc), so the child may go on.
     match unsafe { libc::fork() } {
-        -1 => vec![Err(format!("cannot fork: {}", std::io::Error::last_os_error())); filters.len()],
+        -1 => Err(format!("cannot fork: {}", std::io::Error::last_os_error())),
         0 => {
             drop(read_end);
             let mut out = std::fs::File::from(write_end);
@@ -56,31 +76,33 @@ pub fn start_all(filters: &[(&ModuleDecl, &PluginConfig)], log: *mut ngx_log_t) 
             // SAFETY: ends the child at once, as intended.
             unsafe { libc::_exit(!ok as i32) }
         }
-        child => {
-            drop(write_end);
-            let budgets =
-                filters.iter().map(|(module, _)| module.vm_config.start_timeout.unwrap_or_default() * START_STEPS);
-            let limit = CHILD_LIMIT + budgets.map(|budget| budget + CHILD_LIMIT_PER_FILTER).sum::<Duration>();
-            let (report, timed_out) = read_with_limit(read_end, child, limit);
-            let mut status = 0;
-            // SAFETY: reaps our own child.
-            unsafe { libc::waitpid(child, &mut status, 0) };
-            let mut outcomes = parse(&report);
-            // The filter after the last reported one is the one that hung or crashed.
-            if outcomes.len() < filters.len() {
-                outcomes.push(Err(if timed_out {
-                    format!("the filter did not finish starting within {} s", limit.as_secs())
-                } else if libc::WIFSIGNALED(status) {
-                    format!("the filter crashed while starting (signal {})", libc::WTERMSIG(status))
-                } else {
-                    "the filter could not be started".to_string()
-                }));
-            }
-            // Those after it were not tried; the configuration fails on it anyway.
-            outcomes.resize_with(filters.len(), || Ok(true));
-            outcomes
-        }
+        child => Ok((child, read_end)),
     }
+}
+
+/// The outcomes of `filters` from the report of `child`, which is reaped (and killed first if
+/// it outlives the filters' budgets).
+fn collect(filters: &[(&ModuleDecl, &PluginConfig)], child: libc::pid_t, read_end: OwnedFd) -> Vec<Started> {
+    let budgets = filters.iter().map(|(module, _)| module.vm_config.start_timeout.unwrap_or_default() * START_STEPS);
+    let limit = CHILD_LIMIT + budgets.map(|budget| budget + CHILD_LIMIT_PER_FILTER).sum::<Duration>();
+    let (report, timed_out) = read_with_limit(read_end, child, limit);
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    let mut outcomes = parse(&report);
+    // The filter after the last reported one is the one that hung or crashed.
+    if outcomes.len() < filters.len() {
+        outcomes.push(Err(if timed_out {
+            format!("the filter did not finish starting within {} s", limit.as_secs())
+        } else if libc::WIFSIGNALED(status) {
+            format!("the filter crashed while starting (signal {})", libc::WTERMSIG(status))
+        } else {
+            "the filter could not be started".to_string()
+        }));
+    }
+    // Those after it were not tried; the configuration fails on it anyway.
+    outcomes.resize_with(filters.len(), || Ok(true));
+    outcomes
 }
 
 /// In the child: starts each filter and writes its outcome as it goes (so a crash or hang

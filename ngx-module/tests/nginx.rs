@@ -424,6 +424,24 @@ fn config_errors_name_the_file_and_reason() {
     }
 }
 
+/// Thousands of filters are started in shares, one child per CPU: each outcome still goes to
+/// its own directive, whichever share it is in.
+#[test]
+fn many_filters_start_in_shares_and_a_refusal_names_its_own_directive() {
+    let bad = BadModules::in_scratch_dir();
+    let main = format!("wasm {{ module headers {}; module refuser {}; }}", filter("headers"), bad.refuser.display());
+    let locations = |refuser_at: Option<usize>| {
+        let filter = |i| if Some(i) == refuser_at { "refuser" } else { "headers" };
+        (0..700).map(|i| format!("location = /{i} {{ proxy_wasm {}; return 200; }}\n", filter(i))).collect::<String>()
+    };
+    let (ok, output) = nginx_test(&main, &format!("server {{ {} }}", locations(None)));
+    assert!(ok, "{output}");
+    let (ok, output) = nginx_test(&main, &format!("server {{ {} }}", locations(Some(650))));
+    assert!(!ok, "nginx -t accepted a filter that refuses its configuration");
+    let expected = "proxy_wasm \"refuser\": filter \"refuser\" rejected its configuration";
+    assert!(output.contains(expected), "expected {expected:?} in:\n{output}");
+}
+
 #[test]
 fn text_format_modules_are_accepted() {
     let dir = std::env::temp_dir().join(format!("inwasm-wat-{}", std::process::id()));
