@@ -210,7 +210,8 @@ fn profile(which: &str, filter: &Arc<Module>, empty: &Arc<Module>) {
 
 fn main() {
     let engine = |deadlines: bool, pooling: bool| {
-        let config = EngineConfig { deadlines, pooling: pooling.then(PoolingConfig::default) };
+        let config =
+            EngineConfig { deadlines, pooling: pooling.then(PoolingConfig::default), ..EngineConfig::default() };
         Engine::new(config).unwrap()
     };
     let epochs = engine(true, true);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use wasmtime::{Config, Enabled, Extern, InstanceAllocationStrategy, Linker, PoolingAllocationConfig, Store, ValType};
 
+use crate::function_cache::FunctionCache;
 use crate::limits::MemoryLimiter;
 use crate::plugin::{VmConfig, DEFAULT_MEMORY_LIMIT};
 use crate::session::HostState;
@@ -65,11 +66,15 @@ pub struct EngineConfig {
     pub deadlines: bool,
     /// `None` allocates each instance on demand.
     pub pooling: Option<PoolingConfig>,
+    /// Keep each function compiled, so modules sharing it compile it once: for processes
+    /// that compile many modules and end (or call [`Engine::forget_compiled_functions`]),
+    /// as what is kept stays in memory (up to 256 MiB).
+    pub share_compiled_functions: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { deadlines: true, pooling: Some(PoolingConfig::default()) }
+        EngineConfig { deadlines: true, pooling: Some(PoolingConfig::default()), share_compiled_functions: false }
     }
 }
 
@@ -85,6 +90,7 @@ struct EngineInner {
     config: EngineConfig,
     /// Marked by callbacks, so the epoch ticker can sleep while none runs.
     activity: Arc<Activity>,
+    function_cache: Option<Arc<FunctionCache>>,
 }
 
 impl Engine {
@@ -105,13 +111,24 @@ impl Engine {
                 .pagemap_scan(Enabled::Auto);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
+        let function_cache = config.share_compiled_functions.then(Arc::<FunctionCache>::default);
+        if let Some(cache) = &function_cache {
+            wasm.enable_incremental_compilation(cache.clone())?;
+        }
         raise_open_file_limit();
         let wasmtime = wasmtime::Engine::new(&wasm)?;
         let mut linker = Linker::new(&wasmtime);
         crate::abi::add_to_linker(&mut linker)?;
         crate::wasi::add_to_linker(&mut linker)?;
         let activity = Arc::default();
-        Ok(Engine { inner: Arc::new(EngineInner { wasmtime, linker, config, activity }) })
+        Ok(Engine { inner: Arc::new(EngineInner { wasmtime, linker, config, activity, function_cache }) })
+    }
+
+    /// Frees the functions kept for compiling (see [`EngineConfig::share_compiled_functions`]).
+    pub fn forget_compiled_functions(&self) {
+        if let Some(cache) = &self.inner.function_cache {
+            cache.clear();
+        }
     }
 
     pub fn wasmtime(&self) -> &wasmtime::Engine {

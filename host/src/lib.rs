@@ -32,6 +32,7 @@ with_runtime! {
     mod callbacks;
     mod engine;
     mod error;
+    mod function_cache;
     mod guest;
     mod limits;
     mod module;

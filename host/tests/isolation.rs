@@ -50,7 +50,7 @@ const NOT_FOUND: &str = "1";
 /// An engine with a single pooling slot, so every new instance reuses the last one's.
 fn one_slot_engine() -> Engine {
     let pooling = PoolingConfig { max_instances: 1, ..PoolingConfig::default() };
-    Engine::new(EngineConfig { deadlines: false, pooling: Some(pooling) }).expect("engine")
+    Engine::new(EngineConfig { deadlines: false, pooling: Some(pooling), ..EngineConfig::default() }).expect("engine")
 }
 
 /// One request through a fresh VM of `module`: what it saw (`x-dirty`, `x-secret-status`).

@@ -142,7 +142,7 @@ fn code_cache_hits_and_replaces_corrupt_entries() {
     assert_eq!(request_header(&exchange, "x-inwasm-config").as_deref(), Some("from-cache"));
 
     // Another engine configuration never reads this engine's entries.
-    let other = Engine::new(EngineConfig { deadlines: false, pooling: None }).unwrap();
+    let other = Engine::new(EngineConfig { deadlines: false, pooling: None, ..EngineConfig::default() }).unwrap();
     let module = Module::new(&other, "headers", &bytes, Some(&cache)).unwrap();
     assert_eq!(module.cache_outcome(), &CacheOutcome::Miss);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -173,7 +173,8 @@ fn spinning_configure_is_cut_at_the_start_budget() {
 #[test]
 fn a_full_instance_pool_is_told_apart_and_a_released_slot_is_reused() {
     let pooling = PoolingConfig { max_instances: 2, ..PoolingConfig::default() };
-    let small = Engine::new(EngineConfig { deadlines: false, pooling: Some(pooling) }).unwrap();
+    let small =
+        Engine::new(EngineConfig { deadlines: false, pooling: Some(pooling), ..EngineConfig::default() }).unwrap();
     let module = Module::new(&small, "tiny", minimal("", "(i32.const 1)").as_bytes(), None).unwrap();
     let first = Vm::new(module.clone(), VmConfig::default()).unwrap();
     let _second = Vm::new(module.clone(), VmConfig::default()).unwrap();

@@ -61,6 +61,13 @@ pub fn load_all(
     cache: Option<&CodeCache>,
     log: *mut ngx_log_t,
 ) -> Result<Vec<Arc<Module>>, String> {
+    let loaded = load_each(sources, cache, log);
+    // What the master compiled itself (without a cache, or what a child could not) is done.
+    engine().forget_compiled_functions();
+    loaded
+}
+
+fn load_each(sources: &[Source], cache: Option<&CodeCache>, log: *mut ngx_log_t) -> Result<Vec<Arc<Module>>, String> {
     let mut loaded: Vec<Option<Arc<Module>>> = Vec::with_capacity(sources.len());
     let mut missing: Vec<(usize, [u8; 32])> = Vec::new();
     for (index, source) in sources.iter().enumerate() {

@@ -148,7 +148,8 @@ static POOL: Mutex<Option<PoolingConfig>> = Mutex::new(None);
 pub fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| {
         let pooling = POOL.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
-        let config = EngineConfig { pooling: Some(pooling), ..EngineConfig::default() };
+        // Modules are compiled in short-lived children (the master forgets what it compiled).
+        let config = EngineConfig { pooling: Some(pooling), share_compiled_functions: true, ..EngineConfig::default() };
         Engine::new(config).expect("wasmtime engine configuration is valid")
     })
 }
