@@ -62,8 +62,11 @@ pub fn load_all(
     log: *mut ngx_log_t,
 ) -> Result<Vec<Arc<Module>>, String> {
     let loaded = load_each(sources, cache, log);
-    // What the master compiled itself (without a cache, or what a child could not) is done.
+    // What the master compiled itself (without a cache, or what a child could not) is done:
+    // the functions kept for it are freed, and the freed pages given back to the system.
     engine().forget_compiled_functions();
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    unsafe { libc::malloc_trim(0) };
     loaded
 }
 
