@@ -76,15 +76,13 @@ impl Module {
     /// The bytes of a module file: a regular file of at most [`MAX_MODULE_FILE`] bytes (a
     /// device or a pipe could be read forever).
     pub fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
-        let shown = path.display().to_string();
-        let error = |reason: String| LoadError::new(&shown, reason);
         let (file, length) = open_module_file(path)?;
         // Room for one byte more than the file has: read_to_end then never grows the vector.
         let mut bytes = Vec::with_capacity(length as usize + 1);
-        file.take(MAX_MODULE_FILE + 1).read_to_end(&mut bytes).map_err(|e| error(format!("cannot read: {e}")))?;
-        if bytes.len() as u64 > MAX_MODULE_FILE {
-            return Err(error(format!("larger than {} MiB", MAX_MODULE_FILE >> 20)));
-        }
+        let read = file.take(MAX_MODULE_FILE + 1).read_to_end(&mut bytes);
+        read.map_err(|e| LoadError::new(&path.display().to_string(), format!("cannot read: {e}")))?;
+        // The file may have grown since it was opened.
+        check_size(path, bytes.len() as u64)?;
         Ok(bytes)
     }
 
@@ -116,10 +114,16 @@ fn open_module_file(path: &Path) -> Result<(std::fs::File, u64), LoadError> {
     if !metadata.is_file() {
         return Err(error("not a regular file".into()));
     }
-    if metadata.len() > MAX_MODULE_FILE {
-        return Err(error(format!("larger than {} MiB", MAX_MODULE_FILE >> 20)));
-    }
+    check_size(path, metadata.len())?;
     Ok((file, metadata.len()))
+}
+
+/// Refuses a module file of more than [`MAX_MODULE_FILE`] bytes.
+fn check_size(path: &Path, size: u64) -> Result<(), LoadError> {
+    match size > MAX_MODULE_FILE {
+        true => Err(LoadError::new(&path.display().to_string(), format!("larger than {} MiB", MAX_MODULE_FILE >> 20))),
+        false => Ok(()),
+    }
 }
 
 /// The largest module file read (real filters reach tens of MiB: a Go WAF with its rules is

@@ -8,6 +8,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod chains;
+mod child;
 mod embedding;
 mod ffi;
 mod framing;

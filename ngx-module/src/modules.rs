@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use inwasm_host::{content_digest, CodeCache, Module};
 use ngx::ffi::{ngx_log_t, ngx_uint_t, NGX_LOG_NOTICE};
 
+use crate::child;
 use crate::ffi::log_error;
 use crate::wasm_block::{engine, limit_directive};
 
@@ -172,35 +173,16 @@ fn compile_in_children(sources: &[&Source], cache: &CodeCache, log: *mut ngx_log
 /// Forks a child that compiles `sources` into `cache`, writing a byte for each one done;
 /// returns its pid and the read end of its pipe.
 fn spawn_compiler(sources: &[&Source], cache: &CodeCache) -> Result<(libc::pid_t, std::fs::File), String> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(format!("cannot create a pipe: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: the pipe's two new descriptors, owned by nothing else.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the master runs no thread, so the child may go on; it only compiles, writes to
-    // its pipe and leaves with _exit (no atexit handlers, no flushing of the master's buffers).
-    match unsafe { libc::fork() } {
-        -1 => Err(format!("cannot fork: {}", std::io::Error::last_os_error())),
-        0 => {
-            drop(read_end);
-            let mut out = std::fs::File::from(write_end);
-            for source in sources {
-                if let Ok((bytes, digest)) = source.read() {
-                    let name = source.path.display().to_string();
-                    let _ = Module::with_digest(engine(), &name, &bytes, Some((cache, digest)));
-                }
-                let _ = out.write_all(b".");
+    child::spawn(|out| {
+        for source in sources {
+            if let Ok((bytes, digest)) = source.read() {
+                let name = source.path.display().to_string();
+                let _ = Module::with_digest(engine(), &name, &bytes, Some((cache, digest)));
             }
-            // SAFETY: ends the child at once, as intended.
-            unsafe { libc::_exit(0) }
+            let _ = out.write_all(b".");
         }
-        child => {
-            drop(write_end);
-            Ok((child, std::fs::File::from(read_end)))
-        }
-    }
+        0
+    })
 }
 
 /// Forgets compiled modules the configuration just read does not use (an older one that

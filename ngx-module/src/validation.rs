@@ -11,13 +11,15 @@
 //! worker from its start, so no request waits for their start-up; the others only from their
 //! first request, so idle filters cost no instance.
 
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use inwasm_host::{EpochTicker, PluginConfig, Vm, DEFAULT_START_TIMEOUT};
 use ngx::ffi::ngx_log_t;
 
+use crate::child;
 use crate::embedding::RootEmbedding;
 use crate::root_link::RootLink;
 use crate::wasm_block::{engine, ModuleDecl};
@@ -46,46 +48,25 @@ pub fn start_all(filters: &[(&ModuleDecl, &PluginConfig)], log: *mut ngx_log_t) 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let share = filters.len().div_ceil(cpus).max(FILTERS_PER_CHILD);
     // Every child is started before any is waited for, so they run side by side.
-    let children: Vec<_> = filters.chunks(share).map(|chunk| (chunk, spawn(chunk, log))).collect();
+    let children: Vec<_> = filters
+        .chunks(share)
+        .map(|chunk| (chunk, child::spawn(|out| report_each(chunk, log, out).is_err() as i32)))
+        .collect();
     children
         .into_iter()
         .flat_map(|(chunk, child)| match child {
-            Ok((pid, read_end)) => collect(chunk, pid, read_end),
+            Ok((pid, report)) => collect(chunk, pid, report),
             Err(error) => vec![Err(error); chunk.len()],
         })
         .collect()
 }
 
-/// Forks a child that starts `filters` and reports on a pipe; its pid and the pipe's read end.
-fn spawn(filters: &[(&ModuleDecl, &PluginConfig)], log: *mut ngx_log_t) -> Result<(libc::pid_t, OwnedFd), String> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(format!("cannot create a pipe: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: the pipe's two new descriptors, owned by nothing else.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the master runs no thread (see the module doc), so the child may go on.
-    match unsafe { libc::fork() } {
-        -1 => Err(format!("cannot fork: {}", std::io::Error::last_os_error())),
-        0 => {
-            drop(read_end);
-            let mut out = std::fs::File::from(write_end);
-            let ok = report_each(filters, log, &mut out).is_ok();
-            // No atexit handlers, no flushing of the master's buffers: just leave.
-            // SAFETY: ends the child at once, as intended.
-            unsafe { libc::_exit(!ok as i32) }
-        }
-        child => Ok((child, read_end)),
-    }
-}
-
 /// The outcomes of `filters` from the report of `child`, which is reaped (and killed first if
 /// it outlives the filters' budgets).
-fn collect(filters: &[(&ModuleDecl, &PluginConfig)], child: libc::pid_t, read_end: OwnedFd) -> Vec<Started> {
+fn collect(filters: &[(&ModuleDecl, &PluginConfig)], child: libc::pid_t, report: File) -> Vec<Started> {
     let budgets = filters.iter().map(|(module, _)| module.vm_config.start_timeout.unwrap_or_default() * START_STEPS);
     let limit = CHILD_LIMIT + budgets.map(|budget| budget + CHILD_LIMIT_PER_FILTER).sum::<Duration>();
-    let (report, timed_out) = read_with_limit(read_end, child, limit);
+    let (report, timed_out) = read_with_limit(report, child, limit);
     let mut status = 0;
     // SAFETY: reaps our own child.
     unsafe { libc::waitpid(child, &mut status, 0) };
@@ -159,10 +140,9 @@ fn parse(mut report: &[u8]) -> Vec<Started> {
 }
 
 /// Reads the child's report; kills the child if it outlives `limit` (then `true`).
-fn read_with_limit(read_end: OwnedFd, child: libc::pid_t, limit: Duration) -> (Vec<u8>, bool) {
+fn read_with_limit(mut file: File, child: libc::pid_t, limit: Duration) -> (Vec<u8>, bool) {
     let deadline = Instant::now() + limit;
     let mut report = Vec::new();
-    let mut file = std::fs::File::from(read_end);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
