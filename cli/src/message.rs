@@ -21,12 +21,14 @@ pub fn request(text: &[u8]) -> Result<Message, String> {
     let head = head_length(request.parse(text), "request")?;
     let (method, path) = (request.method.unwrap_or_default(), request.path.unwrap_or_default());
     let authority = request.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host")).map(|h| h.value);
-    let mut headers: Pairs = vec![
-        (b":authority".to_vec(), authority.unwrap_or_default().to_vec()),
-        (b":path".to_vec(), path.as_bytes().to_vec()),
-        (b":method".to_vec(), method.as_bytes().to_vec()),
-        (b":scheme".to_vec(), b"http".to_vec()),
-    ];
+    let mut headers: Pairs = [
+        (&b":authority"[..], authority.unwrap_or_default()),
+        (b":path", path.as_bytes()),
+        (b":method", method.as_bytes()),
+        (b":scheme", b"http"),
+    ]
+    .into_iter()
+    .collect();
     headers.extend(regular(request.headers, &["host"]));
     Ok(Message { body: body(request.headers, &text[head..])?, headers })
 }
@@ -36,7 +38,8 @@ pub fn response(text: &[u8]) -> Result<Message, String> {
     let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut lines);
     let head = head_length(response.parse(text), "response")?;
-    let mut headers: Pairs = vec![(b":status".to_vec(), response.code.unwrap_or(200).to_string().into_bytes())];
+    let mut headers = Pairs::new();
+    headers.push(b":status", response.code.unwrap_or(200).to_string());
     headers.extend(regular(response.headers, &[]));
     Ok(Message { body: body(response.headers, &text[head..])?, headers })
 }

@@ -114,7 +114,7 @@ fn options(mut parser: Parser) -> Result<Option<Options>, Usage> {
                     let answer = read(&path, message::response)?;
                     answers.push_back((
                         path,
-                        HttpCallResponse { headers: answer.headers, body: answer.body, trailers: Vec::new() },
+                        HttpCallResponse { headers: answer.headers, body: answer.body, trailers: Pairs::new() },
                     ));
                 }
                 "config" => config = inline_or_file(&parser.value(&name)?)?,
@@ -130,7 +130,7 @@ fn options(mut parser: Parser) -> Result<Option<Options>, Usage> {
     let filter = filter.ok_or_else(|| Usage::new("run needs a FILTER.wasm (see --help)"))?;
     let request = request.ok_or_else(|| Usage::new("run needs --request REQUEST.http (see --help)"))?;
     let response =
-        response.unwrap_or_else(|| Message { headers: vec![(b":status".to_vec(), b"200".to_vec())], body: Vec::new() });
+        response.unwrap_or_else(|| Message { headers: [(":status", "200")].into_iter().collect(), body: Vec::new() });
     let limits = StreamLimits {
         timeout: None,
         request_budget: Some(request_timeout.unwrap_or(default_request_budget(timeout))),

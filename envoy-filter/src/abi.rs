@@ -107,7 +107,7 @@ pub unsafe fn envoy_pairs(headers: *const EnvoyHeader, count: usize) -> inwasm_h
     // SAFETY: per the caller.
     let headers = unsafe { envoy_array(headers, count) };
     // SAFETY: per the caller.
-    headers.iter().map(|h| unsafe { (h.key.as_slice().to_vec(), h.value.as_slice().to_vec()) }).collect()
+    headers.iter().map(|h| unsafe { (h.key.as_slice(), h.value.as_slice()) }).collect()
 }
 
 /// Envoy's chunks of bytes, joined.

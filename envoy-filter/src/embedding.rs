@@ -285,7 +285,7 @@ impl HeaderMaps for StreamEmbedding {
             return Ok(pairs);
         }
         // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
-        Ok(envoy_map(map).map_or_else(Vec::new, |map| unsafe { headers::all(self.envoy(), map) }))
+        Ok(envoy_map(map).map_or_else(Pairs::new, |map| unsafe { headers::all(self.envoy(), map) }))
     }
 
     fn set_header_map(&mut self, map: MapType, pairs: Pairs) -> HostResult<()> {
@@ -306,7 +306,7 @@ impl HeaderMaps for StreamEmbedding {
     }
 
     fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
-        if let Some(value) = self.local_headers(map, |h| first_header_value(h, key)) {
+        if let Some(value) = self.local_headers(map, |h| h.first_value(key).map(<[u8]>::to_vec)) {
             return Ok(value);
         }
         // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
@@ -314,7 +314,7 @@ impl HeaderMaps for StreamEmbedding {
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
-        if let Some(()) = self.local_headers(map, |h| h.push((key.to_vec(), value.to_vec()))) {
+        if let Some(()) = self.local_headers(map, |h| h.push(key, value)) {
             return Ok(());
         }
         // SAFETY: as in `set_header_map`.
@@ -323,8 +323,8 @@ impl HeaderMaps for StreamEmbedding {
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
         let replaced = self.local_headers(map, |h| {
-            h.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
-            h.push((key.to_vec(), value.to_vec()));
+            h.retain(|_, k, _| !k.eq_ignore_ascii_case(key));
+            h.push(key, value);
         });
         if replaced.is_some() {
             return Ok(());
@@ -334,7 +334,7 @@ impl HeaderMaps for StreamEmbedding {
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
-        if let Some(()) = self.local_headers(map, |h| h.retain(|(k, _)| !k.eq_ignore_ascii_case(key))) {
+        if let Some(()) = self.local_headers(map, |h| h.retain(|_, k, _| !k.eq_ignore_ascii_case(key))) {
             return Ok(());
         }
         // SAFETY: as in `set_header_map`.

@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use inwasm_host::{Action, FilterError, HttpCallResponse, LocalResponse, StreamId, Vm, FILTER_FAILED_STATUS};
+use inwasm_host::{Action, FilterError, HttpCallResponse, LocalResponse, Pairs, StreamId, Vm, FILTER_FAILED_STATUS};
 
 use crate::abi::{self, callout_result, status, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr};
 use crate::body::{self, Direction};
@@ -285,8 +285,9 @@ impl HttpFilter {
             return;
         }
         let Some(mut response) = stream::take_local_response(&self.state) else { return };
-        let mut headers = vec![(b":status".to_vec(), response.status.to_string().into_bytes())];
-        headers.extend(std::mem::take(&mut response.headers));
+        let mut headers = Pairs::new();
+        headers.push(b":status", response.status.to_string());
+        headers.extend(&response.headers);
         self.state.borrow_mut().local_response = Some((headers, std::mem::take(&mut response.body)));
         let end_of_stream = self.state.borrow().local_response.as_ref().is_some_and(|(_, body)| body.is_empty());
         let mut passed = vm.borrow_mut().on_response_headers(stream_id, end_of_stream).map(drop);
@@ -387,7 +388,7 @@ pub unsafe fn callout_response(
         Ok(HttpCallResponse {
             headers: abi::envoy_pairs(headers, headers_size),
             body: abi::envoy_bytes(chunks, chunks_size),
-            trailers: Vec::new(),
+            trailers: Pairs::new(),
         })
     }
 }

@@ -61,7 +61,7 @@ fn vm_key(caller: &Caller) -> usize {
 pub fn start(carrier: Carrier, caller: Caller, token: u32, request: GrpcCallRequest) -> HostResult<()> {
     let target = grpc_client::target(&request.upstream)?;
     let mut metadata = target.metadata;
-    metadata.extend(request.initial_metadata);
+    metadata.extend(&request.initial_metadata);
     let headers =
         grpc_client::request_headers(&target.authority, &request.service, &request.method, request.timeout, &metadata);
     let unary = request.message.is_some();
@@ -178,7 +178,7 @@ fn read(
 /// so. (Other local answers' details do not show.)
 fn details(headers: &Pairs) -> Option<&'static str> {
     let has = |name: &[u8], value: Option<&[u8]>| {
-        headers.iter().any(|(k, v)| k.as_slice() == name && value.is_none_or(|value| v.as_slice() == value))
+        headers.iter().any(|(k, v)| k == name && value.is_none_or(|value| v == value))
     };
     if has(b"x-envoy-upstream-service-time", None) {
         Some("via_upstream")

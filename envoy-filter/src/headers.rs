@@ -26,14 +26,14 @@ pub unsafe fn all(filter: FilterEnvoyPtr, map: u32) -> Pairs {
     unsafe {
         let count = abi::envoy_dynamic_module_callback_http_get_headers_size(filter, map);
         if count == 0 {
-            return Vec::new();
+            return Pairs::new();
         }
         let empty = EnvoyHeader { key: EnvoyBuffer::EMPTY, value: EnvoyBuffer::EMPTY };
         let mut entries = vec![empty; count];
         if !abi::envoy_dynamic_module_callback_http_get_headers(filter, map, entries.as_mut_ptr()) {
-            return Vec::new();
+            return Pairs::new();
         }
-        entries.iter().map(|h| (h.key.as_slice().to_vec(), h.value.as_slice().to_vec())).collect()
+        entries.iter().map(|h| (h.key.as_slice(), h.value.as_slice())).collect()
     }
 }
 
@@ -102,7 +102,8 @@ pub unsafe fn set(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: Option<&[
 pub unsafe fn replace_all(filter: FilterEnvoyPtr, map: u32, pairs: &Pairs) -> bool {
     // SAFETY: a live stream (per the caller), for each read and write of the map.
     unsafe {
-        let mut keys: Vec<Vec<u8>> = all(filter, map).into_iter().map(|(k, _)| k).collect();
+        let current = all(filter, map);
+        let mut keys: Vec<&[u8]> = current.iter().map(|(k, _)| k).collect();
         keys.dedup();
         let kept = |key: &[u8]| pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
         let removed = keys.iter().filter(|k| !kept(k)).all(|k| set(filter, map, k, None));

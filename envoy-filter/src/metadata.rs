@@ -31,9 +31,7 @@ impl Value {
             Value::Text(text) => text.clone(),
             Value::Number(number) => number.to_le_bytes().to_vec(),
             Value::Bool(flag) => property::boolean(*flag),
-            Value::List(items) => {
-                property::map(&items.iter().map(|item| (item.encode(), Vec::new())).collect::<Vec<_>>())
-            }
+            Value::List(items) => property::map(&items.iter().map(|item| (item.encode(), b"")).collect()),
         }
     }
 
@@ -101,7 +99,7 @@ pub unsafe fn get(filter: FilterEnvoyPtr, path: &[&[u8]]) -> Option<Vec<u8>> {
                     let fields = encode_fields(reader.fields(&ns));
                     (ns, fields)
                 });
-                Some(property::map(&namespaces.collect::<Vec<_>>()))
+                Some(property::map(&namespaces.collect()))
             }
             [b"filter_metadata", ns] => {
                 reader.namespaces().iter().any(|known| known == ns).then(|| encode_fields(reader.fields(ns)))
@@ -120,7 +118,7 @@ pub unsafe fn get(filter: FilterEnvoyPtr, path: &[&[u8]]) -> Option<Vec<u8>> {
 }
 
 fn encode_fields(fields: Vec<(Vec<u8>, Value)>) -> Vec<u8> {
-    property::map(&fields.into_iter().map(|(k, v)| (k, v.encode())).collect::<Vec<_>>())
+    property::map(&fields.into_iter().map(|(k, v)| (k, v.encode())).collect())
 }
 
 /// Reads of one metadata source of one stream. What Envoy hands over is copied at once (a

@@ -91,8 +91,8 @@ pub unsafe fn get(filter: FilterEnvoyPtr, path: &[&[u8]]) -> Option<Vec<u8>> {
                     .then(|| property::boolean(result))
             }
             Kind::Headers(map) => {
-                let pairs: Vec<_> =
-                    headers::all(filter, map).into_iter().filter(|(k, _)| k.first() != Some(&b':')).collect();
+                let mut pairs = headers::all(filter, map);
+                pairs.retain(|_, k, _| k.first() != Some(&b':'));
                 Some(property::map(&pairs))
             }
         }

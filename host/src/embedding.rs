@@ -12,7 +12,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::types::{BufferType, HostResult, LogLevel, MapType, MetricType, Pairs, Status, StreamType};
+use crate::types::{BufferType, HostResult, LogLevel, MapType, MetricType, Status, StreamType};
+use crate::Pairs;
 
 /// Log sink and level.
 pub trait Logging {
@@ -37,7 +38,7 @@ pub trait Clock {
 /// (as in Envoy: the SDKs treat any other answer to a read as fatal).
 pub trait HeaderMaps {
     fn header_map(&mut self, _map: MapType) -> HostResult<Pairs> {
-        Ok(Vec::new())
+        Ok(Pairs::new())
     }
     fn set_header_map(&mut self, _map: MapType, _pairs: Pairs) -> HostResult<()> {
         Err(Status::Unimplemented)
@@ -47,30 +48,25 @@ pub trait HeaderMaps {
     }
     /// The first value of `key` (Envoy answers the first of repeated headers).
     fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
-        Ok(first_header_value(&self.header_map(map)?, key))
+        Ok(self.header_map(map)?.first_value(key).map(<[u8]>::to_vec))
     }
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
         let mut pairs = self.header_map(map)?;
-        pairs.push((key.to_vec(), value.to_vec()));
+        pairs.push(key, value);
         self.set_header_map(map, pairs)
     }
     /// Sets `key` to `value`, replacing every existing value (adds it when absent).
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
         let mut pairs = self.header_map(map)?;
-        pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
-        pairs.push((key.to_vec(), value.to_vec()));
+        pairs.retain(|_, k, _| !k.eq_ignore_ascii_case(key));
+        pairs.push(key, value);
         self.set_header_map(map, pairs)
     }
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
         let mut pairs = self.header_map(map)?;
-        pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        pairs.retain(|_, k, _| !k.eq_ignore_ascii_case(key));
         self.set_header_map(map, pairs)
     }
-}
-
-/// The first value of `key` in `pairs` (case-insensitive).
-pub fn first_header_value(pairs: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<Vec<u8>> {
-    pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone())
 }
 
 /// Request and response bodies (and L4 data). The host implements the ABI's slicing and
@@ -119,7 +115,7 @@ pub const FILTER_FAILED_STATUS: u32 = 503;
 impl Default for LocalResponse {
     /// An empty 200 with no gRPC status.
     fn default() -> Self {
-        LocalResponse { status: 200, details: Vec::new(), body: Vec::new(), headers: Vec::new(), grpc_status: -1 }
+        LocalResponse { status: 200, details: Vec::new(), body: Vec::new(), headers: Pairs::new(), grpc_status: -1 }
     }
 }
 

@@ -61,14 +61,14 @@ impl LocalResponse {
         let code = self.grpc_status_code();
         let has = |name: &[u8]| self.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         let (has_status, has_message) = (has(b"grpc-status"), has(b"grpc-message"));
-        let mut headers: Vec<_> =
-            self.headers.into_iter().filter(|(k, _)| !k.eq_ignore_ascii_case(b"content-type")).collect();
-        headers.push((b"content-type".to_vec(), CONTENT_TYPE.to_vec()));
+        let mut headers = self.headers;
+        headers.retain(|_, k, _| !k.eq_ignore_ascii_case(b"content-type"));
+        headers.push(b"content-type", CONTENT_TYPE);
         if !has_status {
-            headers.push((b"grpc-status".to_vec(), code.to_string().into_bytes()));
+            headers.push(b"grpc-status", code.to_string());
         }
         if !has_message && !self.body.is_empty() {
-            headers.push((b"grpc-message".to_vec(), encode_message(&self.body)));
+            headers.push(b"grpc-message", encode_message(&self.body));
         }
         LocalResponse { status: 200, headers, body: Vec::new(), grpc_status: code as i32, details: self.details }
     }
@@ -92,13 +92,13 @@ mod tests {
             status: 503,
             details: b"wasm_fail_stream".to_vec(),
             body: b"filter failed: 100%".to_vec(),
-            headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
+            headers: [("content-type", "text/plain")].into_iter().collect(),
             grpc_status: -1,
         };
         let grpc = failed.into_grpc();
         assert_eq!(grpc.status, 200);
         assert!(grpc.body.is_empty());
-        let header = |name: &[u8]| grpc.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let header = |name: &[u8]| grpc.headers.exact_value(name).map(<[u8]>::to_vec);
         assert_eq!(header(b"grpc-status").as_deref(), Some(&b"14"[..]));
         assert_eq!(header(b"grpc-message").as_deref(), Some(&b"filter failed: 100%25"[..]));
         assert_eq!(header(b"content-type").as_deref(), Some(&b"application/grpc"[..]));

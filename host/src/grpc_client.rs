@@ -12,7 +12,8 @@ use std::time::Duration;
 use prost::Message;
 
 use crate::grpc::status;
-use crate::types::{HostResult, Pairs, Status};
+use crate::types::{HostResult, Status};
+use crate::Pairs;
 
 /// gRPC status OK.
 pub const OK: u32 = 0;
@@ -70,14 +71,14 @@ pub struct Target {
 pub fn target(upstream: &[u8]) -> HostResult<Target> {
     let Ok(service) = GrpcService::decode(upstream) else {
         let name = upstream.to_vec();
-        return Ok(Target { cluster: name.clone(), authority: name, metadata: Vec::new(), by_name: true });
+        return Ok(Target { cluster: name.clone(), authority: name, metadata: Pairs::new(), by_name: true });
     };
     let envoy = service.envoy_grpc.filter(|e| !e.cluster_name.is_empty()).ok_or(Status::BadArgument)?;
     let authority = if envoy.authority.is_empty() { &envoy.cluster_name } else { &envoy.authority };
     Ok(Target {
         cluster: envoy.cluster_name.clone().into_bytes(),
         authority: authority.clone().into_bytes(),
-        metadata: service.initial_metadata.into_iter().map(|h| (h.key.into_bytes(), h.value.into_bytes())).collect(),
+        metadata: service.initial_metadata.into_iter().map(|h| (h.key, h.value)).collect(),
         by_name: false,
     })
 }
@@ -105,17 +106,16 @@ pub fn request_headers(
     timeout: Option<Duration>,
     metadata: &Pairs,
 ) -> Pairs {
-    let mut headers: Pairs = vec![
-        (b":method".to_vec(), b"POST".to_vec()),
-        (b":path".to_vec(), format!("/{service}/{method}").into_bytes()),
-        (b":authority".to_vec(), authority.to_vec()),
-    ];
+    let mut headers = Pairs::new();
+    headers.push(b":method", b"POST");
+    headers.push(b":path", format!("/{service}/{method}"));
+    headers.push(b":authority", authority);
     if let Some(timeout) = timeout {
-        headers.push((b"grpc-timeout".to_vec(), grpc_timeout(timeout).into_bytes()));
+        headers.push(b"grpc-timeout", grpc_timeout(timeout));
     }
-    headers.push((b"content-type".to_vec(), b"application/grpc".to_vec()));
-    headers.push((b"te".to_vec(), b"trailers".to_vec()));
-    headers.extend(metadata.iter().cloned());
+    headers.push(b"content-type", b"application/grpc");
+    headers.push(b"te", b"trailers");
+    headers.extend(metadata);
     headers
 }
 
@@ -174,11 +174,11 @@ impl ResponseReader {
         if self.closed {
             return Vec::new();
         }
-        let ok = value(&headers, b":status") == Some(&b"200"[..]);
-        let has_grpc_status = value(&headers, b"grpc-status").is_some();
+        let ok = headers.first_value(b":status") == Some(&b"200"[..]);
+        let has_grpc_status = headers.first_value(b"grpc-status").is_some();
         let mut events = Vec::new();
         if end_stream {
-            self.push(&mut events, GrpcEvent::InitialMetadata(Vec::new()));
+            self.push(&mut events, GrpcEvent::InitialMetadata(Pairs::new()));
             // Trailers-only: the headers are the trailers (whatever the HTTP status, given a
             // gRPC status).
             if ok || has_grpc_status {
@@ -235,10 +235,11 @@ impl ResponseReader {
         if self.closed {
             return Vec::new();
         }
-        let code = value(&trailers, b"grpc-status")
+        let code = trailers
+            .first_value(b"grpc-status")
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
             .unwrap_or(status::UNKNOWN);
-        let message = value(&trailers, b"grpc-message").map(|v| String::from_utf8_lossy(v).into_owned());
+        let message = trailers.first_value(b"grpc-message").map(|v| String::from_utf8_lossy(v).into_owned());
         let mut events = Vec::new();
         self.push(&mut events, GrpcEvent::TrailingMetadata(trailers));
         events.extend(self.close(code, message.unwrap_or_default()));
@@ -256,7 +257,7 @@ impl ResponseReader {
     /// Ends the call with `code` after an empty set of trailing metadata.
     fn fail(&mut self, code: u32, message: String) -> Vec<GrpcEvent> {
         let mut events = Vec::new();
-        self.push(&mut events, GrpcEvent::TrailingMetadata(Vec::new()));
+        self.push(&mut events, GrpcEvent::TrailingMetadata(Pairs::new()));
         events.extend(self.close(code, message));
         events
     }
@@ -278,10 +279,6 @@ impl ResponseReader {
             events.push(event);
         }
     }
-}
-
-fn value<'a>(pairs: &'a Pairs, name: &[u8]) -> Option<&'a [u8]> {
-    pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use wasmtime::{Caller, Memory};
 
 use crate::embedding::Embedding;
 use crate::session::{Context, HostState};
+use crate::serialization::deserialize_map;
 use crate::types::{LogLevel, Status};
+use crate::Pairs;
 
 /// Why a host function did not succeed: a status for the guest, or a trap that ends the call.
 pub(crate) enum Fault {
@@ -65,6 +67,11 @@ impl<'a, 'b> Guest<'a, 'b> {
     pub fn read(&self, ptr: i32, len: i32) -> AbiResult<Vec<u8>> {
         let memory = self.memory()?;
         Ok(checked(memory.data(&*self.caller), ptr, len)?.to_vec())
+    }
+
+    /// A serialized map (headers, trailers, metadata), parsed where it lies.
+    pub fn read_map(&mut self, ptr: i32, len: i32) -> AbiResult<Pairs> {
+        self.with_bytes([(ptr, len)], |_, [bytes]| Ok(deserialize_map(bytes)?))
     }
 
     /// Runs `f` with the bytes of each `(ptr, len)` range, in place, and the host state: what

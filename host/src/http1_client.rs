@@ -7,7 +7,7 @@
 //! `http`, its method and header names as tokens and its values as RFC 9110 field values.
 
 use crate::embedding::{HttpCallRequest, HttpCallResponse};
-use crate::types::Pairs;
+use crate::Pairs;
 
 /// The largest response head (status line and headers, or trailers) a call accepts.
 pub const MAX_HEAD: usize = 64 << 10;
@@ -37,9 +37,7 @@ pub struct Malformed(pub String);
 /// valid HTTP (CR, LF, NUL, ...). Trailers have no place in an HTTP/1.1 request with a length,
 /// and are not sent.
 pub fn request_bytes(request: &HttpCallRequest) -> Result<Vec<u8>, Malformed> {
-    let pseudo = |name: &[u8]| {
-        request.headers.iter().find(|(k, _)| k.as_slice() == name).map(|(_, v)| v.as_slice()).unwrap_or_default()
-    };
+    let pseudo = |name: &[u8]| request.headers.exact_value(name).unwrap_or_default();
     let (method, path, authority) = (pseudo(b":method"), pseudo(b":path"), pseudo(b":authority"));
     let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     if !is_token(method) {
@@ -61,7 +59,9 @@ pub fn request_bytes(request: &HttpCallRequest) -> Result<Vec<u8>, Malformed> {
             return Err(Malformed(format!("invalid header \"{}: {}\"", shown(key), shown(value).escape_debug())));
         }
         if !HOP_BY_HOP.iter().any(|h| key.eq_ignore_ascii_case(h)) {
-            out.extend_from_slice(&[key.as_slice(), b": ", value, b"\r\n"].concat());
+            for part in [key, b": ", value, b"\r\n"] {
+                out.extend_from_slice(part);
+            }
         }
     }
     out.extend_from_slice(format!("content-length: {}\r\n\r\n", request.body.len()).as_bytes());
@@ -129,9 +129,9 @@ impl ResponseReader {
             max_body,
             part: Part::Head,
             pending: Vec::new(),
-            headers: Vec::new(),
+            headers: Pairs::new(),
             body: Vec::new(),
-            trailers: Vec::new(),
+            trailers: Pairs::new(),
             persistent: false,
         }
     }
@@ -250,8 +250,9 @@ impl ResponseReader {
         if (100..200).contains(&status) && status != 101 {
             return Ok(Some(n)); // an interim response: the real one follows
         }
-        let mut headers: Pairs = vec![(b":status".to_vec(), status.to_string().into_bytes())];
-        headers.extend(response.headers.iter().map(|h| (h.name.to_ascii_lowercase().into_bytes(), h.value.to_vec())));
+        let mut headers = received_fields(response.headers);
+        // httparse reads exactly three digits.
+        headers.push(b":status", [status / 100, status / 10 % 10, status % 10].map(|d| b'0' + d as u8));
         let value = |name: &str| response.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
         let closes = value("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
         self.persistent = response.version == Some(1) && !closes;
@@ -281,8 +282,7 @@ impl ResponseReader {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         match httparse::parse_headers(bytes, &mut slots) {
             Ok(httparse::Status::Complete((n, trailers))) => {
-                self.trailers =
-                    trailers.iter().map(|h| (h.name.to_ascii_lowercase().into_bytes(), h.value.to_vec())).collect();
+                self.trailers = received_fields(trailers);
                 self.part = Part::Done;
                 Ok(Some(n))
             }
@@ -290,6 +290,15 @@ impl ResponseReader {
             Err(_) => Err("malformed trailers"),
         }
     }
+}
+
+/// Header fields as received, their names in lower case.
+fn received_fields(fields: &[httparse::Header<'_>]) -> Pairs {
+    let bytes: usize = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
+    let mut pairs = Pairs::with_capacity(fields.len() + 1, bytes + 8);
+    pairs.extend(fields.iter().map(|h| (h.name, h.value)));
+    pairs.lowercase_names();
+    pairs
 }
 
 #[cfg(test)]
@@ -301,7 +310,7 @@ mod tests {
             upstream: "up".into(),
             headers: headers.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
             body: body.to_vec(),
-            trailers: vec![],
+            trailers: Pairs::new(),
             timeout: None,
         }
     }
@@ -377,7 +386,7 @@ mod tests {
             for step in [1, 2, 7, response.len()] {
                 let (got, keep) = read_in_steps(response, step, false).unwrap();
                 assert_eq!((got.body.as_slice(), keep), (body, persistent), "{}", String::from_utf8_lossy(response));
-                assert!(got.headers[0].0 == b":status");
+                assert!(got.headers.exact_value(b":status").is_some());
             }
         }
         let (chunked, _) = read_in_steps(cases[1].0, 3, false).unwrap();

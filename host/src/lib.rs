@@ -16,6 +16,7 @@ mod embedding;
 pub mod grpc;
 pub mod grpc_client;
 pub mod http1_client;
+mod pairs;
 mod plugin;
 pub mod serialization;
 pub mod stores;
@@ -44,6 +45,7 @@ with_runtime! {
 }
 
 pub use embedding::*;
+pub use pairs::Pairs;
 pub use plugin::{
     default_request_budget, PluginConfig, StreamLimits, VmConfig, DEFAULT_BACKGROUND_TIMEOUT, DEFAULT_MEMORY_LIMIT,
     DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT,

@@ -1,7 +1,8 @@
 //! Wire formats of the ABI: header maps, property paths and property values, as Envoy
 //! encodes them.
 
-use crate::types::{Pairs, Status};
+use crate::types::Status;
+use crate::Pairs;
 
 /// The largest serialized map Envoy accepts from a guest.
 pub const MAX_MAP_BYTES: usize = 1 << 20;
@@ -10,20 +11,15 @@ pub const MAX_MAP_PAIRS: usize = 1024;
 
 /// Serializes pairs: u32 count; per pair (u32 key length, u32 value length); then per pair
 /// key, NUL, value, NUL. All integers little endian.
-pub fn serialize_map(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let data: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data);
+pub fn serialize_map(pairs: &Pairs) -> Vec<u8> {
+    let (data, lengths) = pairs.serialized_parts();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data.len());
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (key, value) in pairs {
-        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    for (key, value) in lengths {
+        out.extend_from_slice(&(key as u32).to_le_bytes());
+        out.extend_from_slice(&(value as u32).to_le_bytes());
     }
-    for (key, value) in pairs {
-        out.extend_from_slice(key);
-        out.push(0);
-        out.extend_from_slice(value);
-        out.push(0);
-    }
+    out.extend_from_slice(data);
     out
 }
 
@@ -31,7 +27,7 @@ pub fn serialize_map(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 /// be well formed, within the caps, and consumed exactly; otherwise `SerializationFailure`.
 pub fn deserialize_map(bytes: &[u8]) -> Result<Pairs, Status> {
     if bytes.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Pairs::new());
     }
     if bytes.len() > MAX_MAP_BYTES {
         return Err(Status::SerializationFailure);
@@ -41,38 +37,23 @@ pub fn deserialize_map(bytes: &[u8]) -> Result<Pairs, Status> {
     if count > MAX_MAP_PAIRS {
         return Err(bad);
     }
-    let mut data = 4 + count * 8;
+    let data = 4 + count * 8;
     if data > bytes.len() {
         return Err(bad);
     }
-    let mut pairs = Vec::with_capacity(count);
-    for i in 0..count {
-        let key_len = read_u32(bytes, 4 + i * 8).ok_or(bad)? as usize;
-        let value_len = read_u32(bytes, 8 + i * 8).ok_or(bad)? as usize;
-        let key = take_terminated(bytes, &mut data, key_len).ok_or(bad)?;
-        let value = take_terminated(bytes, &mut data, value_len).ok_or(bad)?;
-        pairs.push((key.to_vec(), value.to_vec()));
-    }
-    if data != bytes.len() {
-        return Err(bad);
-    }
-    Ok(pairs)
+    let lengths = (0..count).map(|i| {
+        let at = 4 + i * 8;
+        (
+            u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize,
+            u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize,
+        )
+    });
+    Pairs::from_serialized_parts(&bytes[data..], lengths).ok_or(bad)
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     let raw = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(raw.try_into().ok()?))
-}
-
-/// Takes `len` bytes at `*cursor` followed by a NUL, advancing the cursor past the NUL.
-fn take_terminated<'a>(bytes: &'a [u8], cursor: &mut usize, len: usize) -> Option<&'a [u8]> {
-    let end = cursor.checked_add(len)?;
-    let field = bytes.get(*cursor..end)?;
-    if *bytes.get(end)? != 0 {
-        return None;
-    }
-    *cursor = end + 1;
-    Some(field)
 }
 
 /// Splits a property path (`request\0path`) into its segments. A trailing NUL is ignored.
@@ -96,7 +77,7 @@ pub mod property {
         int(nanos.min(i64::MAX as u128) as i64)
     }
     /// Maps (e.g. `request.headers`) use the header-map serialization.
-    pub fn map(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    pub fn map(pairs: &crate::Pairs) -> Vec<u8> {
         super::serialize_map(pairs)
     }
 }
@@ -126,14 +107,15 @@ mod tests {
 
     #[test]
     fn map_round_trips_binary_values() {
-        let original = vec![(b"k\xff".to_vec(), vec![1, 2, 3]), (b":path".to_vec(), b"/".to_vec())];
+        let original: Pairs =
+            [(b"k\xff".to_vec(), vec![1, 2, 3]), (b":path".to_vec(), b"/".to_vec())].into_iter().collect();
         assert_eq!(deserialize_map(&serialize_map(&original)).unwrap(), original);
     }
 
     #[test]
     fn empty_buffer_is_empty_map() {
-        assert_eq!(deserialize_map(&[]).unwrap(), Vec::new());
-        assert_eq!(deserialize_map(&serialize_map(&[])).unwrap(), Vec::new());
+        assert_eq!(deserialize_map(&[]).unwrap(), Pairs::new());
+        assert_eq!(deserialize_map(&serialize_map(&Pairs::new())).unwrap(), Pairs::new());
     }
 
     #[test]
@@ -156,7 +138,7 @@ mod tests {
     fn map_caps_are_enforced() {
         let many: Pairs = (0..=MAX_MAP_PAIRS).map(|i| (i.to_string().into_bytes(), vec![])).collect();
         assert_eq!(deserialize_map(&serialize_map(&many)), Err(Status::SerializationFailure));
-        let big = vec![(b"k".to_vec(), vec![b'v'; MAX_MAP_BYTES])];
+        let big: Pairs = [(b"k".to_vec(), vec![b'v'; MAX_MAP_BYTES])].into_iter().collect();
         assert_eq!(deserialize_map(&serialize_map(&big)), Err(Status::SerializationFailure));
     }
 

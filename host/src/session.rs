@@ -10,7 +10,8 @@ use wasmtime::{Memory, TypedFunc};
 use crate::embedding::Embedding;
 use crate::limits::{Deadline, MemoryLimiter};
 use crate::plugin::{PluginConfig, VmConfig};
-use crate::types::{AbiVersion, LogLevel, Pairs, Status};
+use crate::types::{AbiVersion, LogLevel, Status};
+use crate::Pairs;
 use crate::wasi::WasiState;
 
 /// Hashes the host's small integer ids (context ids, call tokens) with one multiply: they

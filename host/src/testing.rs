@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use crate::embedding::*;
 use crate::stores::{QueueStore, SharedDataStore};
-use crate::types::{BufferType, HostResult, LogLevel, MapType, MetricType, Pairs, Status, StreamType};
+use crate::types::{BufferType, HostResult, LogLevel, MapType, MetricType, Status, StreamType};
+use crate::Pairs;
 
 /// Converts string pairs to the ABI's byte pairs.
 pub fn pairs(items: &[(&str, &str)]) -> Pairs {
-    items.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+    items.iter().copied().collect()
 }
 
 #[derive(Debug, Default)]
@@ -143,35 +144,29 @@ impl HeaderMaps for MemoryEmbedding {
     }
 
     fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
-        Ok(first_header_value(&self.pairs(map)?, key))
+        Ok(self.pairs(map)?.first_value(key).map(<[u8]>::to_vec))
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
-        self.pairs(map)?.push((key.to_vec(), value.to_vec()));
+        self.pairs(map)?.push(key, value);
         Ok(())
     }
 
     fn replace_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
         let mut pairs = self.pairs(map)?;
-        match pairs.iter().position(|(k, _)| k.eq_ignore_ascii_case(key)) {
+        match pairs.position(key) {
             Some(first) => {
-                pairs[first].1.clear();
-                pairs[first].1.extend_from_slice(value);
+                pairs.set_value(first, value);
                 // Later values of the key go; the first keeps its place.
-                let mut index = 0;
-                pairs.retain(|(k, _)| {
-                    let keep = index <= first || !k.eq_ignore_ascii_case(key);
-                    index += 1;
-                    keep
-                });
+                pairs.retain(|index, k, _| index <= first || !k.eq_ignore_ascii_case(key));
             }
-            None => pairs.push((key.to_vec(), value.to_vec())),
+            None => pairs.push(key, value),
         }
         Ok(())
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
-        self.pairs(map)?.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        self.pairs(map)?.retain(|_, k, _| !k.eq_ignore_ascii_case(key));
         Ok(())
     }
 }

@@ -206,6 +206,3 @@ impl fmt::Display for AbiVersion {
         })
     }
 }
-
-/// Header-like pairs as the ABI carries them: raw bytes, order kept, duplicates allowed.
-pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;

@@ -20,7 +20,8 @@ use crate::plugin::{PluginConfig, StreamLimits, VmConfig};
 use crate::grpc_client::GrpcEvent;
 use crate::session::{CallData, CallKind, Context, HostState};
 use crate::ticker::Activity;
-use crate::types::{Action, MapType, Pairs, Status};
+use crate::types::{Action, MapType, Status};
+use crate::Pairs;
 use crate::wasi::flush_output;
 
 /// A plugin (root context) on a [`Vm`].

@@ -133,7 +133,7 @@ fn http_call_round_trip_resumes_request() {
     assert_eq!(header(&request.headers, "x-token").as_deref(), Some("Bearer t0k"));
     assert_eq!(request.timeout, Some(Duration::from_millis(500)));
     let response =
-        HttpCallResponse { headers: pairs(&[(":status", "200")]), body: b"alice".to_vec(), trailers: vec![] };
+        HttpCallResponse { headers: pairs(&[(":status", "200")]), body: b"alice".to_vec(), trailers: Pairs::new() };
     h.vm.on_http_call_response(h.plugin, token, Ok(response)).unwrap();
     assert_eq!(request_header(&exchange, "x-auth-user").as_deref(), Some("alice"));
     assert_eq!(exchange.borrow().continued, vec![StreamType::Request]);
@@ -144,7 +144,7 @@ fn http_call_round_trip_resumes_request() {
 fn http_call_denial_answers_locally() {
     let (mut h, _stream, exchange) = call_filter();
     let token = h.node.borrow().http_calls[0].0;
-    let response = HttpCallResponse { headers: pairs(&[(":status", "401")]), body: vec![], trailers: vec![] };
+    let response = HttpCallResponse { headers: pairs(&[(":status", "401")]), body: vec![], trailers: Pairs::new() };
     h.vm.on_http_call_response(h.plugin, token, Ok(response)).unwrap();
     assert_eq!(exchange.borrow().local_response.as_ref().map(|r| r.status), Some(403));
     assert!(exchange.borrow().continued.is_empty());
@@ -174,7 +174,7 @@ fn answers_to_calls_of_an_ended_stream_are_dropped() {
     let token = h.node.borrow().http_calls[0].0;
     h.vm.finish_stream(stream).unwrap();
     let response =
-        HttpCallResponse { headers: pairs(&[(":status", "200")]), body: b"alice".to_vec(), trailers: vec![] };
+        HttpCallResponse { headers: pairs(&[(":status", "200")]), body: b"alice".to_vec(), trailers: Pairs::new() };
     h.vm.on_http_call_response(h.plugin, token, Ok(response)).unwrap();
     assert!(!h.logs().iter().any(|l| l.starts_with("call ")), "the filter got no answer: {:?}", h.logs());
     assert!(exchange.borrow().continued.is_empty());

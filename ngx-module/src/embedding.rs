@@ -462,7 +462,7 @@ impl HeaderMaps for StreamEmbedding {
             // SAFETY: as above.
             Some(Side::Response) => unsafe { headers::response_headers(r) },
             // nginx hands trailers to no filter yet.
-            None => Vec::new(),
+            None => Pairs::new(),
         })
     }
 

@@ -45,6 +45,20 @@ pub unsafe fn pool_str(pool: *mut ngx_pool_t, data: &[u8]) -> Option<ngx_str_t> 
     }
 }
 
+/// A copy of `data` in lower case (ASCII) from `pool`; `None` when the pool is out of memory.
+///
+/// # Safety
+/// `pool` must be a valid pool.
+pub unsafe fn pool_str_lowercase(pool: *mut ngx_pool_t, data: &[u8]) -> Option<ngx_str_t> {
+    // SAFETY: a valid pool (the caller's contract).
+    let copy = unsafe { pool_str(pool, data) }?;
+    if !copy.data.is_null() {
+        // SAFETY: the pool's fresh copy, `len` bytes that nothing else points to yet.
+        unsafe { std::slice::from_raw_parts_mut(copy.data, copy.len) }.make_ascii_lowercase();
+    }
+    Some(copy)
+}
+
 /// The current cycle's log, which lives as long as the cycle (unlike a request's or a
 /// connection's).
 pub fn cycle_log() -> *mut ngx_log_t {

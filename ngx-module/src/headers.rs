@@ -19,7 +19,7 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
-use crate::ffi::{bytes, pool_str};
+use crate::ffi::{bytes, pool_str, pool_str_lowercase};
 use crate::request_line;
 use crate::shortcuts::{self, elements};
 
@@ -45,11 +45,12 @@ fn check(key: &[u8], value: &[u8]) -> HostResult<()> {
 
 const OUT_OF_MEMORY: Status = Status::InternalFailure;
 
-unsafe fn pairs_of(list: &ngx_list_t) -> Pairs {
+/// Appends the live elements of `list` to `pairs`, and lower-cases the names (those already
+/// in `pairs` are the host's own, in lower case).
+unsafe fn append_elements(pairs: &mut Pairs, list: &ngx_list_t) {
     // SAFETY: a valid list (per the caller); its live elements are valid.
-    unsafe {
-        elements(list).map(|elt| (bytes(&(*elt).key).to_ascii_lowercase(), bytes(&(*elt).value).to_vec())).collect()
-    }
+    pairs.extend(unsafe { elements(list).map(|elt| (bytes(&(*elt).key), bytes(&(*elt).value))) });
+    pairs.lowercase_names();
 }
 
 /// The live elements named `key` (case-insensitively), in order.
@@ -77,7 +78,7 @@ pub(crate) unsafe fn push(
         ptr::write_bytes(elt, 0, 1);
         (*elt).key = pool_str(pool, key).ok_or(OUT_OF_MEMORY)?;
         (*elt).value = pool_str(pool, value).ok_or(OUT_OF_MEMORY)?;
-        let lowercase = pool_str(pool, &key.to_ascii_lowercase()).ok_or(OUT_OF_MEMORY)?.data;
+        let lowercase = pool_str_lowercase(pool, key).ok_or(OUT_OF_MEMORY)?.data;
         (*elt).lowcase_key = lowercase;
         (*elt).hash = match side {
             Side::Request => ngx_hash_key(lowercase, key.len()).max(1),
@@ -124,19 +125,20 @@ unsafe fn remove_named(list: &mut ngx_list_t, key: &[u8], side: Side, keep_first
     removed
 }
 
-/// Replaces `list` with a fresh one holding `pairs`.
+/// Replaces `list` with a fresh one holding the pairs of `pairs` that `keep` takes.
 unsafe fn rebuild(
     list: &mut ngx_list_t,
     pool: *mut ngx_pool_t,
     side: Side,
-    pairs: &[(Vec<u8>, Vec<u8>)],
+    pairs: &Pairs,
+    keep: impl Fn(&[u8]) -> bool,
 ) -> HostResult<()> {
     // SAFETY: a valid pool (per the caller); the list is re-initialised before use.
     unsafe {
         if ngx_list_init(list, pool, pairs.len().max(1), std::mem::size_of::<ngx_table_elt_t>()) != 0 {
             return Err(OUT_OF_MEMORY);
         }
-        pairs.iter().try_for_each(|(key, value)| push(list, pool, side, key, value))
+        pairs.iter().filter(|(key, _)| keep(key)).try_for_each(|(key, value)| push(list, pool, side, key, value))
     }
 }
 
@@ -154,14 +156,14 @@ pub unsafe fn request_headers(r: *mut ngx_http_request_t) -> Pairs {
     // SAFETY: a live request (per the caller).
     unsafe {
         let mut pairs = request_line::pseudo_headers(r);
-        pairs.extend(pairs_of(&(*r).headers_in.headers));
+        append_elements(&mut pairs, &(*r).headers_in.headers);
         pairs
     }
 }
 
 /// Sets the request's headers: its list, and its request line from the pseudo-headers that
 /// differ from it.
-pub unsafe fn set_request_headers(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>, Vec<u8>)]) -> HostResult<()> {
+pub unsafe fn set_request_headers(r: *mut ngx_http_request_t, pairs: &Pairs) -> HostResult<()> {
     pairs.iter().try_for_each(|(k, v)| check(k, v))?;
     // SAFETY: a live request (per the caller).
     unsafe {
@@ -171,8 +173,7 @@ pub unsafe fn set_request_headers(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>,
                 request_line::set(r, key, value)?;
             }
         }
-        let regular: Vec<_> = pairs.iter().filter(|(k, _)| !is_pseudo(k)).cloned().collect();
-        rebuild(&mut (*r).headers_in.headers, (*r).pool, Side::Request, &regular)?;
+        rebuild(&mut (*r).headers_in.headers, (*r).pool, Side::Request, pairs, |k| !is_pseudo(k))?;
         shortcuts::refresh_request(r).ok_or(OUT_OF_MEMORY)
     }
 }
@@ -180,18 +181,19 @@ pub unsafe fn set_request_headers(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>,
 pub unsafe fn response_headers(r: *mut ngx_http_request_t) -> Pairs {
     // SAFETY: a live request (per the caller).
     let out = unsafe { &(*r).headers_out };
-    let mut pairs = vec![(b":status".to_vec(), out.status.to_string().into_bytes())];
+    let mut pairs = Pairs::new();
+    pairs.push(b":status", out.status.to_string());
     // SAFETY: a live request.
-    pairs.extend(unsafe { added_by_nginx(r) });
+    unsafe { add_nginx_own(r, &mut pairs) };
     // SAFETY: nginx's strings of a live request.
     if let Some(value) = unsafe { content_type(out) } {
-        pairs.push((b"content-type".to_vec(), value));
+        pairs.push(b"content-type", value);
     }
     if let Some(value) = content_length(out) {
-        pairs.push((b"content-length".to_vec(), value));
+        pairs.push(b"content-length", value);
     }
     // SAFETY: the response's list is valid.
-    pairs.extend(unsafe { pairs_of(&out.headers) });
+    unsafe { append_elements(&mut pairs, &out.headers) };
     pairs
 }
 
@@ -318,11 +320,10 @@ pub unsafe fn is_grpc_request(r: *mut ngx_http_request_t) -> bool {
 ///
 /// # Safety
 /// `r` must be a live request.
-unsafe fn added_by_nginx(r: *mut ngx_http_request_t) -> Pairs {
+unsafe fn add_nginx_own(r: *mut ngx_http_request_t, pairs: &mut Pairs) {
     // SAFETY: a live request (per the caller); nginx's cached time is valid in a worker.
     unsafe {
         let out = &(*r).headers_out;
-        let mut pairs = Vec::new();
         if out.server.is_null() {
             let tokens = NgxHttpCoreModule::location_conf(&*r)
                 .map_or(NGX_HTTP_SERVER_TOKENS_ON as ngx_uint_t, |c| c.server_tokens);
@@ -331,29 +332,26 @@ unsafe fn added_by_nginx(r: *mut ngx_http_request_t) -> Pairs {
                 NGX_HTTP_SERVER_TOKENS_BUILD => NGINX_VER_BUILD.to_bytes(),
                 _ => NGINX_VER.to_bytes(),
             };
-            pairs.push((b"server".to_vec(), server.to_vec()));
+            pairs.push(b"server", server);
         }
         if out.date.is_null() {
-            pairs.push((b"date".to_vec(), bytes(&*ptr::addr_of!(ngx_cached_http_time)).to_vec()));
+            pairs.push(b"date", bytes(&*ptr::addr_of!(ngx_cached_http_time)));
         }
-        pairs
     }
 }
 
 /// Sets the response's headers, routing `:status`, `content-type` and `content-length` to the
 /// fields nginx's header filter reads.
-pub unsafe fn set_response_headers(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>, Vec<u8>)]) -> HostResult<()> {
+pub unsafe fn set_response_headers(r: *mut ngx_http_request_t, pairs: &Pairs) -> HostResult<()> {
     pairs.iter().try_for_each(|(k, v)| check(k, v))?;
-    let value_of = |name: &[u8]| pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
     // SAFETY: a live request (per the caller).
     unsafe {
         for name in SPECIAL_RESPONSE_FIELDS {
-            set_special_field(r, name, value_of(name))?;
+            set_special_field(r, name, pairs.first_value(name))?;
         }
         let pool = (*r).pool;
         let out = &mut (*r).headers_out;
-        let regular: Vec<_> = pairs.iter().filter(|(k, _)| !is_special_response(k)).cloned().collect();
-        rebuild(&mut out.headers, pool, Side::Response, &regular)?;
+        rebuild(&mut out.headers, pool, Side::Response, pairs, |k| !is_special_response(k))?;
         shortcuts::refresh_response(r);
     }
     Ok(())
@@ -382,7 +380,7 @@ pub unsafe fn value(r: *mut ngx_http_request_t, side: Side, key: &[u8]) -> Optio
     // SAFETY: a live request (per the caller).
     unsafe {
         match side {
-            Side::Request if is_pseudo(key) => request_line::pseudo_header(r, key),
+            Side::Request if is_pseudo(key) => request_line::pseudo_header(&*r, key).map(<[u8]>::to_vec),
             Side::Response if is_special_response(key) => special_response_value(r, key),
             _ => named(&*headers_of(r, side), key).next().map(|elt| bytes(&(*elt).value).to_vec()),
         }
@@ -435,7 +433,7 @@ pub unsafe fn add(r: *mut ngx_http_request_t, side: Side, key: &[u8], value: &[u
         }
         if is_special(side, key) {
             let mut pairs = response_headers(r);
-            pairs.push((key.to_vec(), value.to_vec()));
+            pairs.push(key, value);
             return set_response_headers(r, &pairs);
         }
         push(&mut *headers_of(r, side), (*r).pool, side, key, value)?;

@@ -15,7 +15,7 @@ use std::ptr;
 
 use std::time::Duration;
 
-use inwasm_host::{default_request_budget, PluginConfig, StreamLimits, DEFAULT_TIMEOUT};
+use inwasm_host::{default_request_budget, Pairs, PluginConfig, StreamLimits, DEFAULT_TIMEOUT};
 
 /// The longest budget a callback may be given (`proxy_wasm_timeout`).
 const LONGEST_CALLBACK: Duration = Duration::from_secs(60);
@@ -434,11 +434,11 @@ unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             return rc;
         }
         let text = WasmConf::metrics().and_then(|zone| metrics::prometheus(zone).ok()).unwrap_or_default();
-        let pairs = [
-            (b":status".to_vec(), b"200".to_vec()),
-            (b"content-type".to_vec(), b"text/plain; version=0.0.4".to_vec()),
-            (b"content-length".to_vec(), text.len().to_string().into_bytes()),
-        ];
+        let length = text.len().to_string();
+        let pairs: Pairs =
+            [(":status", "200"), ("content-type", "text/plain; version=0.0.4"), ("content-length", length.as_str())]
+                .into_iter()
+                .collect();
         // SAFETY: a live request, answered here.
         unsafe { response::send_response(r, &pairs, text.as_bytes()) }
     })

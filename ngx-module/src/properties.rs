@@ -2,6 +2,7 @@
 //! `ngx.<variable>` for any nginx variable (read, and set where the variable is writable).
 
 use inwasm_host::serialization::property;
+use inwasm_host::Pairs;
 use ngx::ffi::{
     ngx_connection_local_sockaddr, ngx_hash_find, ngx_hash_key, ngx_http_get_variable, ngx_http_request_t,
     ngx_http_variable_t, ngx_inet_get_port, ngx_palloc, ngx_sock_ntop, ngx_str_t, ngx_uint_t, ngx_variable_value_t,
@@ -27,12 +28,10 @@ pub unsafe fn get(r: *mut ngx_http_request_t, path: &[&[u8]]) -> Option<Vec<u8>>
         Some(match path {
             [b"request", b"path"] => bytes(&req.unparsed_uri).to_vec(),
             [b"request", b"url_path"] => bytes(&req.uri).to_vec(),
-            [b"request", b"host"] => authority(req),
+            [b"request", b"host"] => authority(req).to_vec(),
             [b"request", b"scheme"] => scheme(req).to_vec(),
             [b"request", b"method"] => bytes(&req.method_name).to_vec(),
-            [b"request", b"headers"] => property::map(
-                &request_headers(r).into_iter().filter(|(k, _)| k.first() != Some(&b':')).collect::<Vec<_>>(),
-            ),
+            [b"request", b"headers"] => property::map(&without_pseudo(request_headers(r))),
             [b"request", b"referer"] => header(req.headers_in.referer)?,
             [b"request", b"useragent"] => header(req.headers_in.user_agent)?,
             [b"request", b"query"] => bytes(&req.args).to_vec(),
@@ -44,9 +43,7 @@ pub unsafe fn get(r: *mut ngx_http_request_t, path: &[&[u8]]) -> Option<Vec<u8>>
             [b"request", b"size"] => property::int(req.headers_in.content_length_n.max(0)),
             [b"request", b"total_size"] => property::int(req.request_length),
             [b"response", b"code"] => property::int(req.headers_out.status as i64),
-            [b"response", b"headers"] => property::map(
-                &response_headers(r).into_iter().filter(|(k, _)| k.first() != Some(&b':')).collect::<Vec<_>>(),
-            ),
+            [b"response", b"headers"] => property::map(&without_pseudo(response_headers(r))),
             [b"response", b"total_size"] => property::int(c.sent),
             [b"source", b"address"] => {
                 let mut address = bytes(&c.addr_text).to_vec();
@@ -113,6 +110,13 @@ pub unsafe fn set(r: *mut ngx_http_request_t, path: &[&[u8]], value: &[u8]) -> R
         }
         Ok(())
     }
+}
+
+/// A header map without its pseudo-headers, as Envoy's `request.headers` and
+/// `response.headers` are.
+fn without_pseudo(mut pairs: Pairs) -> Pairs {
+    pairs.retain(|_, name, _| !crate::headers::is_pseudo(name));
+    pairs
 }
 
 /// The address of the last upstream server tried. `$upstream_addr` lists every one, as

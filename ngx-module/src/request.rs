@@ -296,9 +296,10 @@ unsafe fn join(r: *mut ngx_http_request_t, ctx: &mut RequestCtx, loc: &LocConf) 
     let chain = loc.chain.as_deref().unwrap_or_default();
     let first = ctx.filters.len();
     let log = ctx.log;
-    let joining: Vec<usize> =
-        chain.iter().copied().filter(|&index| !ctx.filters.iter().any(|f| f.index == index)).collect();
-    for index in joining {
+    for &index in chain {
+        if ctx.filters[..first].iter().any(|f| f.index == index) {
+            continue;
+        }
         let isolation = loc.isolation.unwrap_or(Isolation::None);
         let opened = instance_for(conf, index, isolation, &mut ctx.instances).and_then(|(vm, plugin)| {
             let embedding = Box::new(StreamEmbedding::new(r, index, ctx.exchange));

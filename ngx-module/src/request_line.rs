@@ -15,7 +15,7 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleServerConf, NgxHttpCoreModule};
 
-use crate::ffi::{bytes, pool_str};
+use crate::ffi::{bytes, pool_str, pool_str_lowercase};
 use crate::headers::{self, Side};
 
 /// How many pseudo-headers a request map has.
@@ -23,36 +23,36 @@ pub const PSEUDO_HEADERS: usize = 4;
 
 /// `:authority`, `:path`, `:method`, `:scheme`.
 pub unsafe fn pseudo_headers(r: *mut ngx_http_request_t) -> Pairs {
-    [&b":authority"[..], b":path", b":method", b":scheme"]
-        .into_iter()
-        // SAFETY: a live request (per the caller).
-        .map(|name| (name.to_vec(), unsafe { pseudo_header(r, name) }.unwrap_or_default()))
-        .collect()
+    // SAFETY: a live request (per the caller).
+    let r = unsafe { &*r };
+    let mut pairs = Pairs::with_capacity(PSEUDO_HEADERS + 8, 512);
+    for name in [&b":authority"[..], b":path", b":method", b":scheme"] {
+        pairs.push(name, pseudo_header(r, name).unwrap_or_default());
+    }
+    pairs
 }
 
 /// The value of a request pseudo-header; `None` for a name that is none.
-pub unsafe fn pseudo_header(r: *mut ngx_http_request_t, name: &[u8]) -> Option<Vec<u8>> {
-    // SAFETY: a live request (per the caller).
-    let r = unsafe { &*r };
+pub fn pseudo_header<'r>(r: &'r ngx_http_request_t, name: &[u8]) -> Option<&'r [u8]> {
     Some(match name {
         b":authority" => authority(r),
         // SAFETY: a live request's strings.
-        b":path" => unsafe { bytes(&r.unparsed_uri) }.to_vec(),
+        b":path" => unsafe { bytes(&r.unparsed_uri) },
         // SAFETY: as above.
-        b":method" => unsafe { bytes(&r.method_name) }.to_vec(),
-        b":scheme" => scheme(r).to_vec(),
+        b":method" => unsafe { bytes(&r.method_name) },
+        b":scheme" => scheme(r),
         _ => return None,
     })
 }
 
 /// The request's authority: its `Host` header, else the server name nginx took from an
 /// absolute request URI.
-pub fn authority(r: &ngx_http_request_t) -> Vec<u8> {
+pub fn authority(r: &ngx_http_request_t) -> &[u8] {
     // SAFETY: a live request's Host shortcut is a live element; its strings are valid.
     unsafe {
         match r.headers_in.host.as_ref() {
-            Some(host) => bytes(&host.value).to_vec(),
-            None => bytes(&r.headers_in.server).to_vec(),
+            Some(host) => bytes(&host.value),
+            None => bytes(&r.headers_in.server),
         }
     }
 }
@@ -88,7 +88,7 @@ pub unsafe fn set(r: *mut ngx_http_request_t, name: &[u8], value: &[u8]) -> Host
                 if !valid {
                     return Err(Status::BadArgument);
                 }
-                (*r).schema = pool_str((*r).pool, &value.to_ascii_lowercase()).ok_or(Status::InternalFailure)?;
+                (*r).schema = pool_str_lowercase((*r).pool, value).ok_or(Status::InternalFailure)?;
                 Ok(())
             }
             _ => Err(Status::BadArgument),

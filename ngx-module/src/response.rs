@@ -25,13 +25,13 @@ pub static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 fn local_response_parts(response: LocalResponse, grpc: bool) -> (Pairs, Vec<u8>) {
     let response = if grpc { response.into_grpc() } else { response };
     let LocalResponse { status, body, headers: extra, .. } = response;
-    let mut pairs = vec![(b":status".to_vec(), status.to_string().into_bytes())];
-    pairs.extend(extra);
-    if !pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"content-type")) && !body.is_empty() {
-        pairs.push((b"content-type".to_vec(), b"text/plain".to_vec()));
+    let mut pairs = Pairs::with_capacity(extra.len() + 3, extra.data_len() + 64);
+    pairs.push(b":status", status.to_string());
+    pairs.extend(extra.iter().filter(|(k, _)| !k.eq_ignore_ascii_case(b"content-length")));
+    if extra.first_value(b"content-type").is_none() && !body.is_empty() {
+        pairs.push(b"content-type", b"text/plain");
     }
-    pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(b"content-length"));
-    pairs.push((b"content-length".to_vec(), body.len().to_string().into_bytes()));
+    pairs.push(b"content-length", body.len().to_string());
     (pairs, body)
 }
 
@@ -67,7 +67,7 @@ pub unsafe fn send_local_response(r: *mut ngx_http_request_t, response: LocalRes
 ///
 /// # Safety
 /// `r` must be a live request its handler answers.
-pub unsafe fn send_response(r: *mut ngx_http_request_t, pairs: &[(Vec<u8>, Vec<u8>)], body: &[u8]) -> ngx_int_t {
+pub unsafe fn send_response(r: *mut ngx_http_request_t, pairs: &Pairs, body: &[u8]) -> ngx_int_t {
     // SAFETY: a live request, answered here by its handler.
     unsafe {
         if headers::set_response_headers(r, pairs).is_err() {
@@ -409,7 +409,7 @@ pub unsafe fn answer_held(r: *mut ngx_http_request_t, status: u32) {
         }
         ctx.failed = true;
         let answer =
-            LocalResponse { status, details: Vec::new(), body: Vec::new(), headers: Vec::new(), grpc_status: -1 };
+            LocalResponse { status, details: Vec::new(), body: Vec::new(), headers: Pairs::new(), grpc_status: -1 };
         ctx.exchange.borrow_mut().local_response = Some(answer);
         release_held(r);
     }

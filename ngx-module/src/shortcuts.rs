@@ -172,9 +172,13 @@ pub unsafe fn refresh_request(r: *mut ngx_http_request_t) -> Option<()> {
             clear(headers_in, offset);
         }
         let elts: Vec<_> = elements(&(*headers_in).headers).collect();
+        // Names of headers with shortcuts are short: a longer one has none.
+        let mut lowcase = [0u8; 32];
         for elt in elts {
-            let mut lowcase = bytes(&(*elt).key).to_ascii_lowercase();
-            if let Some(offset) = shortcut_offset(r, &mut lowcase) {
+            let Some(name) = lowcase.get_mut(..(*elt).key.len) else { continue };
+            name.copy_from_slice(bytes(&(*elt).key));
+            name.make_ascii_lowercase();
+            if let Some(offset) = shortcut_offset(r, name) {
                 attach(r, offset, elt)?;
             }
         }
@@ -196,13 +200,14 @@ unsafe fn derive_server(r: *mut ngx_http_request_t) {
     // SAFETY: a live request; its Host shortcut, if any, is a live element.
     unsafe {
         let host = (*r).headers_in.host.as_ref().map(|h| bytes(&h.value)).and_then(server_name);
-        let server = host.and_then(|name| crate::ffi::pool_str((*r).pool, &name));
+        let server = host.and_then(|name| crate::ffi::pool_str_lowercase((*r).pool, name));
         (*r).headers_in.server = server.unwrap_or(ngx_str_t { len: 0, data: ptr::null_mut() });
     }
 }
 
-/// A `Host` value's server name as `ngx_http_validate_host` makes it, or `None` if invalid.
-pub fn server_name(host: &[u8]) -> Option<Vec<u8>> {
+/// A `Host` value's server name as `ngx_http_validate_host` makes it (but for its case: nginx
+/// lower-cases it), or `None` if invalid.
+pub fn server_name(host: &[u8]) -> Option<&[u8]> {
     let mut end = host.len();
     let mut literal = false;
     let mut last_dot: Option<usize> = None;
@@ -227,7 +232,7 @@ pub fn server_name(host: &[u8]) -> Option<Vec<u8>> {
     if end > 0 && last_dot == Some(end - 1) {
         end -= 1;
     }
-    (end > 0).then(|| host[..end].to_ascii_lowercase())
+    (end > 0).then(|| &host[..end])
 }
 
 /// nginx's browser flags from `User-Agent` (as `ngx_http_process_user_agent` sets them).

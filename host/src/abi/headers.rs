@@ -6,28 +6,29 @@ use std::borrow::Cow;
 use wasmtime::Linker;
 
 use super::abi_fn;
-use crate::embedding::first_header_value;
 use crate::guest::{AbiResult, Guest};
-use crate::serialization::{deserialize_map, serialize_map};
+use crate::serialization::serialize_map;
 use crate::session::{CallData, HostState};
-use crate::types::{AbiVersion, MapType, Pairs, Status};
+use crate::types::{AbiVersion, MapType, Status};
+use crate::Pairs;
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     abi_fn!(linker, "proxy_get_header_map_pairs", |g, map: i32, ret_ptr: i32, ret_len: i32| {
-        let pairs = pairs(&mut g, map_type(map)?)?;
         // An empty map is returned as (0, 0), as Envoy does.
-        let bytes = if pairs.is_empty() { Vec::new() } else { serialize_map(&pairs) };
+        let bytes = with_map(&mut g, map_type(map)?, |pairs| match pairs.is_empty() {
+            true => Vec::new(),
+            false => serialize_map(pairs),
+        })?;
         g.return_bytes(&bytes, ret_ptr, ret_len)
     });
     abi_fn!(linker, "proxy_set_header_map_pairs", |g, map: i32, ptr: i32, len: i32| {
         let map = embedding_map(map)?;
-        let pairs = lowercase_keys(deserialize_map(&g.read(ptr, len)?)?);
+        let pairs = read_header_map(&mut g, ptr, len)?;
         Ok(g.embedding()?.set_header_map(map, pairs)?)
     });
     abi_fn!(linker, "proxy_get_header_map_size", |g, map: i32, ret_size: i32| {
         // The map's size in bytes (keys and values), as Envoy answers.
-        let pairs = pairs(&mut g, map_type(map)?)?;
-        let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = with_map(&mut g, map_type(map)?, |pairs| pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())?;
         g.write_u32(ret_size, size as u32)
     });
     abi_fn!(linker, "proxy_get_header_map_value", |g,
@@ -39,7 +40,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         let map = map_type(map)?;
         let value = g.with_bytes([(key_ptr, key_len)], |state, [key]| {
             Ok(match host_map(&state.call, map) {
-                Some(pairs) => first_header_value(pairs, key),
+                Some(pairs) => pairs.first_value(key).map(<[u8]>::to_vec),
                 None => state.effective()?.embedding.header_value(map, key)?,
             })
         })?;
@@ -106,10 +107,11 @@ fn host_map(call: &CallData, map: MapType) -> Option<&Pairs> {
     }
 }
 
-fn pairs(g: &mut Guest<'_, '_>, map: MapType) -> AbiResult<Pairs> {
+/// What `f` makes of a map: the host's own (a call's answer) or the embedding's.
+fn with_map<T>(g: &mut Guest<'_, '_>, map: MapType, f: impl FnOnce(&Pairs) -> T) -> AbiResult<T> {
     match host_map(&g.state().call, map) {
-        Some(pairs) => Ok(pairs.clone()),
-        None => Ok(g.embedding()?.header_map(map)?),
+        Some(pairs) => Ok(f(pairs)),
+        None => Ok(f(&g.embedding()?.header_map(map)?)),
     }
 }
 
@@ -121,7 +123,10 @@ fn lowercase(key: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// Header names a filter writes are stored in lower case, as Envoy stores them.
-pub(super) fn lowercase_keys(pairs: Pairs) -> Pairs {
-    pairs.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()
+/// A header map from the filter's memory, its names in lower case: header names a filter
+/// writes are stored in lower case, as Envoy stores them.
+pub(super) fn read_header_map(g: &mut Guest<'_, '_>, ptr: i32, len: i32) -> AbiResult<Pairs> {
+    let mut pairs = g.read_map(ptr, len)?;
+    pairs.lowercase_names();
+    Ok(pairs)
 }

@@ -7,9 +7,9 @@ use wasmtime::Linker;
 
 use super::abi_fn;
 use crate::embedding::HttpCallRequest;
-use crate::serialization::deserialize_map;
 use crate::session::{CallKind, HostState};
-use crate::types::{Pairs, Status};
+use crate::types::Status;
+use crate::Pairs;
 
 const REQUIRED_HEADERS: [&[u8]; 3] = [b":method", b":path", b":authority"];
 
@@ -28,8 +28,8 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         // A bad token pointer must fail before the call starts, not orphan it.
         g.write_u32(ret_token, 0)?;
         let upstream = g.read_string(upstream_ptr, upstream_len)?;
-        let headers = authority_from_host(deserialize_map(&g.read(headers_ptr, headers_len)?)?);
-        let present = |name: &[u8]| headers.iter().any(|(k, _)| k.as_slice() == name);
+        let headers = authority_from_host(g.read_map(headers_ptr, headers_len)?);
+        let present = |name: &[u8]| headers.exact_value(name).is_some();
         if timeout_ms < 0 || !REQUIRED_HEADERS.iter().all(|name| present(name)) {
             return Err(Status::BadArgument.into());
         }
@@ -37,7 +37,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             upstream,
             headers,
             body: g.read(body_ptr, body_len)?,
-            trailers: deserialize_map(&g.read(trailers_ptr, trailers_len)?)?,
+            trailers: g.read_map(trailers_ptr, trailers_len)?,
             timeout: (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms as u32 as u64)),
         };
         let token = g.state().start_call(CallKind::Http)?;
@@ -52,9 +52,9 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 
 /// A call's `host` header as its `:authority` when it has none (as Envoy takes it).
 fn authority_from_host(mut headers: Pairs) -> Pairs {
-    if !headers.iter().any(|(k, _)| k == b":authority") {
-        if let Some(host) = headers.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(b"host")) {
-            host.0 = b":authority".to_vec();
+    if headers.exact_value(b":authority").is_none() {
+        if let Some(host) = headers.position(b"host") {
+            headers.set_name(host, b":authority");
         }
     }
     headers

@@ -4,9 +4,8 @@
 use wasmtime::Linker;
 
 use super::abi_fn;
-use super::headers::lowercase_keys;
+use super::headers::read_header_map;
 use crate::embedding::LocalResponse;
-use crate::serialization::deserialize_map;
 use crate::session::HostState;
 use crate::types::{Status, StreamType};
 
@@ -35,7 +34,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             status: status as u32,
             details: g.read(details_ptr, details_len)?,
             body: g.read(body_ptr, body_len)?,
-            headers: lowercase_keys(deserialize_map(&g.read(headers_ptr, headers_len)?)?),
+            headers: read_header_map(&mut g, headers_ptr, headers_len)?,
             grpc_status,
         };
         g.embedding()?.send_local_response(response)?;

@@ -96,8 +96,8 @@ pub fn get_request_headers() -> Vec<(&'static str, &'static str)> {
 }
 
 /// The value of `key` in string form, if present.
-pub fn header(pairs: &[(Vec<u8>, Vec<u8>)], key: &str) -> Option<String> {
-    first_header_value(pairs, key.as_bytes()).map(|v| String::from_utf8(v).unwrap())
+pub fn header(pairs: &Pairs, key: &str) -> Option<String> {
+    pairs.first_value(key.as_bytes()).map(|v| String::from_utf8(v.to_vec()).unwrap())
 }
 
 pub fn request_header(exchange: &Exchange, key: &str) -> Option<String> {

@@ -131,11 +131,9 @@ impl Grpc {
             with_details(&mut message, Some("response_timeout"));
         }
         let code = status::UNAVAILABLE.to_string();
-        let answer: Pairs = vec![
-            (b":status".to_vec(), b"200".to_vec()),
-            (b"grpc-status".to_vec(), code.into_bytes()),
-            (b"grpc-message".to_vec(), message.into_bytes()),
-        ];
+        let answer: Pairs = [(":status", "200"), ("grpc-status", code.as_str()), ("grpc-message", message.as_str())]
+            .into_iter()
+            .collect();
         self.reader.on_headers(answer, true).into_iter().map(Outcome::Grpc).collect()
     }
 
@@ -175,7 +173,7 @@ pub fn start(link: &Rc<RootLink>, token: u32, request: GrpcCallRequest) -> Resul
         false => String::from_utf8_lossy(&target.authority).into_owned(),
     };
     let mut metadata = target.metadata;
-    metadata.extend(request.initial_metadata);
+    metadata.extend(&request.initial_metadata);
     let headers = grpc_client::request_headers(
         authority.as_bytes(),
         &request.service,
@@ -214,13 +212,13 @@ fn scheme(upstream: &str) -> (bool, &str) {
 
 /// The HTTP/2 request of `headers` (pseudo-headers first, as `grpc_client` makes them).
 fn http_request(authority: &str, headers: &Pairs) -> Result<http::Request<()>, String> {
-    let path = headers.iter().find(|(k, _)| k == b":path").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    let path = headers.exact_value(b":path").map(|v| String::from_utf8_lossy(v).into_owned());
     let mut builder = http::Request::builder()
         .method(http::Method::POST)
         .version(http::Version::HTTP_2)
         .uri(format!("http://{authority}{}", path.unwrap_or_default()));
     for (name, value) in headers.iter().filter(|(k, _)| !k.starts_with(b":")) {
-        builder = builder.header(name.as_slice(), value.as_slice());
+        builder = builder.header(name, value);
     }
     builder.body(()).map_err(|e| format!("invalid gRPC request: {e}"))
 }
@@ -398,10 +396,9 @@ impl Grpc {
                 Poll::Ready(Ok(answer)) => {
                     self.answered = true;
                     let (parts, body) = answer.into_parts();
-                    let mut headers: Pairs = vec![(b":status".to_vec(), parts.status.as_str().as_bytes().to_vec())];
-                    headers.extend(
-                        parts.headers.iter().map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())),
-                    );
+                    let mut headers = Pairs::new();
+                    headers.push(b":status", parts.status.as_str());
+                    headers.extend(parts.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
                     events.extend(self.reader.on_headers(headers, body.is_end_stream()));
                     self.phase = if body.is_end_stream() { Phase::Done } else { Phase::Body(body) };
                     progress = true;
@@ -418,8 +415,7 @@ impl Grpc {
                 Poll::Ready(Some(Err(e))) => return Err(format!("HTTP/2 stream: {e}")),
                 Poll::Ready(None) => match body.poll_trailers(cx) {
                     Poll::Ready(Ok(Some(trailers))) => {
-                        let pairs =
-                            trailers.iter().map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
+                        let pairs = trailers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
                         events.extend(self.reader.on_trailers(pairs.collect()));
                         self.phase = Phase::Done;
                         progress = true;

@@ -109,7 +109,9 @@ enum Stage {
     Finished,
 }
 
-/// What goes over the call's connection.
+/// What goes over the call's connection. The call holds it in place: the common HTTP/1.1
+/// exchange is not boxed, which would cost every call an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Exchange {
     Http(http1::Http1),
     Grpc(Box<grpc::Grpc>),
@@ -183,16 +185,11 @@ struct Call {
 pub fn start(link: &Rc<RootLink>, token: u32, request: HttpCallRequest) -> Result<(), String> {
     let bytes = request_bytes(&request).map_err(|malformed| malformed.0)?;
     let target = Target::of(&request.upstream)?;
-    let method = header(&request.headers, b":method").unwrap_or_default();
+    let method = request.headers.exact_value(b":method").unwrap_or_default();
     let timeout = request.timeout.unwrap_or(LONGEST_CALL).min(LONGEST_CALL);
     let exchange = Exchange::Http(http1::Http1::new(bytes, method));
-    let tls = header(&request.headers, b":scheme") == Some(b"https");
+    let tls = request.headers.exact_value(b":scheme") == Some(b"https");
     open(link, token, &request.upstream, target, &request.headers, tls, Some(timeout), exchange)
-}
-
-/// The value of the header `name` in `headers`.
-fn header<'a>(headers: &'a Pairs, name: &[u8]) -> Option<&'a [u8]> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
 }
 
 /// Makes the call of `headers` (pseudo-headers included) and starts it towards `target`.
@@ -207,7 +204,7 @@ fn open(
     timeout: Option<Duration>,
     exchange: Exchange,
 ) -> Result<(), String> {
-    let authority = std::str::from_utf8(header(headers, b":authority").unwrap_or_default()).unwrap_or_default();
+    let authority = std::str::from_utf8(headers.exact_value(b":authority").unwrap_or_default()).unwrap_or_default();
     let host = authority.parse::<http::uri::Authority>().map(|a| a.host().trim_matches(['[', ']']).to_string());
     let log = link.log();
     // SAFETY: the link's log is the cycle's.

@@ -165,7 +165,7 @@ pub unsafe fn balancer_request(
         }
         // Best effort: a part nginx would refuse is one the balancer does not see.
         for (name, value) in headers {
-            let _ = match name.as_slice() {
+            let _ = match name {
                 b":path" | b":method" => request_line::set(r, name, value),
                 b":authority" => headers::push(&mut *list, pool, Side::Request, b"host", value),
                 pseudo if pseudo.starts_with(b":") => Ok(()),
