@@ -305,12 +305,15 @@ impl HeaderMaps for StreamEmbedding {
         Ok(envoy_map(map).map_or(0, |map| unsafe { headers::count(self.envoy(), map) }))
     }
 
-    fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
-        if let Some(value) = self.local_headers(map, |h| h.first_value(key).map(<[u8]>::to_vec)) {
-            return Ok(value);
+    fn header_value(&mut self, map: MapType, key: &[u8], value: &mut Vec<u8>) -> HostResult<bool> {
+        if let Some(found) = self.local_headers(map, |h| append_first_value(h, key, value)) {
+            return Ok(found);
         }
         // SAFETY: `envoy` is this stream's filter, live while its callbacks run.
-        Ok(envoy_map(map).and_then(|map| unsafe { headers::value(self.envoy(), map, key) }))
+        Ok(envoy_map(map)
+            .and_then(|map| unsafe { headers::value(self.envoy(), map, key) })
+            .map(|found| value.extend_from_slice(found))
+            .is_some())
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {

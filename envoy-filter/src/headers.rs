@@ -46,15 +46,17 @@ pub unsafe fn count(filter: FilterEnvoyPtr, map: u32) -> usize {
     unsafe { abi::envoy_dynamic_module_callback_http_get_headers_size(filter, map) }
 }
 
-/// The first value of `key`.
+/// The first value of `key`, in Envoy's own memory.
 ///
 /// # Safety
-/// `filter` must be a live stream of this thread.
-pub unsafe fn value(filter: FilterEnvoyPtr, map: u32, key: &[u8]) -> Option<Vec<u8>> {
+/// `filter` must be a live stream of this thread, and the value is read before anything
+/// changes the map.
+pub unsafe fn value<'a>(filter: FilterEnvoyPtr, map: u32, key: &[u8]) -> Option<&'a [u8]> {
     let mut result = EnvoyBuffer::EMPTY;
     let mut values = 0usize;
     // SAFETY: a live stream (per the caller); `key` outlives the call, `result` and `values`
-    // are valid places to write, and the value found is copied before the map changes.
+    // are valid places to write, and the value found is read before the map changes (per the
+    // caller).
     unsafe {
         let found = abi::envoy_dynamic_module_callback_http_get_header(
             filter,
@@ -64,7 +66,7 @@ pub unsafe fn value(filter: FilterEnvoyPtr, map: u32, key: &[u8]) -> Option<Vec<
             0,
             &mut values,
         );
-        (found && values > 0).then(|| result.as_slice().to_vec())
+        (found && values > 0).then(|| result.as_slice())
     }
 }
 

@@ -181,9 +181,9 @@ unsafe fn perform(envoy: FilterEnvoyPtr, action: Action) {
 /// # Safety
 /// `envoy` must be a live stream of this thread.
 unsafe fn is_grpc_request(envoy: FilterEnvoyPtr) -> bool {
-    // SAFETY: per the caller.
+    // SAFETY: per the caller; the value is read at once.
     let content_type = unsafe { headers::value(envoy, header_type::REQUEST_HEADERS, b"content-type") };
-    content_type.is_some_and(|value| grpc::is_grpc_content_type(&value))
+    content_type.is_some_and(grpc::is_grpc_content_type)
 }
 
 /// Marks `stream` as the one this thread's hook serves while the guard lives: root contexts

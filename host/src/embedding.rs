@@ -46,9 +46,10 @@ pub trait HeaderMaps {
     fn header_map_size(&mut self, map: MapType) -> HostResult<usize> {
         Ok(self.header_map(map)?.len())
     }
-    /// The first value of `key` (Envoy answers the first of repeated headers).
-    fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
-        Ok(self.header_map(map)?.first_value(key).map(<[u8]>::to_vec))
+    /// Appends the first value of `key` to `value` (Envoy answers the first of repeated
+    /// headers); `false` when there is none.
+    fn header_value(&mut self, map: MapType, key: &[u8], value: &mut Vec<u8>) -> HostResult<bool> {
+        Ok(append_first_value(&self.header_map(map)?, key, value))
     }
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {
         let mut pairs = self.header_map(map)?;
@@ -67,6 +68,11 @@ pub trait HeaderMaps {
         pairs.retain(|_, k, _| !k.eq_ignore_ascii_case(key));
         self.set_header_map(map, pairs)
     }
+}
+
+/// Appends the first value of `key` in `pairs` to `value`; `false` when there is none.
+pub fn append_first_value(pairs: &Pairs, key: &[u8], value: &mut Vec<u8>) -> bool {
+    pairs.first_value(key).map(|found| value.extend_from_slice(found)).is_some()
 }
 
 /// Request and response bodies (and L4 data). The host implements the ABI's slicing and

@@ -136,6 +136,9 @@ pub(crate) struct HostState {
     pub unimplemented_reported: HashSet<&'static str>,
     /// Lines logged before any context existed (during start-up), handed to the first root.
     pub startup_log: Vec<(LogLevel, String)>,
+    /// Where a header value is copied on its way to the guest, kept so that reading a header
+    /// allocates nothing on the host.
+    pub header_value: Vec<u8>,
 }
 
 impl HostState {
@@ -161,6 +164,7 @@ impl HostState {
             unimplemented_reported: HashSet::new(),
             local_response_sent: false,
             startup_log: Vec::new(),
+            header_value: Vec::new(),
         }
     }
 

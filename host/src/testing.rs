@@ -143,8 +143,8 @@ impl HeaderMaps for MemoryEmbedding {
         Ok(self.pairs(map)?.len())
     }
 
-    fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
-        Ok(self.pairs(map)?.first_value(key).map(<[u8]>::to_vec))
+    fn header_value(&mut self, map: MapType, key: &[u8], value: &mut Vec<u8>) -> HostResult<bool> {
+        Ok(append_first_value(&*self.pairs(map)?, key, value))
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {

@@ -483,10 +483,10 @@ impl HeaderMaps for StreamEmbedding {
         Ok(side(map).map_or(0, |side| unsafe { headers::count(r, side) }))
     }
 
-    fn header_value(&mut self, map: MapType, key: &[u8]) -> HostResult<Option<Vec<u8>>> {
+    fn header_value(&mut self, map: MapType, key: &[u8], value: &mut Vec<u8>) -> HostResult<bool> {
         let r = self.request()?;
         // SAFETY: as above.
-        Ok(side(map).and_then(|side| unsafe { headers::value(r, side, key) }))
+        Ok(side(map).is_some_and(|side| unsafe { headers::append_value(r, side, key, value) }))
     }
 
     fn add_header(&mut self, map: MapType, key: &[u8], value: &[u8]) -> HostResult<()> {

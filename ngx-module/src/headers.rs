@@ -375,15 +375,18 @@ fn is_special(side: Side, key: &[u8]) -> bool {
     }
 }
 
-/// The first value of header `key`.
-pub unsafe fn value(r: *mut ngx_http_request_t, side: Side, key: &[u8]) -> Option<Vec<u8>> {
+/// Appends the first value of header `key` to `value`; `false` when there is none.
+pub unsafe fn append_value(r: *mut ngx_http_request_t, side: Side, key: &[u8], value: &mut Vec<u8>) -> bool {
     // SAFETY: a live request (per the caller).
     unsafe {
         match side {
-            Side::Request if is_pseudo(key) => request_line::pseudo_header(&*r, key).map(<[u8]>::to_vec),
-            Side::Response if is_special_response(key) => special_response_value(r, key),
-            _ => named(&*headers_of(r, side), key).next().map(|elt| bytes(&(*elt).value).to_vec()),
+            Side::Request if is_pseudo(key) => {
+                request_line::pseudo_header(&*r, key).map(|v| value.extend_from_slice(v))
+            }
+            Side::Response if is_special_response(key) => special_response_value(r, key).map(|v| value.extend(v)),
+            _ => named(&*headers_of(r, side), key).next().map(|elt| value.extend_from_slice(bytes(&(*elt).value))),
         }
+        .is_some()
     }
 }
 

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use wasmtime::Linker;
 
 use super::abi_fn;
+use crate::embedding::append_first_value;
 use crate::guest::{AbiResult, Guest};
 use crate::serialization::serialize_map;
 use crate::session::{CallData, HostState};
@@ -38,19 +39,21 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                                                    ret_ptr: i32,
                                                    ret_len: i32| {
         let map = map_type(map)?;
-        let value = g.with_bytes([(key_ptr, key_len)], |state, [key]| {
-            Ok(match host_map(&state.call, map) {
-                Some(pairs) => pairs.first_value(key).map(<[u8]>::to_vec),
-                None => state.effective()?.embedding.header_value(map, key)?,
-            })
-        })?;
-        let value = match value {
-            Some(value) => value,
-            // ABI 0.1.0 hosts answered a missing header with an empty value.
-            None if g.state().abi == AbiVersion::V0_1_0 => Vec::new(),
-            None => return Err(Status::NotFound.into()),
+        let mut value = std::mem::take(&mut g.state().header_value);
+        value.clear();
+        let found = g.with_bytes([(key_ptr, key_len)], |state, [key]| match host_map(&state.call, map) {
+            Some(pairs) => Ok(append_first_value(pairs, key, &mut value)),
+            None => Ok(state.effective()?.embedding.header_value(map, key, &mut value)?),
+        });
+        // ABI 0.1.0 hosts answered a missing header with an empty value.
+        let returned = match found {
+            Ok(true) => g.return_bytes(&value, ret_ptr, ret_len),
+            Ok(false) if g.state().abi == AbiVersion::V0_1_0 => g.return_bytes(&[], ret_ptr, ret_len),
+            Ok(false) => Err(Status::NotFound.into()),
+            Err(e) => Err(e),
         };
-        g.return_bytes(&value, ret_ptr, ret_len)
+        g.state().header_value = value;
+        returned
     });
     abi_fn!(linker, "proxy_add_header_map_value", |g,
                                                    map: i32,
