@@ -113,11 +113,6 @@ impl Pairs {
         }
     }
 
-    /// The size of the data section of the serialized map: `name NUL value NUL` per pair.
-    pub fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-
     /// The data section of the serialized map, and each pair's name and value lengths.
     pub fn serialized_parts(&self) -> (&[u8], impl Iterator<Item = (usize, usize)> + '_) {
         (&self.bytes, self.iter().map(|(name, value)| (name.len(), value.len())))

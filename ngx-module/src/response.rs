@@ -24,15 +24,14 @@ pub static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 /// gRPC request, in gRPC's form (as Envoy answers one).
 fn local_response_parts(response: LocalResponse, grpc: bool) -> (Pairs, Vec<u8>) {
     let response = if grpc { response.into_grpc() } else { response };
-    let LocalResponse { status, body, headers: extra, .. } = response;
-    let mut pairs = Pairs::with_capacity(extra.len() + 3, extra.data_len() + 64);
-    pairs.push(b":status", status.to_string());
-    pairs.extend(extra.iter().filter(|(k, _)| !k.eq_ignore_ascii_case(b"content-length")));
-    if extra.first_value(b"content-type").is_none() && !body.is_empty() {
-        pairs.push(b"content-type", b"text/plain");
+    let LocalResponse { status, body, mut headers, .. } = response;
+    headers.retain(|_, k, _| k != b":status" && !k.eq_ignore_ascii_case(b"content-length"));
+    if headers.first_value(b"content-type").is_none() && !body.is_empty() {
+        headers.push(b"content-type", b"text/plain");
     }
-    pairs.push(b"content-length", body.len().to_string());
-    (pairs, body)
+    headers.push(b"content-length", body.len().to_string());
+    headers.push(b":status", status.to_string());
+    (headers, body)
 }
 
 /// Makes the pending local response the request's response status and headers; returns its
