@@ -303,8 +303,8 @@ impl HttpFilter {
         self.state.borrow_mut().response_started = true;
         // A second answer from those callbacks replaces the first.
         let response = stream::take_local_response(&self.state).unwrap_or_else(|| {
-            let status = headers.iter().find(|(k, _)| k == b":status");
-            let status = status.and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok()).unwrap_or(response.status);
+            let status = headers.exact_value(b":status");
+            let status = status.and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()).unwrap_or(response.status);
             LocalResponse { status, headers, body, ..response }
         });
         stream::defer(&self.state, stream::Action::Respond(response));

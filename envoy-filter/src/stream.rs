@@ -149,7 +149,7 @@ unsafe fn perform(envoy: FilterEnvoyPtr, action: Action) {
                 // `grpc-message`); the status it takes from a `grpc-status` header, if any.
                 let grpc_status = is_grpc_request(envoy)
                     .then(|| response.grpc_status_code().to_string().into_bytes())
-                    .filter(|_| !response.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(b"grpc-status")));
+                    .filter(|_| response.headers.first_value(b"grpc-status").is_none());
                 let mut headers: Vec<ModuleHeader> = response
                     .headers
                     .iter()

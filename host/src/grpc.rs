@@ -59,7 +59,7 @@ impl LocalResponse {
     /// itself wins), no body.
     pub fn into_grpc(self) -> LocalResponse {
         let code = self.grpc_status_code();
-        let has = |name: &[u8]| self.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        let has = |name: &[u8]| self.headers.first_value(name).is_some();
         let (has_status, has_message) = (has(b"grpc-status"), has(b"grpc-message"));
         let mut headers = self.headers;
         headers.retain(|_, k, _| !k.eq_ignore_ascii_case(b"content-type"));

@@ -41,13 +41,8 @@ pub fn deserialize_map(bytes: &[u8]) -> Result<Pairs, Status> {
     if data > bytes.len() {
         return Err(bad);
     }
-    let lengths = (0..count).map(|i| {
-        let at = 4 + i * 8;
-        (
-            u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize,
-            u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize,
-        )
-    });
+    let length = |at: usize| read_u32(bytes, at).expect("within the lengths table") as usize;
+    let lengths = (0..count).map(|i| (length(4 + i * 8), length(8 + i * 8)));
     Pairs::from_serialized_parts(&bytes[data..], lengths).ok_or(bad)
 }
 
