@@ -25,6 +25,7 @@ pub const PSEUDO_HEADERS: usize = 4;
 pub unsafe fn pseudo_headers(r: *mut ngx_http_request_t) -> Pairs {
     // SAFETY: a live request (per the caller).
     let r = unsafe { &*r };
+    // Room for a typical request's headers too, which `headers::request_headers` appends.
     let mut pairs = Pairs::with_capacity(PSEUDO_HEADERS + 8, 512);
     for name in [&b":authority"[..], b":path", b":method", b":scheme"] {
         pairs.push(name, pseudo_header(r, name).unwrap_or_default());
