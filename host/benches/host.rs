@@ -158,6 +158,17 @@ fn fresh_request_cost(module: &Arc<Module>) -> Duration {
     })
 }
 
+/// A request on a VM returned to its state after start-up (isolation stream with reset
+/// instances), the reset included.
+fn reset_request_cost(module: &Arc<Module>) -> Duration {
+    let (mut vm, plugin, node) = started(module);
+    vm.keep_reset_point().unwrap();
+    per_run(20_000, || {
+        request(&mut vm, plugin, &node);
+        vm.reset().unwrap();
+    })
+}
+
 /// One `on_request_headers` on a live stream: a callback round trip plus what it does.
 fn callback_cost(module: &Arc<Module>) -> Duration {
     let (mut vm, plugin, node) = started(module);
@@ -199,8 +210,9 @@ fn profile(which: &str, filter: &Arc<Module>, empty: &Arc<Module>) {
     let run: &dyn Fn() -> Duration = match which {
         "request" => &|| request_cost(filter),
         "instance" => &|| fresh_request_cost(filter),
+        "reset" => &|| reset_request_cost(filter),
         "callback" => &|| callback_cost(empty),
-        other => panic!("unknown measure {other:?}: use request, instance or callback"),
+        other => panic!("unknown measure {other:?}: use request, instance, reset or callback"),
     };
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
@@ -268,6 +280,11 @@ fn main() {
         "fresh instance per request (isolation stream), whole request",
         ("pooling", &|| fresh_request_cost(&filter)),
         ("on demand", &|| fresh_request_cost(&filter_on_demand)),
+    );
+    compare(
+        "a request with isolation stream (a VM of its own, as after start-up)",
+        ("fresh instance", &|| fresh_request_cost(&filter)),
+        ("reset instance", &|| reset_request_cost(&filter)),
     );
     compare(
         "one callback round trip (`on_request_headers` doing nothing)",

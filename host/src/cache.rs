@@ -77,7 +77,7 @@ impl CodeCache {
             Err(Absent) => None,
             Err(Rejected(reason)) => Some(reason),
         };
-        let module = wasmtime::Module::new(engine, wasm)?;
+        let module = wasmtime::Module::new(engine, crate::recycling::prepare(wasm))?;
         // A cache that cannot be written is not an error: the module is compiled all the same.
         let _ = store(&code, &sum, &module.serialize()?);
         Ok((module, rejected.map_or(CacheOutcome::Miss, CacheOutcome::Replaced)))
@@ -91,10 +91,12 @@ enum Unusable {
 }
 use Unusable::{Absent, Rejected};
 
-/// Hex BLAKE3 over the engine's compatibility hash and the module's content digest.
+/// Hex BLAKE3 over the engine's compatibility hash, what the host does to a module before
+/// compiling it, and the module's content digest.
 fn key(engine: &wasmtime::Engine, digest: &[u8; 32]) -> String {
     let mut hasher = DigestHasher(blake3::Hasher::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.0.update(crate::recycling::PREPARATION);
     hasher.0.update(digest);
     hex(hasher.0.finalize().as_bytes())
 }

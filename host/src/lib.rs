@@ -6,7 +6,8 @@
 //! the ABI (0.1.0, 0.2.0 and 0.2.1), guest memory access, the lifecycle and the limits.
 //!
 //! Where to look: `abi/` holds the host functions, one file per ABI area; `wasi.rs` the
-//! sandboxed WASI; `vm.rs` the lifecycle; `module.rs` compilation and vetting; `cache.rs` the
+//! sandboxed WASI; `vm.rs` the lifecycle; `module.rs` compilation and vetting; `recycling.rs` and `snapshot.rs` returning an instance
+//! to its state after start-up; `cache.rs` the
 //! compiled-code cache; `limits.rs` deadlines and memory caps; `ticker.rs` the epoch ticker; `session.rs` per-instance state.
 //!
 //! Without its default feature `runtime` the crate is only the ABI's types, wire formats,
@@ -37,7 +38,9 @@ with_runtime! {
     mod guest;
     mod limits;
     mod module;
+    mod recycling;
     mod session;
+    mod snapshot;
     mod ticker;
     pub mod testing;
     mod vm;
@@ -60,5 +63,6 @@ with_runtime! {
     pub use error::{FailureCounter, FailureKind, FilterError, InstanceLimit, LoadError};
     pub use ticker::EpochTicker;
     pub use module::Module;
+    pub use snapshot::NotResettable;
     pub use vm::{PluginId, StreamId, Vm, VmStats};
 }

@@ -16,6 +16,7 @@ use crate::error::{describe, InstanceLimit, LoadError};
 use crate::limits::MemoryLimiter;
 use crate::plugin::VmConfig;
 use crate::session::HostState;
+use crate::snapshot::LastImage;
 use crate::types::AbiVersion;
 
 /// Allocator exports, in the order Envoy looks them up.
@@ -29,6 +30,8 @@ pub struct Module {
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) engine: Engine,
     pub(crate) cache: CacheOutcome,
+    /// The memory its last reset point held, which the next may share (`snapshot.rs`).
+    pub(crate) last_image: LastImage,
 }
 
 impl Module {
@@ -54,7 +57,8 @@ impl Module {
         }
         let compiled = match cache {
             Some((cache, digest)) => cache.load_or_compile(engine.wasmtime(), bytes, &digest),
-            None => wasmtime::Module::new(engine.wasmtime(), bytes).map(|m| (m, CacheOutcome::Disabled)),
+            None => wasmtime::Module::new(engine.wasmtime(), crate::recycling::prepare(bytes))
+                .map(|m| (m, CacheOutcome::Disabled)),
         };
         let (module, cache) = compiled.map_err(|e| LoadError::new(name, format!("invalid WebAssembly: {}", describe(&e))))?;
         let abi = abi_version(&module).ok_or_else(|| {
@@ -64,7 +68,8 @@ impl Module {
         check_imports(engine, &module).map_err(|reason| LoadError::new(name, reason))?;
         let pre = engine.linker().instantiate_pre(&module).map_err(|e| LoadError::new(name, describe(&e)))?;
         let callbacks = CallbackIndex::new(&module);
-        Ok(Arc::new(Module { name: name.to_string(), callbacks, abi, pre, engine: engine.clone(), cache }))
+        let last_image = LastImage::default();
+        Ok(Arc::new(Module { name: name.to_string(), callbacks, abi, pre, engine: engine.clone(), cache, last_image }))
     }
 
     /// Reads and compiles a `.wasm` or `.wat` file; errors name the path.

@@ -40,6 +40,9 @@ impl Hasher for IdHasher {
 
 pub(crate) type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
+/// Properties a filter set on a context.
+pub(crate) type Properties = HashMap<Vec<u8>, Vec<u8>, BuildHasherDefault<DefaultHasher>>;
+
 /// One proxy-wasm context: a plugin's root context or a stream under it.
 pub(crate) struct Context {
     /// The root context this one belongs to (itself for a root context).
@@ -48,7 +51,7 @@ pub(crate) struct Context {
     /// Properties a filter set that the embedding did not take. Hashed with fixed keys: a
     /// filter only slows its own lookups, and a map with random keys reads a thread-local
     /// to make, on every stream.
-    pub properties: HashMap<Vec<u8>, Vec<u8>, BuildHasherDefault<DefaultHasher>>,
+    pub properties: Properties,
     /// This context's callback budget, when it differs from its plugin's.
     pub timeout: Option<Duration>,
     /// A stream's budget across all its callbacks (its request's), and what is left of it.

@@ -18,7 +18,8 @@ use crate::limits::{on_epoch_tick, Deadline, MemoryLimiter};
 use crate::module::Module;
 use crate::plugin::{PluginConfig, StreamLimits, VmConfig};
 use crate::grpc_client::GrpcEvent;
-use crate::session::{CallData, CallKind, Context, HostState};
+use crate::session::{CallData, CallKind, Context, HostState, Properties};
+use crate::snapshot::{NotResettable, Snapshot};
 use crate::ticker::Activity;
 use crate::types::{Action, MapType, Status};
 use crate::Pairs;
@@ -57,7 +58,18 @@ struct Plugin {
 
 struct Live {
     store: Store<HostState>,
+    instance: wasmtime::Instance,
     callbacks: Callbacks,
+}
+
+/// What a VM returns to for each request it serves after the first (see
+/// [`Vm::keep_reset_point`]).
+struct ResetPoint {
+    snapshot: Snapshot,
+    /// The VM's counter then: a reset VM numbers its streams as a fresh one would.
+    next_context_id: u32,
+    /// The plugins' root contexts, with the properties they had set then.
+    roots: Vec<(u32, Properties)>,
 }
 
 pub struct Vm {
@@ -76,6 +88,7 @@ pub struct Vm {
     /// What callbacks mark for the epoch ticker, when the engine enforces deadlines (kept
     /// here, as each call needs it).
     activity: Option<Arc<Activity>>,
+    reset_point: Option<ResetPoint>,
 }
 
 impl Vm {
@@ -93,6 +106,7 @@ impl Vm {
             stats: VmStats::default(),
             starting: false,
             activity,
+            reset_point: None,
         };
         vm.ensure_live()?;
         Ok(vm)
@@ -113,6 +127,51 @@ impl Vm {
     /// so that the next use does not wait for it.
     pub fn revive(&mut self) -> Result<(), FilterError> {
         self.ensure_live()
+    }
+
+    /// Remembers the VM's state now, after its start-up and its plugins' configuration, so
+    /// that [`reset`](Vm::reset) can return to it: a VM that served a request can then serve
+    /// another as if it were fresh, without the cost of a fresh instance.
+    pub fn keep_reset_point(&mut self) -> Result<(), NotResettable> {
+        if self.has_work_in_flight() {
+            return Err(NotResettable::Changed);
+        }
+        let live = self.live.as_mut().ok_or(NotResettable::Changed)?;
+        let snapshot = Snapshot::take(&live.instance, &mut live.store, &self.module.last_image)?;
+        let contexts = &live.store.data().contexts;
+        let roots = contexts.iter().map(|(id, context)| (*id, context.properties.clone())).collect();
+        self.reset_point = Some(ResetPoint { snapshot, next_context_id: self.next_context_id, roots });
+        Ok(())
+    }
+
+    /// Returns the VM to its reset point, for another request: its memory and globals as they
+    /// were then, its streams' numbering too. The streams it had are gone (their ids no
+    /// longer valid). Refused, with the VM left as it is (to be dropped), when it has no
+    /// reset point, it failed since, a stream or call is still in flight, its plugins
+    /// changed, or its memory grew.
+    pub fn reset(&mut self) -> Result<(), NotResettable> {
+        let plugins = self.plugins.iter().filter(|p| !p.removed).count();
+        let (Some(point), Some(live)) = (self.reset_point.as_mut(), self.live.as_mut()) else {
+            return Err(NotResettable::Changed);
+        };
+        let state = live.store.data();
+        if !state.pending_calls.is_empty() || state.contexts.len() != plugins || point.roots.len() != plugins {
+            return Err(NotResettable::Changed);
+        }
+        point.snapshot.restore(&mut live.store)?;
+        let state = live.store.data_mut();
+        for (id, properties) in &point.roots {
+            let context = state.contexts.get_mut(id).ok_or(NotResettable::Changed)?;
+            if context.properties != *properties {
+                context.properties.clone_from(properties);
+            }
+        }
+        state.status.code = Status::Ok as u32;
+        state.status.message.clear();
+        state.startup_log.clear();
+        self.next_context_id = point.next_context_id;
+        self.generation += 1;
+        Ok(())
     }
 
     /// Whether a stream is open on the instance or a call it made awaits its answer: until
@@ -612,6 +671,7 @@ impl Vm {
             None => {}
         }
         let error = FilterError { filter: self.filter_name(plugin), callback, kind };
+        self.reset_point = None;
         if let Some(live) = self.live.take() {
             let mut state = live.store.into_data();
             self.next_token = state.next_token;
@@ -672,7 +732,7 @@ impl Vm {
         let state = store.data_mut();
         state.memory = memory;
         state.allocator = allocator;
-        let mut live = Live { store, callbacks };
+        let mut live = Live { store, instance, callbacks };
         self.start_instance(&mut live, &instance)?;
         Ok(live)
     }

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use common::*;
 use inwasm_host::*;
 
-/// Looks at memory a fresh instance must see as zeros (page 0, page 1 and 3 MiB in, past
-/// what a freed slot keeps resident) and at property `secret`, reports both as request
-/// headers `x-dirty` (0 or 1) and `x-secret-status`, then leaves a secret in all of them.
-const SNOOP: &str = r#"(module
+/// What both probes have: the host functions they call, a bump allocator and their strings.
+macro_rules! probe_common {
+    () => {
+        r#"
   (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_get_property" (func $get_property (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_set_property" (func $set_property (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 4096))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "malloc") (param $size i32) (result i32)
@@ -25,6 +24,17 @@ const SNOOP: &str = r#"(module
   (data (i32.const 1010) "x-secret-status")
   (data (i32.const 1030) "secret")
   (data (i32.const 1040) "s3cret")
+"#
+    };
+}
+
+/// Looks at memory a fresh instance must see as zeros (page 0, page 1 and 3 MiB in, past
+/// what a freed slot keeps resident) and at property `secret`, reports both as request
+/// headers `x-dirty` (0 or 1) and `x-secret-status`, then leaves a secret in all of them.
+const SNOOP: &str = concat!(
+    "(module",
+    probe_common!(),
+    r#"  (memory (export "memory") 1)
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
@@ -43,7 +53,8 @@ const SNOOP: &str = r#"(module
     (i64.store (i32.const 3145728) (i64.const 0x5ec7e7))
     (drop (call $set_property (i32.const 1030) (i32.const 6) (i32.const 1040) (i32.const 6)))
     (i32.const 0))
-)"#;
+)"#
+);
 
 const NOT_FOUND: &str = "1";
 
@@ -89,4 +100,97 @@ fn two_modules_alive_at_once_see_only_their_own() {
         h.vm.on_request_headers(stream, true).unwrap();
         assert_eq!(request_header(&exchange, "x-dirty").as_deref(), Some("0"), "{}", h.vm.module().name());
     }
+}
+
+/// As [`SNOOP`] with room from the start (a reset needs the memory not to grow), a global
+/// each request bumps (`x-count`: its value before) and a mark its configuration leaves in
+/// memory (`x-configured`: 1 while it is there).
+const RESET_SNOOP: &str = concat!(
+    "(module",
+    probe_common!(),
+    r#"  (memory (export "memory") 64)
+  (global $count (mut i32) (i32.const 0))
+  (data (i32.const 1050) "x-count")
+  (data (i32.const 1060) "x-configured")
+  (func $report (param $name i32) (param $length i32) (param $digit i32)
+    (i32.store8 (i32.const 1100) (i32.add (i32.const 48) (local.get $digit)))
+    (drop (call $add (i32.const 0) (local.get $name) (local.get $length) (i32.const 1100) (i32.const 1))))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (i32.store8 (i32.const 200000) (i32.const 0x77)) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $report (i32.const 1000) (i32.const 7) (i64.ne (i64.const 0) (i64.or (i64.load (i32.const 60000))
+      (i64.or (i64.load (i32.const 70000)) (i64.load (i32.const 3145728))))))
+    (call $report (i32.const 1010) (i32.const 15)
+      (call $get_property (i32.const 1030) (i32.const 6) (i32.const 2000) (i32.const 2004)))
+    (call $report (i32.const 1050) (i32.const 7) (global.get $count))
+    (call $report (i32.const 1060) (i32.const 12) (i32.eq (i32.load8_u (i32.const 200000)) (i32.const 0x77)))
+    (global.set $count (i32.add (global.get $count) (i32.const 1)))
+    (i64.store (i32.const 60000) (i64.const 0x5ec7e7))
+    (i64.store (i32.const 70000) (i64.const 0x5ec7e7))
+    (i64.store (i32.const 3145728) (i64.const 0x5ec7e7))
+    (i32.store8 (i32.const 200000) (i32.const 0))
+    (drop (call $set_property (i32.const 1030) (i32.const 6) (i32.const 1040) (i32.const 6)))
+    (i32.const 0))
+)"#
+);
+
+/// One request's view: `x-dirty`, `x-secret-status`, `x-count`, `x-configured`.
+fn reset_snoop(h: &mut Harness) -> [String; 4] {
+    let (stream, exchange) = h.stream(&get_request_headers());
+    h.vm.on_request_headers(stream, true).unwrap();
+    h.vm.finish_stream(stream).unwrap();
+    ["x-dirty", "x-secret-status", "x-count", "x-configured"].map(|name| request_header(&exchange, name).unwrap())
+}
+
+#[test]
+fn a_reset_vm_is_as_it_was_after_start_up() {
+    let mut h = Harness::new(wat("reset-snoop", RESET_SNOOP), "");
+    h.vm.keep_reset_point().expect("a module of memory and numeric globals can be reset");
+    let fresh = ["0", NOT_FOUND, "0", "1"].map(String::from);
+    for round in 0..3 {
+        assert_eq!(reset_snoop(&mut h), fresh, "request {round}");
+        h.vm.reset().unwrap();
+    }
+    // Without a reset the next request sees the last one's memory and global (so the probe
+    // does look where a request leaves things).
+    assert_eq!(reset_snoop(&mut h), fresh);
+    assert_eq!(reset_snoop(&mut h), ["1", NOT_FOUND, "1", "0"].map(String::from));
+    h.vm.reset().unwrap();
+    assert_eq!(reset_snoop(&mut h), fresh);
+    assert_eq!(h.vm.stats().instances_created, 1);
+}
+
+#[test]
+fn a_vm_is_not_reset_when_its_memory_grew_or_a_stream_is_open() {
+    let mut grows = Harness::new(wat("snoop", SNOOP), "");
+    grows.vm.keep_reset_point().unwrap();
+    reset_snoop_once(&mut grows);
+    assert_eq!(grows.vm.reset(), Err(NotResettable::MemoryGrew));
+
+    let mut open = Harness::new(wat("reset-snoop", RESET_SNOOP), "");
+    open.vm.keep_reset_point().unwrap();
+    let (stream, _exchange) = open.stream(&get_request_headers());
+    assert_eq!(open.vm.reset(), Err(NotResettable::Changed));
+    open.vm.finish_stream(stream).unwrap();
+    assert_eq!(open.vm.reset(), Ok(()));
+}
+
+fn reset_snoop_once(h: &mut Harness) {
+    let (stream, _exchange) = h.stream(&get_request_headers());
+    h.vm.on_request_headers(stream, true).unwrap();
+    h.vm.finish_stream(stream).unwrap();
+}
+
+#[test]
+fn a_module_that_changes_its_table_cannot_be_reset() {
+    let text = RESET_SNOOP.replace(
+        "(func (export \"proxy_on_context_create\") (param i32 i32))",
+        "(table 1 funcref) (elem declare func $report)
+         (func (export \"proxy_on_context_create\") (param i32 i32) (table.set (i32.const 0) (ref.func $report)))",
+    );
+    let mut h = Harness::new(wat("table-setter", &text), "");
+    assert_eq!(h.vm.keep_reset_point(), Err(NotResettable::Module));
+    assert_eq!(h.vm.reset(), Err(NotResettable::Changed));
 }
