@@ -20,7 +20,6 @@ use crate::embedding::StreamEmbedding;
 use crate::filter_config::FilterConfig;
 use crate::grpc_calls::{self, Delivery};
 use crate::instances::{self, Instance};
-use crate::mailbox::Mailbox;
 use crate::report;
 use crate::stream::{self, SharedStream, StreamState};
 
@@ -58,7 +57,7 @@ impl HttpFilter {
         let _entered = stream::enter(&self.state);
         let started = match self.config.settings.isolation {
             Isolation::None => instances::shared(&self.config).inspect(|instance| instance.deliver_pending()),
-            Isolation::Stream => Instance::start(&self.config, Arc::new(Mailbox::default())).map(Rc::new),
+            Isolation::Stream => Instance::for_request(&self.config).map(Rc::new),
         }
         .and_then(|instance| {
             let embedding = Box::new(StreamEmbedding::new(&self.config, &self.state));
@@ -356,6 +355,10 @@ impl Drop for HttpFilter {
         self.state.borrow_mut().completed = true;
         self.finish();
         self.end_carried_calls();
+        let own = self.config.settings.isolation == Isolation::Stream;
+        if let Some(instance) = self.instance.get_mut().take().filter(|_| own) {
+            instance.recycle();
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Instances of a configuration's module: one per thread for isolation `none` (the main
 //! thread's is made at config load, each worker's at its first request), or one per request
-//! for isolation `stream`; and delivering a root context's pending events.
+//! for isolation `stream` (reset when the request ends and kept for the next, as many as
+//! [`KEPT_PER_CONFIG`]: a reset costs a fraction of a fresh instance's start-up); and
+//! delivering a root context's pending events.
 //!
 //! As in Envoy's Wasm filter, configurations with the same module and VM configuration (VM
 //! id, `vm_configuration`, limits) share one VM per thread, each with its own root context:
@@ -10,7 +12,7 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use inwasm_host::{FilterError, Module, PluginId, StreamLimits, Vm, VmConfig};
+use inwasm_host::{FilterError, Module, NotResettable, PluginId, StreamLimits, Vm, VmConfig};
 
 use crate::config::Isolation;
 use crate::embedding::{RootEmbedding, RootLink};
@@ -50,7 +52,16 @@ thread_local! {
     static SHARED: RefCell<Vec<(u64, Rc<Instance>)>> = const { RefCell::new(Vec::new()) };
     /// This thread's shared VMs, alive while an instance uses them.
     static VMS: RefCell<Vec<(VmKey, Weak<RefCell<Vm>>)>> = const { RefCell::new(Vec::new()) };
+    /// Isolation `stream` instances reset after their request, ready for the next, by
+    /// configuration id.
+    static KEPT: RefCell<Vec<(u64, Vec<Instance>)>> = const { RefCell::new(Vec::new()) };
+    /// Configurations whose instances cannot be reset: each request gets a fresh one.
+    static FRESH_ONLY: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Instances kept for a configuration's next requests on one thread: as many as its requests
+/// there usually overlap, each holding a slot of the instance pool and its memory.
+const KEPT_PER_CONFIG: usize = 64;
 
 fn find(config_id: u64) -> Option<Rc<Instance>> {
     SHARED.with(|s| s.borrow().iter().find(|(id, _)| *id == config_id).map(|(_, i)| i.clone()))
@@ -87,6 +98,51 @@ impl Instance {
         Ok(Instance { vm, plugin, mailbox, config: config.clone() })
     }
 
+    /// An instance of `config` for one request (isolation `stream`): one an earlier request
+    /// left, reset, or a fresh one that keeps its state after start-up to be reset to.
+    pub fn for_request(config: &Arc<FilterConfig>) -> Result<Instance, FilterError> {
+        let kept =
+            KEPT.with(|k| k.borrow_mut().iter_mut().find(|(id, _)| *id == config.id).and_then(|(_, kept)| kept.pop()));
+        if let Some(kept) = kept {
+            return Ok(kept);
+        }
+        let instance = Instance::start(config, Arc::new(Mailbox::default()))?;
+        if !FRESH_ONLY.with(|f| f.borrow().contains(&config.id)) {
+            let kept = instance.vm.borrow_mut().keep_reset_point();
+            if let Err(reason) = kept {
+                use_fresh_only(config, reason);
+            }
+        }
+        Ok(instance)
+    }
+
+    /// Takes back a request's own instance when the request ends: reset and kept for the
+    /// configuration's next request, or dropped (it failed, something still holds it, its
+    /// configuration is gone, or there are enough kept).
+    pub fn recycle(self: Rc<Instance>) {
+        let Ok(instance) = Rc::try_unwrap(self) else { return };
+        if Rc::strong_count(&instance.vm) != 1 || instance.config.is_retired() {
+            return;
+        }
+        let reset = instance.vm.borrow_mut().reset();
+        match reset {
+            Ok(()) => KEPT.with(|k| {
+                let mut kept = k.borrow_mut();
+                kept.retain(|(_, list)| list.first().is_none_or(|i| !i.config.is_retired()));
+                let id = instance.config.id;
+                let index = kept.iter().position(|(kept_id, _)| *kept_id == id).unwrap_or_else(|| {
+                    kept.push((id, Vec::new()));
+                    kept.len() - 1
+                });
+                if kept[index].1.len() < KEPT_PER_CONFIG {
+                    kept[index].1.push(instance);
+                }
+            }),
+            Err(NotResettable::Changed) => {}
+            Err(reason) => use_fresh_only(&instance.config, reason),
+        }
+    }
+
     /// What each request's stream on this instance may spend.
     pub fn stream_limits(&self) -> StreamLimits {
         self.config.settings.stream
@@ -119,6 +175,27 @@ impl Drop for Instance {
             drop(vm);
             report::failure(&self.config, &error, "while its root context ended");
         }
+    }
+}
+
+/// Gives `config`'s requests a fresh instance each on this thread from now on, saying why
+/// once.
+fn use_fresh_only(config: &FilterConfig, reason: NotResettable) {
+    let newly = FRESH_ONLY.with(|f| {
+        let mut fresh_only = f.borrow_mut();
+        let newly = !fresh_only.contains(&config.id);
+        if newly {
+            fresh_only.push(config.id);
+        }
+        newly
+    });
+    KEPT.with(|k| k.borrow_mut().retain(|(id, _)| *id != config.id));
+    if newly {
+        let filter = config.name();
+        crate::log::line(
+            inwasm_host::LogLevel::Info,
+            &format!("inwasm: filter \"{filter}\": each isolated request gets a fresh instance, as an instance cannot be reset: {reason}"),
+        );
     }
 }
 

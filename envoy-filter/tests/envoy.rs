@@ -142,6 +142,12 @@ fn isolation_stream_gives_each_request_a_fresh_instance() {
     }
     assert_eq!(shared.wait_log("on_done 4", 1), 1, "one instance counts contexts on: {}", shared.log());
     assert_eq!(fresh.wait_log("on_done 2", 3), 3, "a fresh instance per request: {}", fresh.log());
+    // Each request's instance saw no request before: a fresh one, or one reset after the
+    // last request (not started again: on_vm_start once on the worker, and once where the
+    // configuration was loaded).
+    assert_eq!(fresh.log().matches("requests before 2: 0").count(), 3, "{}", fresh.log());
+    assert!(fresh.log().matches("on_vm_start").count() <= 2, "{}", fresh.log());
+    assert!(!fresh.log().contains("gets a fresh instance"), "{}", fresh.log());
 }
 
 #[test]

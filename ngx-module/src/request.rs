@@ -42,7 +42,7 @@ use crate::metrics;
 use crate::response::send_local_response;
 use crate::wasm_block::WasmConf;
 use crate::worker::{
-    failure_text, fresh_instance, record_failure, revive_later, shared_instance, start_plugin, SharedVm,
+    failure_text, record_failure, recycle, request_instance, revive_later, shared_instance, start_plugin, SharedVm,
 };
 
 /// A request whose filter failed (see `inwasm_host::FILTER_FAILED_STATUS`).
@@ -69,8 +69,14 @@ enum Stage {
     Done,
 }
 
-/// Per-request instances of a request (isolation `stream`), by module index.
-type RequestInstances = Vec<(usize, SharedVm)>;
+/// A VM of the request's own (isolation `stream` or `filter`), started for filter `filter`.
+struct OwnVm {
+    module: usize,
+    filter: usize,
+    plugin: PluginId,
+    isolation: Isolation,
+    vm: SharedVm,
+}
 
 /// A request's state, kept in the request pool (see `start`).
 pub struct RequestCtx {
@@ -81,7 +87,8 @@ pub struct RequestCtx {
     stage: Stage,
     /// The first filter that has not seen the request body (filters that joined later).
     body_from: usize,
-    instances: RequestInstances,
+    /// The request's own VMs, handed back to the worker when it ends (see `worker::recycle`).
+    instances: Vec<OwnVm>,
     /// Suspended by a pausing filter (holding one reference on the request).
     suspended: bool,
     /// The filter that paused the request or its response headers, for messages.
@@ -145,6 +152,9 @@ impl Drop for RequestCtx {
     /// goes with this context.
     fn drop(&mut self) {
         self.finish();
+        // The request's own VMs go back to the worker, held by nothing else of the request.
+        self.filters.clear();
+        recycle(self.instances.drain(..).map(|own| (own.filter, own.plugin, own.vm)));
         // SAFETY: the context owns the exchange (see `start`); no stream refers to it now.
         unsafe { ptr::drop_in_place(self.exchange.as_ptr()) };
     }
@@ -236,7 +246,7 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
                 exchange: ExchangeRef::new(NonNull::new_unchecked(exchange)),
                 stage: Stage::Done,
                 body_from: 0,
-                instances: RequestInstances::new(),
+                instances: Vec::new(),
                 suspended: false,
                 paused_by: None,
                 pause_limit: loc.pause_timeout(),
@@ -265,25 +275,31 @@ unsafe fn start(r: *mut ngx_http_request_t, loc: &LocConf) -> Result<&'static mu
     }
 }
 
-/// The instance and plugin a filter runs on for this request, per the isolation mode.
+/// The instance and plugin a filter runs on for this request, per the isolation mode. A VM
+/// of the request's own is reused from an earlier request, reset, where the filter allows
+/// it and it will hold that filter alone (see `worker::request_instance`).
 fn instance_for(
     conf: &WasmConf,
     filter: usize,
     isolation: Isolation,
-    per_request: &mut RequestInstances,
+    chain: &[usize],
+    own: &mut Vec<OwnVm>,
 ) -> Result<(SharedVm, PluginId), String> {
     let decl = &conf.filters[filter];
+    let module = decl.module;
+    let alone = |chain: &[usize]| !chain.iter().any(|&other| other != filter && conf.filters[other].module == module);
+    let fresh = |reusable: bool, own: &mut Vec<OwnVm>| {
+        let (vm, plugin) = request_instance(conf, filter, reusable)?;
+        own.push(OwnVm { module, filter, plugin, isolation, vm: vm.clone() });
+        Ok((vm, plugin))
+    };
     match isolation {
         Isolation::None => shared_instance(filter).map_err(|e| format!("filter \"{}\": {e}", decl.plugin.name)),
-        Isolation::Stream => match per_request.iter().find(|(module, _)| *module == decl.module) {
-            Some((_, vm)) => Ok((vm.clone(), start_plugin(vm, decl)?)),
-            None => {
-                let (vm, plugin) = fresh_instance(conf, decl)?;
-                per_request.push((decl.module, vm.clone()));
-                Ok((vm, plugin))
-            }
+        Isolation::Stream => match own.iter().find(|o| o.module == module && o.isolation == Isolation::Stream) {
+            Some(o) => Ok((o.vm.clone(), start_plugin(&o.vm, decl)?)),
+            None => fresh(alone(chain), own),
         },
-        Isolation::Filter => fresh_instance(conf, decl),
+        Isolation::Filter => fresh(true, own),
     }
 }
 
@@ -301,7 +317,7 @@ unsafe fn join(r: *mut ngx_http_request_t, ctx: &mut RequestCtx, loc: &LocConf) 
             continue;
         }
         let isolation = loc.isolation.unwrap_or(Isolation::None);
-        let opened = instance_for(conf, index, isolation, &mut ctx.instances).and_then(|(vm, plugin)| {
+        let opened = instance_for(conf, index, isolation, chain, &mut ctx.instances).and_then(|(vm, plugin)| {
             let embedding = Box::new(StreamEmbedding::new(r, index, ctx.exchange));
             let stream =
                 vm.borrow_mut().new_stream(plugin, embedding, loc.stream_limits()).map_err(|e| e.to_string())?;

@@ -4,10 +4,14 @@
 //! its own (timers, calls, queues, shared data: see `validation`) starts with the worker; the
 //! others start at their first request, so an idle filter costs no instance.
 //!
+//! The VMs a request has of its own (isolation `stream` and `filter`) are reset when it ends
+//! and kept for the filter's next request, as many as [`IDLE_PER_FILTER`]: a reset costs a
+//! fraction of a fresh instance's start-up (see `Vm::reset`).
+//!
 //! The process's instance pool has a fixed number of slots. When a new instance finds them
-//! all taken, the least recently used shared VM that is idle (no request on it, no call or
-//! timer pending, no filter that works in the background) is released to make room; its
-//! next request starts it again, as its first did.
+//! all taken, the kept per-request VMs are released first, then the least recently used
+//! shared VM that is idle (no request on it, no call or timer pending, no filter that works
+//! in the background); its next request starts it again, as its first did.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,7 +19,7 @@ use std::fmt;
 use std::ptr;
 use std::rc::Rc;
 
-use inwasm_host::{EpochTicker, FailureCounter, FailureKind, FilterError, PluginId, Vm};
+use inwasm_host::{EpochTicker, FailureCounter, FailureKind, FilterError, NotResettable, PluginId, Vm};
 use ngx::ffi::{
     ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_post_event, ngx_posted_events, ngx_uint_t, NGX_LOG_ERR, NGX_OK,
 };
@@ -41,6 +45,11 @@ struct Worker {
     /// When each module's shared VM was last used, counted in uses of any shared VM.
     last_used: Vec<u64>,
     uses: u64,
+    /// Per-request VMs reset after their request, ready for the next, by filter index.
+    idle: Vec<Vec<(SharedVm, PluginId)>>,
+    /// Filters whose per-request VMs cannot be reset (said once in the log): each request
+    /// gets a fresh instance.
+    fresh_only: Vec<bool>,
 }
 
 impl Worker {
@@ -56,6 +65,8 @@ impl Worker {
             module_filters,
             last_used: vec![0; conf.modules.len()],
             uses: 0,
+            idle: vec![Vec::new(); conf.filters.len()],
+            fresh_only: conf.filters.iter().map(|filter| filter.background).collect(),
         }
     }
 
@@ -71,8 +82,13 @@ impl Worker {
             })
     }
 
-    /// Releases the least recently used idle shared VM; false when none is idle.
+    /// Releases a kept per-request VM (of the filter that has most), else the least recently
+    /// used idle shared VM; false when none is idle.
     fn release_idle_vm(&mut self, conf: &WasmConf) -> bool {
+        if let Some(kept) = self.idle.iter_mut().max_by_key(|kept| kept.len()).filter(|kept| !kept.is_empty()) {
+            kept.pop();
+            return true;
+        }
         let oldest = (self.vms.iter().enumerate())
             .filter(|(module, vm)| vm.as_ref().is_some_and(|vm| self.is_idle(conf, *module, vm)))
             .min_by_key(|(module, _)| self.last_used[*module])
@@ -328,9 +344,71 @@ fn report_sibling(started: Result<PluginId, String>) {
     }
 }
 
-/// A fresh VM of `module` with the filter's plugin started on it (isolation stream/filter).
-pub fn fresh_instance(conf: &WasmConf, filter: &FilterDecl) -> Result<(SharedVm, PluginId), String> {
-    let vm = new_vm(conf, &conf.modules[filter.module])?;
-    let plugin = start_plugin(&vm, filter)?;
+/// Per-request VMs kept for each filter's next requests: as many as one worker's requests of
+/// a filter usually overlap, each holding a slot of the instance pool and its memory.
+const IDLE_PER_FILTER: usize = 64;
+
+/// A VM of a request's own for `filter` (isolation stream or filter): one an earlier request
+/// left, reset, or a fresh one with the filter's plugin started on it. A fresh one that is
+/// `reusable` (it will hold this filter alone) keeps its state after start-up, to be reset
+/// to at the request's end.
+pub fn request_instance(conf: &WasmConf, filter: usize, reusable: bool) -> Result<(SharedVm, PluginId), String> {
+    let kept = reusable.then(|| WORKER.with(|w| w.borrow_mut().as_mut().and_then(|w| w.idle[filter].pop())));
+    if let Some(kept) = kept.flatten() {
+        return Ok(kept);
+    }
+    let decl = &conf.filters[filter];
+    let vm = new_vm(conf, &conf.modules[decl.module])?;
+    let plugin = start_plugin(&vm, decl)?;
+    let fresh_only = WORKER.with(|w| w.borrow().as_ref().is_none_or(|w| w.fresh_only[filter]));
+    if reusable && !fresh_only {
+        let kept = vm.borrow_mut().keep_reset_point();
+        if let Err(reason) = kept {
+            use_fresh_only(filter, reason);
+        }
+    }
     Ok((vm, plugin))
+}
+
+/// Takes back the VMs an ended request had of its own: each is reset and kept for its
+/// filter's next request, or dropped (it failed, something still holds it, or there are
+/// enough kept).
+pub fn recycle(vms: impl Iterator<Item = (usize, PluginId, SharedVm)>) {
+    for (filter, plugin, vm) in vms {
+        if Rc::strong_count(&vm) != 1 {
+            continue;
+        }
+        let reset = vm.borrow_mut().reset();
+        match reset {
+            Ok(()) => WORKER.with(|w| {
+                if let Some(kept) = w.borrow_mut().as_mut().map(|w| &mut w.idle[filter]) {
+                    if kept.len() < IDLE_PER_FILTER {
+                        kept.push((vm, plugin));
+                    }
+                }
+            }),
+            // It failed, served more than its filter, or has work in flight: dropped.
+            Err(NotResettable::Changed) => {}
+            Err(reason) => use_fresh_only(filter, reason),
+        }
+    }
+}
+
+/// Gives `filter`'s requests a fresh instance each from now on, saying why once.
+fn use_fresh_only(filter: usize, reason: NotResettable) {
+    let newly = WORKER.with(|w| {
+        let mut w = w.borrow_mut();
+        let Some(w) = w.as_mut() else { return false };
+        w.idle[filter].clear();
+        !std::mem::replace(&mut w.fresh_only[filter], true)
+    });
+    // SAFETY: the worker's cycle.
+    let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) };
+    if let (true, Some(conf)) = (newly, conf) {
+        let message = format!(
+            "inwasm: filter \"{}\": each isolated request gets a fresh instance, as an instance cannot be reset: {reason}",
+            conf.filters[filter].plugin.name
+        );
+        log_error(ngx::ffi::NGX_LOG_NOTICE as ngx_uint_t, cycle_log(), &message);
+    }
 }

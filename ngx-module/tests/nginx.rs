@@ -293,11 +293,17 @@ fn isolation_stream_gives_each_request_a_fresh_instance() {
         fresh.get("/");
     }
     let count = |nginx: &Nginx, line: &str| nginx.error_log().matches(line).count();
-    // Shared: one instance, context ids 2, 3, 4. Fresh: every request is context 2 of a new one.
+    // Shared: one instance, context ids 2, 3, 4, which remembers requests. Fresh: every
+    // request is context 2 of an instance that saw none before.
     assert_eq!(count(&shared, "request_headers 2 eos=true"), 1, "{}", shared.error_log());
     assert_eq!(count(&shared, "request_headers 4 eos=true"), 1);
+    assert_eq!(count(&shared, "requests before 4: 2"), 1);
     assert_eq!(count(&fresh, "request_headers 2 eos=true"), 3, "{}", fresh.error_log());
+    assert_eq!(count(&fresh, "requests before 2: 0"), 3, "{}", fresh.error_log());
     assert_eq!(fresh.wait_log("on_log 2", 3), 3);
+    // Its instance was reset for each next request, not started again.
+    assert_eq!(count(&fresh, "on_vm_start"), 1, "{}", fresh.error_log());
+    assert!(!fresh.error_log().contains("gets a fresh instance"), "{}", fresh.error_log());
 }
 
 #[test]

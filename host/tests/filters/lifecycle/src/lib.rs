@@ -1,5 +1,9 @@
 //! Callback order and arguments: logs (at info) every callback the root and HTTP contexts
-//! get, with the context id, e.g. `request_body 2 size=5 eos=true`.
+//! get, with the context id, e.g. `request_body 2 size=5 eos=true`; and, with its request
+//! headers, how many requests the instance saw before (`requests before 2: 0`: a fresh
+//! instance, or one reset to its state after start-up).
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -7,6 +11,9 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|id| Box::new(Root(id)));
 }}
+
+/// Requests this instance has seen.
+static REQUESTS: AtomicU32 = AtomicU32::new(0);
 
 struct Root(u32);
 
@@ -50,6 +57,7 @@ impl Context for Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         log::info!("request_headers {} eos={end_of_stream}", self.0);
+        log::info!("requests before {}: {}", self.0, REQUESTS.fetch_add(1, Ordering::Relaxed));
         Action::Continue
     }
 
