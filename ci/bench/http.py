@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput and latency with one worker: bare nginx; nginx + the one-header filter with
 isolation none, stream and filter; bare Envoy; Envoy + the same filter on its built-in V8
-runtime; Envoy + the same filter on this project's module. Then the typical filter (a few
+runtime; Envoy + the same filter on this project's module (isolation none and stream). Then the typical filter (a few
 header reads and writes, a property, a removed header: `host/tests/filters/typical`) in
 nginx and in Envoy on both runtimes, in the same rounds.
 
@@ -58,6 +58,7 @@ def v8_filter(name, path):
 def envoy_servers(work):
     variants = {"Envoy": [], "Envoy + filter (V8)": [v8_filter("one", FILTER)],
                 "Envoy + filter (inwasm)": [inwasm_filter(f"{{module: {FILTER}}}")],
+                "Envoy + filter (inwasm, isolation stream)": [inwasm_filter(f"{{module: {FILTER}, isolation: stream}}")],
                 "Envoy + typical filter (V8)": [v8_filter("typical", TYPICAL)],
                 "Envoy + typical filter (inwasm)": [inwasm_filter(f"{{module: {TYPICAL}}}")]}
     return start_envoys(work, variants, BODY, "bench")
