@@ -6,8 +6,8 @@
 //! the ABI (0.1.0, 0.2.0 and 0.2.1), guest memory access, the lifecycle and the limits.
 //!
 //! Where to look: `abi/` holds the host functions, one file per ABI area; `wasi.rs` the
-//! sandboxed WASI; `vm.rs` the lifecycle; `module.rs` compilation and vetting; `recycling.rs` and `snapshot.rs` returning an instance
-//! to its state after start-up; `cache.rs` the
+//! sandboxed WASI; `vm.rs` the lifecycle; `module.rs` compilation and vetting; `recycling.rs`, `snapshot.rs` and `page_scan.rs` returning an
+//! instance to its state after start-up; `cache.rs` the
 //! compiled-code cache; `limits.rs` deadlines and memory caps; `ticker.rs` the epoch ticker; `session.rs` per-instance state.
 //!
 //! Without its default feature `runtime` the crate is only the ABI's types, wire formats,
@@ -38,6 +38,7 @@ with_runtime! {
     mod guest;
     mod limits;
     mod module;
+    mod page_scan;
     mod recycling;
     mod session;
     mod snapshot;
