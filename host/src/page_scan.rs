@@ -3,6 +3,7 @@
 //! of pages in the categories asked for, with no page fault. See `snapshot.rs` for its use.
 
 use std::fs::File;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,48 @@ pub(crate) enum Pages {
     Written,
     /// Mapped but never written: the module image's pages or the zero page.
     Clean,
+}
+
+/// The runs of written pages of one memory, kept between scans. A page of a memory becomes
+/// written (a private copy) only through a page fault, which the faulting thread counts: while
+/// the thread that scanned has taken no fault since, the runs found then are all there are,
+/// and the scan (most of what a reset costs) is skipped. A request on a warm instance
+/// usually takes none.
+#[derive(Default)]
+pub(crate) struct WrittenPages {
+    runs: Vec<Range<usize>>,
+    /// The thread that scanned, and its page faults before the scan.
+    scanned_at: Option<(u64, u64)>,
+}
+
+impl WrittenPages {
+    /// The runs of written pages (byte offsets) of the `len` bytes at `base`.
+    pub fn current(&mut self, scanner: &PageScanner, base: usize, len: usize) -> std::io::Result<&[Range<usize>]> {
+        let now = thread_faults();
+        if now.is_none() || self.scanned_at != now {
+            self.scanned_at = None;
+            self.runs.clear();
+            scanner.for_each(Pages::Written, base, len, |run| self.runs.push(run))?;
+            self.scanned_at = now;
+        }
+        Ok(&self.runs)
+    }
+}
+
+/// This thread (a number of its own, never reused) and the page faults it has taken.
+fn thread_faults() -> Option<(u64, u64)> {
+    static THREADS: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static THREAD: u64 = THREADS.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut usage = MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes the structure it is given, nothing else.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: zeroed, then written by getrusage.
+    let usage = unsafe { usage.assume_init() };
+    Some((THREAD.with(|thread| *thread), (usage.ru_minflt as u64).wrapping_add(usage.ru_majflt as u64)))
 }
 
 /// `/proc/self/pagemap` of this process, for `PAGEMAP_SCAN`.

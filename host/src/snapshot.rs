@@ -10,8 +10,9 @@
 //! created, which Linux's `PAGEMAP_SCAN` (6.7; `page_scan.rs`) tells apart with no page
 //! fault: a written page of the memory's mapping is a private (anonymous) page, while a page
 //! never written still maps the module's image or the zero page, so it holds what it held at
-//! the point. Nothing is paid while a request runs; each reset copies back what start-up
-//! wrote as well (upstream Go's runtime: about 130 pages, a request about 30). Tracking only
+//! the point (and the scan is skipped while no page fault says a page may have become
+//! written: `WrittenPages`). Nothing is paid while a request runs; each reset copies back
+//! what start-up wrote as well (upstream Go's runtime: about 130 pages, a request about 30). Tracking only
 //! what each request writes (userfaultfd's write protection) was measured slower: a page's
 //! first write then costs a fault, several times the copy of a page.
 //!
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use wasmtime::{Global, Instance, Memory, Store, Val};
 
-use crate::page_scan::{PageScanner, Pages};
+use crate::page_scan::{PageScanner, Pages, WrittenPages};
 use crate::recycling::{GLOBAL_PREFIX, MARKER};
 use crate::session::HostState;
 
@@ -51,6 +52,7 @@ pub(crate) struct Snapshot {
     image: Arc<MemoryImage>,
     globals: Vec<(Global, Val)>,
     scanner: Arc<PageScanner>,
+    written: WrittenPages,
 }
 
 /// Why an instance cannot be reset.
@@ -105,7 +107,7 @@ impl Snapshot {
                 unsafe { libc::madvise((base + pages.start) as *mut libc::c_void, pages.len(), libc::MADV_DONTNEED) };
             })
             .map_err(unreadable)?;
-        Ok(Snapshot { memory, image, globals, scanner })
+        Ok(Snapshot { memory, image, globals, scanner, written: WrittenPages::default() })
     }
 
     /// Returns the instance to this state.
@@ -116,11 +118,13 @@ impl Snapshot {
         }
         if self.scanner.is_stale() {
             self.scanner = PageScanner::current().ok_or(NotResettable::NoPageScan)?;
+            self.written = WrittenPages::default();
         }
-        let (image, base, len) = (&self.image.0, memory.as_ptr() as usize, memory.len());
-        self.scanner
-            .for_each(Pages::Written, base, len, |pages| memory[pages.clone()].copy_from_slice(&image[pages]))
-            .map_err(|_| NotResettable::NoPageScan)?;
+        let (base, len) = (memory.as_ptr() as usize, memory.len());
+        let written = self.written.current(&self.scanner, base, len).map_err(|_| NotResettable::NoPageScan)?;
+        for run in written {
+            memory[run.clone()].copy_from_slice(&self.image.0[run.clone()]);
+        }
         for (global, value) in &self.globals {
             // The value was read from this global, so it has its type.
             let _ = global.set(&mut *store, *value);
