@@ -19,7 +19,8 @@ pub(crate) enum Pages {
 }
 
 /// The runs of written pages of one memory, kept between scans. A page of a memory becomes
-/// written (a private copy) only through a page fault, which the faulting thread counts: while
+/// written (a private copy) only through a page fault, which the faulting thread counts (or
+/// by khugepaged's collapse into a huge page, which the memory is marked to refuse): while
 /// the thread that scanned has taken no fault since, the runs found then are all there are,
 /// and the scan (most of what a reset costs) is skipped. A request on a warm instance
 /// usually takes none.

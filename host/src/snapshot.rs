@@ -107,6 +107,12 @@ impl Snapshot {
                 unsafe { libc::madvise((base + pages.start) as *mut libc::c_void, pages.len(), libc::MADV_DONTNEED) };
             })
             .map_err(unreadable)?;
+        // No huge page may form over the memory behind the guest's back: khugepaged makes
+        // untouched pages written ones without a fault, which `WrittenPages` would then miss.
+        // SAFETY: only changes how the kernel may back the range, not what it holds.
+        if unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) } != 0 {
+            return Err(NotResettable::NoPageScan);
+        }
         Ok(Snapshot { memory, image, globals, scanner, written: WrittenPages::default() })
     }
 
