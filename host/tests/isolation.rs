@@ -103,8 +103,9 @@ fn two_modules_alive_at_once_see_only_their_own() {
 }
 
 /// As [`SNOOP`] with room from the start (a reset needs the memory not to grow), a global
-/// each request bumps (`x-count`: its value before) and a mark its configuration leaves in
-/// memory (`x-configured`: 1 while it is there).
+/// each request bumps (`x-count`: its value before), a mark its configuration leaves in
+/// memory (`x-configured`: 1 while it is there), and one more page probed and written that
+/// depends on the request (its number of headers: 2 MiB + 64 KiB each).
 const RESET_SNOOP: &str = concat!(
     "(module",
     probe_common!(),
@@ -120,8 +121,10 @@ const RESET_SNOOP: &str = concat!(
   (func (export "proxy_on_configure") (param i32 i32) (result i32)
     (i32.store8 (i32.const 200000) (i32.const 0x77)) (i32.const 1))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $own i32)
+    (local.set $own (i32.add (i32.const 2097152) (i32.mul (local.get 1) (i32.const 65536))))
     (call $report (i32.const 1000) (i32.const 7) (i64.ne (i64.const 0) (i64.or (i64.load (i32.const 60000))
-      (i64.or (i64.load (i32.const 70000)) (i64.load (i32.const 3145728))))))
+      (i64.or (i64.load (i32.const 70000)) (i64.or (i64.load (local.get $own)) (i64.load (i32.const 3145728)))))))
     (call $report (i32.const 1010) (i32.const 15)
       (call $get_property (i32.const 1030) (i32.const 6) (i32.const 2000) (i32.const 2004)))
     (call $report (i32.const 1050) (i32.const 7) (global.get $count))
@@ -130,6 +133,7 @@ const RESET_SNOOP: &str = concat!(
     (i64.store (i32.const 60000) (i64.const 0x5ec7e7))
     (i64.store (i32.const 70000) (i64.const 0x5ec7e7))
     (i64.store (i32.const 3145728) (i64.const 0x5ec7e7))
+    (i64.store (local.get $own) (i64.const 0x5ec7e7))
     (i32.store8 (i32.const 200000) (i32.const 0))
     (drop (call $set_property (i32.const 1030) (i32.const 6) (i32.const 1040) (i32.const 6)))
     (i32.const 0))
@@ -138,7 +142,11 @@ const RESET_SNOOP: &str = concat!(
 
 /// One request's view: `x-dirty`, `x-secret-status`, `x-count`, `x-configured`.
 fn reset_snoop(h: &mut Harness) -> [String; 4] {
-    let (stream, exchange) = h.stream(&get_request_headers());
+    reset_snoop_with(h, &get_request_headers())
+}
+
+fn reset_snoop_with(h: &mut Harness, headers: &[(&str, &str)]) -> [String; 4] {
+    let (stream, exchange) = h.stream(headers);
     h.vm.on_request_headers(stream, true).unwrap();
     h.vm.finish_stream(stream).unwrap();
     ["x-dirty", "x-secret-status", "x-count", "x-configured"].map(|name| request_header(&exchange, name).unwrap())
@@ -174,6 +182,15 @@ fn reset_vm_is_as_after_start_up(text: &str) {
     assert_eq!(reset_snoop(&mut h), ["1", NOT_FOUND, "1", "0"].map(String::from));
     h.vm.reset().unwrap();
     assert_eq!(reset_snoop(&mut h), fresh);
+    h.vm.reset().unwrap();
+    // A request that writes a page none wrote before, after the pages written so far were
+    // found: that page is put back too (a reset looks again after a page fault).
+    let mut five = get_request_headers();
+    five.push(("x-more", "1"));
+    for round in 0..2 {
+        assert_eq!(reset_snoop_with(&mut h, &five), fresh, "five headers, request {round}");
+        h.vm.reset().unwrap();
+    }
     assert_eq!(h.vm.stats().instances_created, 1);
 }
 
