@@ -109,9 +109,14 @@ impl Snapshot {
             .map_err(unreadable)?;
         // No huge page may form over the memory behind the guest's back: khugepaged makes
         // untouched pages written ones without a fault, which `WrittenPages` would then miss.
-        // SAFETY: only changes how the kernel may back the range, not what it holds.
-        if unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) } != 0 {
-            return Err(NotResettable::NoPageScan);
+        // Nor may KSM merge its pages: a written page of zeros merged into the zero page would
+        // look untouched. (Without KSM in the kernel the second call fails, harmlessly.)
+        // SAFETY: both only change how the kernel may back the range, not what it holds.
+        unsafe {
+            if libc::madvise(base as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) != 0 {
+                return Err(NotResettable::NoPageScan);
+            }
+            libc::madvise(base as *mut libc::c_void, len, libc::MADV_UNMERGEABLE);
         }
         Ok(Snapshot { memory, image, globals, scanner, written: WrittenPages::default() })
     }
