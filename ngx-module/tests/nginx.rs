@@ -306,6 +306,38 @@ fn isolation_stream_gives_each_request_a_fresh_instance() {
     assert!(!fresh.error_log().contains("gets a fresh instance"), "{}", fresh.error_log());
 }
 
+/// A filter whose memory grows at each request cannot have its instance reset: its requests
+/// get a fresh instance each, and the log says why once.
+#[test]
+fn isolation_stream_falls_back_to_fresh_instances_for_a_growing_filter() {
+    let dir = std::env::temp_dir().join(format!("inwasm-grower-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let module = dir.join("grower.wat");
+    std::fs::write(
+        &module,
+        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+           (func (export "malloc") (param i32) (result i32) (i32.const 8))
+           (func (export "proxy_on_context_create") (param i32 i32))
+           (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (drop (memory.grow (i32.const 1))) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let nginx = Nginx::start(
+        &format!("wasm {{ module grower {}; }}", module.display()),
+        "location / { proxy_wasm grower; proxy_wasm_isolation stream; return 200 'ok'; }",
+    );
+    for _ in 0..3 {
+        assert_eq!(nginx.get("/").text(), "ok");
+    }
+    let log = nginx.error_log();
+    let notice = "filter \"grower\": each isolated request gets a fresh instance, as an instance cannot be reset: \
+                  its memory grows during requests";
+    assert_eq!(log.matches(notice).count(), 1, "{log}");
+    drop(nginx);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn isolation_filter_gives_each_filter_its_own_instance() {
     let chain = "proxy_wasm lifecycle; proxy_wasm lifecycle; return 200;";
