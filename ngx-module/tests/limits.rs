@@ -175,25 +175,20 @@ fn shared_instance_failure_spares_the_worker() {
 
 #[test]
 fn filter_spinning_at_configuration_fails_nginx_t_quickly() {
-    let dir = std::env::temp_dir().join(format!("inwasm-spin-conf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spinner = dir.join("spinner.wat");
-    std::fs::write(
-        &spinner,
+    let spinner = WatModule::new(
+        "spinner",
         r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
            (func (export "malloc") (param i32) (result i32) (i32.const 8))
            (func (export "proxy_on_configure") (param i32 i32) (result i32) (loop (br 0)) (i32.const 1)))"#,
-    )
-    .unwrap();
+    );
     let started = Instant::now();
     let (ok, output) = nginx_test(
-        &format!("wasm {{ start_timeout 1s; module spinner {}; }}", spinner.display()),
+        &format!("wasm {{ start_timeout 1s; module spinner {}; }}", spinner.path.display()),
         "server { location / { proxy_wasm spinner; } }",
     );
     assert!(!ok);
     assert!(output.contains("exceeded its deadline of 1000 ms in proxy_on_configure"), "{output}");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

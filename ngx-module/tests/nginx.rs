@@ -310,21 +310,17 @@ fn isolation_stream_gives_each_request_a_fresh_instance() {
 /// get a fresh instance each, and the log says why once.
 #[test]
 fn isolation_stream_falls_back_to_fresh_instances_for_a_growing_filter() {
-    let dir = std::env::temp_dir().join(format!("inwasm-grower-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let module = dir.join("grower.wat");
-    std::fs::write(
-        &module,
+    let module = WatModule::new(
+        "grower",
         r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
            (func (export "malloc") (param i32) (result i32) (i32.const 8))
            (func (export "proxy_on_context_create") (param i32 i32))
            (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
            (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
              (drop (memory.grow (i32.const 1))) (i32.const 0)))"#,
-    )
-    .unwrap();
+    );
     let nginx = Nginx::start(
-        &format!("wasm {{ module grower {}; }}", module.display()),
+        &format!("wasm {{ module grower {}; }}", module.path.display()),
         "location / { proxy_wasm grower; proxy_wasm_isolation stream; return 200 'ok'; }",
     );
     for _ in 0..3 {
@@ -334,8 +330,6 @@ fn isolation_stream_falls_back_to_fresh_instances_for_a_growing_filter() {
     let notice = "filter \"grower\": each isolated request gets a fresh instance, as an instance cannot be reset: \
                   its memory grows during requests";
     assert_eq!(log.matches(notice).count(), 1, "{log}");
-    drop(nginx);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -482,22 +476,16 @@ fn many_filters_start_in_shares_and_a_refusal_names_its_own_directive() {
 
 #[test]
 fn text_format_modules_are_accepted() {
-    let dir = std::env::temp_dir().join(format!("inwasm-wat-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let module = dir.join("noop.wat");
-    std::fs::write(
-        &module,
+    let module = WatModule::new(
+        "noop",
         r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_0"))
            (func (export "malloc") (param i32) (result i32) (i32.const 8)))"#,
-    )
-    .unwrap();
+    );
     let nginx = Nginx::start(
-        &format!("wasm {{ module noop {}; }}", module.display()),
+        &format!("wasm {{ module noop {}; }}", module.path.display()),
         "location / { proxy_wasm noop; return 200 'ok'; }",
     );
     assert_eq!(nginx.get("/").text(), "ok");
-    drop(nginx);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The demo's own nginx.conf, as a user runs it (ports and log moved aside).

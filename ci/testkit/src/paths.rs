@@ -101,6 +101,29 @@ impl Drop for BadModules {
     }
 }
 
+/// A module written as WebAssembly text to a fresh scratch directory (removed with the value),
+/// for tests whose filter is a few lines of its own.
+pub struct WatModule {
+    dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl WatModule {
+    /// Writes `text` to `NAME.wat`.
+    pub fn new(name: &str, text: &str) -> WatModule {
+        let dir = scratch_dir();
+        let path = dir.join(format!("{name}.wat"));
+        std::fs::write(&path, text).unwrap();
+        WatModule { dir, path }
+    }
+}
+
+impl Drop for WatModule {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A proxy-wasm module that does nothing, in the binary format, with `functions` functions
 /// in its table (as upstream Go builds have) and a table of `elements`: large modules for tests.
 pub fn large_module(functions: usize, elements: usize) -> Vec<u8> {
