@@ -117,11 +117,14 @@ impl Instance {
     }
 
     /// Takes back a request's own instance when the request ends: reset and kept for the
-    /// configuration's next request, or dropped (it failed, something still holds it, its
-    /// configuration is gone, or there are enough kept).
+    /// configuration's next request, or dropped (there are enough kept, which it is not reset
+    /// for; something still holds it; its configuration is gone; or it failed).
     pub fn recycle(self: Rc<Instance>) {
         let Ok(instance) = Rc::try_unwrap(self) else { return };
-        if Rc::strong_count(&instance.vm) != 1 || instance.config.is_retired() {
+        let id = instance.config.id;
+        let full =
+            KEPT.with(|k| k.borrow().iter().any(|(kept_id, list)| *kept_id == id && list.len() >= KEPT_PER_CONFIG));
+        if full || Rc::strong_count(&instance.vm) != 1 || instance.config.is_retired() {
             return;
         }
         let reset = instance.vm.borrow_mut().reset();
@@ -129,13 +132,9 @@ impl Instance {
             Ok(()) => KEPT.with(|k| {
                 let mut kept = k.borrow_mut();
                 kept.retain(|(_, list)| list.first().is_none_or(|i| !i.config.is_retired()));
-                let id = instance.config.id;
-                let index = kept.iter().position(|(kept_id, _)| *kept_id == id).unwrap_or_else(|| {
-                    kept.push((id, Vec::new()));
-                    kept.len() - 1
-                });
-                if kept[index].1.len() < KEPT_PER_CONFIG {
-                    kept[index].1.push(instance);
+                match kept.iter_mut().find(|(kept_id, _)| *kept_id == id) {
+                    Some((_, list)) => list.push(instance),
+                    None => kept.push((id, vec![instance])),
                 }
             }),
             Err(NotResettable::Changed) => {}
@@ -191,11 +190,7 @@ fn use_fresh_only(config: &FilterConfig, reason: NotResettable) {
     });
     KEPT.with(|k| k.borrow_mut().retain(|(id, _)| *id != config.id));
     if newly {
-        let filter = config.name();
-        crate::log::line(
-            inwasm_host::LogLevel::Info,
-            &format!("inwasm: filter \"{filter}\": each isolated request gets a fresh instance, as an instance cannot be reset: {reason}"),
-        );
+        crate::log::line(inwasm_host::LogLevel::Info, &format!("inwasm: {}", reason.fallback_notice(config.name())));
     }
 }
 

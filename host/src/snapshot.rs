@@ -79,6 +79,14 @@ impl std::fmt::Display for NotResettable {
     }
 }
 
+impl NotResettable {
+    /// What a proxy logs, once, when `filter`'s isolated requests get a fresh instance each
+    /// because of this.
+    pub fn fallback_notice(self, filter: &str) -> String {
+        format!("filter \"{filter}\": each isolated request gets a fresh instance, as an instance cannot be reset: {self}")
+    }
+}
+
 impl Snapshot {
     /// The state of `instance` now.
     pub fn take(

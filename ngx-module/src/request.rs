@@ -287,7 +287,6 @@ fn instance_for(
 ) -> Result<(SharedVm, PluginId), String> {
     let decl = &conf.filters[filter];
     let module = decl.module;
-    let alone = |chain: &[usize]| !chain.iter().any(|&other| other != filter && conf.filters[other].module == module);
     let fresh = |reusable: bool, own: &mut Vec<OwnVm>| {
         let (vm, plugin) = request_instance(conf, filter, reusable)?;
         own.push(OwnVm { module, filter, plugin, isolation, vm: vm.clone() });
@@ -297,7 +296,10 @@ fn instance_for(
         Isolation::None => shared_instance(filter).map_err(|e| format!("filter \"{}\": {e}", decl.plugin.name)),
         Isolation::Stream => match own.iter().find(|o| o.module == module && o.isolation == Isolation::Stream) {
             Some(o) => Ok((o.vm.clone(), start_plugin(&o.vm, decl)?)),
-            None => fresh(alone(chain), own),
+            None => {
+                let alone = !chain.iter().any(|&other| other != filter && conf.filters[other].module == module);
+                fresh(alone, own)
+            }
         },
         Isolation::Filter => fresh(true, own),
     }

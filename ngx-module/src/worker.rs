@@ -371,20 +371,19 @@ pub fn request_instance(conf: &WasmConf, filter: usize, reusable: bool) -> Resul
 }
 
 /// Takes back the VMs an ended request had of its own: each is reset and kept for its
-/// filter's next request, or dropped (it failed, something still holds it, or there are
-/// enough kept).
+/// filter's next request, or dropped (there are enough kept, which it is not reset for;
+/// something still holds it; or it failed).
 pub fn recycle(vms: impl Iterator<Item = (usize, PluginId, SharedVm)>) {
     for (filter, plugin, vm) in vms {
-        if Rc::strong_count(&vm) != 1 {
+        let room = WORKER.with(|w| w.borrow().as_ref().is_some_and(|w| w.idle[filter].len() < IDLE_PER_FILTER));
+        if !room || Rc::strong_count(&vm) != 1 {
             continue;
         }
         let reset = vm.borrow_mut().reset();
         match reset {
             Ok(()) => WORKER.with(|w| {
-                if let Some(kept) = w.borrow_mut().as_mut().map(|w| &mut w.idle[filter]) {
-                    if kept.len() < IDLE_PER_FILTER {
-                        kept.push((vm, plugin));
-                    }
+                if let Some(w) = w.borrow_mut().as_mut() {
+                    w.idle[filter].push((vm, plugin));
                 }
             }),
             // It failed, served more than its filter, or has work in flight: dropped.
@@ -405,10 +404,7 @@ fn use_fresh_only(filter: usize, reason: NotResettable) {
     // SAFETY: the worker's cycle.
     let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) };
     if let (true, Some(conf)) = (newly, conf) {
-        let message = format!(
-            "inwasm: filter \"{}\": each isolated request gets a fresh instance, as an instance cannot be reset: {reason}",
-            conf.filters[filter].plugin.name
-        );
+        let message = format!("inwasm: {}", reason.fallback_notice(&conf.filters[filter].plugin.name));
         log_error(ngx::ffi::NGX_LOG_NOTICE as ngx_uint_t, cycle_log(), &message);
     }
 }
