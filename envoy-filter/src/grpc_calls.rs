@@ -200,12 +200,19 @@ pub fn ended(carrier: Carrier, id: u64) -> Option<Delivery> {
 pub fn carrier_ended(carrier: Carrier) -> Vec<Delivery> {
     let calls = CALLS.with(|calls| {
         let mut calls = calls.borrow_mut();
+        // (Most streams carry no call: then nothing is hashed or allocated.)
+        if calls.by_stream.is_empty() {
+            return HashMap::new();
+        }
         let streams = calls.by_stream.remove(&carrier).unwrap_or_default();
         for call in streams.values() {
             calls.by_token.remove(&(vm_key(&call.caller), call.token));
         }
         streams
     });
+    if calls.is_empty() {
+        return Vec::new();
+    }
     let message = "the request that carried the call ended".to_string();
     calls
         .into_values()
