@@ -6,6 +6,8 @@
 //! Responses are parsed by `httparse`; a request's target and authority are checked by
 //! `http`, its method and header names as tokens and its values as RFC 9110 field values.
 
+use std::io::Write;
+
 use crate::embedding::{HttpCallRequest, HttpCallResponse};
 use crate::Pairs;
 
@@ -64,7 +66,8 @@ pub fn request_bytes(request: &HttpCallRequest) -> Result<Vec<u8>, Malformed> {
             }
         }
     }
-    out.extend_from_slice(format!("content-length: {}\r\n\r\n", request.body.len()).as_bytes());
+    // (Written in place: a request allocates only its bytes.)
+    let _ = write!(out, "content-length: {}\r\n\r\n", request.body.len());
     out.extend_from_slice(&request.body);
     Ok(out)
 }

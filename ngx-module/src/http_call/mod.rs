@@ -166,7 +166,7 @@ struct Call {
     name: ngx_str_t,
     port: u16,
     resolving: *mut ngx_resolver_ctx_t,
-    /// The `:authority`'s host, which TLS asks for and verifies.
+    /// The `:authority`'s host, which TLS asks for and verifies (empty without TLS).
     host: String,
     tls: bool,
     exchange: Exchange,
@@ -176,6 +176,14 @@ struct Call {
     outcomes: Vec<Outcome>,
     /// Posted to tell the filter from the event loop.
     done: ngx_event_t,
+}
+
+/// The host of the `:authority` in `headers` (no brackets around an IPv6 address), which a
+/// TLS call names and verifies; empty if it has none.
+fn tls_host(headers: &Pairs) -> String {
+    let authority = std::str::from_utf8(headers.exact_value(b":authority").unwrap_or_default()).unwrap_or_default();
+    let host = authority.parse::<http::uri::Authority>().map(|a| a.host().trim_matches(['[', ']']).to_string());
+    host.unwrap_or_default()
 }
 
 /// Starts an http call for the root behind `link`; its outcome arrives through the link.
@@ -204,8 +212,7 @@ fn open(
     timeout: Option<Duration>,
     exchange: Exchange,
 ) -> Result<(), String> {
-    let authority = std::str::from_utf8(headers.exact_value(b":authority").unwrap_or_default()).unwrap_or_default();
-    let host = authority.parse::<http::uri::Authority>().map(|a| a.host().trim_matches(['[', ']']).to_string());
+    let host = if tls { tls_host(headers) } else { String::new() };
     let log = link.log();
     // SAFETY: the link's log is the cycle's.
     let pool = unsafe { ngx::ffi::ngx_create_pool(POOL_SIZE, log) };
@@ -230,7 +237,7 @@ fn open(
         name: unsafe { pool_str(pool, upstream.as_bytes()) }.unwrap_or(ngx_str_t { len: 0, data: ptr::null_mut() }),
         port: 0,
         resolving: ptr::null_mut(),
-        host: host.unwrap_or_default(),
+        host,
         tls,
         exchange,
         // SAFETY: as above.
