@@ -286,7 +286,7 @@ impl HttpFilter {
         }
         let Some(mut response) = stream::take_local_response(&self.state) else { return };
         let mut headers = Pairs::new();
-        headers.push(b":status", response.status.to_string());
+        headers.push_number(b":status", response.status.into());
         headers.extend(&response.headers);
         self.state.borrow_mut().local_response = Some((headers, std::mem::take(&mut response.body)));
         let end_of_stream = self.state.borrow().local_response.as_ref().is_some_and(|(_, body)| body.is_empty());

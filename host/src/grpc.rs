@@ -65,7 +65,7 @@ impl LocalResponse {
         headers.retain(|_, k, _| !k.eq_ignore_ascii_case(b"content-type"));
         headers.push(b"content-type", CONTENT_TYPE);
         if !has_status {
-            headers.push(b"grpc-status", code.to_string());
+            headers.push_number(b"grpc-status", code.into());
         }
         if !has_message && !self.body.is_empty() {
             headers.push(b"grpc-message", encode_message(&self.body));

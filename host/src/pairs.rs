@@ -34,13 +34,32 @@ impl Pairs {
         self.ends.is_empty()
     }
 
+    /// Room for `pairs` more pairs whose names and values take `bytes` more bytes in all.
+    pub fn reserve(&mut self, pairs: usize, bytes: usize) {
+        self.bytes.reserve(bytes + 2 * pairs);
+        self.ends.reserve(pairs);
+    }
+
     pub fn push(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        let (name, value) = (name.as_ref(), value.as_ref());
-        self.bytes.reserve(name.len() + value.len() + 2);
+        let value = value.as_ref();
+        self.push_with(name.as_ref(), value.len(), |bytes| bytes.extend_from_slice(value));
+    }
+
+    /// Adds a pair whose value is `value` in decimal (a status, a length), written in place.
+    pub fn push_number(&mut self, name: impl AsRef<[u8]>, value: u64) {
+        use std::io::Write;
+        self.push_with(name.as_ref(), 20, |bytes| {
+            let _ = write!(bytes, "{value}");
+        });
+    }
+
+    /// Adds a pair named `name` whose value `write_value` appends (about `value_len` bytes).
+    fn push_with(&mut self, name: &[u8], value_len: usize, write_value: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.reserve(name.len() + value_len + 2);
         self.bytes.extend_from_slice(name);
         let name_end = self.bytes.len();
         self.bytes.push(0);
-        self.bytes.extend_from_slice(value);
+        write_value(&mut self.bytes);
         self.ends.push((name_end, self.bytes.len()));
         self.bytes.push(0);
     }
@@ -271,6 +290,17 @@ mod tests {
         assert_eq!(listed(&pairs), owned(&[("b", ""), ("c", "three"), ("d", "4")]));
         let rebuilt: Pairs = [("b", ""), ("c", "three"), ("d", "4")].into_iter().collect();
         assert_eq!(pairs, rebuilt);
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_in_the_layout_of_any_pair() {
+        let mut pairs = Pairs::new();
+        pairs.reserve(2, 8);
+        pairs.push_number(":status", 200);
+        pairs.push_number("content-length", 0);
+        pairs.push("a", "b");
+        assert_eq!(listed(&pairs), owned(&[(":status", "200"), ("content-length", "0"), ("a", "b")]));
+        assert_eq!(pairs.serialized_parts().0, b":status\x00200\x00content-length\x000\x00a\x00b\x00");
     }
 
     #[test]

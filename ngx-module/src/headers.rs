@@ -182,7 +182,7 @@ pub unsafe fn response_headers(r: *mut ngx_http_request_t) -> Pairs {
     // SAFETY: a live request (per the caller).
     let out = unsafe { &(*r).headers_out };
     let mut pairs = Pairs::new();
-    pairs.push(b":status", out.status.to_string());
+    pairs.push_number(b":status", out.status as u64);
     // SAFETY: a live request.
     unsafe { add_nginx_own(r, &mut pairs) };
     // SAFETY: nginx's strings of a live request.

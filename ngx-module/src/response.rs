@@ -29,8 +29,9 @@ fn local_response_parts(response: LocalResponse, grpc: bool) -> (Pairs, Vec<u8>)
     if headers.first_value(b"content-type").is_none() && !body.is_empty() {
         headers.push(b"content-type", b"text/plain");
     }
-    headers.push(b"content-length", body.len().to_string());
-    headers.push(b":status", status.to_string());
+    headers.reserve(3, 64);
+    headers.push_number(b"content-length", body.len() as u64);
+    headers.push_number(b":status", status.into());
     (headers, body)
 }
 
