@@ -334,8 +334,9 @@ impl HttpFilter {
     }
 
     /// Gives back this stream's own instance (isolation `stream`) as soon as the stream is
-    /// done with it: Envoy destroys a completed stream's filters later, after other streams
-    /// have run, and an instance handed back at once is the next request's, warm in the cache.
+    /// done with it. Envoy destroys completed streams' filters later, in batches: given back
+    /// at completion, one instance serves the streams of a batch in turn, where holding it
+    /// until the filter's destruction took one instance per stream of the batch.
     fn release_own_instance(&self) {
         if self.config.settings.isolation != Isolation::Stream {
             return;
