@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Throughput and latency with one worker: bare nginx; nginx + the one-header filter with
-isolation none, stream and filter; bare Envoy; Envoy + the same filter on its built-in V8
-runtime; Envoy + the same filter on this project's module (isolation none and stream). Then the typical filter (a few
+isolation none, stream and filter; bare Envoy; Envoy + a dynamic module that does nothing
+(`do_nothing_module.c`: what any dynamic module costs in Envoy); Envoy + the same filter on
+its built-in V8 runtime; Envoy + the same filter on this project's module (isolation none
+and stream). Then the typical filter (a few
 header reads and writes, a property, a removed header: `host/tests/filters/typical`) in
 nginx and in Envoy on both runtimes, in the same rounds.
 
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -30,6 +33,7 @@ from servers import FILTERS, free_port, inwasm_filter, start_envoys, start_nginx
 
 FILTER = os.path.join(FILTERS, "filter_one_header.wasm")
 TYPICAL = os.path.join(FILTERS, "filter_typical.wasm")
+DO_NOTHING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "do_nothing_module.c")
 BODY = "hello\\n"
 
 
@@ -55,8 +59,20 @@ def v8_filter(name, path):
                 vm_config: {{vm_id: {name}, runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: {path}}}}}}}"""
 
 
+def do_nothing_filter(work):
+    """An `http_filters` entry for the dynamic module that does nothing, built into `work`."""
+    path = os.path.join(work, "libdo_nothing.so")
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", path, DO_NOTHING], check=True)
+    return f"""          - name: do_nothing
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{name: do_nothing, module: {{local: {{filename: {path}}}}}}}
+              filter_name: do_nothing"""
+
+
 def envoy_servers(work):
-    variants = {"Envoy": [], "Envoy + filter (V8)": [v8_filter("one", FILTER)],
+    variants = {"Envoy": [], "Envoy + a dynamic module that does nothing": [do_nothing_filter(work)],
+                "Envoy + filter (V8)": [v8_filter("one", FILTER)],
                 "Envoy + filter (inwasm)": [inwasm_filter(f"{{module: {FILTER}}}")],
                 "Envoy + filter (inwasm, isolation stream)": [inwasm_filter(f"{{module: {FILTER}, isolation: stream}}")],
                 "Envoy + typical filter (V8)": [v8_filter("typical", TYPICAL)],
