@@ -26,10 +26,11 @@ fn local_response_parts(response: LocalResponse, grpc: bool) -> (Pairs, Vec<u8>)
     let response = if grpc { response.into_grpc() } else { response };
     let LocalResponse { status, body, mut headers, .. } = response;
     headers.retain(|_, k, _| k != b":status" && !k.eq_ignore_ascii_case(b"content-length"));
+    // Room for the three pairs below at once (each number's room counted at 20 digits).
+    headers.reserve(3, 96);
     if headers.first_value(b"content-type").is_none() && !body.is_empty() {
         headers.push(b"content-type", b"text/plain");
     }
-    headers.reserve(3, 64);
     headers.push_number(b"content-length", body.len() as u64);
     headers.push_number(b":status", status.into());
     (headers, body)
