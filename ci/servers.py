@@ -50,17 +50,24 @@ def rss_kib(pid):
     return 0
 
 
+def dynamic_module_filter(name, module_config, filter_name, filter_config=""):
+    """An `http_filters` entry for an Envoy dynamic module: `module_config` is its
+    `dynamic_module_config` as a YAML flow mapping, `filter_config` (if any) the lines of its
+    `filter_config`."""
+    return f"""          - name: {name}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {module_config}
+              filter_name: {filter_name}""" + filter_config
+
+
 def inwasm_filter(value):
     """An `http_filters` entry for this project's Envoy module; `value` is its filter
     configuration as a YAML flow mapping (`{module: ..., timeout: ...}`)."""
-    return f"""          - name: inwasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {{name: inwasm}}
-              filter_name: proxy_wasm
+    return dynamic_module_filter("inwasm", "{name: inwasm}", "proxy_wasm", f"""
               filter_config:
                 "@type": type.googleapis.com/google.protobuf.Struct
-                value: {value}"""
+                value: {value}""")
 
 
 def envoy_yaml(port, admin, body, http_filters, stat_prefix, upstream=None):

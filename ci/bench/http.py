@@ -29,7 +29,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from load import wrk  # noqa: E402
-from servers import FILTERS, free_port, inwasm_filter, start_envoys, start_nginx  # noqa: E402
+from servers import FILTERS, dynamic_module_filter, free_port, inwasm_filter, start_envoys, start_nginx  # noqa: E402
 
 FILTER = os.path.join(FILTERS, "filter_one_header.wasm")
 TYPICAL = os.path.join(FILTERS, "filter_typical.wasm")
@@ -63,11 +63,8 @@ def do_nothing_filter(work):
     """An `http_filters` entry for the dynamic module that does nothing, built into `work`."""
     path = os.path.join(work, "libdo_nothing.so")
     subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", path, DO_NOTHING], check=True)
-    return f"""          - name: do_nothing
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {{name: do_nothing, module: {{local: {{filename: {path}}}}}}}
-              filter_name: do_nothing"""
+    return dynamic_module_filter("do_nothing", f"{{name: do_nothing, module: {{local: {{filename: {path}}}}}}}",
+                                 "do_nothing")
 
 
 def envoy_servers(work):
