@@ -333,7 +333,7 @@ impl HeaderMaps for StreamEmbedding {
             return Ok(());
         }
         // SAFETY: as in `set_header_map`.
-        self.edit_envoy_map(map, |envoy, map| unsafe { headers::set(envoy, map, key, Some(value)) })
+        self.edit_envoy_map(map, |envoy, map| unsafe { headers::set_one(envoy, map, key, Some(value)) })
     }
 
     fn remove_header(&mut self, map: MapType, key: &[u8]) -> HostResult<()> {
@@ -341,7 +341,7 @@ impl HeaderMaps for StreamEmbedding {
             return Ok(());
         }
         // SAFETY: as in `set_header_map`.
-        self.edit_envoy_map(map, |envoy, map| unsafe { headers::set(envoy, map, key, None) })
+        self.edit_envoy_map(map, |envoy, map| unsafe { headers::set_one(envoy, map, key, None) })
     }
 }
 

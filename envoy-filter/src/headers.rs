@@ -21,19 +21,45 @@ pub fn envoy_map(map: MapType) -> Option<u32> {
 /// # Safety
 /// `filter` must be a live stream of this thread.
 pub unsafe fn all(filter: FilterEnvoyPtr, map: u32) -> Pairs {
-    // SAFETY: a live stream (per the caller); `entries` has room for `count` headers, whose
-    // buffers Envoy fills in and which are copied before anything changes the map.
+    // SAFETY: a live stream (per the caller).
+    unsafe {
+        with_entries(filter, map, |entries| entries.iter().map(|h| (h.key.as_slice(), h.value.as_slice())).collect())
+    }
+}
+
+/// Whether the map holds `key`, found by walking Envoy's list of entries.
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
+unsafe fn contains(filter: FilterEnvoyPtr, map: u32, key: &[u8]) -> bool {
+    // SAFETY: a live stream (per the caller).
+    unsafe { with_entries(filter, map, |entries| entries.iter().any(|h| h.key.as_slice().eq_ignore_ascii_case(key))) }
+}
+
+/// `read` over the map's entries as Envoy hands them over (none if it refuses), in a buffer
+/// on the stack for a map of up to 32 entries.
+///
+/// # Safety
+/// `filter` must be a live stream of this thread, and `read` must not change the map (the
+/// entries point into it).
+unsafe fn with_entries<R>(filter: FilterEnvoyPtr, map: u32, read: impl FnOnce(&[EnvoyHeader]) -> R) -> R {
+    const ON_STACK: usize = 32;
+    // SAFETY: a live stream (per the caller); `entries` has room for `count` headers, which
+    // Envoy fills in and which are read before anything changes the map (per the caller).
     unsafe {
         let count = abi::envoy_dynamic_module_callback_http_get_headers_size(filter, map);
-        if count == 0 {
-            return Pairs::new();
-        }
         let empty = EnvoyHeader { key: EnvoyBuffer::EMPTY, value: EnvoyBuffer::EMPTY };
-        let mut entries = vec![empty; count];
-        if !abi::envoy_dynamic_module_callback_http_get_headers(filter, map, entries.as_mut_ptr()) {
-            return Pairs::new();
-        }
-        entries.iter().map(|h| (h.key.as_slice(), h.value.as_slice())).collect()
+        let mut on_stack = [empty; ON_STACK];
+        let mut on_heap = Vec::new();
+        let entries = if count <= ON_STACK {
+            &mut on_stack[..count]
+        } else {
+            on_heap.resize(count, empty);
+            &mut on_heap[..]
+        };
+        let filled =
+            count > 0 && abi::envoy_dynamic_module_callback_http_get_headers(filter, map, entries.as_mut_ptr());
+        read(if filled { entries } else { &[] })
     }
 }
 
@@ -83,6 +109,33 @@ pub unsafe fn add(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: &[u8]) ->
             return set(filter, map, key, Some(value));
         }
         abi::envoy_dynamic_module_callback_http_add_header(filter, map, ModuleBuffer::of(key), ModuleBuffer::of(value))
+    }
+}
+
+/// Sets `key` to `value` alone (`None` removes it), as `set`, for one header a filter sets
+/// or removes. Envoy looks up a header outside its fixed set (any header a filter makes up) by
+/// first building a hash index of the whole map, once the map has three entries or more; that
+/// costs a request more than walking the list. So a header the map does not hold is added
+/// (or, to be removed, left alone) without Envoy's lookup.
+///
+/// # Safety
+/// `filter` must be a live stream of this thread.
+pub unsafe fn set_one(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: Option<&[u8]>) -> bool {
+    // SAFETY: a live stream (per the caller); `key` and `value` outlive the calls, which copy
+    // them.
+    unsafe {
+        match value {
+            Some(value) if !value.is_empty() && !contains(filter, map, key) => {
+                abi::envoy_dynamic_module_callback_http_add_header(
+                    filter,
+                    map,
+                    ModuleBuffer::of(key),
+                    ModuleBuffer::of(value),
+                )
+            }
+            None if !contains(filter, map, key) => true,
+            _ => set(filter, map, key, value),
+        }
     }
 }
 
