@@ -2,7 +2,8 @@
 //! ..., best of the rounds), since absolute numbers drift on shared machines:
 //!
 //! - a whole request through the one-header filter (stream, request and response headers,
-//!   response body, end), with and without epoch interruption (what deadlines cost);
+//!   response body, end), with and without epoch interruption (what deadlines cost), and
+//!   against the typical filter (the floor under its rows in the HTTP benchmark);
 //! - a 16 KB form through the heavy filter (CPU-bound body inspection), with and without
 //!   epoch interruption (what deadlines cost code that is all loops and calls);
 //! - instantiation per request: a fresh instance with the pooling allocator (copy-on-write
@@ -11,7 +12,7 @@
 //!
 //! Run with `make bench` (which writes the table to docs/benchmarks), or
 //! `cargo bench -p inwasm-host --bench host` once `make filters` has built the filters. To
-//! profile one measure, name it: `... --bench host -- request|instance|callback` runs just
+//! profile one measure, name it: `... --bench host -- request|typical|instance|reset|callback` runs just
 //! that one for a while (under `perf record`, say).
 
 use std::cell::RefCell;
@@ -23,13 +24,9 @@ use inwasm_host::*;
 
 const ROUNDS: usize = 7;
 
-fn one_header(engine: &Engine) -> Arc<Module> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/filters/filter_one_header.wasm");
-    Module::from_file(engine, path.as_ref(), None).unwrap_or_else(|e| panic!("{e} (run `make filters`)"))
-}
-
-fn heavy(engine: &Engine) -> Arc<Module> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/filters/filter_heavy.wasm");
+/// A filter `make filters` built (`build/filters/NAME.wasm`).
+fn built_filter(engine: &Engine, name: &str) -> Arc<Module> {
+    let path = format!("{}/../build/filters/{name}.wasm", env!("CARGO_MANIFEST_DIR"));
     Module::from_file(engine, path.as_ref(), None).unwrap_or_else(|e| panic!("{e} (run `make filters`)"))
 }
 
@@ -206,13 +203,14 @@ fn micros(d: Duration) -> f64 {
 }
 
 /// Runs one measure for about ten seconds, for a profiler.
-fn profile(which: &str, filter: &Arc<Module>, empty: &Arc<Module>) {
+fn profile(which: &str, filter: &Arc<Module>, typical: &Arc<Module>, empty: &Arc<Module>) {
     let run: &dyn Fn() -> Duration = match which {
         "request" => &|| request_cost(filter),
+        "typical" => &|| request_cost(typical),
         "instance" => &|| fresh_request_cost(filter),
         "reset" => &|| reset_request_cost(filter),
         "callback" => &|| callback_cost(empty),
-        other => panic!("unknown measure {other:?}: use request, instance, reset or callback"),
+        other => panic!("unknown measure {other:?}: use request, typical, instance, reset or callback"),
     };
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
@@ -230,15 +228,19 @@ fn main() {
     let _ticker = EpochTicker::start(&epochs, Duration::from_millis(1)).unwrap();
     let plain = engine(false, true);
     let on_demand = engine(true, false);
+    let one_header = |engine: &Engine| built_filter(engine, "filter_one_header");
     let (filter, filter_plain, filter_on_demand) = (one_header(&epochs), one_header(&plain), one_header(&on_demand));
+    let typical = built_filter(&epochs, "filter_typical");
     let calls = |engine: &Engine| [NO_OP, GET_HEADER, SET_HEADER, GET_PROPERTY].map(|body| host_calls(engine, body));
     let (with_epochs, without_epochs) = (calls(&epochs), calls(&plain));
     let (empty, empty_plain) = (empty_callback(&epochs), empty_callback(&plain));
 
     let heavy_started = |engine: &Engine| {
-        let mut vm =
-            Vm::new(heavy(engine), VmConfig { start_timeout: Some(Duration::from_secs(30)), ..VmConfig::default() })
-                .unwrap();
+        let mut vm = Vm::new(
+            built_filter(engine, "filter_heavy"),
+            VmConfig { start_timeout: Some(Duration::from_secs(30)), ..VmConfig::default() },
+        )
+        .unwrap();
         let node = Node::default();
         let plugin = vm
             .add_plugin(PluginConfig { name: "heavy".into(), ..Default::default() }, MemoryEmbedding::root(&node))
@@ -249,7 +251,7 @@ fn main() {
     let (heavy_plain_vm, heavy_plain_plugin, heavy_plain_node) = heavy_started(&plain);
 
     if let Some(which) = std::env::args().skip(1).find(|a| !a.starts_with('-')) {
-        return profile(&which, &filter, &empty);
+        return profile(&which, &filter, &typical, &empty);
     }
     println!("Best of {ROUNDS} alternating rounds; the one-header filter is the Rust SDK's (proxy-wasm 0.2.5).\n");
     println!("| measure | A | B | B / A |");
@@ -258,6 +260,11 @@ fn main() {
         "one request through the one-header filter",
         ("without epochs", &|| request_cost(&filter_plain)),
         ("with epoch deadlines", &|| request_cost(&filter)),
+    );
+    compare(
+        "one request, the one-header filter against the typical filter",
+        ("one-header", &|| request_cost(&filter)),
+        ("typical", &|| request_cost(&typical)),
     );
     compare(
         "a 16 KB form through the heavy filter (every rule over the body)",
