@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes docs/benchmarks/README.md and its charts (SVG) from one `make bench` run: the
-tables each benchmark printed, and charts drawn from their JSON."""
+tables each benchmark printed, and charts drawn from their JSON. With `--check`, only checks
+that the template can be filled."""
 
 import json
 import os
@@ -56,7 +57,19 @@ def read(name):
         return f.read()
 
 
+SECTIONS = ("micro", "http", "heavy", "callout", "density", "density_real", "deadline")
+
+
+def fill(sections, machine):
+    """TEMPLATE.md with the run's tables in place (a literal brace there is written doubled)."""
+    return read("TEMPLATE.md").format(date=time.strftime("%Y-%m-%d"), machine=machine, **sections)
+
+
 def main():
+    if sys.argv[1] == "--check":
+        # Before the benchmarks run: a template that cannot be filled fails now, not after them.
+        fill({name: "" for name in SECTIONS}, "")
+        return
     work = sys.argv[1]
     http = json.load(open(os.path.join(work, "http.json")))
     density = json.load(open(os.path.join(work, "density.json")))
@@ -74,9 +87,8 @@ def main():
                   result["late_ms"], "ms")
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     machine = f"{cpu or platform.processor()}, {os.cpu_count()} CPUs, Linux {platform.release()}"
-    sections = {name: open(os.path.join(work, f"{name}.md")).read().strip() for name in ("micro", "http", "heavy", "callout", "density", "density_real", "deadline")}
-    template = read("TEMPLATE.md")
-    text = template.format(date=time.strftime("%Y-%m-%d"), machine=machine, **sections)
+    sections = {name: open(os.path.join(work, f"{name}.md")).read().strip() for name in SECTIONS}
+    text = fill(sections, machine)
     with open(os.path.join(DOCS, "README.md"), "w") as f:
         f.write(text)
 

@@ -3,8 +3,9 @@
 # tables) and its charts. Takes 15 to 25 minutes; run it on a machine doing nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+python3 ci/bench/report.py --check
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'echo "bench: failed; the tables so far are in $work" >&2' ERR
 echo "bench: host micro-benchmarks"
 cargo bench --quiet --locked -p inwasm-host --bench host | grep -E '^(\||Best)' >"$work/micro.md"
 echo "bench: HTTP throughput and latency"
@@ -21,4 +22,5 @@ python3 ci/bench/density.py --counts 1,100,1000,10000 --workers 4 --filter build
 echo "bench: deadline precision"
 python3 ci/bench/deadline.py --json "$work/deadline.json" >"$work/deadline.md"
 python3 ci/bench/report.py "$work"
+rm -rf "$work"
 echo "bench: wrote docs/benchmarks/README.md"
