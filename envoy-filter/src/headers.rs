@@ -23,31 +23,43 @@ pub fn envoy_map(map: MapType) -> Option<u32> {
 pub unsafe fn all(filter: FilterEnvoyPtr, map: u32) -> Pairs {
     // SAFETY: a live stream (per the caller).
     unsafe {
-        with_entries(filter, map, |entries| entries.iter().map(|h| (h.key.as_slice(), h.value.as_slice())).collect())
+        let entries = count(filter, map);
+        with_entries(filter, map, entries, |entries| {
+            entries.iter().map(|h| (h.key.as_slice(), h.value.as_slice())).collect()
+        })
     }
 }
 
-/// Whether the map holds `key`, found by walking Envoy's list of entries.
+/// Whether the map holds `key`, found by walking Envoy's list of entries; `None` for a map of
+/// more than 16 entries, where Envoy's own index (built once per map, then a hash lookup)
+/// costs less over a filter's several edits than a walk at each.
 ///
 /// # Safety
 /// `filter` must be a live stream of this thread.
-unsafe fn contains(filter: FilterEnvoyPtr, map: u32, key: &[u8]) -> bool {
+unsafe fn contains(filter: FilterEnvoyPtr, map: u32, key: &[u8]) -> Option<bool> {
+    const MOST_WALKED: usize = 16;
     // SAFETY: a live stream (per the caller).
-    unsafe { with_entries(filter, map, |entries| entries.iter().any(|h| h.key.as_slice().eq_ignore_ascii_case(key))) }
+    unsafe {
+        let entries = count(filter, map);
+        (entries <= MOST_WALKED).then(|| {
+            with_entries(filter, map, entries, |entries| {
+                entries.iter().any(|h| h.key.as_slice().eq_ignore_ascii_case(key))
+            })
+        })
+    }
 }
 
-/// `read` over the map's entries as Envoy hands them over (none if it refuses), in a buffer
-/// on the stack for a map of up to 32 entries.
+/// `read` over the map's `count` entries as Envoy hands them over (none if it refuses), in
+/// a buffer on the stack for a map of up to 32 entries.
 ///
 /// # Safety
-/// `filter` must be a live stream of this thread, and `read` must not change the map (the
-/// entries point into it).
-unsafe fn with_entries<R>(filter: FilterEnvoyPtr, map: u32, read: impl FnOnce(&[EnvoyHeader]) -> R) -> R {
+/// `filter` must be a live stream of this thread, `count` the map's number of entries, and
+/// `read` must not change the map (the entries point into it).
+unsafe fn with_entries<R>(filter: FilterEnvoyPtr, map: u32, count: usize, read: impl FnOnce(&[EnvoyHeader]) -> R) -> R {
     const ON_STACK: usize = 32;
     // SAFETY: a live stream (per the caller); `entries` has room for `count` headers, which
     // Envoy fills in and which are read before anything changes the map (per the caller).
     unsafe {
-        let count = abi::envoy_dynamic_module_callback_http_get_headers_size(filter, map);
         let empty = EnvoyHeader { key: EnvoyBuffer::EMPTY, value: EnvoyBuffer::EMPTY };
         let mut on_stack = [empty; ON_STACK];
         let mut on_heap = Vec::new();
@@ -115,8 +127,8 @@ pub unsafe fn add(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: &[u8]) ->
 /// Sets `key` to `value` alone (`None` removes it), as `set`, for one header a filter sets
 /// or removes. Envoy looks up a header outside its fixed set (any header a filter makes up) by
 /// first building a hash index of the whole map, once the map has three entries or more; that
-/// costs a request more than walking the list. So a header the map does not hold is added
-/// (or, to be removed, left alone) without Envoy's lookup.
+/// costs a request more than walking a short list. So a header a map of up to 16 entries does
+/// not hold is added (or, to be removed, left alone) without Envoy's lookup.
 ///
 /// # Safety
 /// `filter` must be a live stream of this thread.
@@ -125,7 +137,7 @@ pub unsafe fn set_one(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: Optio
     // them.
     unsafe {
         match value {
-            Some(value) if !value.is_empty() && !contains(filter, map, key) => {
+            Some(value) if !value.is_empty() && contains(filter, map, key) == Some(false) => {
                 abi::envoy_dynamic_module_callback_http_add_header(
                     filter,
                     map,
@@ -133,7 +145,7 @@ pub unsafe fn set_one(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: Optio
                     ModuleBuffer::of(value),
                 )
             }
-            None if !contains(filter, map, key) => true,
+            None if contains(filter, map, key) == Some(false) => true,
             _ => set(filter, map, key, value),
         }
     }

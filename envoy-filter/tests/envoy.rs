@@ -35,17 +35,26 @@ fn misbehave(envoy: &Envoy, mode: &str) -> Response {
     envoy.request("GET", "/", &[("x-misbehave", mode)], b"")
 }
 
+/// With a few request headers and with many: edits of a map of up to 16 entries are made
+/// after a walk of its list, of a larger one through Envoy's own lookup.
 #[test]
 fn request_and_response_headers_are_rewritten() {
     let (envoy, _upstream) = envoy("headers", r#""configuration": "from-config""#);
-    let response = envoy.request("GET", "/path?x=1", &[("X-Remove-Me", "yes"), ("X-Keep", "kept")], b"");
-    assert_eq!(response.status, 200, "{}", envoy.log());
-    let seen = response.text();
-    assert!(seen.contains("x-inwasm-config: from-config\n"), "{seen}");
-    assert!(seen.contains("x-inwasm-added: 1\n") && seen.contains("x-keep: kept\n"), "{seen}");
-    assert!(!seen.contains("x-remove-me"), "{seen}");
-    assert_eq!(response.header("x-inwasm"), Some("hello"));
-    assert_eq!(response.header("x-request-path"), Some("/path?x=1"));
+    let many: Vec<(String, String)> = (0..20).map(|i| (format!("x-extra-{i}"), i.to_string())).collect();
+    let few = vec![];
+    for extra in [few, many] {
+        let mut headers = vec![("X-Remove-Me", "yes"), ("X-Keep", "kept")];
+        headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let response = envoy.request("GET", "/path?x=1", &headers, b"");
+        assert_eq!(response.status, 200, "{}", envoy.log());
+        let seen = response.text();
+        assert!(seen.contains("x-inwasm-config: from-config\n"), "{seen}");
+        assert!(seen.contains("x-inwasm-added: 1\n") && seen.contains("x-keep: kept\n"), "{seen}");
+        assert!(!seen.contains("x-remove-me"), "{seen}");
+        assert_eq!(seen.matches("x-header-count: ").count(), 1, "{seen}");
+        assert_eq!(response.header("x-inwasm"), Some("hello"));
+        assert_eq!(response.header("x-request-path"), Some("/path?x=1"));
+    }
 }
 
 #[test]
