@@ -138,12 +138,7 @@ pub unsafe fn set_one(filter: FilterEnvoyPtr, map: u32, key: &[u8], value: Optio
     unsafe {
         match value {
             Some(value) if !value.is_empty() && contains(filter, map, key) == Some(false) => {
-                abi::envoy_dynamic_module_callback_http_add_header(
-                    filter,
-                    map,
-                    ModuleBuffer::of(key),
-                    ModuleBuffer::of(value),
-                )
+                add(filter, map, key, value)
             }
             None if contains(filter, map, key) == Some(false) => true,
             _ => set(filter, map, key, value),
