@@ -1,7 +1,7 @@
 //! Instances of a configuration's module: one per thread for isolation `none` (the main
 //! thread's is made at config load, each worker's at its first request), or one per request
 //! for isolation `stream` (reset when the request ends and kept for the next, as many as
-//! [`KEPT_PER_CONFIG`]: a reset costs a fraction of a fresh instance's start-up); and
+//! [`KeptInstances::LIMIT`]: a reset costs a fraction of a fresh instance's start-up); and
 //! delivering a root context's pending events.
 //!
 //! As in Envoy's Wasm filter, configurations with the same module and VM configuration (VM
@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use inwasm_host::{FilterError, Module, NotResettable, PluginId, StreamLimits, Vm, VmConfig};
+use inwasm_host::{FilterError, KeptInstances, Module, NotResettable, PluginId, StreamLimits, Vm, VmConfig};
 
 use crate::config::Isolation;
 use crate::embedding::{RootEmbedding, RootLink};
@@ -53,15 +53,21 @@ thread_local! {
     /// This thread's shared VMs, alive while an instance uses them.
     static VMS: RefCell<Vec<(VmKey, Weak<RefCell<Vm>>)>> = const { RefCell::new(Vec::new()) };
     /// Isolation `stream` instances reset after their request, ready for the next, by
-    /// configuration id.
-    static KEPT: RefCell<Vec<(u64, Vec<Instance>)>> = const { RefCell::new(Vec::new()) };
-    /// Configurations whose instances cannot be reset: each request gets a fresh one.
-    static FRESH_ONLY: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// configuration (a retired configuration's go when a request ends).
+    static KEPT: RefCell<Vec<(Arc<FilterConfig>, KeptInstances<Instance>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Instances kept for a configuration's next requests on one thread: as many as its requests
-/// there usually overlap, each holding a slot of the instance pool and its memory.
-const KEPT_PER_CONFIG: usize = 64;
+/// `f` on this thread's kept instances of `config`.
+fn kept<R>(config: &Arc<FilterConfig>, f: impl FnOnce(&mut KeptInstances<Instance>) -> R) -> R {
+    KEPT.with(|k| {
+        let mut kept = k.borrow_mut();
+        let index = kept.iter().position(|(kept_config, _)| kept_config.id == config.id).unwrap_or_else(|| {
+            kept.push((config.clone(), KeptInstances::new(false)));
+            kept.len() - 1
+        });
+        f(&mut kept[index].1)
+    })
+}
 
 fn find(config_id: u64) -> Option<Rc<Instance>> {
     SHARED.with(|s| s.borrow().iter().find(|(id, _)| *id == config_id).map(|(_, i)| i.clone()))
@@ -101,18 +107,12 @@ impl Instance {
     /// An instance of `config` for one request (isolation `stream`): one an earlier request
     /// left, reset, or a fresh one that keeps its state after start-up to be reset to.
     pub fn for_request(config: &Arc<FilterConfig>) -> Result<Instance, FilterError> {
-        let kept =
-            KEPT.with(|k| k.borrow_mut().iter_mut().find(|(id, _)| *id == config.id).and_then(|(_, kept)| kept.pop()));
-        if let Some(kept) = kept {
+        if let Some(kept) = kept(config, KeptInstances::take) {
             return Ok(kept);
         }
         let instance = Instance::start(config, Arc::new(Mailbox::default()))?;
-        if !FRESH_ONLY.with(|f| f.borrow().contains(&config.id)) {
-            let kept = instance.vm.borrow_mut().keep_reset_point();
-            if let Err(reason) = kept {
-                use_fresh_only(config, reason);
-            }
-        }
+        let refused = kept(config, |kept| kept.prepare(&mut instance.vm.borrow_mut()));
+        say_fresh_only(config, refused);
         Ok(instance)
     }
 
@@ -121,25 +121,13 @@ impl Instance {
     /// for; something still holds it; its configuration is gone; or it failed).
     pub fn recycle(self: Rc<Instance>) {
         let Ok(instance) = Rc::try_unwrap(self) else { return };
-        let id = instance.config.id;
-        let full =
-            KEPT.with(|k| k.borrow().iter().any(|(kept_id, list)| *kept_id == id && list.len() >= KEPT_PER_CONFIG));
-        if full || Rc::strong_count(&instance.vm) != 1 || instance.config.is_retired() {
+        if Rc::strong_count(&instance.vm) != 1 || instance.config.is_retired() {
             return;
         }
-        let reset = instance.vm.borrow_mut().reset();
-        match reset {
-            Ok(()) => KEPT.with(|k| {
-                let mut kept = k.borrow_mut();
-                kept.retain(|(_, list)| list.first().is_none_or(|i| !i.config.is_retired()));
-                match kept.iter_mut().find(|(kept_id, _)| *kept_id == id) {
-                    Some((_, list)) => list.push(instance),
-                    None => kept.push((id, vec![instance])),
-                }
-            }),
-            Err(NotResettable::Changed) => {}
-            Err(reason) => use_fresh_only(&instance.config, reason),
-        }
+        KEPT.with(|k| k.borrow_mut().retain(|(config, _)| !config.is_retired()));
+        let config = instance.config.clone();
+        let refused = kept(&config, |kept| kept.give_back(instance, |instance| instance.vm.borrow_mut().reset()));
+        say_fresh_only(&config, refused);
     }
 
     /// What each request's stream on this instance may spend.
@@ -177,19 +165,10 @@ impl Drop for Instance {
     }
 }
 
-/// Gives `config`'s requests a fresh instance each on this thread from now on, saying why
-/// once.
-fn use_fresh_only(config: &FilterConfig, reason: NotResettable) {
-    let newly = FRESH_ONLY.with(|f| {
-        let mut fresh_only = f.borrow_mut();
-        let newly = !fresh_only.contains(&config.id);
-        if newly {
-            fresh_only.push(config.id);
-        }
-        newly
-    });
-    KEPT.with(|k| k.borrow_mut().retain(|(id, _)| *id != config.id));
-    if newly {
+/// Logs why `config`'s requests get a fresh instance each on this thread from now on (said
+/// once: `refused` is only given the first time).
+fn say_fresh_only(config: &FilterConfig, refused: Option<NotResettable>) {
+    if let Some(reason) = refused {
         crate::log::line(inwasm_host::LogLevel::Info, &format!("inwasm: {}", reason.fallback_notice(config.name())));
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Where to look: `abi/` holds the host functions, one file per ABI area; `wasi.rs` the
 //! sandboxed WASI; `vm.rs` the lifecycle; `module.rs` compilation and vetting; `recycling.rs`, `snapshot.rs` and `page_scan.rs` returning an
-//! instance to its state after start-up; `cache.rs` the
+//! instance to its state after start-up, `kept.rs` the instances kept for a filter's isolated requests; `cache.rs` the
 //! compiled-code cache; `limits.rs` deadlines and memory caps; `ticker.rs` the epoch ticker; `session.rs` per-instance state.
 //!
 //! Without its default feature `runtime` the crate is only the ABI's types, wire formats,
@@ -36,6 +36,7 @@ with_runtime! {
     mod error;
     mod function_cache;
     mod guest;
+    mod kept;
     mod limits;
     mod module;
     mod page_scan;
@@ -63,6 +64,7 @@ with_runtime! {
     };
     pub use error::{FailureCounter, FailureKind, FilterError, InstanceLimit, LoadError};
     pub use ticker::EpochTicker;
+    pub use kept::KeptInstances;
     pub use module::Module;
     pub use snapshot::NotResettable;
     pub use vm::{PluginId, StreamId, Vm, VmStats};

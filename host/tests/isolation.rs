@@ -215,14 +215,63 @@ fn reset_snoop_once(h: &mut Harness) {
     h.vm.finish_stream(stream).unwrap();
 }
 
-#[test]
-fn a_module_that_changes_its_table_cannot_be_reset() {
+/// [`RESET_SNOOP`] that sets its table when a stream starts.
+fn table_setter() -> Arc<Module> {
     let text = RESET_SNOOP.replace(
         "(func (export \"proxy_on_context_create\") (param i32 i32))",
         "(table 1 funcref) (elem declare func $report)
          (func (export \"proxy_on_context_create\") (param i32 i32) (table.set (i32.const 0) (ref.func $report)))",
     );
-    let mut h = Harness::new(wat("table-setter", &text), "");
+    wat("table-setter", &text)
+}
+
+#[test]
+fn a_module_that_changes_its_table_cannot_be_reset() {
+    let mut h = Harness::new(table_setter(), "");
     assert_eq!(h.vm.keep_reset_point(), Err(NotResettable::Module));
     assert_eq!(h.vm.reset(), Err(NotResettable::Changed));
+}
+
+#[test]
+fn kept_instances_come_back_reset_and_a_filter_that_cannot_be_reset_is_told_once() {
+    let mut kept = KeptInstances::new(false);
+    let mut h = Harness::new(wat("reset-snoop", RESET_SNOOP), "");
+    assert_eq!(kept.prepare(&mut h.vm), None);
+    for round in 0..3 {
+        assert_eq!(reset_snoop(&mut h), ["0", NOT_FOUND, "0", "1"].map(String::from), "request {round}");
+        assert_eq!(kept.give_back(h, |h| h.vm.reset()), None);
+        h = kept.take().expect("the instance was kept");
+    }
+    assert!(kept.take().is_none());
+
+    // Its memory grows during requests: the instance is dropped, and why is told once; the
+    // filter's next instances are left as they start (no reset point), and not kept.
+    let mut grows = KeptInstances::new(false);
+    let mut h = Harness::new(wat("snoop", SNOOP), "");
+    assert_eq!(grows.prepare(&mut h.vm), None);
+    reset_snoop_once(&mut h);
+    assert_eq!(grows.give_back(h, |h| h.vm.reset()), Some(NotResettable::MemoryGrew));
+    assert!(grows.is_empty());
+    let mut h = Harness::new(wat("snoop", SNOOP), "");
+    assert_eq!(grows.prepare(&mut h.vm), None);
+    assert_eq!(h.vm.reset(), Err(NotResettable::Changed));
+    assert_eq!(grows.give_back(h, |h| h.vm.reset()), None);
+    assert!(grows.is_empty());
+
+    // Its module changes its table: found when the first instance is prepared.
+    let mut table_setter_kept = KeptInstances::<Harness>::new(false);
+    let mut h = Harness::new(table_setter(), "");
+    assert_eq!(table_setter_kept.prepare(&mut h.vm), Some(NotResettable::Module));
+    assert_eq!(table_setter_kept.prepare(&mut h.vm), None);
+
+    // A filter kept fresh-only from the start is never prepared; and no more than LIMIT are kept.
+    let mut background = KeptInstances::<Harness>::new(true);
+    let mut h = Harness::new(wat("reset-snoop", RESET_SNOOP), "");
+    assert_eq!(background.prepare(&mut h.vm), None);
+    assert_eq!(h.vm.reset(), Err(NotResettable::Changed));
+    let mut many = KeptInstances::new(false);
+    for instance in 0..KeptInstances::<u32>::LIMIT + 5 {
+        assert_eq!(many.give_back(instance, |_| Ok(())), None);
+    }
+    assert_eq!(many.len(), KeptInstances::<u32>::LIMIT);
 }

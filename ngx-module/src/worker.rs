@@ -19,7 +19,7 @@ use std::fmt;
 use std::ptr;
 use std::rc::Rc;
 
-use inwasm_host::{EpochTicker, FailureCounter, FailureKind, FilterError, NotResettable, PluginId, Vm};
+use inwasm_host::{EpochTicker, FailureCounter, FailureKind, FilterError, KeptInstances, NotResettable, PluginId, Vm};
 use ngx::ffi::{
     ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_post_event, ngx_posted_events, ngx_uint_t, NGX_LOG_ERR, NGX_OK,
 };
@@ -45,11 +45,9 @@ struct Worker {
     /// When each module's shared VM was last used, counted in uses of any shared VM.
     last_used: Vec<u64>,
     uses: u64,
-    /// Per-request VMs reset after their request, ready for the next, by filter index.
-    idle: Vec<Vec<(SharedVm, PluginId)>>,
-    /// Filters whose per-request VMs cannot be reset (said once in the log): each request
-    /// gets a fresh instance.
-    fresh_only: Vec<bool>,
+    /// Per-request VMs reset after their request, ready for the next, by filter index (a
+    /// filter that works in the background gets a fresh one per request).
+    kept: Vec<KeptInstances<(SharedVm, PluginId)>>,
 }
 
 impl Worker {
@@ -65,8 +63,7 @@ impl Worker {
             module_filters,
             last_used: vec![0; conf.modules.len()],
             uses: 0,
-            idle: vec![Vec::new(); conf.filters.len()],
-            fresh_only: conf.filters.iter().map(|filter| filter.background).collect(),
+            kept: conf.filters.iter().map(|filter| KeptInstances::new(filter.background)).collect(),
         }
     }
 
@@ -85,8 +82,8 @@ impl Worker {
     /// Releases a kept per-request VM (of the filter that has most), else the least recently
     /// used idle shared VM; false when none is idle.
     fn release_idle_vm(&mut self, conf: &WasmConf) -> bool {
-        if let Some(kept) = self.idle.iter_mut().max_by_key(|kept| kept.len()).filter(|kept| !kept.is_empty()) {
-            kept.pop();
+        if let Some(kept) = self.kept.iter_mut().max_by_key(|kept| kept.len()).filter(|kept| !kept.is_empty()) {
+            kept.take();
             return true;
         }
         let oldest = (self.vms.iter().enumerate())
@@ -344,28 +341,22 @@ fn report_sibling(started: Result<PluginId, String>) {
     }
 }
 
-/// Per-request VMs kept for each filter's next requests: as many as one worker's requests of
-/// a filter usually overlap, each holding a slot of the instance pool and its memory.
-const IDLE_PER_FILTER: usize = 64;
-
 /// A VM of a request's own for `filter` (isolation stream or filter): one an earlier request
 /// left, reset, or a fresh one with the filter's plugin started on it. A fresh one that is
 /// `reusable` (it will hold this filter alone) keeps its state after start-up, to be reset
 /// to at the request's end.
 pub fn request_instance(conf: &WasmConf, filter: usize, reusable: bool) -> Result<(SharedVm, PluginId), String> {
-    let kept = reusable.then(|| WORKER.with(|w| w.borrow_mut().as_mut().and_then(|w| w.idle[filter].pop())));
+    let kept = reusable.then(|| WORKER.with(|w| w.borrow_mut().as_mut().and_then(|w| w.kept[filter].take())));
     if let Some(kept) = kept.flatten() {
         return Ok(kept);
     }
     let decl = &conf.filters[filter];
     let vm = new_vm(conf, &conf.modules[decl.module])?;
     let plugin = start_plugin(&vm, decl)?;
-    let fresh_only = WORKER.with(|w| w.borrow().as_ref().is_none_or(|w| w.fresh_only[filter]));
-    if reusable && !fresh_only {
-        let kept = vm.borrow_mut().keep_reset_point();
-        if let Err(reason) = kept {
-            use_fresh_only(filter, reason);
-        }
+    if reusable {
+        let refused =
+            WORKER.with(|w| w.borrow_mut().as_mut().and_then(|w| w.kept[filter].prepare(&mut vm.borrow_mut())));
+        say_fresh_only(filter, refused);
     }
     Ok((vm, plugin))
 }
@@ -375,36 +366,23 @@ pub fn request_instance(conf: &WasmConf, filter: usize, reusable: bool) -> Resul
 /// something still holds it; or it failed).
 pub fn recycle(vms: impl Iterator<Item = (usize, PluginId, SharedVm)>) {
     for (filter, plugin, vm) in vms {
-        let room = WORKER.with(|w| w.borrow().as_ref().is_some_and(|w| w.idle[filter].len() < IDLE_PER_FILTER));
-        if !room || Rc::strong_count(&vm) != 1 {
+        if Rc::strong_count(&vm) != 1 {
             continue;
         }
-        let reset = vm.borrow_mut().reset();
-        match reset {
-            Ok(()) => WORKER.with(|w| {
-                if let Some(w) = w.borrow_mut().as_mut() {
-                    w.idle[filter].push((vm, plugin));
-                }
-            }),
-            // It failed, served more than its filter, or has work in flight: dropped.
-            Err(NotResettable::Changed) => {}
-            Err(reason) => use_fresh_only(filter, reason),
-        }
+        let refused = WORKER.with(|w| {
+            let mut w = w.borrow_mut();
+            w.as_mut()?.kept[filter].give_back((vm, plugin), |(vm, _)| vm.borrow_mut().reset())
+        });
+        say_fresh_only(filter, refused);
     }
 }
 
-/// Gives `filter`'s requests a fresh instance each from now on, saying why once.
-fn use_fresh_only(filter: usize, reason: NotResettable) {
-    let newly = WORKER.with(|w| {
-        let mut w = w.borrow_mut();
-        let Some(w) = w.as_mut() else { return false };
-        w.idle[filter].clear();
-        !std::mem::replace(&mut w.fresh_only[filter], true)
-    });
+/// Logs why `filter`'s requests get a fresh instance each from now on (said once per filter:
+/// `refused` is only given the first time).
+fn say_fresh_only(filter: usize, refused: Option<NotResettable>) {
+    let Some(reason) = refused else { return };
     // SAFETY: the worker's cycle.
-    let conf = unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) };
-    if let (true, Some(conf)) = (newly, conf) {
-        let message = format!("inwasm: {}", reason.fallback_notice(&conf.filters[filter].plugin.name));
-        log_error(ngx::ffi::NGX_LOG_NOTICE as ngx_uint_t, cycle_log(), &message);
-    }
+    let Some(conf) = (unsafe { WasmConf::of_cycle(ngx::ffi::ngx_cycle) }) else { return };
+    let message = format!("inwasm: {}", reason.fallback_notice(&conf.filters[filter].plugin.name));
+    log_error(ngx::ffi::NGX_LOG_NOTICE as ngx_uint_t, cycle_log(), &message);
 }
