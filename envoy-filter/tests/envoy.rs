@@ -159,6 +159,25 @@ fn isolation_stream_gives_each_request_a_fresh_instance() {
     assert!(!fresh.log().contains("gets a fresh instance"), "{}", fresh.log());
 }
 
+/// A filter whose memory grows at each request cannot have its instance reset: its requests
+/// get a fresh instance each, and the log says why once (per worker).
+#[test]
+fn isolation_stream_falls_back_to_fresh_instances_for_a_growing_filter() {
+    let module = WatModule::growing_filter();
+    let upstream = EchoUpstream::start();
+    let settings = format!(r#"{{"module": "{}", "name": "grower", "isolation": "stream"}}"#, module.path.display());
+    let setup =
+        EnvoySetup { filters: vec![inwasm_filter(&settings)], upstream: Some(upstream.port), ..Default::default() };
+    let envoy = Envoy::start(&setup);
+    for _ in 0..3 {
+        assert_eq!(envoy.get("/").status, 200, "{}", envoy.log());
+    }
+    let notice = "filter \"grower\": each isolated request gets a fresh instance, as an instance cannot be reset: \
+                  its memory grows during requests";
+    assert_eq!(envoy.wait_log(notice, 1), 1, "{}", envoy.log());
+    assert_eq!(envoy.log().matches(notice).count(), 1, "{}", envoy.log());
+}
+
 #[test]
 fn http_call_to_a_cluster_resumes_or_denies_the_request() {
     let upstream = EchoUpstream::start();

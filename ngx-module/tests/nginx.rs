@@ -310,15 +310,7 @@ fn isolation_stream_gives_each_request_a_fresh_instance() {
 /// get a fresh instance each, and the log says why once.
 #[test]
 fn isolation_stream_falls_back_to_fresh_instances_for_a_growing_filter() {
-    let module = WatModule::new(
-        "grower",
-        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
-           (func (export "malloc") (param i32) (result i32) (i32.const 8))
-           (func (export "proxy_on_context_create") (param i32 i32))
-           (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
-             (drop (memory.grow (i32.const 1))) (i32.const 0)))"#,
-    );
+    let module = WatModule::growing_filter();
     let nginx = Nginx::start(
         &format!("wasm {{ module grower {}; }}", module.path.display()),
         "location / { proxy_wasm grower; proxy_wasm_isolation stream; return 200 'ok'; }",

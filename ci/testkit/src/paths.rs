@@ -118,6 +118,22 @@ impl WatModule {
     }
 }
 
+impl WatModule {
+    /// Filter `grower`, whose memory grows by a page at each request: its instances cannot be
+    /// reset for another request.
+    pub fn growing_filter() -> WatModule {
+        WatModule::new(
+            "grower",
+            r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+               (func (export "malloc") (param i32) (result i32) (i32.const 8))
+               (func (export "proxy_on_context_create") (param i32 i32))
+               (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+               (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                 (drop (memory.grow (i32.const 1))) (i32.const 0)))"#,
+        )
+    }
+}
+
 impl Drop for WatModule {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
