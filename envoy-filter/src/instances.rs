@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
+use std::sync::{self, Arc};
 
 use inwasm_host::{FilterError, KeptInstances, Module, NotResettable, PluginId, StreamLimits, Vm, VmConfig};
 
@@ -54,15 +54,17 @@ thread_local! {
     static VMS: RefCell<Vec<(VmKey, Weak<RefCell<Vm>>)>> = const { RefCell::new(Vec::new()) };
     /// Isolation `stream` instances reset after their request, ready for the next, by
     /// configuration (a retired configuration's go when a request ends).
-    static KEPT: RefCell<Vec<(Arc<FilterConfig>, KeptInstances<Instance>)>> = const { RefCell::new(Vec::new()) };
+    static KEPT: RefCell<Vec<(sync::Weak<FilterConfig>, KeptInstances<Instance>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `f` on this thread's kept instances of `config`.
 fn kept<R>(config: &Arc<FilterConfig>, f: impl FnOnce(&mut KeptInstances<Instance>) -> R) -> R {
     KEPT.with(|k| {
         let mut kept = k.borrow_mut();
-        let index = kept.iter().position(|(kept_config, _)| kept_config.id == config.id).unwrap_or_else(|| {
-            kept.push((config.clone(), KeptInstances::new(false)));
+        // (A weak reference keeps its allocation: no other configuration can have its address.)
+        let index = kept.iter().position(|(kept_config, _)| kept_config.as_ptr() == Arc::as_ptr(config));
+        let index = index.unwrap_or_else(|| {
+            kept.push((Arc::downgrade(config), KeptInstances::new(false)));
             kept.len() - 1
         });
         f(&mut kept[index].1)
@@ -124,7 +126,7 @@ impl Instance {
         if Rc::strong_count(&instance.vm) != 1 || instance.config.is_retired() {
             return;
         }
-        KEPT.with(|k| k.borrow_mut().retain(|(config, _)| !config.is_retired()));
+        KEPT.with(|k| k.borrow_mut().retain(|(config, _)| config.upgrade().is_some_and(|c| !c.is_retired())));
         let config = instance.config.clone();
         let refused = kept(&config, |kept| kept.give_back(instance, |instance| instance.vm.borrow_mut().reset()));
         say_fresh_only(&config, refused);

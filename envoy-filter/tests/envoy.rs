@@ -178,6 +178,48 @@ fn isolation_stream_falls_back_to_fresh_instances_for_a_growing_filter() {
     assert_eq!(envoy.log().matches(notice).count(), 1, "{}", envoy.log());
 }
 
+/// A listener update (a new listener from LDS, as a control plane sends it) replaces the
+/// filters' configurations while Envoy runs: the next requests get the new ones, and the old
+/// configurations' root contexts end (`on_done`) once Envoy destroys them; with a shared
+/// instance and with an instance per request alike.
+#[test]
+fn a_listener_update_replaces_the_filters_configurations() {
+    let upstream = EchoUpstream::start();
+    for isolation in ["none", "stream"] {
+        let setup = |variant: &str| EnvoySetup {
+            filters: vec![
+                inwasm_filter(&settings("lifecycle", &format!(r#""isolation": "{isolation}""#))),
+                inwasm_filter(&settings(
+                    "headers",
+                    &format!(r#""configuration": "{variant}", "isolation": "{isolation}""#),
+                )),
+            ],
+            upstream: Some(upstream.port),
+            workers: 2,
+            ..Default::default()
+        };
+        let envoy = Envoy::start_with_listener_updates(&setup("first"));
+        for variant in ["first", "second", "third"] {
+            if variant != "first" {
+                envoy.update_listener(&setup(variant));
+            }
+            for _ in 0..4 {
+                let seen = envoy.get("/").text();
+                assert!(
+                    seen.contains(&format!("x-inwasm-config: {variant}\n")),
+                    "{isolation}: {seen}\n{}",
+                    envoy.log()
+                );
+            }
+        }
+        if isolation == "none" {
+            assert!(envoy.wait_log("root on_done", 1) >= 1, "{}", envoy.log());
+        }
+        assert_eq!(envoy.log().matches("requests before").count(), 12, "{}", envoy.log());
+        assert!(!envoy.log().contains("inwasm: filter"), "{}", envoy.log());
+    }
+}
+
 #[test]
 fn http_call_to_a_cluster_resumes_or_denies_the_request() {
     let upstream = EchoUpstream::start();

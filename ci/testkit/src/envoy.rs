@@ -86,6 +86,8 @@ pub struct Envoy {
     pub port: u16,
     pub admin: u16,
     child: Option<Child>,
+    /// The listener's file, when Envoy reads it from there (LDS).
+    lds: Option<PathBuf>,
 }
 
 impl Envoy {
@@ -97,6 +99,52 @@ impl Envoy {
     pub fn try_start(setup: &EnvoySetup) -> Result<Envoy, String> {
         let (port, admin) = (free_port(), free_port());
         Envoy::launch(&config(setup, port, admin), &root(), port, admin, setup.workers.max(1))
+    }
+
+    /// Starts Envoy with its listener read from a file (LDS), which [`update_listener`]
+    /// rewrites while Envoy runs, as a control plane would send a new one.
+    ///
+    /// [`update_listener`]: Envoy::update_listener
+    pub fn start_with_listener_updates(setup: &EnvoySetup) -> Envoy {
+        let (port, admin) = (free_port(), free_port());
+        let lds = scratch_dir().join("lds.yaml");
+        write_listener(&lds, setup, port, admin);
+        let whole = config(setup, port, admin);
+        let (head, clusters) = split_listener(&whole);
+        let bootstrap = format!(
+            "{head}node: {{id: test, cluster: test}}
+dynamic_resources:
+  lds_config: {{path_config_source: {{path: {}}}, resource_api_version: V3}}
+static_resources:
+{clusters}",
+            lds.display()
+        );
+        let mut envoy = Envoy::launch(&bootstrap, &root(), port, admin, setup.workers.max(1))
+            .unwrap_or_else(|log| panic!("envoy did not start:\n{log}"));
+        envoy.lds = Some(lds);
+        envoy
+    }
+
+    /// Gives Envoy (started by [`start_with_listener_updates`]) the listener of `setup` and
+    /// waits until it has taken it.
+    ///
+    /// [`start_with_listener_updates`]: Envoy::start_with_listener_updates
+    pub fn update_listener(&self, setup: &EnvoySetup) {
+        let lds = self.lds.as_ref().expect("started with listener updates");
+        let updates = || self.stat("listener_manager.lds.update_success");
+        let before = updates();
+        write_listener(lds, setup, self.port, self.admin);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while updates() == before {
+            assert!(Instant::now() < deadline, "the listener update was not taken in 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One counter or gauge of Envoy's stats (0 when absent).
+    pub fn stat(&self, name: &str) -> u64 {
+        let prefix = format!("{name}: ");
+        self.stats().lines().find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok()).unwrap_or(0)
     }
 
     /// Starts Envoy on a whole configuration `yaml`, from `cwd` (where relative paths in it
@@ -115,6 +163,9 @@ impl Envoy {
                 "info",
                 "--component-log-level",
                 "wasm:trace,dynamic_modules:trace",
+                // What a listener update replaces is drained for a second (default: 10 minutes).
+                "--drain-time-s",
+                "1",
             ])
             .arg("--concurrency")
             .arg(workers.to_string())
@@ -122,7 +173,7 @@ impl Envoy {
             .stderr(Stdio::from(std::fs::File::create(dir.join("envoy.log")).unwrap()))
             .spawn()
             .expect("envoy starts");
-        let mut envoy = Envoy { dir, port, admin, child: Some(child) };
+        let mut envoy = Envoy { dir, port, admin, child: Some(child), lds: None };
         envoy.wait_ready()?;
         Ok(envoy)
     }
@@ -181,6 +232,9 @@ impl Drop for Envoy {
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
+            if let Some(lds_dir) = self.lds.as_ref().and_then(|lds| lds.parent()) {
+                let _ = std::fs::remove_dir_all(lds_dir);
+            }
         }
     }
 }
@@ -225,6 +279,30 @@ fn config(setup: &EnvoySetup, port: u16, admin: u16) -> String {
         ("CLUSTERS", clusters),
     ];
     values.iter().fold(LISTENER.to_string(), |text, (name, value)| text.replace(&format!("@{name}@"), value))
+}
+
+/// The configuration of `setup` in two: what comes before its `static_resources` (the
+/// admin), and its clusters (the listener left out).
+fn split_listener(config: &str) -> (&str, &str) {
+    let (head, rest) = config.split_once("static_resources:\n").expect("the skeleton has static resources");
+    let clusters = rest.find("  clusters:").map_or("", |at| &rest[at..]);
+    (head, clusters)
+}
+
+/// Writes the listener of `setup` to `path` as an LDS resource file, whole at once (Envoy
+/// watches for the file being moved into place).
+fn write_listener(path: &Path, setup: &EnvoySetup, port: u16, admin: u16) {
+    let config = config(setup, port, admin);
+    let (_, rest) = config.split_once("  listeners:\n").expect("the skeleton has a listener");
+    let listener = &rest[..rest.find("  clusters:").unwrap_or(rest.len())];
+    let resource = listener.replacen(
+        "  - name:",
+        "  - \"@type\": type.googleapis.com/envoy.config.listener.v3.Listener\n    name:",
+        1,
+    );
+    let written = path.with_extension("new");
+    std::fs::write(&written, format!("resources:\n{resource}")).unwrap();
+    std::fs::rename(&written, path).unwrap();
 }
 
 /// A cluster's options to speak HTTP/2 without TLS (gRPC upstreams).
