@@ -57,6 +57,11 @@ thread_local! {
     static KEPT: RefCell<Vec<(sync::Weak<FilterConfig>, KeptInstances<Instance>)>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Drops this thread's kept instances of configurations Envoy has destroyed since.
+fn forget_retired_kept() {
+    KEPT.with(|k| k.borrow_mut().retain(|(config, _)| config.upgrade().is_some_and(|c| !c.is_retired())));
+}
+
 /// `f` on this thread's kept instances of `config`.
 fn kept<R>(config: &Arc<FilterConfig>, f: impl FnOnce(&mut KeptInstances<Instance>) -> R) -> R {
     KEPT.with(|k| {
@@ -126,7 +131,7 @@ impl Instance {
         if Rc::strong_count(&instance.vm) != 1 || instance.config.is_retired() {
             return;
         }
-        KEPT.with(|k| k.borrow_mut().retain(|(config, _)| config.upgrade().is_some_and(|c| !c.is_retired())));
+        forget_retired_kept();
         let config = instance.config.clone();
         let refused = kept(&config, |kept| kept.give_back(instance, |instance| instance.vm.borrow_mut().reset()));
         say_fresh_only(&config, refused);
@@ -206,6 +211,7 @@ fn start_shared(config: &Arc<FilterConfig>) -> Result<Rc<Instance>, FilterError>
         shared.retain(|(_, i)| !i.config.is_retired());
         shared.push((config.id, instance.clone()));
     });
+    forget_retired_kept();
     Ok(instance)
 }
 
