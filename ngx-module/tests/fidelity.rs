@@ -40,14 +40,22 @@ fn assert_no_crash(nginx: &Nginx) {
     assert!(!log.contains("[alert]"), "{log}");
 }
 
+/// With a shared instance and with an instance per request (which a redirect must not
+/// take back while the request goes on) alike.
 #[test]
 fn internal_redirects_keep_one_set_of_streams_that_see_the_final_response_and_log() {
+    for isolation in ["none", "stream"] {
+        internal_redirects_keep_one_set_of_streams(isolation);
+    }
+}
+
+fn internal_redirects_keep_one_set_of_streams(isolation: &str) {
     let filter = reads_variables_everywhere();
     let nginx = Nginx::start_with(
         1,
         &script_block(),
         &format!(
-            "root /usr/share/nginx/html;
+            "root /usr/share/nginx/html; proxy_wasm_isolation {isolation};
              location /try {{ {filter} try_files /missing @named; }}
              location @named {{ return 200 'named\n'; }}
              location /error {{ {filter} error_page 404 = /fallback; }}
@@ -65,7 +73,8 @@ fn internal_redirects_keep_one_set_of_streams_that_see_the_final_response_and_lo
     {
         for _ in 0..3 {
             let response = nginx.get(path);
-            assert_eq!((response.status, response.text().as_str()), (200, body), "{path}: {}", nginx.error_log());
+            let log = nginx.error_log();
+            assert_eq!((response.status, response.text().as_str()), (200, body), "{isolation}, {path}: {log}");
         }
     }
     // Each request's streams ended once, in the log phase, with nginx's variables readable.
@@ -99,20 +108,23 @@ fn a_redirect_into_a_location_with_its_own_filters_runs_those_once_and_the_first
 
 #[test]
 fn subrequests_in_front_of_a_filtered_location_leave_the_filters_to_the_main_request() {
-    let nginx = Nginx::start(
-        &script_block(),
-        &format!(
-            "location / {{ auth_request /auth; {} return 200 'main\n'; }}
-             location = /auth {{ {} return 204; }}",
-            reads_variables_everywhere(),
-            reads_variables_everywhere(),
-        ),
-    );
-    for _ in 0..3 {
-        assert_eq!(nginx.get("/").text(), "main\n");
+    for isolation in ["none", "stream"] {
+        let nginx = Nginx::start(
+            &script_block(),
+            &format!(
+                "proxy_wasm_isolation {isolation};
+                 location / {{ auth_request /auth; {} return 200 'main\n'; }}
+                 location = /auth {{ {} return 204; }}",
+                reads_variables_everywhere(),
+                reads_variables_everywhere(),
+            ),
+        );
+        for _ in 0..3 {
+            assert_eq!(nginx.get("/").text(), "main\n", "{isolation}");
+        }
+        assert_eq!(nginx.wait_log("log: request.path=/", 3), 3, "{isolation}: {}", nginx.error_log());
+        assert_no_crash(&nginx);
     }
-    assert_eq!(nginx.wait_log("log: request.path=/", 3), 3, "{}", nginx.error_log());
-    assert_no_crash(&nginx);
 }
 
 /// Sends raw bytes on one connection and reads until the server closes it or `wait` passes.
