@@ -53,7 +53,7 @@ thread_local! {
     /// This thread's shared VMs, alive while an instance uses them.
     static VMS: RefCell<Vec<(VmKey, Weak<RefCell<Vm>>)>> = const { RefCell::new(Vec::new()) };
     /// Isolation `stream` instances reset after their request, ready for the next, by
-    /// configuration (a retired configuration's go when a request ends).
+    /// configuration (a retired configuration's go with [`forget_retired_kept`]).
     static KEPT: RefCell<Vec<(sync::Weak<FilterConfig>, KeptInstances<Instance>)>> = const { RefCell::new(Vec::new()) };
 }
 

@@ -73,8 +73,12 @@ fn internal_redirects_keep_one_set_of_streams(isolation: &str) {
     {
         for _ in 0..3 {
             let response = nginx.get(path);
-            let log = nginx.error_log();
-            assert_eq!((response.status, response.text().as_str()), (200, body), "{isolation}, {path}: {log}");
+            assert_eq!(
+                (response.status, response.text().as_str()),
+                (200, body),
+                "{isolation}, {path}: {}",
+                nginx.error_log()
+            );
         }
     }
     // Each request's streams ended once, in the log phase, with nginx's variables readable.

@@ -108,9 +108,9 @@ impl Envoy {
     pub fn start_with_listener_updates(setup: &EnvoySetup) -> Envoy {
         let (port, admin) = (free_port(), free_port());
         let lds = scratch_dir().join("lds.yaml");
-        write_listener(&lds, setup, port, admin);
         let whole = config(setup, port, admin);
-        let (head, clusters) = split_listener(&whole);
+        let (head, listener, clusters) = parts(&whole);
+        write_listener(&lds, listener);
         let bootstrap = format!(
             "{head}node: {{id: test, cluster: test}}
 dynamic_resources:
@@ -133,7 +133,7 @@ static_resources:
         let lds = self.lds.as_ref().expect("started with listener updates");
         let updates = || self.stat("listener_manager.lds.update_success");
         let before = updates();
-        write_listener(lds, setup, self.port, self.admin);
+        write_listener(lds, parts(&config(setup, self.port, self.admin)).1);
         let deadline = Instant::now() + Duration::from_secs(30);
         while updates() == before {
             assert!(Instant::now() < deadline, "the listener update was not taken in 30 s:\n{}", self.log());
@@ -281,20 +281,18 @@ fn config(setup: &EnvoySetup, port: u16, admin: u16) -> String {
     values.iter().fold(LISTENER.to_string(), |text, (name, value)| text.replace(&format!("@{name}@"), value))
 }
 
-/// The configuration of `setup` in two: what comes before its `static_resources` (the
-/// admin), and its clusters (the listener left out).
-fn split_listener(config: &str) -> (&str, &str) {
+/// A configuration's three parts: what comes before its `static_resources` (the admin), its
+/// listener (the list under `listeners:`) and its clusters (from `clusters:` on).
+fn parts(config: &str) -> (&str, &str, &str) {
     let (head, rest) = config.split_once("static_resources:\n").expect("the skeleton has static resources");
-    let clusters = rest.find("  clusters:").map_or("", |at| &rest[at..]);
-    (head, clusters)
+    let (listener, clusters) = rest.split_at(rest.find("  clusters:").unwrap_or(rest.len()));
+    let listener = listener.strip_prefix("  listeners:\n").expect("the skeleton has a listener first");
+    (head, listener, clusters)
 }
 
-/// Writes the listener of `setup` to `path` as an LDS resource file, whole at once (Envoy
-/// watches for the file being moved into place).
-fn write_listener(path: &Path, setup: &EnvoySetup, port: u16, admin: u16) {
-    let config = config(setup, port, admin);
-    let (_, rest) = config.split_once("  listeners:\n").expect("the skeleton has a listener");
-    let listener = &rest[..rest.find("  clusters:").unwrap_or(rest.len())];
+/// Writes `listener` (a configuration's list under `listeners:`) to `path` as an LDS resource
+/// file, whole at once (Envoy watches for the file being moved into place).
+fn write_listener(path: &Path, listener: &str) {
     let resource = listener.replacen(
         "  - name:",
         "  - \"@type\": type.googleapis.com/envoy.config.listener.v3.Listener\n    name:",
